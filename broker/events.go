@@ -1,0 +1,58 @@
+package broker
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// EventSchemaVersion is the version of Event; readers accept older ones.
+const EventSchemaVersion = 1
+
+// Event types: every lifecycle step a part witnesses.
+const (
+	EvRequested        = "requested"
+	EvClaimed          = "claimed"
+	EvSubmitted        = "submitted"
+	EvStarted          = "started"
+	EvStartFailed      = "start_failed"
+	EvInterrupted      = "interrupted"
+	EvRestartRequested = "restart_requested"
+	EvRestarted        = "restarted"
+	EvDied             = "died"
+	EvAutoRestarted    = "auto_restarted"
+	EvCulled           = "culled"
+	EvShutdownRequest  = "shutdown_requested"
+	EvTerminated       = "terminated"
+	EvLost             = "lost"
+	EvClientConnected  = "client_connected"
+	EvClientLeft       = "client_disconnected"
+)
+
+// Event is one durable lifecycle record on kb.evt.<kernel>.<type>.
+type Event struct {
+	V         int             `json:"v"`
+	ID        string          `json:"id"` // unique; the stream deduplicates on it
+	Time      time.Time       `json:"time"`
+	Type      string          `json:"type"`
+	Kernel    string          `json:"kernel"`
+	Spec      string          `json:"spec,omitempty"`
+	User      string          `json:"user,omitempty"`
+	RM        string          `json:"rm,omitempty"`
+	Worker    string          `json:"worker,omitempty"`
+	Host      string          `json:"host,omitempty"`
+	Handle    json.RawMessage `json:"handle,omitempty"`
+	RequestID string          `json:"request_id,omitempty"`
+	Session   string          `json:"session,omitempty"`
+	Source    string          `json:"source,omitempty"` // frontend, worker, launcher
+	Reason    string          `json:"reason,omitempty"`
+}
+
+// NewEvent fills the common fields from a kernel record.
+func NewEvent(typ string, k *Kernel) Event {
+	e := Event{V: EventSchemaVersion, Time: time.Now().UTC(), Type: typ}
+	if k != nil {
+		e.Kernel, e.Spec, e.User, e.RM = k.ID, k.Spec, k.User, k.RM
+		e.Worker, e.Host, e.Handle = k.Worker, k.Host, k.Handle
+	}
+	return e
+}

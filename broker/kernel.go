@@ -1,0 +1,134 @@
+package broker
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// State is where a kernel is in its life. The transitions are:
+//
+//	requested -> claimed -> submitted -> running <-> restarting
+//	any non-terminal -> failed | terminated | dead
+//
+// failed means it never ran; dead means it ran and died for good (auto
+// restart gave up or the resource manager lost it); terminated means it was
+// shut down on request.
+type State string
+
+const (
+	StateRequested  State = "requested"
+	StateClaimed    State = "claimed"
+	StateSubmitted  State = "submitted"
+	StateRunning    State = "running"
+	StateRestarting State = "restarting"
+	StateFailed     State = "failed"
+	StateDead       State = "dead"
+	StateTerminated State = "terminated"
+)
+
+// Terminal reports whether no further transition can happen.
+func (s State) Terminal() bool {
+	return s == StateFailed || s == StateDead || s == StateTerminated
+}
+
+// Starting reports whether the kernel has not run yet.
+func (s State) Starting() bool {
+	return s == StateRequested || s == StateClaimed || s == StateSubmitted
+}
+
+// Kernel is the record of one kernel in the kb_kernels bucket, keyed by id.
+// Writers update it by compare-and-swap on the KV revision.
+type Kernel struct {
+	ID       string            `json:"id"`
+	Spec     string            `json:"spec"`
+	RM       string            `json:"rm"`
+	User     string            `json:"user,omitempty"`
+	State    State             `json:"state"`
+	Env      map[string]string `json:"env,omitempty"`
+	Created  time.Time         `json:"created"`
+	Updated  time.Time         `json:"updated"`
+	Deadline time.Time         `json:"deadline"` // launch must finish by then
+	// Worker that claimed the start, and the handle its resource manager
+	// returned (pid, host, application id, pod): opaque to everyone else.
+	Worker string          `json:"worker,omitempty"`
+	Host   string          `json:"host,omitempty"`
+	Handle json.RawMessage `json:"handle,omitempty"`
+	// Reason says why the kernel failed, died or ended.
+	Reason string `json:"reason,omitempty"`
+	// Restarts counts automatic restarts since the last stable run.
+	Restarts int `json:"restarts,omitempty"`
+	// InterruptMode is the spec's interrupt_mode: signal or message.
+	InterruptMode string `json:"interrupt_mode,omitempty"`
+}
+
+// Activity is what a kernel is doing, kept in kb_activity and written only
+// by its launcher (throttled), because it changes with every request.
+type Activity struct {
+	ExecutionState string    `json:"execution_state"`
+	LastActivity   time.Time `json:"last_activity"`
+}
+
+// ClientSession is one websocket session of one kernel, in kb_sessions
+// under "<kernel>.<session>".
+type ClientSession struct {
+	Kernel    string `json:"kernel"`
+	Session   string `json:"session"`
+	Connected bool   `json:"connected"`
+	// Frontend holding the connection while Connected.
+	Frontend string `json:"frontend,omitempty"`
+	// Cursor is the KB_IO stream sequence of the last message delivered
+	// to this session; a reconnect resumes after it.
+	Cursor  uint64    `json:"cursor"`
+	Updated time.Time `json:"updated"`
+}
+
+// SessionKey is the kb_sessions key of a session.
+func SessionKey(kernelID, session string) string { return kernelID + "." + session }
+
+// StartRequest asks a worker pool to start a kernel. The kernel record
+// holds the details; the request only names it so that a redelivered
+// request always acts on the current record.
+type StartRequest struct {
+	KernelID string `json:"kernel_id"`
+	// RequestID ties events to the HTTP request that caused them.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// StopRequest asks a worker pool to stop a kernel through its resource
+// manager, used when the launcher does not answer.
+type StopRequest struct {
+	KernelID  string `json:"kernel_id"`
+	Reason    string `json:"reason,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// Type names for HeaderType.
+const (
+	TypeStartRequest = "start-request/1"
+	TypeStopRequest  = "stop-request/1"
+	TypeControl      = "control/1"
+	TypeEvent        = "event/1"
+)
+
+// Control operations served by a launcher on SubjectControl.
+const (
+	OpPing      = "ping"
+	OpInterrupt = "interrupt"
+	OpRestart   = "restart"
+	OpShutdown  = "shutdown"
+)
+
+// ControlRequest is sent to a launcher.
+type ControlRequest struct {
+	Op        string `json:"op"`
+	RequestID string `json:"request_id,omitempty"`
+	User      string `json:"user,omitempty"`
+}
+
+// ControlReply is a launcher's answer.
+type ControlReply struct {
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	State  State  `json:"state,omitempty"`
+	PID    int    `json:"pid,omitempty"`
+}

@@ -1,0 +1,97 @@
+package broker
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// LaunchConfig is everything a launcher needs to run one kernel. A worker
+// hands it to the launcher in the environment variable EnvLaunchConfig
+// (base64 of its JSON), which works the same for a local child, an SSH
+// command, a YARN container and a pod.
+type LaunchConfig struct {
+	V        int    `json:"v"`
+	KernelID string `json:"kernel_id"`
+	Spec     string `json:"spec"`
+	User     string `json:"user,omitempty"`
+	// Argv of the kernel, with {connection_file} still to be substituted
+	// by the launcher (it writes the file itself).
+	Argv []string `json:"argv"`
+	// Env of the kernel: the spec's env, the client's filtered env and
+	// KERNEL_ID / KERNEL_USERNAME. The launcher adds nothing of its own.
+	Env           map[string]string `json:"env"`
+	InterruptMode string            `json:"interrupt_mode,omitempty"` // signal | message
+	Language      string            `json:"language,omitempty"`
+	ResourceDir   string            `json:"resource_dir,omitempty"`
+	// LaunchTimeout bounds start to kernel_info_reply.
+	LaunchTimeout Duration `json:"launch_timeout"`
+	// MaxRestarts bounds consecutive automatic restarts. Default 5.
+	MaxRestarts int `json:"max_restarts,omitempty"`
+	// IP the kernel binds to. Default 127.0.0.1.
+	IP string `json:"ip,omitempty"`
+	// WorkDir of the kernel process. Default: the launcher's.
+	WorkDir string `json:"work_dir,omitempty"`
+
+	// How to reach the bus.
+	NATSURLs  string `json:"nats_urls"`
+	NATSToken string `json:"nats_token,omitempty"`
+	NATSCreds string `json:"nats_creds,omitempty"` // contents of a creds file
+}
+
+// EnvLaunchConfig carries the LaunchConfig to the launcher.
+const EnvLaunchConfig = "KB_LAUNCH_CONFIG"
+
+// Encode returns the value for EnvLaunchConfig.
+func (c *LaunchConfig) Encode() (string, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// DecodeLaunchConfig reads a value of EnvLaunchConfig.
+func DecodeLaunchConfig(s string) (*LaunchConfig, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: not base64: %w", EnvLaunchConfig, err)
+	}
+	var c LaunchConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvLaunchConfig, err)
+	}
+	if c.KernelID == "" || len(c.Argv) == 0 || c.NATSURLs == "" {
+		return nil, fmt.Errorf("%s: kernel_id, argv and nats_urls are required", EnvLaunchConfig)
+	}
+	if c.MaxRestarts == 0 {
+		c.MaxRestarts = 5
+	}
+	if c.IP == "" {
+		c.IP = "127.0.0.1"
+	}
+	if c.LaunchTimeout <= 0 {
+		c.LaunchTimeout = Duration(40 * time.Second)
+	}
+	return &c, nil
+}
+
+// Duration is a time.Duration that reads and writes as a Go duration
+// string ("40s") in JSON.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,116 @@
+// Package broker holds kernelbus's shared vocabulary: subject names, the bus
+// message envelope, the kernel record and its lifecycle, events, kernelspecs
+// and the start-time policy. It does no I/O of its own, so every other part
+// (front-end, workers, launcher) agrees on one definition of each name.
+package broker
+
+import "strings"
+
+// Streams and buckets. Every name the bus knows lives in this file.
+const (
+	// StreamRequests is the work-queue stream of start and stop requests,
+	// one subject per verb and resource manager (SubjectRequest).
+	StreamRequests = "KB_REQUESTS"
+	// StreamEvents is the audit log: every lifecycle event, long retention.
+	StreamEvents = "KB_EVENTS"
+	// StreamIO holds kernel traffic in both directions and is the replay
+	// window for reconnecting clients (short retention, per-subject caps).
+	StreamIO = "KB_IO"
+
+	// BucketKernels holds one Kernel record per kernel id.
+	BucketKernels = "kb_kernels"
+	// BucketActivity holds one Activity per kernel id, written only by the
+	// kernel's launcher (execution_state, last_activity).
+	BucketActivity = "kb_activity"
+	// BucketSessions holds one ClientSession per "<kernel>.<session>": the
+	// replay cursor of each websocket session and whether it is connected.
+	BucketSessions = "kb_sessions"
+	// BucketWorkers holds worker presence, one key per worker id (TTL).
+	BucketWorkers = "kb_workers"
+)
+
+// Subject wildcards, for stream definitions and subscriptions.
+const (
+	// SubjectRequestsAll captures every start/stop request.
+	SubjectRequestsAll = "kb.req.>"
+	// SubjectEventsAll captures every lifecycle event of every kernel.
+	SubjectEventsAll = "kb.evt.>"
+	// SubjectIOAll captures every kernel's traffic.
+	SubjectIOAll = "kb.io.>"
+)
+
+// Request verbs on the work queue.
+const (
+	VerbStart = "start"
+	VerbStop  = "stop"
+)
+
+// SubjectRequest is where a request of verb for resource manager rm goes:
+// kb.req.<verb>.<rm>. A worker pool filters on kb.req.*.<rm>.
+func SubjectRequest(verb, rm string) string { return "kb.req." + verb + "." + rm }
+
+// SubjectRequestsFor is the filter a pool of resource manager rm consumes.
+func SubjectRequestsFor(rm string) string { return "kb.req.*." + rm }
+
+// SubjectEvent is where an event of type typ about kernel id goes:
+// kb.evt.<kernel>.<type>.
+func SubjectEvent(kernelID, typ string) string { return "kb.evt." + kernelID + "." + typ }
+
+// SubjectEventsOf captures every event of one kernel.
+func SubjectEventsOf(kernelID string) string { return "kb.evt." + kernelID + ".*" }
+
+// SubjectIn carries client messages to the kernel's launcher: kb.io.<kernel>.in.
+func SubjectIn(kernelID string) string { return "kb.io." + kernelID + ".in" }
+
+// SubjectOut carries kernel messages of one channel to the front-ends:
+// kb.io.<kernel>.out.<channel>.
+func SubjectOut(kernelID, channel string) string { return "kb.io." + kernelID + ".out." + channel }
+
+// SubjectOutAll captures every outgoing channel of one kernel.
+func SubjectOutAll(kernelID string) string { return "kb.io." + kernelID + ".out.>" }
+
+// SubjectControl is the request/reply subject of a kernel's launcher
+// (interrupt, restart, shutdown, ping): kb.ctl.<kernel>.
+func SubjectControl(kernelID string) string { return "kb.ctl." + kernelID }
+
+// ChannelFromSubject returns the channel of a kb.io.<kernel>.out.<channel>
+// subject, or "" if subj is not one.
+func ChannelFromSubject(subj string) string {
+	i := strings.LastIndex(subj, ".out.")
+	if i < 0 {
+		return ""
+	}
+	return subj[i+len(".out."):]
+}
+
+// NATS headers carried by kernel traffic. They hold the routing facts so
+// that nobody has to parse a message body to route it.
+const (
+	// HeaderChannel is the Jupyter channel: shell, control, stdin, iopub.
+	HeaderChannel = "Kb-Channel"
+	// HeaderMsgType is header.msg_type of the message.
+	HeaderMsgType = "Kb-Msg-Type"
+	// HeaderMsgID is header.msg_id of the message.
+	HeaderMsgID = "Kb-Msg-Id"
+	// HeaderSession is the websocket session_id a message belongs to: on
+	// input the sender's, on output the session whose request it answers
+	// (empty for output nobody asked for, such as a restart's status).
+	HeaderSession = "Kb-Session"
+	// HeaderParentType is parent_header.msg_type of an outgoing message,
+	// which activity tracking needs.
+	HeaderParentType = "Kb-Parent-Type"
+	// HeaderVersion is the envelope version; see EnvelopeVersion.
+	HeaderVersion = "Kb-V"
+	// HeaderChunk marks one part of a message too large for one bus
+	// message: "<index>/<count>" (0-based), with HeaderChunkID naming the
+	// message it belongs to.
+	HeaderChunk   = "Kb-Chunk"
+	HeaderChunkID = "Kb-Chunk-Id"
+	// HeaderType names the Go type of a JSON body on non-io subjects
+	// (requests, events, control), e.g. "start-request/1".
+	HeaderType = "Kb-Type"
+)
+
+// EnvelopeVersion is the version of the kernel-traffic envelope: the body is
+// a v1.kernel.websocket.jupyter.org frame (see Frame).
+const EnvelopeVersion = "1"

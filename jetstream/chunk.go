@@ -1,0 +1,175 @@
+package jetstream
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// headerSlack is kept free in every chunk for NATS headers and protocol.
+const headerSlack = 4 << 10
+
+// MaxMessage bounds a reassembled message. Default 256 MiB: large enough
+// for big widget buffers and images, small enough to not take a process
+// down.
+const MaxMessage = 256 << 20
+
+// chunkSize returns how many body bytes fit in one bus message.
+func chunkSize(nc *nats.Conn) int {
+	mp := int(nc.MaxPayload())
+	if mp <= 2*headerSlack {
+		return mp / 2
+	}
+	return mp - headerSlack
+}
+
+// split returns m itself when it fits, or one message per chunk otherwise.
+// Chunks carry m's headers plus HeaderChunk and HeaderChunkID.
+func split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
+	size := chunkSize(nc)
+	if len(m.Data) <= size {
+		return []*nats.Msg{m}
+	}
+	n := (len(m.Data) + size - 1) / size
+	id := nuid.Next()
+	out := make([]*nats.Msg, 0, n)
+	for i := 0; i < n; i++ {
+		end := min((i+1)*size, len(m.Data))
+		h := make(nats.Header, len(m.Header)+2)
+		for k, v := range m.Header {
+			h[k] = v
+		}
+		h.Set(broker.HeaderChunk, strconv.Itoa(i)+"/"+strconv.Itoa(n))
+		h.Set(broker.HeaderChunkID, id)
+		out = append(out, &nats.Msg{Subject: m.Subject, Header: h, Data: m.Data[i*size : end]})
+	}
+	return out
+}
+
+// Publish publishes m to JetStream and waits for the acks, splitting it
+// into chunks when it is larger than the server's max_payload.
+func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	var ack *jetstream.PubAck
+	for _, c := range split(nc, m) {
+		a, err := js.PublishMsg(ctx, c, opts...)
+		if err != nil {
+			return nil, err
+		}
+		ack = a
+	}
+	return ack, nil
+}
+
+// PublishAsync publishes m without waiting, in order with the caller's
+// other async publishes, chunked like Publish. The futures of every chunk
+// are returned.
+func PublishAsync(nc *nats.Conn, js jetstream.JetStream, m *nats.Msg) ([]jetstream.PubAckFuture, error) {
+	parts := split(nc, m)
+	fs := make([]jetstream.PubAckFuture, 0, len(parts))
+	for _, c := range parts {
+		f, err := js.PublishMsgAsync(c)
+		if err != nil {
+			return fs, err
+		}
+		fs = append(fs, f)
+	}
+	return fs, nil
+}
+
+// Reassembler joins chunked messages. Feed it every message of a
+// subscription in order; it returns whole messages. Chunks of different
+// messages may interleave (different subjects); chunks of one message
+// arrive in order because one publisher sends them back to back.
+type Reassembler struct {
+	partial map[string]*partialMsg
+}
+
+type partialMsg struct {
+	next, count int
+	data        []byte
+	started     time.Time
+}
+
+// Feed returns (data, true) when m completes a message, with data being
+// m.Data for unchunked messages. A chunk that does not continue what came
+// before (for example a replay that starts mid-message) is dropped.
+func (r *Reassembler) Feed(m *nats.Msg) ([]byte, bool, error) {
+	c := m.Header.Get(broker.HeaderChunk)
+	if c == "" {
+		return m.Data, true, nil
+	}
+	idx, count, ok := parseChunk(c)
+	if !ok {
+		return nil, false, fmt.Errorf("bad %s header %q", broker.HeaderChunk, c)
+	}
+	id := m.Header.Get(broker.HeaderChunkID)
+	if r.partial == nil {
+		r.partial = make(map[string]*partialMsg)
+	}
+	p := r.partial[id]
+	if p == nil {
+		if idx != 0 {
+			return nil, false, nil // joined mid-message: wait for the next one
+		}
+		if count*len(m.Data) > MaxMessage*2 {
+			return nil, false, fmt.Errorf("chunked message of %d parts is too large", count)
+		}
+		r.gc()
+		p = &partialMsg{count: count, started: time.Now(), data: make([]byte, 0, count*len(m.Data))}
+		r.partial[id] = p
+	}
+	if idx != p.next || count != p.count {
+		delete(r.partial, id)
+		return nil, false, fmt.Errorf("chunk %d/%d of %s out of order (want %d)", idx, count, id, p.next)
+	}
+	if len(p.data)+len(m.Data) > MaxMessage {
+		delete(r.partial, id)
+		return nil, false, fmt.Errorf("chunked message exceeds %d bytes", MaxMessage)
+	}
+	p.data = append(p.data, m.Data...)
+	p.next++
+	if p.next < p.count {
+		return nil, false, nil
+	}
+	delete(r.partial, id)
+	return p.data, true, nil
+}
+
+// gc drops partial messages abandoned by a publisher that died mid-send.
+func (r *Reassembler) gc() {
+	for id, p := range r.partial {
+		if time.Since(p.started) > 5*time.Minute {
+			delete(r.partial, id)
+		}
+	}
+}
+
+// IsChunk reports whether m is a chunk and, if so, whether it is the last.
+func IsChunk(m *nats.Msg) (chunk, last bool) {
+	c := m.Header.Get(broker.HeaderChunk)
+	if c == "" {
+		return false, true
+	}
+	idx, count, ok := parseChunk(c)
+	return true, ok && idx == count-1
+}
+
+func parseChunk(s string) (idx, count int, ok bool) {
+	a, b, found := strings.Cut(s, "/")
+	if !found {
+		return 0, 0, false
+	}
+	i, err1 := strconv.Atoi(a)
+	n, err2 := strconv.Atoi(b)
+	if err1 != nil || err2 != nil || n <= 0 || i < 0 || i >= n {
+		return 0, 0, false
+	}
+	return i, n, true
+}

@@ -1,0 +1,133 @@
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ConnectOptions say how a part reaches the bus.
+type ConnectOptions struct {
+	// URLs of the NATS servers, comma separated; ignored with InProcess.
+	URLs string
+	// InProcess connects to an embedded server without a socket.
+	InProcess *server.Server
+	// CredsFile is a NATS credentials file (JWT + nkey seed). Optional.
+	CredsFile string
+	// Token authenticates with a plain token. Optional.
+	Token string
+	// Name shows up in the server's connection list.
+	Name string
+	// CAFile, CertFile, KeyFile configure TLS. Optional.
+	CAFile, CertFile, KeyFile string
+	// OnState is told about disconnects and reconnects. Optional.
+	OnState func(event string, err error)
+}
+
+// Connect opens a connection that reconnects forever: parts of kernelbus
+// outlive NATS node restarts rather than exit.
+func Connect(opts ConnectOptions) (*nats.Conn, error) {
+	o := []nats.Option{
+		nats.Name(opts.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.ReconnectBufSize(64 << 20),
+		nats.PingInterval(10 * time.Second),
+		nats.RetryOnFailedConnect(false),
+	}
+	if opts.InProcess != nil {
+		o = append(o, nats.InProcessServer(opts.InProcess))
+	}
+	if opts.CredsFile != "" {
+		o = append(o, nats.UserCredentials(opts.CredsFile))
+	}
+	if opts.Token != "" {
+		o = append(o, nats.Token(opts.Token))
+	}
+	if opts.CAFile != "" {
+		o = append(o, nats.RootCAs(opts.CAFile))
+	}
+	if opts.CertFile != "" {
+		o = append(o, nats.ClientCert(opts.CertFile, opts.KeyFile))
+	}
+	if f := opts.OnState; f != nil {
+		o = append(o,
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { f("disconnected", err) }),
+			nats.ReconnectHandler(func(_ *nats.Conn) { f("reconnected", nil) }),
+			nats.ClosedHandler(func(_ *nats.Conn) { f("closed", nil) }),
+		)
+	}
+	url := opts.URLs
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	nc, err := nats.Connect(url, o...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// Layout sets retention and replication for the streams and buckets.
+type Layout struct {
+	// Replicas for every stream and bucket: 1 standalone, 3 on a cluster.
+	// Default 1.
+	Replicas int
+	// IOMaxAge bounds the replay window of kernel traffic. Default 1h.
+	IOMaxAge time.Duration
+	// IOMaxBytes bounds the whole KB_IO stream. Default 2 GiB.
+	IOMaxBytes int64
+	// IOMaxMsgsPerSubject bounds each kernel channel's replay window.
+	// Default 100000.
+	IOMaxMsgsPerSubject int64
+	// EventsMaxAge is the audit retention. Default 400 days.
+	EventsMaxAge time.Duration
+	// EventsMaxBytes bounds the audit log. Default 10 GiB.
+	EventsMaxBytes int64
+	// Memory keeps KB_IO in memory instead of files (faster, not durable).
+	// Default false.
+	IOMemory bool
+}
+
+func (l *Layout) defaults() {
+	if l.Replicas <= 0 {
+		l.Replicas = 1
+	}
+	if l.IOMaxAge <= 0 {
+		l.IOMaxAge = time.Hour
+	}
+	if l.IOMaxBytes <= 0 {
+		l.IOMaxBytes = 2 << 30
+	}
+	if l.IOMaxMsgsPerSubject <= 0 {
+		l.IOMaxMsgsPerSubject = 100000
+	}
+	if l.EventsMaxAge <= 0 {
+		l.EventsMaxAge = 400 * 24 * time.Hour
+	}
+	if l.EventsMaxBytes <= 0 {
+		l.EventsMaxBytes = 10 << 30
+	}
+}
+
+// ErrNoInstallation says the bus has no kernelbus streams yet.
+var ErrNoInstallation = errors.New("no kernelbus installation on this NATS (stream missing): start `kernelbus serve` or point --nats at the installation's servers")
+
+// withTimeout gives ctx a deadline when it has none.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// New returns the JetStream API of nc.
+func New(nc *nats.Conn) (jetstream.JetStream, error) {
+	return jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+}

@@ -1,0 +1,109 @@
+// Package jetstream is kernelbus's NATS plumbing: the embedded server, how
+// parts connect, the streams and buckets every part relies on, and the
+// chunking that lets messages larger than max_payload cross the bus.
+package jetstream
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// ServerOptions configure the embedded NATS server of `kernelbus serve`.
+type ServerOptions struct {
+	// Host to listen on for NATS clients (launchers, other processes).
+	// Default 127.0.0.1.
+	Host string
+	// Port for NATS clients; -1 picks a free one. Default 4222.
+	Port int
+	// StoreDir keeps JetStream data across restarts. Required.
+	StoreDir string
+	// MaxPayload is the largest bus message; larger ones are chunked.
+	// Default 8 MiB.
+	MaxPayload int32
+	// Token, when set, is required from every client.
+	Token string
+	// ServerName names the server in logs and JetStream metadata.
+	// Default "kernelbus".
+	ServerName string
+	// Debug turns on the server's own logging to stderr.
+	Debug bool
+}
+
+// Server is the embedded NATS server with JetStream as a component: Start,
+// ReadyForConnections, Shutdown. It never installs signal handlers.
+type Server struct {
+	opts ServerOptions
+	ns   *server.Server
+	once sync.Once
+}
+
+// NewServer validates opts; nothing runs until Start.
+func NewServer(opts ServerOptions) (*Server, error) {
+	if opts.StoreDir == "" {
+		return nil, errors.New("embedded NATS: a store directory is required")
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = 4222
+	}
+	if opts.MaxPayload == 0 {
+		opts.MaxPayload = 8 << 20
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = "kernelbus"
+	}
+	return &Server{opts: opts}, nil
+}
+
+// Start starts the server and waits until it accepts connections.
+func (s *Server) Start(timeout time.Duration) error {
+	o := &server.Options{
+		ServerName:         s.opts.ServerName,
+		Host:               s.opts.Host,
+		Port:               s.opts.Port,
+		JetStream:          true,
+		StoreDir:           s.opts.StoreDir,
+		MaxPayload:         s.opts.MaxPayload,
+		MaxPending:         int64(s.opts.MaxPayload) * 8,
+		NoSigs:             true,
+		NoLog:              !s.opts.Debug,
+		Authorization:      s.opts.Token,
+		DisableShortFirstPing: true,
+	}
+	ns, err := server.NewServer(o)
+	if err != nil {
+		return fmt.Errorf("embedded NATS: %w", err)
+	}
+	if s.opts.Debug {
+		ns.ConfigureLogger()
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(timeout) {
+		ns.Shutdown()
+		return fmt.Errorf("embedded NATS: not ready after %s", timeout)
+	}
+	s.ns = ns
+	return nil
+}
+
+// NATS returns the running server, for in-process connections.
+func (s *Server) NATS() *server.Server { return s.ns }
+
+// ClientURL is the URL other processes (launchers) connect to.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Shutdown stops the server; safe to call more than once.
+func (s *Server) Shutdown() {
+	s.once.Do(func() {
+		if s.ns != nil {
+			s.ns.Shutdown()
+			s.ns.WaitForShutdown()
+		}
+	})
+}
