@@ -57,8 +57,19 @@ type Kernel struct {
 	Reason string `json:"reason,omitempty"`
 	// Restarts counts automatic restarts since the last stable run.
 	Restarts int `json:"restarts,omitempty"`
-	// InterruptMode is the spec's interrupt_mode: signal or message.
-	InterruptMode string `json:"interrupt_mode,omitempty"`
+	// Launch is what the worker hands the launcher (without bus
+	// credentials, which each worker adds from its own configuration).
+	Launch *LaunchConfig `json:"launch,omitempty"`
+}
+
+// NotebookSession is a Jupyter /api/sessions entry, in kb_nbsessions.
+type NotebookSession struct {
+	ID       string    `json:"id"`
+	Path     string    `json:"path"`
+	Name     string    `json:"name"`
+	Type     string    `json:"type"`
+	KernelID string    `json:"kernel_id"`
+	Created  time.Time `json:"created"`
 }
 
 // Activity is what a kernel is doing, kept in kb_activity and written only

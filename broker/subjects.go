@@ -25,6 +25,8 @@ const (
 	// BucketSessions holds one ClientSession per "<kernel>.<session>": the
 	// replay cursor of each websocket session and whether it is connected.
 	BucketSessions = "kb_sessions"
+	// BucketNotebookSessions holds the /api/sessions entries by id.
+	BucketNotebookSessions = "kb_nbsessions"
 	// BucketWorkers holds worker presence, one key per worker id (TTL).
 	BucketWorkers = "kb_workers"
 )

@@ -19,6 +19,8 @@ type Bus struct {
 	Activity jetstream.KeyValue
 	Sessions jetstream.KeyValue
 	Workers  jetstream.KeyValue
+	// NotebookSessions holds /api/sessions entries.
+	NotebookSessions jetstream.KeyValue
 }
 
 // Setup creates or updates every stream and bucket (idempotent), then
@@ -78,6 +80,7 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		{Bucket: broker.BucketKernels, Description: "kernel records", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketActivity, Description: "kernel execution state and last activity", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketSessions, Description: "websocket sessions and replay cursors", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: 7 * 24 * time.Hour},
+		{Bucket: broker.BucketNotebookSessions, Description: "notebook sessions (/api/sessions)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: 30 * time.Second},
 	}
 	for _, bc := range buckets {
@@ -106,6 +109,7 @@ func Open(ctx context.Context, nc *nats.Conn) (*Bus, error) {
 		{broker.BucketActivity, &b.Activity},
 		{broker.BucketSessions, &b.Sessions},
 		{broker.BucketWorkers, &b.Workers},
+		{broker.BucketNotebookSessions, &b.NotebookSessions},
 	} {
 		kv, err := js.KeyValue(ctx, x.name)
 		if err != nil {

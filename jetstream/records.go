@@ -1,0 +1,125 @@
+package jetstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// GetKernel reads a kernel record and its revision. A missing record is
+// broker.ErrKernelNotFound.
+func (b *Bus) GetKernel(ctx context.Context, id string) (*broker.Kernel, uint64, error) {
+	e, err := b.Kernels.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, 0, broker.Errorf(broker.ErrKernelNotFound, "Kernel does not exist: %s", id)
+		}
+		return nil, 0, err
+	}
+	var k broker.Kernel
+	if err := json.Unmarshal(e.Value(), &k); err != nil {
+		return nil, 0, fmt.Errorf("kernel record %s: %w", id, err)
+	}
+	return &k, e.Revision(), nil
+}
+
+// CreateKernel writes a new record; it fails if the id exists.
+func (b *Bus) CreateKernel(ctx context.Context, k *broker.Kernel) (uint64, error) {
+	k.Updated = time.Now().UTC()
+	data, err := json.Marshal(k)
+	if err != nil {
+		return 0, err
+	}
+	return b.Kernels.Create(ctx, k.ID, data)
+}
+
+// ErrNoChange may be returned by an UpdateKernel mutator to leave the
+// record as it is.
+var ErrNoChange = errors.New("no change")
+
+// UpdateKernel applies fn to the current record and writes it back by
+// compare-and-swap, retrying when another writer got there first. fn may
+// be called several times and must only look at the record it is given.
+func (b *Bus) UpdateKernel(ctx context.Context, id string, fn func(*broker.Kernel) error) (*broker.Kernel, error) {
+	for attempt := 0; ; attempt++ {
+		k, rev, err := b.GetKernel(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(k); err != nil {
+			if errors.Is(err, ErrNoChange) {
+				return k, nil
+			}
+			return k, err
+		}
+		k.Updated = time.Now().UTC()
+		data, err := json.Marshal(k)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := b.Kernels.Update(ctx, id, data, rev); err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence && attempt < 50 {
+				continue
+			}
+			return nil, fmt.Errorf("update kernel record %s: %w", id, err)
+		}
+		return k, nil
+	}
+}
+
+// Emit publishes a lifecycle event durably. Events with the same ID are
+// stored once (the stream deduplicates on Nats-Msg-Id), so a part that
+// retries, or a redelivered request, never writes an event twice.
+func (b *Bus) Emit(ctx context.Context, ev broker.Event) error {
+	if ev.ID == "" {
+		ev.ID = nuid.Next()
+	}
+	if ev.V == 0 {
+		ev.V = broker.EventSchemaVersion
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	m := &nats.Msg{Subject: broker.SubjectEvent(ev.Kernel, ev.Type), Data: data, Header: nats.Header{}}
+	m.Header.Set(broker.HeaderType, broker.TypeEvent)
+	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	ctx, cancel := withTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = b.JS.PublishMsg(ctx, m)
+	return err
+}
+
+// Request publishes a start or stop request on the work queue of rm,
+// deduplicated on dedupID.
+func (b *Bus) Request(ctx context.Context, verb, rm, dedupID string, body any) error {
+	data, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	m := &nats.Msg{Subject: broker.SubjectRequest(verb, rm), Data: data, Header: nats.Header{}}
+	switch verb {
+	case broker.VerbStart:
+		m.Header.Set(broker.HeaderType, broker.TypeStartRequest)
+	case broker.VerbStop:
+		m.Header.Set(broker.HeaderType, broker.TypeStopRequest)
+	}
+	if dedupID != "" {
+		m.Header.Set(jetstream.MsgIDHeader, dedupID)
+	}
+	ctx, cancel := withTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = b.JS.PublishMsg(ctx, m)
+	return err
+}
