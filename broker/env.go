@@ -122,4 +122,3 @@ func (p EnvPolicy) LaunchTimeout(env map[string]string) (time.Duration, error) {
 	}
 	return d, nil
 }
-

@@ -108,9 +108,13 @@ type StartRequest struct {
 // StopRequest asks a worker pool to stop a kernel through its resource
 // manager, used when the launcher does not answer.
 type StopRequest struct {
-	KernelID  string `json:"kernel_id"`
-	Reason    string `json:"reason,omitempty"`
-	RequestID string `json:"request_id,omitempty"`
+	KernelID string `json:"kernel_id"`
+	// Host and Handle copy the record's, so the worker can stop the kernel
+	// even when the record is gone by the time it gets the request.
+	Host      string          `json:"host,omitempty"`
+	Handle    json.RawMessage `json:"handle,omitempty"`
+	Reason    string          `json:"reason,omitempty"`
+	RequestID string          `json:"request_id,omitempty"`
 }
 
 // Type names for HeaderType.
@@ -138,8 +142,8 @@ type ControlRequest struct {
 
 // ControlReply is a launcher's answer.
 type ControlReply struct {
-	OK     bool   `json:"ok"`
-	Error  string `json:"error,omitempty"`
-	State  State  `json:"state,omitempty"`
-	PID    int    `json:"pid,omitempty"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	State State  `json:"state,omitempty"`
+	PID   int    `json:"pid,omitempty"`
 }

@@ -1,0 +1,123 @@
+// Package workers holds the claim loop shared by every worker pool and the
+// interface each resource manager implements. A pool claims start requests
+// of its resource manager from the bus, submits the launcher through the
+// Backend, records the handle in the kernel record and follows the launch
+// until the launcher reports the kernel running or the launch fails.
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+)
+
+// Handle is what a backend returns for a submitted launcher. It is saved in
+// the kernel record, so any worker of the pool (including a restarted one)
+// can poll, signal and stop the kernel from the record alone.
+type Handle struct {
+	// Host the launcher runs on, for humans and events.
+	Host string
+	// Data is the backend's own versioned, opaque description (pid, YARN
+	// application id, pod name...).
+	Data json.RawMessage
+}
+
+// Status is what Poll learns about a submitted launcher.
+type Status struct {
+	// Running is true while the launcher process/application is alive.
+	Running bool
+	// Exited is true once it is known to have ended.
+	Exited bool
+	// Reason says how it ended (exit code, signal, resource manager
+	// diagnostics, last lines of stderr).
+	Reason string
+}
+
+// Capabilities tell the pool what a backend can do.
+type Capabilities struct {
+	// Signal is true when the backend can deliver signals to the kernel's
+	// process group without the launcher's help.
+	Signal bool
+}
+
+// Backend is one resource manager. Implementations live in one package
+// each (workers/local, workers/ssh, ...) and register in a Registry.
+type Backend interface {
+	// Name is the resource manager's name (broker.RMLocal, ...).
+	Name() string
+	// Start submits a launcher that will run cfg. It returns once the
+	// resource manager has accepted it, not when the kernel is ready.
+	Start(ctx context.Context, cfg *broker.LaunchConfig) (Handle, error)
+	// Poll reports on a launcher from its saved handle.
+	Poll(ctx context.Context, h Handle) (Status, error)
+	// Signal sends sig to the launcher's process group.
+	Signal(ctx context.Context, h Handle, sig syscall.Signal) error
+	// Stop ends the launcher and its kernel, politely for grace, then by
+	// force. Stopping something already gone is not an error.
+	Stop(ctx context.Context, h Handle, grace time.Duration) error
+	// Capabilities of this backend.
+	Capabilities() Capabilities
+}
+
+// Factory builds a backend from the worker's configuration.
+type Factory func(cfg BackendConfig) (Backend, error)
+
+// BackendConfig is what every backend may need from the worker.
+type BackendConfig struct {
+	// LauncherPath is the kernelbus-launcher binary on this machine.
+	LauncherPath string
+	// WorkerID names the worker in logs and handles.
+	WorkerID string
+	// Options are backend-specific settings (hosts, endpoints...).
+	Options map[string]string
+}
+
+// Registry maps resource-manager names to factories. It is explicit: mains
+// register the backends they link.
+type Registry struct {
+	mu sync.Mutex
+	m  map[string]Factory
+}
+
+// Register adds a backend factory; registering a name twice panics, as it
+// is a programming error.
+func (r *Registry) Register(name string, f Factory) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]Factory{}
+	}
+	if _, dup := r.m[name]; dup {
+		panic("workers: backend registered twice: " + name)
+	}
+	r.m[name] = f
+}
+
+// New builds the backend called name.
+func (r *Registry) New(name string, cfg BackendConfig) (Backend, error) {
+	r.mu.Lock()
+	f, ok := r.m[name]
+	r.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("unknown resource manager %q (known: %v)", name, r.Names())
+	}
+	return f(cfg)
+}
+
+// Names lists the registered backends.
+func (r *Registry) Names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for n := range r.m {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,252 @@
+package local_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// The test binary doubles as a stand-in launcher: the local backend runs it
+// with KB_LAUNCH_CONFIG set, and TestMain then behaves as cfg.Env["FAKE"]
+// says. It exercises the worker pool and the backend with real processes
+// and a real NATS; the real launcher has its own tests.
+func TestMain(m *testing.M) {
+	if enc := os.Getenv(broker.EnvLaunchConfig); enc != "" {
+		os.Exit(fakeLauncher(enc))
+	}
+	os.Exit(m.Run())
+}
+
+func fakeLauncher(enc string) int {
+	cfg, err := broker.DecodeLaunchConfig(enc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	switch cfg.Env["FAKE"] {
+	case "exit3":
+		fmt.Fprintln(os.Stderr, "boom-marker")
+		return 3
+	case "hang":
+		time.Sleep(time.Hour)
+		return 0
+	}
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Token: cfg.NATSToken})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bus, err := kbjs.Open(context.Background(), nc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if _, err := bus.UpdateKernel(context.Background(), cfg.KernelID, func(k *broker.Kernel) error {
+		k.State = broker.StateRunning
+		return nil
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	<-sig
+	return 0
+}
+
+type env struct {
+	bus  *kbjs.Bus
+	pool *workers.Pool
+	be   *local.Backend
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir(), Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	bus, err := kbjs.Setup(context.Background(), nc, kbjs.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.New(exe, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSToken: "s3cret", StopGrace: 2 * time.Second}, bus, be, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Stop)
+	return &env{bus: bus, pool: pool, be: be}
+}
+
+func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
+		Created: time.Now().UTC(), Deadline: time.Now().Add(timeout),
+		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode}, LaunchTimeout: broker.Duration(timeout)}}
+	if _, err := e.bus.CreateKernel(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, id, broker.StartRequest{KernelID: id}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls the record until cond holds.
+func (e *env) waitFor(t *testing.T, id string, within time.Duration, cond func(*broker.Kernel) bool) *broker.Kernel {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last *broker.Kernel
+	for time.Now().Before(deadline) {
+		k, _, err := e.bus.GetKernel(context.Background(), id)
+		if err == nil {
+			last = k
+			if cond(k) {
+				return k
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("kernel %s: condition not met within %s; last record: %+v", id, within, last)
+	return nil
+}
+
+func (e *env) events(t *testing.T, id string) []broker.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.bus.JS.OrderedConsumer(ctx, broker.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.SubjectEventsOf(id)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []broker.Event
+	for {
+		m, err := c.Next(jetstream.FetchMaxWait(300 * time.Millisecond))
+		if err != nil {
+			return out
+		}
+		var ev broker.Event
+		if err := json.Unmarshal(m.Data(), &ev); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+}
+
+func count(evs []broker.Event, typ string) int {
+	n := 0
+	for _, e := range evs {
+		if e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+func pidOf(t *testing.T, k *broker.Kernel) int {
+	var h struct{ PID int }
+	if err := json.Unmarshal(k.Handle, &h); err != nil || h.PID == 0 {
+		t.Fatalf("no pid in handle %s", k.Handle)
+	}
+	return h.PID
+}
+
+func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000001"
+	e.request(t, id, "ok", 20*time.Second)
+	// A second request for the same kernel (as after a redelivery) must
+	// not start a second launcher.
+	if err := e.bus.Request(context.Background(), broker.VerbStart, broker.RMLocal, id+"-again", broker.StartRequest{KernelID: id}); err != nil {
+		t.Fatal(err)
+	}
+	k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
+	pid := pidOf(t, k)
+	if k.Worker != e.pool.ID() || k.Host == "" {
+		t.Fatalf("record lacks worker or host: %+v", k)
+	}
+	evs := e.events(t, id)
+	if count(evs, broker.EvClaimed) != 1 || count(evs, broker.EvSubmitted) != 1 {
+		t.Fatalf("want one claimed and one submitted event, got %+v", evs)
+	}
+	// Stop through the pool: the process group is gone afterwards.
+	if err := e.bus.Request(context.Background(), broker.VerbStop, broker.RMLocal, id+":stop", broker.StopRequest{KernelID: id, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor(t, id, 10*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateTerminated })
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("launcher %d still alive after stop", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestLauncherExitFailsStartWithReason(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000002"
+	e.request(t, id, "exit3", 20*time.Second)
+	k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+	if k.State != broker.StateFailed || !strings.Contains(k.Reason, "exit code 3") || !strings.Contains(k.Reason, "boom-marker") {
+		t.Fatalf("want failed with exit code 3 and boom-marker, got %s: %q", k.State, k.Reason)
+	}
+	if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
+		t.Fatalf("want one start_failed event, got %d", n)
+	}
+}
+
+func TestLaunchTimeoutStopsLauncher(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000003"
+	e.request(t, id, "hang", 1*time.Second)
+	k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+	if k.State != broker.StateFailed || !strings.Contains(k.Reason, "did not start within") {
+		t.Fatalf("want a timeout failure, got %s: %q", k.State, k.Reason)
+	}
+	pid := pidOf(t, k)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := e.be.Poll(context.Background(), workers.Handle{Data: k.Handle})
+		if err == nil && st.Exited {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("launcher %d left running after the timeout", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,393 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// PoolConfig configures one worker pool process.
+type PoolConfig struct {
+	// ID names this worker; default: a random id.
+	ID string
+	// Concurrency bounds launches in flight in this worker. Default 64.
+	Concurrency int
+	// AckWait is how long a claimed request may go without progress before
+	// the bus redelivers it to another worker. Default 30s.
+	AckWait time.Duration
+	// NATSURLs, NATSToken and NATSCreds are what launchers use to reach
+	// the bus (the worker's own connection may be in-process).
+	NATSURLs  string
+	NATSToken string
+	NATSCreds string
+	// StopGrace is how long Stop waits before killing. Default 5s.
+	StopGrace time.Duration
+}
+
+// Pool claims requests of one resource manager and runs them through its
+// Backend. It holds no state that matters: everything is in the records.
+type Pool struct {
+	cfg  PoolConfig
+	bus  *kbjs.Bus
+	be   Backend
+	log  zerolog.Logger
+	cons jetstream.ConsumeContext
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	ctx  context.Context
+	stop context.CancelFunc
+}
+
+// NewPool validates cfg; nothing runs until Start.
+func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Pool, error) {
+	if cfg.ID == "" {
+		cfg.ID = be.Name() + "-" + randomID()
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 64
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = 5 * time.Second
+	}
+	if cfg.NATSURLs == "" {
+		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
+		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, stop: cancel}, nil
+}
+
+// ID is the worker's id.
+func (p *Pool) ID() string { return p.cfg.ID }
+
+// Start begins claiming requests.
+func (p *Pool) Start(ctx context.Context) error {
+	rm := p.be.Name()
+	cons, err := p.bus.JS.CreateOrUpdateConsumer(ctx, broker.StreamRequests, jetstream.ConsumerConfig{
+		Durable:       "workers-" + rm,
+		Description:   "the " + rm + " worker pool",
+		FilterSubject: broker.SubjectRequestsFor(rm),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.cfg.AckWait,
+		MaxAckPending: 10000,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return fmt.Errorf("worker pool %s: consumer: %w", rm, err)
+	}
+	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(p.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("worker pool %s: consume: %w", rm, err)
+	}
+	p.cons = cc
+	p.wg.Add(1)
+	go p.presence()
+	p.log.Info().Msg("worker pool claiming requests")
+	return nil
+}
+
+// Stop stops claiming and waits for handlers in flight to return. Launchers
+// already started keep running: they do not depend on the worker.
+func (p *Pool) Stop() {
+	if p.cons != nil {
+		p.cons.Stop()
+	}
+	p.stop()
+	p.wg.Wait()
+}
+
+// presence keeps this worker's key alive in kb_workers.
+func (p *Pool) presence() {
+	defer p.wg.Done()
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		info, _ := json.Marshal(map[string]any{"id": p.cfg.ID, "rm": p.be.Name(), "seen": time.Now().UTC()})
+		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, info); err != nil && p.ctx.Err() == nil {
+			p.log.Warn().Err(err).Msg("worker presence")
+		}
+		cancel()
+		select {
+		case <-p.ctx.Done():
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = p.bus.Workers.Delete(ctx, p.cfg.ID)
+			cancel()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Pool) dispatch(m jetstream.Msg) {
+	select {
+	case p.sem <- struct{}{}:
+	case <-p.ctx.Done():
+		_ = m.Nak()
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer func() { <-p.sem }()
+		var err error
+		switch m.Headers().Get(broker.HeaderType) {
+		case broker.TypeStartRequest:
+			var r broker.StartRequest
+			if err = json.Unmarshal(m.Data(), &r); err == nil {
+				err = p.handleStart(m, r)
+			}
+		case broker.TypeStopRequest:
+			var r broker.StopRequest
+			if err = json.Unmarshal(m.Data(), &r); err == nil {
+				err = p.handleStop(r)
+			}
+		default:
+			err = fmt.Errorf("unknown request type %q on %s", m.Headers().Get(broker.HeaderType), m.Subject())
+			p.log.Error().Err(err).Msg("dropping request")
+			_ = m.Term()
+			return
+		}
+		if err != nil && p.ctx.Err() != nil {
+			// Shutting down: let another worker take it.
+			_ = m.Nak()
+			return
+		}
+		if err != nil {
+			p.log.Error().Err(err).Str("subject", m.Subject()).Msg("request failed")
+		}
+		_ = m.Ack()
+	}()
+}
+
+// handleStart is idempotent on the kernel id: a redelivered request finds
+// the record and resumes or cleans up instead of starting a second kernel.
+func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
+	ctx := p.ctx
+	log := p.log.With().Str("kernel_id", r.KernelID).Logger()
+	var resumed bool
+	k, err := p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
+		switch {
+		case k.State == broker.StateRequested:
+			k.State, k.Worker = broker.StateClaimed, p.cfg.ID
+			return nil
+		case k.State.Starting() && len(k.Handle) > 0:
+			// Another worker submitted it and died: follow it from the
+			// handle rather than start a second launcher.
+			resumed = true
+			return kbjs.ErrNoChange
+		case k.State.Starting():
+			// Claimed but never submitted: the claimer died before it
+			// started anything, so taking it over is safe.
+			k.State, k.Worker = broker.StateClaimed, p.cfg.ID
+			return nil
+		default:
+			return errAlreadyDone
+		}
+	})
+	if errors.Is(err, errAlreadyDone) || errors.Is(err, broker.ErrKernelNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !resumed {
+		ev := broker.NewEvent(broker.EvClaimed, k)
+		ev.ID, ev.Source, ev.RequestID = r.KernelID+":claimed", "worker", r.RequestID
+		p.emit(ev)
+		if time.Now().After(k.Deadline) && !k.Deadline.IsZero() {
+			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
+		}
+		if k.Launch == nil {
+			return p.fail(k, nil, "the kernel record has no launch configuration")
+		}
+		cfg := *k.Launch
+		cfg.NATSURLs, cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSURLs, p.cfg.NATSToken, p.cfg.NATSCreds
+		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
+			cfg.LaunchTimeout = broker.Duration(d)
+		}
+		h, err := p.be.Start(ctx, &cfg)
+		if err != nil {
+			return p.fail(k, nil, fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
+		}
+		k, err = p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
+			if !k.State.Starting() && k.State != broker.StateRunning {
+				return errAlreadyDone
+			}
+			k.Handle, k.Host = h.Data, h.Host
+			if k.State.Starting() {
+				k.State = broker.StateSubmitted
+			}
+			return nil
+		})
+		if err != nil {
+			// Cancelled or deleted meanwhile: do not leave it running.
+			log.Info().Err(err).Msg("kernel went away during submission; stopping it")
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			return nil
+		}
+		ev = broker.NewEvent(broker.EvSubmitted, k)
+		ev.ID, ev.Source, ev.RequestID = r.KernelID+":submitted", "worker", r.RequestID
+		p.emit(ev)
+		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
+	}
+	return p.follow(m, k, log)
+}
+
+var errAlreadyDone = errors.New("request already handled")
+
+// follow waits until the launcher reports the kernel running, or the
+// launch fails, keeping the request in progress meanwhile.
+func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) error {
+	h := Handle{Host: k.Host, Data: k.Handle}
+	w, err := p.bus.Kernels.Watch(p.ctx, k.ID)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	progress := time.NewTicker(p.cfg.AckWait / 3)
+	defer progress.Stop()
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	deadline := k.Deadline
+	if deadline.IsZero() {
+		deadline = time.Now().Add(time.Minute)
+	}
+	// A little grace past the deadline lets the launcher report its own,
+	// more precise reason first.
+	timer := time.NewTimer(time.Until(deadline) + 2*time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("kernel record watch closed")
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return nil // deleted: the front-end gave up on it
+			}
+			var cur broker.Kernel
+			if json.Unmarshal(e.Value(), &cur) != nil {
+				continue
+			}
+			switch {
+			case cur.State == broker.StateRunning:
+				return nil
+			case cur.State.Terminal():
+				// Failed or cancelled: make sure nothing is left behind.
+				_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+				return nil
+			}
+		case <-poll.C:
+			st, err := p.be.Poll(p.ctx, h)
+			if err == nil && st.Exited {
+				// The launcher writes its own failure reason before it
+				// exits; give that a moment to land, then fill in ours.
+				cur, _, gerr := p.bus.GetKernel(p.ctx, k.ID)
+				if gerr == nil && cur.State.Starting() {
+					return p.fail(cur, &h, "the launcher exited before the kernel was ready: "+st.Reason)
+				}
+				return nil
+			}
+		case <-progress.C:
+			_ = m.InProgress()
+		case <-timer.C:
+			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
+			if err == nil && cur.State.Starting() {
+				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", time.Duration(k.Launch.LaunchTimeout).Round(time.Second)))
+			}
+			return nil
+		}
+	}
+}
+
+// fail marks a start failed (unless something else already ended it),
+// stops what was started and emits start_failed.
+func (p *Pool) fail(k *broker.Kernel, h *Handle, reason string) error {
+	if h != nil {
+		_ = p.be.Stop(context.Background(), *h, p.cfg.StopGrace)
+	}
+	k2, err := p.bus.UpdateKernel(p.ctx, k.ID, func(k *broker.Kernel) error {
+		if k.State.Terminal() {
+			return errAlreadyDone
+		}
+		k.State, k.Reason = broker.StateFailed, reason
+		return nil
+	})
+	if errors.Is(err, errAlreadyDone) || errors.Is(err, broker.ErrKernelNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ev := broker.NewEvent(broker.EvStartFailed, k2)
+	ev.ID, ev.Source, ev.Reason = k.ID+":start_failed", "worker", reason
+	p.emit(ev)
+	p.log.Warn().Str("kernel_id", k.ID).Str("reason", reason).Msg("start failed")
+	return nil
+}
+
+// handleStop ends a kernel through the resource manager, for when its
+// launcher cannot be reached on the bus.
+func (p *Pool) handleStop(r broker.StopRequest) error {
+	h := Handle{Host: r.Host, Data: r.Handle}
+	k, _, err := p.bus.GetKernel(p.ctx, r.KernelID)
+	switch {
+	case err == nil && len(k.Handle) > 0:
+		h = Handle{Host: k.Host, Data: k.Handle}
+	case err != nil && !errors.Is(err, broker.ErrKernelNotFound):
+		return err
+	}
+	if len(h.Data) > 0 {
+		if err := p.be.Stop(p.ctx, h, p.cfg.StopGrace); err != nil {
+			return fmt.Errorf("stop %s: %w", r.KernelID, err)
+		}
+	}
+	if k == nil {
+		return nil
+	}
+	k, err = p.bus.UpdateKernel(p.ctx, r.KernelID, func(k *broker.Kernel) error {
+		if k.State == broker.StateTerminated {
+			return errAlreadyDone
+		}
+		if !k.State.Terminal() {
+			k.State = broker.StateTerminated
+		}
+		if k.Reason == "" {
+			k.Reason = r.Reason
+		}
+		return nil
+	})
+	if err != nil {
+		return nil
+	}
+	ev := broker.NewEvent(broker.EvTerminated, k)
+	ev.ID, ev.Source, ev.Reason, ev.RequestID = r.KernelID+":terminated", "worker", r.Reason, r.RequestID
+	p.emit(ev)
+	return nil
+}
+
+func (p *Pool) emit(ev broker.Event) {
+	ev.Worker = p.cfg.ID
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.bus.Emit(ctx, ev); err != nil {
+		p.log.Warn().Err(err).Str("event", ev.Type).Msg("emit event")
+	}
+}
