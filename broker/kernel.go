@@ -89,8 +89,31 @@ type ClientSession struct {
 	Frontend string `json:"frontend,omitempty"`
 	// Cursor is the KB_IO stream sequence of the last message delivered
 	// to this session; a reconnect resumes after it.
-	Cursor  uint64    `json:"cursor"`
-	Updated time.Time `json:"updated"`
+	Cursor uint64 `json:"cursor"`
+	// ReplayFrom, when non-zero, is where a reconnect starts reading
+	// instead of Cursor+1: the first chunk of a large message that was
+	// still being reassembled when the session left, because chunks of
+	// different channels interleave. Messages that complete at or before
+	// Cursor were delivered already and are skipped.
+	ReplayFrom uint64    `json:"replay_from,omitempty"`
+	Updated    time.Time `json:"updated"`
+}
+
+// SessionRelease asks the front-end holding a websocket session
+// (ClientSession.Frontend) to close it, on SubjectFrontend, because the
+// client reconnected elsewhere. The holder stops delivering, saves the final
+// cursor and then replies with a SessionReleased, so the new holder resumes
+// exactly after the last message the old connection delivered.
+type SessionRelease struct {
+	Kernel  string `json:"kernel"`
+	Session string `json:"session"`
+}
+
+// SessionReleased answers a SessionRelease. Found is false when the
+// front-end held no such connection (any more); the record in kb_sessions
+// is then authoritative.
+type SessionReleased struct {
+	Found bool `json:"found"`
 }
 
 // SessionKey is the kb_sessions key of a session.
@@ -123,6 +146,8 @@ const (
 	TypeStopRequest  = "stop-request/1"
 	TypeControl      = "control/1"
 	TypeEvent        = "event/1"
+	// TypeSessionRelease marks a SessionRelease on SubjectFrontend.
+	TypeSessionRelease = "session-release/1"
 )
 
 // Control operations served by a launcher on SubjectControl.

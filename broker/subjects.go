@@ -75,6 +75,11 @@ func SubjectOutAll(kernelID string) string { return "kb.io." + kernelID + ".out.
 // (interrupt, restart, shutdown, ping): kb.ctl.<kernel>.
 func SubjectControl(kernelID string) string { return "kb.ctl." + kernelID }
 
+// SubjectFrontend is the request/reply subject of one front-end instance:
+// kb.fe.<frontend>. Other front-ends ask it to release a websocket session
+// that moved to them (SessionRelease).
+func SubjectFrontend(frontendID string) string { return "kb.fe." + frontendID }
+
 // ChannelFromSubject returns the channel of a kb.io.<kernel>.out.<channel>
 // subject, or "" if subj is not one.
 func ChannelFromSubject(subj string) string {
