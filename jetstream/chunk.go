@@ -48,6 +48,11 @@ func split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
 		}
 		h.Set(broker.HeaderChunk, strconv.Itoa(i)+"/"+strconv.Itoa(n))
 		h.Set(broker.HeaderChunkID, id)
+		// Each chunk needs its own dedup id, or the stream would keep
+		// only the first chunk of a message published with Nats-Msg-Id.
+		if dedup := m.Header.Get(jetstream.MsgIDHeader); dedup != "" {
+			h.Set(jetstream.MsgIDHeader, dedup+"/"+strconv.Itoa(i))
+		}
 		out = append(out, &nats.Msg{Subject: m.Subject, Header: h, Data: m.Data[i*size : end]})
 	}
 	return out

@@ -1,0 +1,319 @@
+// Package client is a small Go client of the Jupyter kernel gateway API
+// that kernelbus serves: REST calls and the kernel websocket in either
+// protocol. The benchmarks and the Go end-to-end tests drive kernelbus (and
+// any other gateway, such as Jupyter Enterprise Gateway) through it, so
+// every target is measured with the same client code.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/kernelbus/kernelbus/broker"
+)
+
+// Subprotocol is the binary websocket protocol of jupyter_server 2.
+const Subprotocol = "v1.kernel.websocket.jupyter.org"
+
+// Client talks to one gateway.
+type Client struct {
+	// BaseURL like http://127.0.0.1:8888 (no trailing slash needed).
+	BaseURL string
+	// Token, if the gateway wants one.
+	Token string
+	HTTP  *http.Client
+}
+
+// Model is a kernel model as the gateway returns it.
+type Model struct {
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	LastActivity   string `json:"last_activity"`
+	ExecutionState string `json:"execution_state"`
+	Connections    int    `json:"connections"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// APIError is a non-2xx answer.
+type APIError struct {
+	Status  int
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Reason, e.Message) }
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, rd)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "token "+c.Token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		e := &APIError{Status: resp.StatusCode}
+		if json.Unmarshal(data, e) != nil {
+			e.Message = string(data)
+		}
+		return e
+	}
+	if out != nil && len(data) > 0 {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+// StartKernel POSTs /api/kernels.
+func (c *Client) StartKernel(ctx context.Context, name string, env map[string]string) (*Model, error) {
+	if env == nil {
+		env = map[string]string{}
+	}
+	var m Model
+	err := c.do(ctx, http.MethodPost, "/api/kernels", map[string]any{"name": name, "env": env}, &m)
+	return &m, err
+}
+
+// Kernel GETs one kernel model.
+func (c *Client) Kernel(ctx context.Context, id string) (*Model, error) {
+	var m Model
+	err := c.do(ctx, http.MethodGet, "/api/kernels/"+id, nil, &m)
+	return &m, err
+}
+
+// Kernels lists kernels.
+func (c *Client) Kernels(ctx context.Context) ([]Model, error) {
+	var ms []Model
+	err := c.do(ctx, http.MethodGet, "/api/kernels", nil, &ms)
+	return ms, err
+}
+
+// DeleteKernel shuts a kernel down.
+func (c *Client) DeleteKernel(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/kernels/"+id, nil, nil)
+}
+
+// Interrupt interrupts a kernel.
+func (c *Client) Interrupt(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodPost, "/api/kernels/"+id+"/interrupt", struct{}{}, nil)
+}
+
+// Restart restarts a kernel in place.
+func (c *Client) Restart(ctx context.Context, id string) (*Model, error) {
+	var m Model
+	err := c.do(ctx, http.MethodPost, "/api/kernels/"+id+"/restart", struct{}{}, &m)
+	return &m, err
+}
+
+// Msg is a received Jupyter message.
+type Msg struct {
+	Channel      string
+	Header       broker.MsgHeader
+	ParentHeader broker.MsgHeader
+	Content      json.RawMessage
+	Buffers      [][]byte
+	// Size is the websocket frame's length.
+	Size int
+}
+
+// Conn is one kernel websocket.
+type Conn struct {
+	ws      *websocket.Conn
+	v1      bool
+	session string
+	wmu     sync.Mutex
+}
+
+// Connect opens the kernel's channels websocket with session_id session
+// (random when empty), offering the v1 subprotocol when v1 is true.
+func (c *Client) Connect(ctx context.Context, kernelID, session string, v1 bool) (*Conn, error) {
+	if session == "" {
+		session = NewID()
+	}
+	u, err := url.Parse(strings.TrimRight(c.BaseURL, "/") + "/api/kernels/" + kernelID + "/channels")
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme = strings.Replace(u.Scheme, "http", "ws", 1)
+	q := u.Query()
+	q.Set("session_id", session)
+	u.RawQuery = q.Encode()
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+	if v1 {
+		d.Subprotocols = []string{Subprotocol}
+	}
+	h := http.Header{}
+	if c.Token != "" {
+		h.Set("Authorization", "token "+c.Token)
+	}
+	ws, resp, err := d.DialContext(ctx, u.String(), h)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("websocket %s: %s: %w", u, resp.Status, err)
+		}
+		return nil, err
+	}
+	ws.SetReadLimit(512 << 20)
+	return &Conn{ws: ws, v1: ws.Subprotocol() == Subprotocol, session: session}, nil
+}
+
+// V1 reports whether the v1 protocol was negotiated.
+func (c *Conn) V1() bool { return c.v1 }
+
+// Session is the connection's session_id.
+func (c *Conn) Session() string { return c.session }
+
+// Close closes the websocket.
+func (c *Conn) Close() error { return c.ws.Close() }
+
+// Send sends a request on channel and returns its msg_id.
+func (c *Conn) Send(channel, msgType string, content any) (string, error) {
+	id := NewID()
+	hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": c.session,
+		"username": "kernelbus", "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
+	body, err := json.Marshal(content)
+	if err != nil {
+		return "", err
+	}
+	f := broker.Frame{Channel: channel, Header: hdr, ParentHeader: []byte("{}"), Metadata: []byte("{}"), Content: body}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.v1 {
+		return id, c.ws.WriteMessage(websocket.BinaryMessage, f.V1())
+	}
+	return id, c.ws.WriteMessage(websocket.TextMessage, f.AppendLegacyJSON(nil, id, msgType, true))
+}
+
+// Recv reads the next message.
+func (c *Conn) Recv(deadline time.Time) (*Msg, error) {
+	_ = c.ws.SetReadDeadline(deadline)
+	typ, data, err := c.ws.ReadMessage()
+	if err != nil {
+		return nil, err
+	}
+	var f broker.Frame
+	switch {
+	case c.v1:
+		f, err = broker.DecodeV1(data)
+	case typ == websocket.TextMessage:
+		f, err = broker.DecodeLegacyJSON(data)
+	default:
+		f, err = broker.DecodeLegacyBinary(data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := &Msg{Channel: f.Channel, Content: json.RawMessage(f.Content), Buffers: f.Buffers, Size: len(data)}
+	if m.Header, err = broker.ParseHeader(f.Header); err != nil {
+		return nil, err
+	}
+	_ = json.Unmarshal(f.ParentHeader, &m.ParentHeader)
+	return m, nil
+}
+
+// Reply is the result of Execute.
+type Reply struct {
+	Status  string
+	Stdout  strings.Builder
+	Outputs int
+	Msgs    int
+	Bytes   int
+}
+
+// Execute runs code and waits for its execute_reply and the idle status
+// that ends the request, collecting stdout.
+func (c *Conn) Execute(code string, timeout time.Duration) (*Reply, error) {
+	id, err := c.Send("shell", "execute_request", map[string]any{"code": code, "silent": false,
+		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+	if err != nil {
+		return nil, err
+	}
+	return c.Await(id, timeout)
+}
+
+// Await collects the messages answering request id until its reply and
+// idle status have both arrived.
+func (c *Conn) Await(id string, timeout time.Duration) (*Reply, error) {
+	deadline := time.Now().Add(timeout)
+	r := &Reply{}
+	var replied, idle bool
+	for !replied || !idle {
+		m, err := c.Recv(deadline)
+		if err != nil {
+			return r, fmt.Errorf("awaiting reply to %s: %w", id, err)
+		}
+		if m.ParentHeader.MsgID != id {
+			continue
+		}
+		r.Msgs++
+		r.Bytes += m.Size
+		switch m.Header.MsgType {
+		case "execute_reply", "kernel_info_reply", "shutdown_reply", "interrupt_reply":
+			var st struct{ Status string }
+			_ = json.Unmarshal(m.Content, &st)
+			r.Status, replied = st.Status, true
+			if m.Header.MsgType == "kernel_info_reply" {
+				idle = true // some kernels send no status for it over a fresh socket
+			}
+		case "status":
+			var st struct {
+				ExecutionState string `json:"execution_state"`
+			}
+			_ = json.Unmarshal(m.Content, &st)
+			idle = idle || st.ExecutionState == "idle"
+		case "stream":
+			var st struct{ Name, Text string }
+			_ = json.Unmarshal(m.Content, &st)
+			if st.Name == "stdout" {
+				r.Stdout.WriteString(st.Text)
+			}
+			r.Outputs++
+		default:
+			r.Outputs++
+		}
+	}
+	return r, nil
+}
+
+// NewID returns a random UUID-shaped id.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}

@@ -1,0 +1,186 @@
+// Package frontend is the Jupyter gateway that clients talk to: the
+// kernelspec, kernel and session REST API of Jupyter Server / Enterprise
+// Gateway and the kernel websocket, served by Fiber. It keeps no state of
+// its own: kernel records, activity, websocket sessions and their replay
+// cursors live on the bus, so any number of front-ends can serve the same
+// kernels and a client may reconnect to any of them.
+package frontend
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nuid"
+)
+
+// Config configures a front-end. The zero value is usable.
+type Config struct {
+	// Token is the shared secret clients send as "Authorization: token T",
+	// "Authorization: Bearer T", Basic auth with T as the password, or
+	// ?token=T. Empty disables authentication. Default "".
+	Token string
+
+	// AllowedEnv names the variables besides KERNEL_* that clients may pass
+	// in a start request's env; "*" allows all. Others are dropped.
+	// Default: none.
+	AllowedEnv []string
+
+	// AllowOrigin is the comma-separated list of browser origins allowed
+	// to call the API cross-origin and to open kernel websockets, such as
+	// "https://lab.example.com" or "https://*.example.com"; "*" allows any.
+	// When set, CORS headers are sent for matching origins. Requests
+	// without an Origin header (jupyter_server, nbclient, scripts) are
+	// never refused by this check; a websocket whose Origin differs from
+	// its Host is refused unless it matches. Default "" (same origin only).
+	AllowOrigin string
+
+	// BaseURL prefixes every route, as Jupyter's base_url. Default "/".
+	BaseURL string
+
+	// DefaultLaunchTimeout bounds a kernel start when the client sends no
+	// KERNEL_LAUNCH_TIMEOUT. Keep it below the client's request timeout
+	// (jupyter_server: 42 s). Default 40s.
+	DefaultLaunchTimeout time.Duration
+
+	// MaxLaunchTimeout caps KERNEL_LAUNCH_TIMEOUT. Default 10m.
+	MaxLaunchTimeout time.Duration
+
+	// WSReadLimit is the largest websocket message accepted from a client;
+	// a larger one closes the connection with 1009. Default 64 MiB.
+	WSReadLimit int64
+
+	// WSPingInterval is how often idle websockets are pinged, so proxies
+	// keep them open and nbclient's 40 s read timeout never fires.
+	// Default 25s.
+	WSPingInterval time.Duration
+
+	// FrontendID names this instance in session records, events and its
+	// bus subject. Default: random.
+	FrontendID string
+
+	// MaxKernels limits kernels that are starting or running across the
+	// installation (403 beyond). 0 means unlimited. Default 0.
+	MaxKernels int
+
+	// MaxKernelsPerUser limits them per KERNEL_USERNAME. 0 means
+	// unlimited. Default 0.
+	MaxKernelsPerUser int
+
+	// Version is reported as gateway_version by GET /api. Default "dev".
+	Version string
+}
+
+// JupyterServerVersion is what GET /api reports as "version": the
+// jupyter_server release whose REST API and websocket protocols this
+// front-end speaks.
+const JupyterServerVersion = "2.14.2"
+
+const (
+	defaultLaunchTimeout = 40 * time.Second
+	defaultMaxLaunch     = 10 * time.Minute
+	defaultWSReadLimit   = 64 << 20
+	defaultPingInterval  = 25 * time.Second
+)
+
+// withDefaults validates c and fills in defaults.
+func (c Config) withDefaults() (Config, error) {
+	if c.DefaultLaunchTimeout <= 0 {
+		c.DefaultLaunchTimeout = defaultLaunchTimeout
+	}
+	if c.MaxLaunchTimeout <= 0 {
+		c.MaxLaunchTimeout = defaultMaxLaunch
+	}
+	if c.MaxLaunchTimeout < c.DefaultLaunchTimeout {
+		return c, fmt.Errorf("frontend: MaxLaunchTimeout %s is below DefaultLaunchTimeout %s", c.MaxLaunchTimeout, c.DefaultLaunchTimeout)
+	}
+	if c.WSReadLimit <= 0 {
+		c.WSReadLimit = defaultWSReadLimit
+	}
+	if c.WSPingInterval <= 0 {
+		c.WSPingInterval = defaultPingInterval
+	}
+	if c.FrontendID == "" {
+		c.FrontendID = strings.ToLower(nuid.Next())
+	}
+	for _, r := range c.FrontendID {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return c, fmt.Errorf("frontend: FrontendID %q may only hold letters, digits, - and _ (it is a NATS subject token)", c.FrontendID)
+		}
+	}
+	if c.MaxKernels < 0 || c.MaxKernelsPerUser < 0 {
+		return c, errors.New("frontend: MaxKernels and MaxKernelsPerUser must not be negative")
+	}
+	b := c.BaseURL
+	if b == "" {
+		b = "/"
+	}
+	if !strings.HasPrefix(b, "/") {
+		b = "/" + b
+	}
+	if !strings.HasSuffix(b, "/") {
+		b += "/"
+	}
+	if _, err := url.Parse(b); err != nil {
+		return c, fmt.Errorf("frontend: BaseURL %q: %w", c.BaseURL, err)
+	}
+	c.BaseURL = b
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if _, err := parseOrigins(c.AllowOrigin); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// originSet matches browser origins against AllowOrigin.
+type originSet struct {
+	any      bool
+	patterns []string // scheme://host[:port], host labels may be "*"
+}
+
+func parseOrigins(s string) (originSet, error) {
+	var o originSet
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(p), "/"))
+		switch {
+		case p == "":
+		case p == "*":
+			o.any = true
+		case !strings.Contains(p, "://"):
+			return o, fmt.Errorf("frontend: AllowOrigin entry %q needs a scheme, like https://lab.example.com", p)
+		default:
+			o.patterns = append(o.patterns, strings.ToLower(p))
+		}
+	}
+	return o, nil
+}
+
+func (o originSet) enabled() bool { return o.any || len(o.patterns) > 0 }
+
+// match reports whether origin is allowed. A "*" label in a pattern stands
+// for one or more DNS labels.
+func (o originSet) match(origin string) bool {
+	if o.any {
+		return true
+	}
+	origin = strings.ToLower(origin)
+	for _, p := range o.patterns {
+		if p == origin {
+			return true
+		}
+		if i := strings.Index(p, "*"); i >= 0 {
+			pre, post := p[:i], p[i+1:]
+			if len(origin) > len(pre)+len(post) && strings.HasPrefix(origin, pre) && strings.HasSuffix(origin, post) {
+				mid := origin[len(pre) : len(origin)-len(post)]
+				if !strings.ContainsAny(mid, "/:@") {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

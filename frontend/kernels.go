@@ -1,0 +1,542 @@
+package frontend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// lastActivityLayout is what jupyter_server's gateway client parses with
+// strptime("%Y-%m-%dT%H:%M:%S.%fZ"): six fractional digits and a Z.
+const lastActivityLayout = "2006-01-02T15:04:05.000000Z"
+
+// KernelModel is a kernel as the Jupyter REST API shows it.
+type KernelModel struct {
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	LastActivity   string `json:"last_activity"`
+	ExecutionState string `json:"execution_state"`
+	Connections    int    `json:"connections"`
+	Reason         string `json:"reason,omitempty"`
+}
+
+// executionStates are the values JupyterLab accepts; anything else the
+// launcher might report is shown as idle rather than break the client.
+var executionStates = map[string]bool{"starting": true, "idle": true, "busy": true, "restarting": true, "dead": true}
+
+func (s *Server) model(k *broker.Kernel) KernelModel {
+	m := KernelModel{ID: k.ID, Name: k.Spec, Connections: s.state.connections(k.ID)}
+	last := k.Created
+	if k.Updated.After(last) {
+		last = k.Updated
+	}
+	a, hasActivity := s.state.activityOf(k.ID)
+	if hasActivity && !a.LastActivity.IsZero() {
+		last = a.LastActivity
+	}
+	m.LastActivity = last.UTC().Format(lastActivityLayout)
+	switch {
+	case k.State.Starting():
+		m.ExecutionState = "starting"
+	case k.State == broker.StateRestarting:
+		m.ExecutionState = "restarting"
+	case k.State.Terminal():
+		m.ExecutionState = "dead"
+		m.Reason = k.Reason
+	case hasActivity && executionStates[a.ExecutionState]:
+		m.ExecutionState = a.ExecutionState
+	default:
+		m.ExecutionState = "idle"
+	}
+	return m
+}
+
+func kernelNotFound(id string) error {
+	return broker.Errorf(broker.ErrKernelNotFound, "Kernel does not exist: %s", id)
+}
+
+// visibleKernel reads a record fresh from the bus (not the cache, so a
+// kernel another front-end just removed is gone here too) and hides the
+// failed and terminated ones, which Jupyter must see as 404.
+func (s *Server) visibleKernel(ctx context.Context, id string) (*broker.Kernel, uint64, error) {
+	k, rev, err := s.bus.GetKernel(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	s.state.putKernel(id, k, rev, false)
+	if k.State == broker.StateFailed || k.State == broker.StateTerminated {
+		return nil, 0, kernelNotFound(id)
+	}
+	return k, rev, nil
+}
+
+func (s *Server) listKernels(c *fiber.Ctx) error {
+	ks := s.state.listKernels()
+	out := make([]KernelModel, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, s.model(k))
+	}
+	return c.JSON(out)
+}
+
+func (s *Server) getKernel(c *fiber.Ctx) error {
+	k, _, err := s.visibleKernel(s.ctx, c.Params("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(s.model(k))
+}
+
+// startBody is POST /api/kernels.
+type startBody struct {
+	Name string            `json:"name"`
+	Env  map[string]string `json:"env"`
+	Path string            `json:"path"`
+}
+
+func (s *Server) postKernel(c *fiber.Ctx) error {
+	var b startBody
+	if body := c.Body(); len(strings.TrimSpace(string(body))) > 0 {
+		if err := json.Unmarshal(body, &b); err != nil {
+			return broker.Errorf(broker.ErrBadRequest, "request body is not valid JSON {name, env}: %v", err)
+		}
+	}
+	k, err := s.startKernel(b.Name, b.Env, requestID(c))
+	if err != nil {
+		return err
+	}
+	c.Location(s.cfg.BaseURL + "api/kernels/" + k.ID)
+	return c.Status(fiber.StatusCreated).JSON(s.model(k))
+}
+
+// startKernel creates the kernel record, asks the spec's worker pool to
+// start it and waits until the launcher reports it running, it fails, or
+// its launch timeout passes.
+func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID string) (*broker.Kernel, error) {
+	if specName == "" {
+		specName = s.specs.Default()
+	}
+	spec, ok := s.specs.Spec(specName)
+	if !ok {
+		return nil, broker.Errorf(broker.ErrSpecNotFound, "Kernel spec %s not found", specName)
+	}
+	env, err := s.policy.Filter(clientEnv)
+	if err != nil {
+		return nil, err
+	}
+	timeout, err := s.policy.LaunchTimeout(env)
+	if err != nil {
+		return nil, err
+	}
+	user := env[broker.EnvUsername]
+	if all, mine := s.state.counts(user); s.cfg.MaxKernels > 0 && all >= s.cfg.MaxKernels {
+		return nil, broker.Errorf(broker.ErrLimit, "A limit of %d kernels is reached; shut one down first", s.cfg.MaxKernels)
+	} else if s.cfg.MaxKernelsPerUser > 0 && user != "" && mine >= s.cfg.MaxKernelsPerUser {
+		return nil, broker.Errorf(broker.ErrLimit, "User %s has reached the limit of %d kernels; shut one down first", user, s.cfg.MaxKernelsPerUser)
+	}
+	rm, err := spec.RM()
+	if err != nil {
+		return nil, broker.Wrap(broker.ErrBadRequest, err, "Kernel spec %s cannot be started", spec.Name)
+	}
+
+	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	k := &broker.Kernel{
+		Spec: spec.Name, RM: rm, User: user, State: broker.StateRequested, Env: env,
+		Created: now, Deadline: now.Add(timeout),
+	}
+	// JEG lets a client choose the id (KERNEL_ID, a UUID) of a new kernel.
+	ids := []string{}
+	if want, err := uuid.Parse(env[broker.EnvKernelID]); err == nil && want.Version() == 4 {
+		ids = append(ids, want.String())
+	}
+	ids = append(ids, uuid.NewString())
+	var rev uint64
+	for i, id := range ids {
+		k.ID = id
+		k.Launch = s.launchConfig(spec, k, env, timeout)
+		rev, err = s.bus.CreateKernel(ctx, k)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) || i == len(ids)-1 {
+			return nil, broker.Wrap(broker.ErrUnavailable, err, "could not record the new kernel")
+		}
+		s.log.Info().Str("kernel_id", id).Msg("client-chosen KERNEL_ID is taken; using a new id")
+	}
+	s.state.putKernel(k.ID, k, rev, false)
+	log := s.log.With().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("request_id", reqID).Logger()
+
+	ev := broker.NewEvent(broker.EvRequested, k)
+	ev.ID, ev.Source, ev.RequestID = k.ID+":requested", "frontend", reqID
+	if err := s.bus.Emit(ctx, ev); err != nil {
+		log.Warn().Err(err).Msg("emit requested event")
+	}
+	// Watch before asking, so no transition can slip by.
+	w, err := s.bus.Kernels.Watch(ctx, k.ID)
+	if err != nil {
+		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not watch the new kernel")
+	}
+	defer func() { _ = w.Stop() }()
+	if err := s.bus.Request(ctx, broker.VerbStart, rm, k.ID, broker.StartRequest{KernelID: k.ID, RequestID: reqID}); err != nil {
+		s.failStart(k.ID, "the start request could not be queued: "+err.Error(), reqID)
+		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not queue the start of kernel %s", k.ID)
+	}
+	log.Info().Dur("timeout", timeout).Str("rm", rm).Msg("kernel requested")
+
+	timer := time.NewTimer(time.Until(k.Deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil, broker.Errorf(broker.ErrUnavailable, "front-end shutting down while kernel %s starts", k.ID)
+		case <-timer.C:
+			return s.startTimedOut(k, timeout, reqID)
+		case e, ok := <-w.Updates():
+			if !ok {
+				return s.startTimedOut(k, timeout, reqID)
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return nil, broker.Errorf(broker.ErrStartFailed, "Kernel %s was removed while it started", k.ID)
+			}
+			var cur broker.Kernel
+			if json.Unmarshal(e.Value(), &cur) != nil {
+				continue
+			}
+			s.state.putKernel(cur.ID, &cur, e.Revision(), false)
+			switch {
+			case cur.State == broker.StateRunning || cur.State == broker.StateRestarting:
+				log.Info().Str("host", cur.Host).Msg("kernel running")
+				return &cur, nil
+			case cur.State.Terminal():
+				return nil, startFailed(&cur)
+			}
+		}
+	}
+}
+
+func startFailed(k *broker.Kernel) error {
+	reason := k.Reason
+	if reason == "" {
+		reason = "it ended as " + string(k.State)
+	}
+	return broker.Errorf(broker.ErrStartFailed, "Kernel %s failed to start: %s", k.ID, reason)
+}
+
+// launchConfig is what the worker hands the launcher. The kernel's env is
+// the spec's (its ${VAR}s filled from the client's env only, never from
+// this process's, which may hold secrets), the client's filtered env and
+// the KERNEL_* facts JEG kernels rely on.
+func (s *Server) launchConfig(spec *broker.KernelSpec, k *broker.Kernel, env map[string]string, timeout time.Duration) *broker.LaunchConfig {
+	kenv := make(map[string]string, len(spec.Env)+len(env)+4)
+	for name, v := range spec.Env {
+		kenv[name] = expandVars(v, env)
+	}
+	for name, v := range env {
+		kenv[name] = v
+	}
+	kenv[broker.EnvKernelID] = k.ID
+	if k.User != "" {
+		kenv[broker.EnvUsername] = k.User
+	}
+	kenv[broker.EnvKernelLanguage] = spec.Language
+	kenv[broker.EnvKernelGateway] = "1"
+	mode := spec.InterruptMode
+	if mode == "" {
+		mode = "signal"
+	}
+	return &broker.LaunchConfig{
+		V: 1, KernelID: k.ID, Spec: spec.Name, User: k.User, Argv: spec.Argv, Env: kenv,
+		InterruptMode: mode, Language: spec.Language, ResourceDir: spec.Dir,
+		LaunchTimeout: broker.Duration(timeout),
+	}
+}
+
+// expandVars replaces ${NAME} and $NAME with vars[NAME] and $$ with $,
+// leaving unknown names as written (Python's Template.safe_substitute,
+// which jupyter_client uses).
+func expandVars(s string, vars map[string]string) string {
+	if !strings.Contains(s, "$") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch next := s[i+1]; {
+		case next == '$':
+			b.WriteByte('$')
+			i++
+		case next == '{':
+			end := strings.IndexByte(s[i+2:], '}')
+			if end < 0 {
+				b.WriteByte('$')
+				continue
+			}
+			name := s[i+2 : i+2+end]
+			if v, ok := vars[name]; ok && isIdent(name) {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i : i+3+end])
+			}
+			i += 2 + end
+		case isIdentStart(next):
+			j := i + 1
+			for j < len(s) && (isIdentStart(s[j]) || s[j] >= '0' && s[j] <= '9') {
+				j++
+			}
+			if v, ok := vars[s[i+1:j]]; ok {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i:j])
+			}
+			i = j - 1
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String()
+}
+
+func isIdentStart(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func isIdent(s string) bool {
+	if s == "" || !isIdentStart(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !isIdentStart(s[i]) && !(s[i] >= '0' && s[i] <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// startTimedOut fails a start whose deadline passed (unless it made it
+// after all) and asks the worker pool to kill whatever it started.
+func (s *Server) startTimedOut(k *broker.Kernel, timeout time.Duration, reqID string) (*broker.Kernel, error) {
+	secs := strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64)
+	reason := "timeout: the kernel did not start within " + secs + "s (KERNEL_LAUNCH_TIMEOUT)"
+	cur, err := s.failStart(k.ID, reason, reqID)
+	if err == nil && cur != nil && (cur.State == broker.StateRunning || cur.State == broker.StateRestarting) {
+		return cur, nil // it made it while we gave up
+	}
+	if cur != nil && cur.State.Terminal() && cur.Reason != reason {
+		return nil, startFailed(cur)
+	}
+	return nil, broker.Errorf(broker.ErrStartTimeout, "Kernel %s did not start within %ss (KERNEL_LAUNCH_TIMEOUT)", k.ID, secs)
+}
+
+// failStart marks a starting kernel failed and sends a stop request to
+// its pool. It returns the record as it is afterwards.
+func (s *Server) failStart(id, reason, reqID string) (*broker.Kernel, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	changed := false
+	cur, err := s.bus.UpdateKernel(ctx, id, func(k *broker.Kernel) error {
+		changed = false
+		if !k.State.Starting() {
+			return kbjs.ErrNoChange
+		}
+		k.State, k.Reason = broker.StateFailed, reason
+		changed = true
+		return nil
+	})
+	if err != nil {
+		s.log.Warn().Err(err).Str("kernel_id", id).Msg("could not mark the kernel failed")
+		return cur, err
+	}
+	if !changed {
+		return cur, nil
+	}
+	stop := broker.StopRequest{KernelID: id, Host: cur.Host, Handle: cur.Handle, Reason: reason, RequestID: reqID}
+	if err := s.bus.Request(ctx, broker.VerbStop, cur.RM, id+":stop", stop); err != nil {
+		s.log.Warn().Err(err).Str("kernel_id", id).Msg("could not queue the stop of a failed start")
+	}
+	ev := broker.NewEvent(broker.EvStartFailed, cur)
+	ev.ID, ev.RequestID, ev.Reason = id+":start_failed", reqID, reason
+	s.emit(ev)
+	return cur, nil
+}
+
+// control sends op to the kernel's launcher and waits for its answer.
+func (s *Server) control(ctx context.Context, k *broker.Kernel, op, reqID string, timeout time.Duration) (*broker.ControlReply, error) {
+	data, _ := json.Marshal(broker.ControlRequest{Op: op, RequestID: reqID, User: k.User})
+	m := &nats.Msg{Subject: broker.SubjectControl(k.ID), Data: data, Header: nats.Header{}}
+	m.Header.Set(broker.HeaderType, broker.TypeControl)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := s.bus.NC.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	var r broker.ControlReply
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, broker.Wrap(broker.ErrInternal, err, "the launcher of kernel %s sent an unreadable reply", k.ID)
+	}
+	return &r, nil
+}
+
+// controlError turns a failed control request into the error to show.
+func controlError(k *broker.Kernel, op string, err error) error {
+	if errors.Is(err, nats.ErrNoResponders) {
+		return broker.Errorf(broker.ErrKernelGone, "Kernel %s is not reachable: its launcher is not on the bus", k.ID)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return broker.Errorf(broker.ErrUnavailable, "Kernel %s: the launcher did not answer %s in time", k.ID, op)
+	}
+	return broker.Wrap(broker.ErrInternal, err, "Kernel %s: %s failed", k.ID, op)
+}
+
+// liveKernel returns a kernel that can take interrupt and restart.
+func (s *Server) liveKernel(id string) (*broker.Kernel, error) {
+	k, _, err := s.visibleKernel(s.ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case k.State.Starting():
+		return nil, broker.Errorf(broker.ErrConflict, "Kernel %s is still starting; try again when it runs", id)
+	case k.State == broker.StateDead:
+		return nil, broker.Errorf(broker.ErrKernelGone, "Kernel %s is dead: %s", id, k.Reason)
+	}
+	return k, nil
+}
+
+func (s *Server) interruptKernel(c *fiber.Ctx) error {
+	k, err := s.liveKernel(c.Params("id"))
+	if err != nil {
+		return err
+	}
+	r, err := s.control(s.ctx, k, broker.OpInterrupt, requestID(c), 10*time.Second)
+	if err != nil {
+		return controlError(k, "interrupt", err)
+	}
+	if !r.OK {
+		return broker.Errorf(broker.ErrInternal, "Kernel %s could not be interrupted: %s", k.ID, r.Error)
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (s *Server) restartKernel(c *fiber.Ctx) error {
+	k, err := s.liveKernel(c.Params("id"))
+	if err != nil {
+		return err
+	}
+	reqID := requestID(c)
+	ev := broker.NewEvent(broker.EvRestartRequested, k)
+	ev.RequestID = reqID
+	s.emit(ev)
+	timeout := s.cfg.DefaultLaunchTimeout
+	if k.Launch != nil && k.Launch.LaunchTimeout > 0 {
+		timeout = time.Duration(k.Launch.LaunchTimeout)
+	}
+	r, err := s.control(s.ctx, k, broker.OpRestart, reqID, timeout+5*time.Second)
+	if err != nil {
+		return controlError(k, "restart", err)
+	}
+	if !r.OK {
+		return broker.Errorf(broker.ErrInternal, "Kernel %s could not be restarted: %s", k.ID, r.Error)
+	}
+	if cur, _, err := s.visibleKernel(s.ctx, k.ID); err == nil {
+		k = cur
+	}
+	return c.JSON(s.model(k))
+}
+
+func (s *Server) deleteKernel(c *fiber.Ctx) error {
+	if err := s.shutdownKernel(c.Params("id"), requestID(c)); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// shutdownKernel asks the launcher to shut the kernel down (its pool to
+// kill it when the launcher does not answer), then removes the kernel's
+// record, activity and sessions and closes its websockets here.
+func (s *Server) shutdownKernel(id, reqID string) error {
+	k, _, err := s.visibleKernel(s.ctx, id)
+	if err != nil {
+		return err
+	}
+	ev := broker.NewEvent(broker.EvShutdownRequest, k)
+	ev.RequestID = reqID
+	s.emit(ev)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stopped := false
+	if k.State == broker.StateRunning || k.State == broker.StateRestarting {
+		r, err := s.control(ctx, k, broker.OpShutdown, reqID, 12*time.Second)
+		switch {
+		case err != nil:
+			s.log.Info().Err(err).Str("kernel_id", id).Msg("launcher did not confirm shutdown; asking its pool to stop it")
+		case !r.OK:
+			s.log.Info().Str("kernel_id", id).Str("error", r.Error).Msg("launcher refused shutdown; asking its pool to stop it")
+		default:
+			stopped = true
+		}
+	}
+	cur, err := s.bus.UpdateKernel(ctx, id, func(k *broker.Kernel) error {
+		if k.State.Terminal() {
+			return kbjs.ErrNoChange
+		}
+		k.State = broker.StateTerminated
+		if k.Reason == "" {
+			k.Reason = "shut down on request"
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
+		return broker.Wrap(broker.ErrUnavailable, err, "could not record the shutdown of kernel %s", id)
+	}
+	if cur == nil {
+		cur = k
+	}
+	// Let this front-end's cache know at once that the kernel ended.
+	if k2, rev, err := s.bus.GetKernel(ctx, id); err == nil {
+		s.state.putKernel(id, k2, rev, false)
+	}
+	if !stopped {
+		stop := broker.StopRequest{KernelID: id, Host: cur.Host, Handle: cur.Handle, Reason: "shutdown requested", RequestID: reqID}
+		if err := s.bus.Request(ctx, broker.VerbStop, k.RM, id+":stop", stop); err != nil {
+			s.log.Warn().Err(err).Str("kernel_id", id).Msg("could not queue the stop request")
+		}
+	}
+	// Close this front-end's sockets first (the record is terminal, so
+	// their final save removes their session keys instead of writing
+	// them), then remove what is left of the kernel.
+	s.hub.kernelEnded(id)
+	s.hub.waitKernelClosed(ctx, id)
+	keys := s.state.sessionKeys(id)
+	if kl, err := s.bus.Sessions.ListKeysFiltered(ctx, id+".>"); err == nil {
+		for key := range kl.Keys() {
+			keys = append(keys, key)
+		}
+	}
+	for _, key := range keys {
+		_ = s.bus.Sessions.Delete(ctx, key)
+	}
+	_ = s.bus.Activity.Delete(ctx, id)
+	if err := s.bus.Kernels.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		s.log.Warn().Err(err).Str("kernel_id", id).Msg("could not delete the kernel record")
+	}
+	s.state.putKernel(id, nil, s.state.rev(id)+1, false)
+	s.log.Info().Str("kernel_id", id).Bool("launcher_confirmed", stopped).Msg("kernel shut down")
+	return nil
+}

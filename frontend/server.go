@@ -1,0 +1,372 @@
+package frontend
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/google/uuid"
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Server is one front-end instance.
+type Server struct {
+	cfg      Config
+	bus      *kbjs.Bus
+	specs    SpecSource
+	log      zerolog.Logger
+	app      *fiber.App
+	origins  originSet
+	policy   broker.EnvPolicy
+	ioStream jetstream.Stream
+
+	// ctx ends at Shutdown; every goroutine the server starts watches it
+	// and is counted in wg.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	goMu     sync.Mutex
+	stopping bool
+
+	state  *state
+	hub    *hub
+	events chan broker.Event
+
+	releaseSub *nats.Subscription
+	shutOnce   sync.Once
+	shutErr    error
+}
+
+// New validates cfg, binds to the bus, starts the watchers that keep the
+// kernel, activity and session caches, and builds the Fiber app. Nothing
+// listens until Listen or Serve.
+func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if bus == nil || specs == nil {
+		return nil, errors.New("frontend: a bus and a spec source are required")
+	}
+	origins, _ := parseOrigins(cfg.AllowOrigin)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg: cfg, bus: bus, specs: specs, origins: origins,
+		log:    log.With().Str("frontend", cfg.FrontendID).Logger(),
+		policy: broker.EnvPolicy{Allowed: cfg.AllowedEnv, DefaultLaunchTimeout: cfg.DefaultLaunchTimeout, MaxLaunchTimeout: cfg.MaxLaunchTimeout},
+		ctx:    ctx, cancel: cancel,
+		events: make(chan broker.Event, 1024),
+	}
+	s.state = newState()
+	s.hub = newHub(s)
+	// Clean up a partial start: everything started so far hangs off ctx.
+	fail := func(err error) (*Server, error) {
+		cancel()
+		s.goMu.Lock()
+		s.stopping = true
+		s.goMu.Unlock()
+		if s.releaseSub != nil {
+			_ = s.releaseSub.Unsubscribe()
+		}
+		s.wg.Wait()
+		return nil, err
+	}
+	sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
+	defer scancel()
+	if s.ioStream, err = bus.JS.Stream(sctx, broker.StreamIO); err != nil {
+		return fail(fmt.Errorf("frontend: stream %s: %w", broker.StreamIO, err))
+	}
+	if err := s.state.start(sctx, s); err != nil {
+		return fail(err)
+	}
+	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
+		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(cfg.FrontendID), err))
+	}
+	s.goFunc(s.emitLoop)
+	s.goFunc(s.hub.tickLoop)
+	s.app = s.routes()
+	return s, nil
+}
+
+// goFunc runs f in a goroutine owned by the server, unless Shutdown has
+// begun waiting for them (then it reports false).
+func (s *Server) goFunc(f func()) bool {
+	s.goMu.Lock()
+	defer s.goMu.Unlock()
+	if s.stopping {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// App returns the Fiber app, for tests (app.Test) and for mounting.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Listen serves on addr until Shutdown.
+func (s *Server) Listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.log.Info().Str("addr", ln.Addr().String()).Str("base_url", s.cfg.BaseURL).Msg("front-end listening")
+	err := s.app.Listener(ln)
+	if s.ctx.Err() != nil {
+		return nil // stopped by Shutdown
+	}
+	return err
+}
+
+// Shutdown stops accepting requests, closes every websocket (code 1012,
+// so clients reconnect, to another front-end if there is one) after saving
+// its replay cursor, stops the watchers and waits for every goroutine the
+// server started. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutOnce.Do(func() {
+		s.hub.closeAll(closeServiceRestart, "front-end shutting down")
+		if err := s.app.ShutdownWithContext(ctx); err != nil {
+			s.shutErr = err
+		}
+		if s.releaseSub != nil {
+			_ = s.releaseSub.Unsubscribe()
+		}
+		s.cancel()
+		s.goMu.Lock()
+		s.stopping = true
+		s.goMu.Unlock()
+		done := make(chan struct{})
+		go func() { s.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			if s.shutErr == nil {
+				s.shutErr = ctx.Err()
+			}
+		}
+	})
+	return s.shutErr
+}
+
+// routes builds the Fiber app.
+func (s *Server) routes() *fiber.App {
+	app := fiber.New(fiber.Config{
+		ErrorHandler:          s.renderError,
+		DisableStartupMessage: true,
+		Immutable:             true, // values outlive handlers (records, logs)
+		ReadBufferSize:        16 << 10,
+		BodyLimit:             8 << 20,
+		IdleTimeout:           2 * time.Minute,
+		AppName:               "kernelbus",
+	})
+	app.Use(s.cors, s.auth)
+	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
+	g := app.Group(prefix)
+	g.Get("/api", s.getAPI)
+	g.Get("/api/kernelspecs", s.listSpecs)
+	g.Get("/api/kernelspecs/:name", s.getSpec)
+	g.Get("/kernelspecs/:name/*", s.getSpecFile)
+	g.Head("/kernelspecs/:name/*", s.getSpecFile)
+	g.Get("/api/kernels", s.listKernels)
+	g.Post("/api/kernels", s.postKernel)
+	g.Get("/api/kernels/:id", s.getKernel)
+	g.Delete("/api/kernels/:id", s.deleteKernel)
+	g.Post("/api/kernels/:id/interrupt", s.interruptKernel)
+	g.Post("/api/kernels/:id/restart", s.restartKernel)
+	g.Get("/api/kernels/:id/channels", s.wsPrecheck, s.wsHandler())
+	g.Get("/api/sessions", s.listSessions)
+	g.Post("/api/sessions", s.postSession)
+	g.Get("/api/sessions/:id", s.getSession)
+	g.Patch("/api/sessions/:id", s.patchSession)
+	g.Delete("/api/sessions/:id", s.deleteSession)
+	app.Use(func(c *fiber.Ctx) error {
+		return broker.Errorf(broker.ErrNotFound, "%s %s: no such endpoint", c.Method(), c.Path())
+	})
+	return app
+}
+
+// renderError is the one place errors become responses:
+// {"reason","message"} with the error's status, as JEG's JSONErrorsMixin.
+func (s *Server) renderError(c *fiber.Ctx, err error) error {
+	status, reason, msg := http.StatusInternalServerError, "", err.Error()
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		status, msg = fe.Code, fe.Message
+	} else {
+		be := broker.AsError(err)
+		status, msg = be.Status, be.Error()
+		if errors.Is(be, broker.ErrLimit) {
+			reason = "Resource Limit"
+		}
+	}
+	if reason == "" {
+		reason = http.StatusText(status)
+	}
+	ev := s.log.Debug()
+	if status >= 500 {
+		ev = s.log.Warn()
+	}
+	ev.Int("status", status).Str("method", c.Method()).Str("path", c.Path()).Msg(msg)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Status(status).JSON(fiber.Map{"reason": reason, "message": msg})
+}
+
+// auth checks the shared token on every request but CORS preflights,
+// which browsers send without credentials.
+func (s *Server) auth(c *fiber.Ctx) error {
+	if s.cfg.Token == "" || c.Method() == fiber.MethodOptions {
+		return c.Next()
+	}
+	if tok, ok := requestToken(c); ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1 {
+		return c.Next()
+	}
+	return broker.ErrUnauthorized
+}
+
+// requestToken finds the token a client sent. jupyter_server sends the
+// literal header "token " when it has none, which counts as no token.
+func requestToken(c *fiber.Ctx) (string, bool) {
+	if h := strings.TrimSpace(c.Get(fiber.HeaderAuthorization)); h != "" {
+		scheme, rest, _ := strings.Cut(h, " ")
+		rest = strings.TrimSpace(rest)
+		switch strings.ToLower(scheme) {
+		case "token", "bearer":
+			if rest != "" {
+				return rest, true
+			}
+		case "basic":
+			// jupyter_server replaces the header with Basic auth when
+			// http_user/http_pwd are set: the password carries the token.
+			if raw, err := base64.StdEncoding.DecodeString(rest); err == nil {
+				if _, pwd, ok := strings.Cut(string(raw), ":"); ok && pwd != "" {
+					return pwd, true
+				}
+			}
+		}
+	}
+	if t := c.Query("token"); t != "" {
+		return t, true
+	}
+	return "", false
+}
+
+// cors answers preflights and labels responses for allowed browser
+// origins when AllowOrigin is set.
+func (s *Server) cors(c *fiber.Ctx) error {
+	origin := c.Get(fiber.HeaderOrigin)
+	if !s.origins.enabled() || origin == "" {
+		if c.Method() == fiber.MethodOptions && c.Get(fiber.HeaderAccessControlRequestMethod) != "" {
+			return c.SendStatus(fiber.StatusNoContent)
+		}
+		return c.Next()
+	}
+	c.Vary(fiber.HeaderOrigin)
+	if !s.origins.match(origin) {
+		return c.Next() // no CORS headers: the browser refuses the answer
+	}
+	if s.origins.any {
+		c.Set(fiber.HeaderAccessControlAllowOrigin, "*")
+	} else {
+		c.Set(fiber.HeaderAccessControlAllowOrigin, origin)
+		c.Set(fiber.HeaderAccessControlAllowCredentials, "true")
+	}
+	c.Set(fiber.HeaderAccessControlExposeHeaders, "Location")
+	if c.Method() == fiber.MethodOptions && c.Get(fiber.HeaderAccessControlRequestMethod) != "" {
+		c.Set(fiber.HeaderAccessControlAllowMethods, "GET, HEAD, POST, PATCH, DELETE, OPTIONS")
+		if h := c.Get(fiber.HeaderAccessControlRequestHeaders); h != "" {
+			c.Set(fiber.HeaderAccessControlAllowHeaders, h)
+		} else {
+			c.Set(fiber.HeaderAccessControlAllowHeaders, "Authorization, Content-Type, X-XSRFToken, X-Requested-With")
+		}
+		c.Set(fiber.HeaderAccessControlMaxAge, "600")
+		return c.SendStatus(fiber.StatusNoContent)
+	}
+	return c.Next()
+}
+
+// checkOrigin refuses a browser (which always sends Origin) whose origin
+// is neither this host nor allowed by AllowOrigin: websockets are not
+// covered by CORS, so without this any page could drive a kernel with the
+// user's ?token= link.
+func (s *Server) checkOrigin(c *fiber.Ctx) error {
+	origin := c.Get(fiber.HeaderOrigin)
+	if origin == "" || s.origins.match(origin) {
+		return nil
+	}
+	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, string(c.Request().Host())) {
+		return nil
+	}
+	return broker.Errorf(broker.ErrForbidden, "websocket origin %s is not allowed (same origin only; see AllowOrigin)", origin)
+}
+
+// getAPI answers GET /api.
+func (s *Server) getAPI(c *fiber.Ctx) error {
+	return c.JSON(fiber.Map{"version": JupyterServerVersion, "gateway_version": s.cfg.Version})
+}
+
+// requestID names the HTTP request in events and logs.
+func requestID(c *fiber.Ctx) string {
+	if id := c.Get("X-Request-Id"); id != "" && len(id) <= 128 {
+		return id
+	}
+	return newID()
+}
+
+// emit queues an event for the audit log without waiting for the bus.
+func (s *Server) emit(ev broker.Event) {
+	ev.Source = "frontend"
+	select {
+	case s.events <- ev:
+	default:
+		s.log.Warn().Str("event", ev.Type).Str("kernel_id", ev.Kernel).Msg("event queue full; dropping event")
+	}
+}
+
+func (s *Server) emitLoop() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			// Flush what is queued, briefly: these are audit records.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			for {
+				select {
+				case ev := <-s.events:
+					_ = s.bus.Emit(ctx, ev)
+				default:
+					return
+				}
+			}
+		case ev := <-s.events:
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			if err := s.bus.Emit(ctx, ev); err != nil {
+				s.log.Warn().Err(err).Str("event", ev.Type).Str("kernel_id", ev.Kernel).Msg("emit event")
+			}
+			cancel()
+		}
+	}
+}
+
+// newID returns a random id for requests and sessions.
+func newID() string { return uuid.NewString() }
