@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -45,6 +46,9 @@ type Server struct {
 	hub    *hub
 	events chan broker.Event
 
+	// draining is set when Shutdown starts: websockets that complete
+	// their upgrade after that are closed at once.
+	draining   atomic.Bool
 	releaseSub *nats.Subscription
 	shutOnce   sync.Once
 	shutErr    error
@@ -145,6 +149,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // server started. It is safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
+		s.draining.Store(true)
 		s.hub.closeAll(closeServiceRestart, "front-end shutting down")
 		if err := s.app.ShutdownWithContext(ctx); err != nil {
 			s.shutErr = err
@@ -176,9 +181,12 @@ func (s *Server) routes() *fiber.App {
 		DisableStartupMessage: true,
 		Immutable:             true, // values outlive handlers (records, logs)
 		ReadBufferSize:        16 << 10,
-		BodyLimit:             8 << 20,
-		IdleTimeout:           2 * time.Minute,
-		AppName:               "kernelbus",
+		// Hand hijacked websocket connections over without the 16 KiB
+		// request reader (the websocket has its own, smaller one).
+		ReduceMemoryUsage: true,
+		BodyLimit:         8 << 20,
+		IdleTimeout:       2 * time.Minute,
+		AppName:           "kernelbus",
 	})
 	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")

@@ -230,12 +230,14 @@ func (s *Server) serveWS(w *websocket.Conn) {
 		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
 	}
 	c.log = s.log.With().Str("kernel_id", c.kernel).Str("session", session).Logger()
-	if s.ctx.Err() != nil {
-		c.closeNow(closeServiceRestart, "front-end shutting down")
-		return
-	}
 	if old := s.hub.register(c); old != nil {
 		old.finish(closeNormal, "replaced by a newer connection of the same session")
+	}
+	// Shutdown sets draining before it closes what is registered, so a
+	// connection either is closed by it or sees the flag here.
+	if s.draining.Load() {
+		c.finish(closeServiceRestart, "front-end shutting down")
+		return
 	}
 	if err := c.start(); err != nil {
 		c.log.Warn().Err(err).Msg("websocket setup failed")

@@ -482,3 +482,39 @@ func natsMsg(subject string, data []byte, channel, typ, id string) *nats.Msg {
 		broker.HeaderChannel: {channel}, broker.HeaderMsgType: {typ}, broker.HeaderMsgID: {id}, broker.HeaderVersion: {"1"},
 	}}
 }
+
+// TestWSWaitsForStart: a websocket to a kernel that is still starting is
+// held until the kernel runs, then works.
+func TestWSWaitsForStart(t *testing.T) {
+	e := newEnv(t, Config{})
+	now := time.Now().UTC()
+	id := "0b8c2f4e-6a1d-4e3b-8c7a-9f2e1d0c3b4a"
+	if _, err := e.bus.CreateKernel(context.Background(), &broker.Kernel{ID: id, Spec: "python3", RM: "local",
+		State: broker.StateRequested, Created: now, Deadline: now.Add(30 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		c   *wsClient
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, _, err := dialWS(e.base, id, "early", false, nil)
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("dial returned before the kernel ran: %v", r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	e.worker.start(id) // the fake worker starts it now
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	c := r.c.with(t, "early")
+	req := c.send("shell", "kernel_info_request", map[string]any{})
+	if msgs := c.until(isIdleOf(req)); msgs[1].MsgType != "kernel_info_reply" {
+		t.Fatalf("got %+v", msgs)
+	}
+}
