@@ -108,14 +108,21 @@ func (h *hub) tickLoop() {
 		case now := <-t.C:
 			h.s.state.gc(now)
 			conns := h.all()
-			for _, c := range conns {
-				c.saveIfDirty()
-			}
+			// Pings first: a slow bus must not delay them.
 			if now.Sub(lastPing) >= h.s.cfg.WSPingInterval-period/2 {
 				lastPing = now
 				for _, c := range conns {
 					c.ping()
 				}
+			}
+			// Saves are bounded per tick; what is left stays dirty for
+			// the next one.
+			budget := time.Now().Add(period / 2)
+			for _, c := range conns {
+				if time.Now().After(budget) {
+					break
+				}
+				c.saveIfDirty()
 			}
 		}
 	}

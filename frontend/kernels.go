@@ -69,7 +69,7 @@ func kernelNotFound(id string) error {
 // kernel another front-end just removed is gone here too) and hides the
 // failed and terminated ones, which Jupyter must see as 404.
 func (s *Server) visibleKernel(ctx context.Context, id string) (*broker.Kernel, uint64, error) {
-	k, rev, err := s.bus.GetKernel(ctx, id)
+	k, rev, err := s.readKernel(ctx, id)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -78,6 +78,29 @@ func (s *Server) visibleKernel(ctx context.Context, id string) (*broker.Kernel, 
 		return nil, 0, kernelNotFound(id)
 	}
 	return k, rev, nil
+}
+
+// readKernel reads a record; an id that cannot even be a key is simply
+// not a kernel.
+func (s *Server) readKernel(ctx context.Context, id string) (*broker.Kernel, uint64, error) {
+	if !validKernelID(id) {
+		return nil, 0, kernelNotFound(id)
+	}
+	return s.bus.GetKernel(ctx, id)
+}
+
+// validKernelID accepts what can be one token of a subject and a KV key.
+func validKernelID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) listKernels(c *fiber.Ctx) error {

@@ -92,6 +92,18 @@ func TestAPIAndKernelspecs(t *testing.T) {
 		}
 	}
 
+	// Ids that cannot be kernels are 404s, not bus errors.
+	for _, id := range []string{"a.b", "*", "%20x", "x>"} {
+		resp, _ = e.do("GET", "api/kernels/"+id, nil, nil, &eb)
+		if resp.StatusCode != 404 {
+			t.Errorf("GET kernel %q: %d %+v", id, resp.StatusCode, eb)
+		}
+		resp, _ = e.do("GET", "api/sessions/"+id, nil, nil, &eb)
+		if resp.StatusCode != 404 {
+			t.Errorf("GET session %q: %d %+v", id, resp.StatusCode, eb)
+		}
+	}
+
 	// Unknown routes and methods are JSON errors too.
 	resp, _ = e.do("GET", "api/nothing", nil, nil, &eb)
 	if resp.StatusCode != 404 || eb.Reason != "Not Found" || eb.Message == "" {

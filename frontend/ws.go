@@ -90,7 +90,7 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 // waitStarted returns the record of a kernel that is running (or
 // restarting), waiting while it starts.
 func (s *Server) waitStarted(id string) (*broker.Kernel, error) {
-	rec, _, err := s.bus.GetKernel(s.ctx, id)
+	rec, _, err := s.readKernel(s.ctx, id)
 	if err != nil {
 		return nil, err
 	}
