@@ -58,7 +58,9 @@ type Config struct {
 	WSPingInterval time.Duration
 
 	// FrontendID names this instance in session records, events and its
-	// bus subject. Default: random.
+	// bus subject (kb.fe.<id>); characters other than letters, digits, -
+	// and _ become _. It must be unique among running front-ends.
+	// Default: random.
 	FrontendID string
 
 	// MaxKernels limits kernels that are starting or running across the
@@ -105,11 +107,14 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FrontendID == "" {
 		c.FrontendID = strings.ToLower(nuid.Next())
 	}
-	for _, r := range c.FrontendID {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return c, fmt.Errorf("frontend: FrontendID %q may only hold letters, digits, - and _ (it is a NATS subject token)", c.FrontendID)
+	// It is a subject token and part of KV values: keep it to letters,
+	// digits, - and _ (a host name's dots become _).
+	c.FrontendID = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
 		}
-	}
+		return '_'
+	}, c.FrontendID)
 	if c.MaxKernels < 0 || c.MaxKernelsPerUser < 0 {
 		return c, errors.New("frontend: MaxKernels and MaxKernelsPerUser must not be negative")
 	}
