@@ -29,7 +29,7 @@ type SpecSource interface {
 type Catalog struct {
 	dirs  []string
 	log   zerolog.Logger
-	probe func() (string, bool) // finds a python3 with ipykernel
+	probe func() (python, resources string, ok bool) // finds a python3 with ipykernel
 
 	mu    sync.RWMutex
 	specs map[string]*broker.KernelSpec
@@ -81,9 +81,12 @@ func (c *Catalog) Reload() {
 		}
 	}
 	if _, ok := specs["python3"]; !ok && c.probe != nil {
-		if py, ok := c.probe(); ok {
-			specs["python3"] = &broker.KernelSpec{
+		if py, res, ok := c.probe(); ok {
+			// The spec ipykernel would install, logos included (its
+			// resources folder), so JupyterLab shows the usual icon.
+			s := &broker.KernelSpec{
 				Name:          "python3",
+				Dir:           res,
 				Argv:          []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
 				DisplayName:   "Python 3 (ipykernel)",
 				Language:      "python",
@@ -91,6 +94,20 @@ func (c *Catalog) Reload() {
 				Metadata:      map[string]any{"debugger": true},
 				Resources:     map[string]string{},
 			}
+			if res != "" {
+				files, _ := os.ReadDir(res)
+				for _, f := range files {
+					name := f.Name()
+					switch {
+					case f.IsDir():
+					case name == "kernel.js" || name == "kernel.css":
+						s.Resources[name] = name
+					case strings.HasPrefix(name, "logo-"):
+						s.Resources[strings.TrimSuffix(name, filepath.Ext(name))] = name
+					}
+				}
+			}
+			specs["python3"] = s
 			c.log.Info().Str("python", py).Msg("no python3 kernelspec installed; offering one for this python's ipykernel")
 		}
 	}
@@ -159,21 +176,27 @@ func fixVenvPython(s *broker.KernelSpec) {
 }
 
 // probeIPyKernel returns the absolute path of the python3 on PATH when it
-// can import ipykernel.
-func probeIPyKernel() (string, bool) {
+// can import ipykernel, and ipykernel's resources folder (its logos).
+func probeIPyKernel() (string, string, bool) {
 	py, err := exec.LookPath("python3")
 	if err != nil {
-		return "", false
+		return "", "", false
 	}
 	if abs, err := filepath.Abs(py); err == nil {
 		py = abs
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := exec.CommandContext(ctx, py, "-c", "import ipykernel").Run(); err != nil {
-		return "", false
+	out, err := exec.CommandContext(ctx, py, "-c",
+		"import ipykernel, os; print(os.path.join(os.path.dirname(ipykernel.__file__), 'resources'))").Output()
+	if err != nil {
+		return "", "", false
 	}
-	return py, true
+	res := strings.TrimSpace(string(out))
+	if fi, err := os.Stat(res); err != nil || !fi.IsDir() {
+		res = ""
+	}
+	return py, res, true
 }
 
 // StaticSpecs is a fixed SpecSource, for tests and embedding.

@@ -466,6 +466,9 @@ func TestCatalog(t *testing.T) {
 		}
 	}
 	write(first, "ir", `{"argv":["R","--slave","-f","{connection_file}"],"display_name":"R first","language":"R"}`)
+	if err := os.WriteFile(filepath.Join(first, "logo-svg.svg"), []byte("<svg/>"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	write(second, "ir", `{"argv":["R"],"display_name":"R second","language":"R"}`)
 	write(second, "broken", `{"argv":[]}`)
 	write(venvKernels, "venv", `{"argv":["python","-m","ipykernel_launcher","-f","{connection_file}"],"display_name":"venv","language":"python"}`)
@@ -476,7 +479,7 @@ func TestCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &Catalog{dirs: []string{first, second, venvKernels, filepath.Join(first, "missing")}, log: zerolog.Nop(),
-		probe: func() (string, bool) { return "/opt/py/bin/python3", true }}
+		probe: func() (string, string, bool) { return "/opt/py/bin/python3", first, true }}
 	c.Reload()
 	if s, ok := c.Spec("ir"); !ok || s.DisplayName != "R first" {
 		t.Fatalf("first dir must win: %+v", s)
@@ -494,7 +497,10 @@ func TestCatalog(t *testing.T) {
 	if n := len(c.Specs()); n != 3 {
 		t.Fatalf("%d specs", n)
 	}
-	c.probe = func() (string, bool) { return "", false }
+	if py.Dir != first || py.Resources["logo-svg"] != "logo-svg.svg" {
+		t.Fatalf("synthesized python3 resources: %s %v", py.Dir, py.Resources)
+	}
+	c.probe = func() (string, string, bool) { return "", "", false }
 	c.Reload()
 	if _, ok := c.Spec("python3"); ok || c.Default() != "ir" {
 		t.Fatalf("python3 offered without ipykernel")
