@@ -64,16 +64,16 @@ func NewServer(opts ServerOptions) (*Server, error) {
 // Start starts the server and waits until it accepts connections.
 func (s *Server) Start(timeout time.Duration) error {
 	o := &server.Options{
-		ServerName:         s.opts.ServerName,
-		Host:               s.opts.Host,
-		Port:               s.opts.Port,
-		JetStream:          true,
-		StoreDir:           s.opts.StoreDir,
-		MaxPayload:         s.opts.MaxPayload,
-		MaxPending:         int64(s.opts.MaxPayload) * 8,
-		NoSigs:             true,
-		NoLog:              !s.opts.Debug,
-		Authorization:      s.opts.Token,
+		ServerName:            s.opts.ServerName,
+		Host:                  s.opts.Host,
+		Port:                  s.opts.Port,
+		JetStream:             true,
+		StoreDir:              s.opts.StoreDir,
+		MaxPayload:            s.opts.MaxPayload,
+		MaxPending:            int64(s.opts.MaxPayload) * 8,
+		NoSigs:                true,
+		NoLog:                 !s.opts.Debug,
+		Authorization:         s.opts.Token,
 		DisableShortFirstPing: true,
 	}
 	ns, err := server.NewServer(o)

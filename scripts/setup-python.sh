@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the Python virtualenv the end-to-end suites run in:
+#   $KB_CACHE/venv  (KB_CACHE defaults to <repo>/.cache)
+# and installs e2e/python/requirements.txt into it. Idempotent and cached: the pip step
+# is skipped while a stamp file holds the hash of the requirements file (plus the Python
+# version), so a second run takes well under a second.
+#
+# Env:
+#   KB_CACHE   cache folder (default <repo>/.cache)
+#   KB_PYTHON  interpreter used to create the venv (default python3)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${KB_CACHE:-$repo/.cache}
+venv=$cache/venv
+req=$repo/e2e/python/requirements.txt
+stamp=$venv/.kb-requirements.sha256
+py=${KB_PYTHON:-python3}
+
+mkdir -p "$cache"
+
+# A venv whose interpreter vanished (e.g. the base Python was replaced) is rebuilt.
+if [ -d "$venv" ] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  echo "setup-python: venv at $venv is broken, recreating" >&2
+  rm -rf "$venv"
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup-python: creating venv at $venv" >&2
+  "$py" -m venv "$venv"
+fi
+
+want=$( { cat "$req"; "$venv/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)
+have=$(cat "$stamp" 2>/dev/null || true)
+
+if [ "$want" != "$have" ]; then
+  echo "setup-python: installing $req" >&2
+  rm -f "$stamp"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r "$req"
+  echo "$want" > "$stamp"
+else
+  echo "setup-python: $venv is current" >&2
+fi
+
+# ipykernel's wheel ships the python3 kernelspec into <prefix>/share/jupyter/kernels;
+# kernelbus is pointed at that folder with --kernelspec-dir, so it must be there.
+spec=$venv/share/jupyter/kernels/python3/kernel.json
+if [ ! -f "$spec" ]; then
+  echo "setup-python: $spec missing, running ipykernel install --sys-prefix" >&2
+  "$venv/bin/python" -m ipykernel install --sys-prefix >/dev/null
+fi
+if [ ! -f "$spec" ]; then
+  echo "setup-python: ERROR: no python3 kernelspec at $spec" >&2
+  exit 1
+fi
+"$venv/bin/python" - "$spec" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+assert spec["argv"] and spec["language"] == "python", spec
+PY
+echo "setup-python: ok ($venv)" >&2
