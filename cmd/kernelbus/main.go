@@ -1,0 +1,63 @@
+// Command kernelbus is the gateway: `serve` runs everything in one process
+// with an embedded NATS; `frontend` and `worker` run the parts separately
+// against an existing NATS cluster.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+const usage = `kernelbus: a Jupyter kernel gateway on a NATS JetStream bus
+
+Usage:
+  kernelbus serve     [flags]   all in one: embedded NATS, front-end, local workers
+  kernelbus frontend  [flags]   the Jupyter gateway API on an existing NATS
+  kernelbus worker    [flags]   a worker pool of one resource manager on an existing NATS
+  kernelbus events    [flags]   replay the audit log of kernel lifecycle events
+  kernelbus version
+
+Run 'kernelbus <command> -h' for the flags of a command. Every flag can also
+be set in the environment as KB_<FLAG> (dashes become underscores).
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(args[1:], stderr)
+	case "frontend":
+		err = cmdFrontend(args[1:], stderr)
+	case "worker":
+		err = cmdWorker(args[1:], stderr)
+	case "events":
+		err = cmdEvents(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "kernelbus", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "kernelbus: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if err == errUsage {
+			return 2
+		}
+		fmt.Fprintln(stderr, "kernelbus:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/kernelbus/kernelbus/frontend"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/rs/zerolog"
+)
+
+// natsFlags say how a separate part reaches an existing NATS.
+type natsFlags struct {
+	urls     string
+	creds    string
+	token    string
+	replicas int
+	setup    bool
+}
+
+func (n *natsFlags) register(fs *flagSet) {
+	fs.StringVar(&n.urls, "nats", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
+	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file")
+	fs.StringVar(&n.token, "nats-token", "", "NATS token")
+	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
+	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
+}
+
+func (n *natsFlags) connect(ctx context.Context, name string) (*kbjs.Bus, error) {
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: n.urls, CredsFile: n.creds, Token: n.token, Name: name})
+	if err != nil {
+		return nil, err
+	}
+	var bus *kbjs.Bus
+	if n.setup {
+		bus, err = kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: n.replicas})
+	} else {
+		bus, err = kbjs.Open(ctx, nc)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return bus, nil
+}
+
+func cmdFrontend(args []string, stderr io.Writer) error {
+	fs := newFlagSet("frontend", stderr)
+	var ff frontendFlags
+	var nf natsFlags
+	ff.register(fs)
+	nf.register(fs)
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parse(fs.FlagSet, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	bus, err := nf.connect(ctx, "kernelbus-frontend")
+	if err != nil {
+		return err
+	}
+	defer bus.NC.Close()
+	host, _ := os.Hostname()
+	fe, err := frontend.New(ff.config("fe-"+host+"-"+randomHex(3)), bus, ff.catalog(log), log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", ff.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- fe.Serve(ln) }()
+	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer scancel()
+	_ = fe.Shutdown(sctx)
+	_ = bus.NC.Drain()
+	return err
+}
+
+func cmdWorker(args []string, stderr io.Writer) error {
+	fs := newFlagSet("worker", stderr)
+	var nf natsFlags
+	nf.register(fs)
+	rm := fs.String("rm", "local", "resource manager of this pool: "+fmt.Sprint(registry(zerolog.Nop()).Names()))
+	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
+	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
+	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parse(fs.FlagSet, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	launcher, err := findLauncher(*launcherFlag)
+	if err != nil {
+		return err
+	}
+	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher})
+	if err != nil {
+		return fmt.Errorf("--rm: %w", err)
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm)
+	if err != nil {
+		return err
+	}
+	defer bus.NC.Close()
+	lurls := *launcherNATS
+	if lurls == "" {
+		lurls = nf.urls
+	}
+	pool, err := workers.NewPool(workers.PoolConfig{Concurrency: *concurrency, NATSURLs: lurls, NATSToken: nf.token}, bus, be, log)
+	if err != nil {
+		return err
+	}
+	if err := pool.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	pool.Stop()
+	_ = bus.NC.Drain()
+	return nil
+}
+
+// registry lists the resource managers this binary links.
+func registry(log zerolog.Logger) *workers.Registry {
+	var r workers.Registry
+	local.Register(&r, log)
+	return &r
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/workers"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// frontendFlags are shared by serve and frontend.
+type frontendFlags struct {
+	listen        string
+	token         string
+	specDirs      listFlag
+	allowedEnv    listFlag
+	allowOrigin   string
+	baseURL       string
+	launchTimeout time.Duration
+	maxKernels    int
+	maxPerUser    int
+}
+
+func (f *frontendFlags) register(fs *flagSet) {
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8888", "address of the Jupyter gateway API")
+	fs.StringVar(&f.token, "token", "", "token clients must send (Authorization: token T or ?token=T); empty: none")
+	fs.Var(&f.specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders)")
+	fs.Var(&f.allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all)")
+	fs.StringVar(&f.allowOrigin, "allow-origin", "", "Origin allowed for browsers (CORS and websockets); * for any; empty: same origin only")
+	fs.StringVar(&f.baseURL, "base-url", "/", "URL prefix of every route")
+	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
+	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
+	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+}
+
+func (f *frontendFlags) config(id string) frontend.Config {
+	return frontend.Config{
+		Token:                f.token,
+		AllowedEnv:           f.allowedEnv,
+		AllowOrigin:          f.allowOrigin,
+		BaseURL:              f.baseURL,
+		DefaultLaunchTimeout: f.launchTimeout,
+		FrontendID:           id,
+		MaxKernels:           f.maxKernels,
+		MaxKernelsPerUser:    f.maxPerUser,
+	}
+}
+
+func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
+	dirs := append(append([]string{}, f.specDirs...), frontend.DefaultKernelDirs()...)
+	return frontend.NewCatalog(dirs, log)
+}
+
+func cmdServe(args []string, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	var ff frontendFlags
+	ff.register(fs)
+	dataDir := fs.String("data-dir", defaultDataDir(), "folder for the embedded NATS's JetStream data")
+	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
+	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
+	if err := parse(fs.FlagSet, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	launcher, err := findLauncher(*launcherFlag)
+	if err != nil {
+		return err
+	}
+	host, portStr, err := net.SplitHostPort(*natsListen)
+	if err != nil {
+		return fmt.Errorf("--nats-listen %q: %w", *natsListen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return fmt.Errorf("--nats-listen %q: bad port", *natsListen)
+	}
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+
+	// The embedded NATS asks every client for a token made fresh per run:
+	// only this process and the launchers it starts know it.
+	natsToken := randomHex(16)
+	srv, err := kbjs.NewServer(kbjs.ServerOptions{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Token: natsToken})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(10 * time.Second); err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	log.Info().Str("nats", srv.ClientURL()).Str("data_dir", *dataDir).Msg("embedded NATS ready")
+	if err := writeInstallation(*dataDir, srv.ClientURL(), natsToken); err != nil {
+		return err
+	}
+
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: natsToken, Name: "kernelbus-serve"})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := signalContext()
+	defer cancel()
+	bus, err := kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: 1})
+	if err != nil {
+		return err
+	}
+
+	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher})
+	if err != nil {
+		return err
+	}
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSToken: natsToken}, bus, be, log)
+	if err != nil {
+		return err
+	}
+	if err := pool.Start(ctx); err != nil {
+		return err
+	}
+
+	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), bus, ff.catalog(log), log)
+	if err != nil {
+		pool.Stop()
+		return err
+	}
+	ln, err := net.Listen("tcp", ff.listen)
+	if err != nil {
+		pool.Stop()
+		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- fe.Serve(ln) }()
+	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("shutting down")
+	case err = <-serveErr:
+		log.Error().Err(err).Msg("front-end stopped")
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer scancel()
+	_ = fe.Shutdown(sctx)
+	pool.Stop()
+	if *stopKernels {
+		stopAllKernels(sctx, bus, log)
+	}
+	_ = nc.Drain()
+	return err
+}
+
+// stopAllKernels asks every launcher on the bus to shut its kernel down,
+// in parallel, so that a stopped single-process gateway leaves no kernels.
+func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
+	keys, err := bus.Kernels.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for id := range keys.Keys() {
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			req := []byte(`{"op":"` + broker.OpShutdown + `","request_id":"serve-exit"}`)
+			if _, err := bus.NC.RequestWithContext(ctx, broker.SubjectControl(id), req); err != nil && !errors.Is(err, nats.ErrNoResponders) {
+				log.Warn().Err(err).Str("kernel_id", id).Msg("shutdown on exit")
+			}
+		}(id)
+	}
+	wg.Wait()
+}
+
+// writeInstallation records how tools reach this installation's NATS.
+func writeInstallation(dir, url, token string) error {
+	data := []byte("url=" + url + "\ntoken=" + token + "\n")
+	return os.WriteFile(filepath.Join(dir, "nats.conn"), data, 0o600)
+}
+
+func defaultDataDir() string {
+	if d, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(d, ".local", "share", "kernelbus")
+	}
+	return "kernelbus-data"
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
