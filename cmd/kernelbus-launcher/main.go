@@ -1,0 +1,80 @@
+// Command kernelbus-launcher runs one kernel beside the bus: a worker
+// starts it with the kernel's LaunchConfig in KB_LAUNCH_CONFIG. It is built
+// static (CGO_ENABLED=0) so that it can be copied to any node.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/launcher"
+	"github.com/rs/zerolog"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	if len(os.Args) > 1 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Println("kernelbus-launcher", version)
+		return 0
+	}
+	log := newLogger()
+	raw, ok := os.LookupEnv(broker.EnvLaunchConfig)
+	// Every KB_* variable goes before anything else runs: they carry bus
+	// credentials, and nothing this process starts may inherit them.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "KB_") {
+			_ = os.Unsetenv(k)
+		}
+	}
+	if !ok {
+		log.Error().Msgf("%s is not set: kernelbus-launcher is started by a kernelbus worker", broker.EnvLaunchConfig)
+		return 2
+	}
+	cfg, err := broker.DecodeLaunchConfig(raw)
+	if err != nil {
+		log.Error().Err(err).Msg("bad launch config")
+		return 2
+	}
+	// SIGTERM and SIGINT mean "shut the kernel down"; the launcher never
+	// exits leaving its kernel behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := launcher.Run(ctx, cfg, log); err != nil {
+		var se *launcher.StartError
+		if !errors.As(err, &se) {
+			log.Error().Err(err).Str("kernel_id", cfg.KernelID).Msg("launcher failed")
+		}
+		return 1
+	}
+	return 0
+}
+
+// newLogger logs JSON to stderr, or readable lines when stderr is a
+// terminal. KB_LOG_LEVEL (debug, info, warn, error) sets the level.
+func newLogger() zerolog.Logger {
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	var w = zerolog.New(os.Stderr)
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		w = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	}
+	level := zerolog.InfoLevel
+	if s := os.Getenv("KB_LOG_LEVEL"); s != "" {
+		if l, err := zerolog.ParseLevel(s); err == nil {
+			level = l
+		} else {
+			fmt.Fprintf(os.Stderr, "KB_LOG_LEVEL %q: %v\n", s, err)
+		}
+	}
+	return w.Level(level).With().Timestamp().Str("component", "launcher").Str("version", version).Logger()
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+)
+
+// asMain makes the test binary run main, so the test drives the real
+// command (environment, signals, exit code) without a separate build.
+const asMain = "LAUNCHER_TEST_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asMain) == "1" {
+		os.Exit(run())
+	}
+	os.Exit(m.Run())
+}
+
+func testPython(t *testing.T) string {
+	cands := []string{os.Getenv("KB_TEST_PYTHON")}
+	if root, err := filepath.Abs("../.."); err == nil {
+		cands = append(cands, filepath.Join(root, ".cache", "venv", "bin", "python"))
+	}
+	for _, py := range cands {
+		if py != "" && exec.Command(py, "-c", "import ipykernel").Run() == nil {
+			return py
+		}
+	}
+	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
+	return ""
+}
+
+// TestSIGTERMShutsDown runs the command with a real ipykernel, checks that
+// no KB_* variable reaches the kernel, then sends SIGTERM: the command must
+// shut the kernel down, record it terminated and exit 0.
+func TestSIGTERMShutsDown(t *testing.T) {
+	py := testPython(t)
+	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx := context.Background()
+	bus, err := kbjs.Setup(ctx, nc, kbjs.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "0f0e0d0c-1111-4222-8333-444455556666"
+	if _, err := bus.CreateKernel(ctx, &broker.Kernel{ID: id, Spec: "python3", State: broker.StateSubmitted}); err != nil {
+		t.Fatal(err)
+	}
+	envFile := filepath.Join(t.TempDir(), "env")
+	// The kernel writes its environment, then becomes an ordinary ipykernel.
+	script := `import os, sys
+open(sys.argv[2], 'w').write('\n'.join(sorted(os.environ)))
+from ipykernel.kernelapp import IPKernelApp
+IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
+	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3",
+		Argv: []string{py, "-c", script, "{connection_file}", envFile},
+		Env:  map[string]string{"KERNEL_ID": id}, NATSURLs: srv.ClientURL()}
+	enc, err := cfg.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), asMain+"=1", broker.EnvLaunchConfig+"="+enc, "KB_OTHER_SECRET=x")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+
+	var rec *broker.Kernel
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		rec, _, err = bus.GetKernel(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.State == broker.StateRunning {
+			break
+		}
+		if rec.State.Terminal() || time.Now().After(deadline) {
+			t.Fatalf("record %s (%s)", rec.State, rec.Reason)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("launcher exited: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var h struct{ PID int }
+	if err := json.Unmarshal(rec.Handle, &h); err != nil || h.PID == 0 {
+		t.Fatalf("handle %s: %v", rec.Handle, err)
+	}
+	env, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range strings.Split(string(env), "\n") {
+		if strings.HasPrefix(name, "KB_") || name == asMain {
+			t.Errorf("kernel environment has %s", name)
+		}
+	}
+	if !strings.Contains(string(env), "KERNEL_ID") {
+		t.Errorf("kernel environment lacks KERNEL_ID: %s", env)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("still running 15s after SIGTERM")
+	}
+	if !errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH) {
+		t.Errorf("kernel %d survived its launcher", h.PID)
+	}
+	if rec, _, _ = bus.GetKernel(ctx, id); rec.State != broker.StateTerminated {
+		t.Errorf("record %s", rec.State)
+	}
+}

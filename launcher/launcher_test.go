@@ -1,0 +1,834 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// ---- harness ----
+
+// testPython finds a Python with ipykernel: $KB_TEST_PYTHON, else the
+// project venv that scripts/setup-python.sh creates.
+func testPython(t *testing.T) string {
+	t.Helper()
+	cands := []string{os.Getenv("KB_TEST_PYTHON")}
+	if root, err := filepath.Abs(".."); err == nil {
+		cands = append(cands, filepath.Join(root, ".cache", "venv", "bin", "python"))
+	}
+	for _, py := range cands {
+		if py == "" {
+			continue
+		}
+		if err := exec.Command(py, "-c", "import ipykernel").Run(); err == nil {
+			return py
+		}
+	}
+	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
+	return ""
+}
+
+type testBus struct {
+	srv *kbjs.Server
+	nc  *nats.Conn
+	bus *kbjs.Bus
+}
+
+func startBus(t *testing.T) *testBus {
+	t.Helper()
+	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	bus, err := kbjs.Setup(context.Background(), nc, kbjs.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testBus{srv: srv, nc: nc, bus: bus}
+}
+
+// logSink forwards launcher logs to the test log while the test runs.
+type logSink struct {
+	mu   sync.Mutex
+	t    *testing.T
+	done bool
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done {
+		s.t.Log(strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
+}
+
+// outMsg is one kernel message as a client sees it on the bus.
+type outMsg struct {
+	channel, msgType, msgID, parentID, parentType, session string
+	natsSession, natsParentType                            string
+	content                                                []byte
+	busMsgs                                                int // bus messages it took (chunks)
+}
+
+type testKernel struct {
+	t       *testing.T
+	tb      *testBus
+	id      string
+	session string // the websocket session this test client plays
+	done    chan error
+
+	mu   sync.Mutex
+	msgs []*outMsg
+	more chan struct{}
+	sub  *nats.Subscription
+}
+
+func newKernelID() string { return newUUID() }
+
+// launch creates the record and runs the launcher in-process.
+func launch(t *testing.T, tb *testBus, argv []string, mutate func(*broker.LaunchConfig)) *testKernel {
+	t.Helper()
+	id := newKernelID()
+	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3", Argv: argv,
+		Env: map[string]string{"KERNEL_ID": id}, LaunchTimeout: broker.Duration(40 * time.Second),
+		MaxRestarts: 5, IP: "127.0.0.1", NATSURLs: tb.srv.ClientURL()}
+	if mutate != nil {
+		mutate(cfg)
+	}
+	ctx := context.Background()
+	if _, err := tb.bus.CreateKernel(ctx, &broker.Kernel{ID: id, Spec: "python3", RM: broker.RMLocal,
+		State: broker.StateSubmitted, Created: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	k := &testKernel{t: t, tb: tb, id: id, session: "client-" + newUUID(), done: make(chan error, 1), more: make(chan struct{}, 1)}
+	k.subscribe()
+	sink := &logSink{t: t}
+	log := zerolog.New(sink).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+	rctx, cancel := context.WithCancel(ctx)
+	go func() { k.done <- Run(rctx, cfg, log) }()
+	t.Cleanup(func() {
+		// Whatever the test did, the launcher must end and take its
+		// kernel with it.
+		cancel()
+		select {
+		case err := <-k.done:
+			k.done <- err
+		case <-time.After(20 * time.Second):
+			t.Error("launcher did not exit within 20s of cancel")
+		}
+		sink.mu.Lock()
+		sink.done = true
+		sink.mu.Unlock()
+	})
+	return k
+}
+
+// subscribe collects every output message of the kernel, reassembling
+// chunks as a front-end would.
+func (k *testKernel) subscribe() {
+	var re kbjs.Reassembler
+	parts := 0
+	sub, err := k.tb.nc.Subscribe(broker.SubjectOutAll(k.id), func(m *nats.Msg) {
+		parts++
+		data, ok, err := re.Feed(m)
+		if err != nil {
+			k.t.Errorf("reassemble: %v", err)
+			return
+		}
+		if !ok {
+			return
+		}
+		f, err := broker.DecodeV1(data)
+		if err != nil {
+			k.t.Errorf("decode: %v", err)
+			return
+		}
+		h, err := broker.ParseHeader(f.Header)
+		if err != nil {
+			k.t.Errorf("header: %v", err)
+			return
+		}
+		pid, ptype := broker.ParentMsgID(f.ParentHeader)
+		var ph struct {
+			Session string `json:"session"`
+		}
+		_ = json.Unmarshal(f.ParentHeader, &ph)
+		om := &outMsg{channel: f.Channel, msgType: h.MsgType, msgID: h.MsgID, parentID: pid, parentType: ptype,
+			session: ph.Session, natsSession: m.Header.Get(broker.HeaderSession),
+			natsParentType: m.Header.Get(broker.HeaderParentType),
+			content:        append([]byte(nil), f.Content...), busMsgs: parts}
+		parts = 0
+		if got := m.Header.Get(broker.HeaderChannel); got != f.Channel {
+			k.t.Errorf("Kb-Channel %q for a %s message", got, f.Channel)
+		}
+		if got := m.Header.Get(broker.HeaderMsgType); got != h.MsgType {
+			k.t.Errorf("Kb-Msg-Type %q for a %s message", got, h.MsgType)
+		}
+		if m.Header.Get(broker.HeaderVersion) != "1" || m.Header.Get(broker.HeaderMsgID) != h.MsgID {
+			k.t.Errorf("envelope headers %v", m.Header)
+		}
+		k.mu.Lock()
+		k.msgs = append(k.msgs, om)
+		k.mu.Unlock()
+		select {
+		case k.more <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	_ = sub.SetPendingLimits(-1, -1)
+	k.sub = sub
+	k.t.Cleanup(func() { _ = sub.Unsubscribe() })
+}
+
+// stopCollecting ends the collecting subscription, for measurements where
+// its decoding would compete for the CPU.
+func (k *testKernel) stopCollecting() { _ = k.sub.Unsubscribe() }
+
+// waitMsg waits for the first message that matches. match sees each
+// message once, in order.
+func (k *testKernel) waitMsg(timeout time.Duration, what string, match func(*outMsg) bool) *outMsg {
+	k.t.Helper()
+	return k.waitFrom(0, timeout, what, match)
+}
+
+// mark is where waitFrom starts to see only messages that arrive later.
+func (k *testKernel) mark() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.msgs)
+}
+
+func (k *testKernel) waitFrom(from int, timeout time.Duration, what string, match func(*outMsg) bool) *outMsg {
+	k.t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	seen := from
+	for {
+		k.mu.Lock()
+		msgs := k.msgs[seen:]
+		seen = len(k.msgs)
+		k.mu.Unlock()
+		for _, m := range msgs {
+			if match(m) {
+				return m
+			}
+		}
+		select {
+		case <-k.more:
+		case <-deadline.C:
+			k.t.Fatalf("no %s within %s", what, timeout)
+		}
+	}
+}
+
+// send publishes a client message to the kernel's input subject, as a
+// front-end does, and returns its msg_id.
+func (k *testKernel) send(channel, msgType string, content any, parent []byte) string {
+	k.t.Helper()
+	id := newUUID()
+	hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": k.session,
+		"username": "test", "date": time.Now().UTC().Format(jupyterDate), "version": "5.3"})
+	body, _ := json.Marshal(content)
+	if parent == nil {
+		parent = []byte("{}")
+	}
+	f := broker.Frame{Channel: channel, Header: hdr, ParentHeader: parent, Metadata: []byte("{}"), Content: body}
+	m := &nats.Msg{Subject: broker.SubjectIn(k.id), Data: f.V1(), Header: nats.Header{}}
+	m.Header.Set(broker.HeaderChannel, channel)
+	m.Header.Set(broker.HeaderSession, k.session)
+	m.Header.Set(broker.HeaderMsgID, id)
+	m.Header.Set(broker.HeaderMsgType, msgType)
+	m.Header.Set(broker.HeaderVersion, broker.EnvelopeVersion)
+	if _, err := kbjs.Publish(context.Background(), k.tb.nc, k.tb.bus.JS, m); err != nil {
+		k.t.Fatal(err)
+	}
+	return id
+}
+
+func (k *testKernel) execute(code string, allowStdin bool) string {
+	return k.send("shell", "execute_request", map[string]any{"code": code, "silent": false,
+		"store_history": true, "user_expressions": map[string]any{}, "allow_stdin": allowStdin, "stop_on_error": true}, nil)
+}
+
+func (k *testKernel) ctl(op string) broker.ControlReply {
+	k.t.Helper()
+	data, _ := json.Marshal(broker.ControlRequest{Op: op, RequestID: "test-" + op})
+	m, err := k.tb.nc.Request(broker.SubjectControl(k.id), data, 30*time.Second)
+	if err != nil {
+		k.t.Fatalf("control %s: %v", op, err)
+	}
+	var r broker.ControlReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		k.t.Fatal(err)
+	}
+	return r
+}
+
+func (k *testKernel) record() *broker.Kernel {
+	k.t.Helper()
+	rec, _, err := k.tb.bus.GetKernel(context.Background(), k.id)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return rec
+}
+
+// waitState polls the record until it reaches one of states.
+func (k *testKernel) waitState(timeout time.Duration, states ...broker.State) *broker.Kernel {
+	k.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		rec := k.record()
+		for _, s := range states {
+			if rec.State == s {
+				return rec
+			}
+		}
+		if time.Now().After(deadline) {
+			k.t.Fatalf("record state %s (reason %q), want %v within %s", rec.State, rec.Reason, states, timeout)
+		}
+		select {
+		case err := <-k.done:
+			k.done <- err
+			rec = k.record()
+			for _, s := range states {
+				if rec.State == s {
+					return rec
+				}
+			}
+			k.t.Fatalf("launcher exited (%v) with record %s (%q), want %v", err, rec.State, rec.Reason, states)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// events lists the event types of the kernel so far.
+func (k *testKernel) events() []string {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := k.tb.bus.JS.OrderedConsumer(ctx, broker.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{broker.SubjectEventsOf(k.id)}})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	var out []string
+	for {
+		batch, err := cons.FetchNoWait(100)
+		if err != nil {
+			k.t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var ev broker.Event
+			if err := json.Unmarshal(m.Data(), &ev); err != nil {
+				k.t.Fatal(err)
+			}
+			if ev.Source != Source || ev.Kernel != k.id {
+				k.t.Errorf("event %+v", ev)
+			}
+			out = append(out, ev.Type)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+func contentField(m *outMsg, field string) string {
+	var c map[string]any
+	_ = json.Unmarshal(m.content, &c)
+	s, _ := c[field].(string)
+	return s
+}
+
+func (k *testKernel) reply(parent string) func(*outMsg) bool {
+	return func(m *outMsg) bool { return m.parentID == parent && m.msgType == "execute_reply" }
+}
+
+func processGone(pid int) bool {
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
+// ---- tests ----
+
+// TestLauncherWithIPyKernel drives one real ipykernel through the whole
+// life a gateway gives it: start, execute, stdin, interrupt, a 20 MB
+// output, restart, a crash with automatic restart, and shutdown.
+func TestLauncherWithIPyKernel(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	k := launch(t, tb, []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, nil)
+
+	start := time.Now()
+	rec := k.waitState(60*time.Second, broker.StateRunning)
+	t.Logf("running after %s", time.Since(start))
+	if rec.Host == "" || len(rec.Handle) == 0 || rec.Reason != "" {
+		t.Errorf("running record: %+v", rec)
+	}
+	pid := k.ctl(broker.OpPing).PID
+	if pid == 0 {
+		t.Fatal("ping reported no pid")
+	}
+
+	t.Run("execute", func(t *testing.T) {
+		id := k.execute("print(6*7)", false)
+		out := k.waitMsg(20*time.Second, "stream 42", func(m *outMsg) bool {
+			return m.parentID == id && m.msgType == "stream"
+		})
+		if got := contentField(out, "text"); got != "42\n" {
+			t.Errorf("stream text %q", got)
+		}
+		rep := k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+		if contentField(rep, "status") != "ok" {
+			t.Errorf("execute_reply %s", rep.content)
+		}
+		for _, m := range []*outMsg{out, rep} {
+			if m.natsSession != k.session {
+				t.Errorf("%s on %s: Kb-Session %q, want %q", m.msgType, m.channel, m.natsSession, k.session)
+			}
+			if m.natsParentType != "execute_request" {
+				t.Errorf("%s: Kb-Parent-Type %q", m.msgType, m.natsParentType)
+			}
+		}
+		if rep.channel != "shell" || out.channel != "iopub" {
+			t.Errorf("channels: reply on %s, stream on %s", rep.channel, out.channel)
+		}
+	})
+
+	t.Run("round trip", func(t *testing.T) {
+		var lat []time.Duration
+		for i := 0; i < 30; i++ {
+			t0 := time.Now()
+			id := k.execute("pass", false)
+			k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
+			lat = append(lat, time.Since(t0))
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		t.Logf("execute_request → execute_reply through bus+launcher: p50 %s, p90 %s, max %s",
+			lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)-1])
+	})
+
+	t.Run("activity", func(t *testing.T) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			e, err := tb.bus.Activity.Get(context.Background(), k.id)
+			if err == nil {
+				var a broker.Activity
+				_ = json.Unmarshal(e.Value(), &a)
+				if a.ExecutionState == "idle" && time.Since(a.LastActivity) < time.Minute {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("activity not idle: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("stdin", func(t *testing.T) {
+		id := k.execute("x = input('q? ')\nprint('got', x)", true)
+		req := k.waitMsg(20*time.Second, "input_request", func(m *outMsg) bool {
+			return m.msgType == "input_request" && m.parentID == id
+		})
+		if req.channel != "stdin" || req.natsSession != k.session {
+			t.Fatalf("input_request on %s with Kb-Session %q", req.channel, req.natsSession)
+		}
+		parent, _ := json.Marshal(map[string]any{"msg_id": req.msgID, "msg_type": "input_request", "session": req.session})
+		k.send("stdin", "input_reply", map[string]any{"value": "yes"}, parent)
+		out := k.waitMsg(20*time.Second, "echo of the input", func(m *outMsg) bool {
+			return m.parentID == id && m.msgType == "stream" && strings.Contains(contentField(m, "text"), "got yes")
+		})
+		_ = out
+		k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+	})
+
+	t.Run("interrupt", func(t *testing.T) {
+		id := k.execute("import time; print('sleeping', flush=True); time.sleep(60)", false)
+		k.waitMsg(20*time.Second, "the code to start sleeping", func(m *outMsg) bool {
+			return m.parentID == id && m.msgType == "stream" && strings.Contains(contentField(m, "text"), "sleeping")
+		})
+		if r := k.ctl(broker.OpInterrupt); !r.OK {
+			t.Fatalf("interrupt: %+v", r)
+		}
+		rep := k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+		if contentField(rep, "status") != "error" || contentField(rep, "ename") != "KeyboardInterrupt" {
+			t.Fatalf("execute_reply after interrupt: %s", rep.content)
+		}
+	})
+
+	t.Run("20MB output", func(t *testing.T) {
+		const n = 20_000_000
+		id := k.execute(fmt.Sprintf("print('x'*%d)", n), false)
+		total, chunked := 0, false
+		k.waitMsg(60*time.Second, "all 20 MB of stream output", func(m *outMsg) bool {
+			if m.parentID == id && m.msgType == "stream" {
+				text := contentField(m, "text")
+				total += strings.Count(text, "x")
+				if len(strings.Trim(text, "x\n")) != 0 {
+					t.Fatalf("stream text corrupted")
+				}
+				chunked = chunked || m.busMsgs > 1
+			}
+			return total >= n
+		})
+		if total != n || !chunked {
+			t.Fatalf("got %d x (want %d); chunked %v", total, n, chunked)
+		}
+		k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		id := k.execute("a_variable = 1", false)
+		k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+		oldPID := k.ctl(broker.OpPing).PID
+		t0 := time.Now()
+		r := k.ctl(broker.OpRestart)
+		if !r.OK || r.State != broker.StateRunning || r.PID == oldPID || r.PID == 0 {
+			t.Fatalf("restart reply %+v (old pid %d)", r, oldPID)
+		}
+		t.Logf("restart took %s", time.Since(t0))
+		if processGone(oldPID) == false {
+			t.Errorf("old kernel %d still alive after restart", oldPID)
+		}
+		rec := k.waitState(5*time.Second, broker.StateRunning)
+		if rec.ID != k.id {
+			t.Fatal("id changed")
+		}
+		id = k.execute("print(a_variable)", false)
+		rep := k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+		if contentField(rep, "ename") != "NameError" {
+			t.Fatalf("state survived the restart: %s", rep.content)
+		}
+		evs := strings.Join(k.events(), ",")
+		if !strings.Contains(evs, "restart_requested,restarted") {
+			t.Errorf("events %s", evs)
+		}
+	})
+
+	t.Run("crash and automatic restart", func(t *testing.T) {
+		oldPID := k.ctl(broker.OpPing).PID
+		mark := k.mark()
+		if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		st := k.waitFrom(mark, 20*time.Second, "iopub status restarting", func(m *outMsg) bool {
+			return m.msgType == "status" && contentField(m, "execution_state") == "restarting"
+		})
+		if st.natsSession != "" || st.parentID != "" || st.channel != "iopub" {
+			t.Errorf("restarting status: %+v", st)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			r := k.ctl(broker.OpPing)
+			if r.State == broker.StateRunning && r.PID != oldPID {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not running again after the crash: %+v", r)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if rec := k.record(); rec.State != broker.StateRunning || rec.Restarts != 1 {
+			t.Errorf("record after auto restart: %s, restarts %d", rec.State, rec.Restarts)
+		}
+		id := k.execute("print(6*7)", false)
+		k.waitMsg(20*time.Second, "execute_reply", k.reply(id))
+		evs := strings.Join(k.events(), ",")
+		if !strings.Contains(evs, "died,auto_restarted") {
+			t.Errorf("events %s", evs)
+		}
+	})
+
+	t.Run("shutdown", func(t *testing.T) {
+		pid := k.ctl(broker.OpPing).PID
+		r := k.ctl(broker.OpShutdown)
+		if !r.OK || r.State != broker.StateTerminated {
+			t.Fatalf("shutdown reply %+v", r)
+		}
+		select {
+		case err := <-k.done:
+			k.done <- err
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("launcher still running 10s after shutdown")
+		}
+		if !processGone(pid) {
+			t.Errorf("kernel %d still alive", pid)
+		}
+		if rec := k.record(); rec.State != broker.StateTerminated {
+			t.Errorf("record %s", rec.State)
+		}
+		if evs := k.events(); evs[len(evs)-1] != broker.EvTerminated {
+			t.Errorf("events %v", evs)
+		}
+	})
+}
+
+func TestLauncherStartFailure(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	k := launch(t, tb, []string{py, "-c", "import sys; sys.stderr.write('boom-marker\\n'); sys.exit(3)"}, nil)
+	var err error
+	select {
+	case err = <-k.done:
+		k.done <- err
+	case <-time.After(30 * time.Second):
+		t.Fatal("launcher did not give up")
+	}
+	var se *StartError
+	if !errors.As(err, &se) {
+		t.Fatalf("Run returned %v, want a StartError", err)
+	}
+	rec := k.record()
+	if rec.State != broker.StateFailed || !strings.Contains(rec.Reason, "3") || !strings.Contains(rec.Reason, "boom-marker") {
+		t.Fatalf("record %s: %q", rec.State, rec.Reason)
+	}
+	t.Logf("reason: %s", rec.Reason)
+	if evs := k.events(); len(evs) != 1 || evs[0] != broker.EvStartFailed {
+		t.Errorf("events %v", evs)
+	}
+}
+
+// TestLauncherGivesUp checks that a kernel that starts and then keeps dying
+// is restarted MaxRestarts times and then declared dead.
+func TestLauncherGivesUp(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	// A "kernel" that becomes ready, then dies at once after its first
+	// run: a flag file makes every later run exit before it is ready.
+	flag := filepath.Join(t.TempDir(), "ran")
+	script := fmt.Sprintf(`
+import os, sys, threading
+flag = %q
+if os.path.exists(flag):
+    sys.stderr.write('dies again\n'); sys.exit(7)
+open(flag, 'w').close()
+from ipykernel.kernelapp import IPKernelApp
+threading.Timer(4, lambda: os._exit(9)).start()
+IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])
+`, flag)
+	k := launch(t, tb, []string{py, "-c", script, "{connection_file}"}, func(c *broker.LaunchConfig) { c.MaxRestarts = 2 })
+	k.waitState(60*time.Second, broker.StateRunning)
+	rec := k.waitState(60*time.Second, broker.StateDead)
+	if !strings.Contains(rec.Reason, "gave up after 2 restarts") || !strings.Contains(rec.Reason, "dies again") {
+		t.Errorf("reason %q", rec.Reason)
+	}
+	var err error
+	select {
+	case err = <-k.done:
+		k.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("launcher did not exit")
+	}
+	var gu *GaveUpError
+	if !errors.As(err, &gu) {
+		t.Fatalf("Run returned %v", err)
+	}
+	k.waitMsg(5*time.Second, "iopub status dead", func(m *outMsg) bool {
+		return m.msgType == "status" && contentField(m, "execution_state") == "dead"
+	})
+	evs := strings.Join(k.events(), ",")
+	if !strings.HasPrefix(evs, "started,died") || !strings.HasSuffix(evs, "died") {
+		t.Errorf("events %s", evs)
+	}
+}
+
+// TestLauncherTimeoutAndAbort covers kernels that never become ready: the
+// launch timeout fails the record with a reason naming it, and a shutdown
+// during a start ends it as terminated, answering every shutdown request.
+func TestLauncherTimeoutAndAbort(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	tb := startBus(t)
+
+	t.Run("timeout", func(t *testing.T) {
+		k := launch(t, tb, []string{sleep, "60"}, func(c *broker.LaunchConfig) { c.LaunchTimeout = broker.Duration(time.Second) })
+		rec := k.waitState(20*time.Second, broker.StateFailed)
+		if !strings.Contains(rec.Reason, "no kernel_info_reply within 1s") {
+			t.Errorf("reason %q", rec.Reason)
+		}
+		err := <-k.done
+		k.done <- err
+		var se *StartError
+		if !errors.As(err, &se) {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	t.Run("shutdown during start", func(t *testing.T) {
+		k := launch(t, tb, []string{sleep, "60"}, nil)
+		deadline := time.Now().Add(10 * time.Second)
+		var pid int
+		for pid == 0 && time.Now().Before(deadline) {
+			if r, err := tb.nc.Request(broker.SubjectControl(k.id), []byte(`{"op":"ping"}`), time.Second); err == nil {
+				var cr broker.ControlReply
+				_ = json.Unmarshal(r.Data, &cr)
+				pid = cr.PID
+			}
+		}
+		if pid == 0 {
+			t.Fatal("no pid while starting")
+		}
+		var wg sync.WaitGroup
+		for i := 0; i < 2; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := tb.nc.Request(broker.SubjectControl(k.id), []byte(`{"op":"shutdown"}`), 20*time.Second)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var cr broker.ControlReply
+				_ = json.Unmarshal(r.Data, &cr)
+				if !cr.OK || cr.State != broker.StateTerminated {
+					t.Errorf("shutdown reply %+v", cr)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := <-k.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		k.done <- nil
+		if !processGone(pid) {
+			t.Errorf("sleep %d still running", pid)
+		}
+		if rec := k.record(); rec.State != broker.StateTerminated {
+			t.Errorf("record %s", rec.State)
+		}
+	})
+}
+
+// TestInterruptByMessage uses interrupt_mode message against the fake
+// kernel, which answers interrupt_request with interrupt_reply.
+func TestInterruptByMessage(t *testing.T) {
+	tb := startBus(t)
+	k := launch(t, tb, []string{os.Args[0], "-test.run=^$", "{connection_file}"}, func(c *broker.LaunchConfig) {
+		c.Env[fakeKernelEnv] = "1"
+		c.InterruptMode = "message"
+	})
+	k.waitState(30*time.Second, broker.StateRunning)
+	if r := k.ctl(broker.OpInterrupt); !r.OK {
+		t.Fatalf("interrupt: %+v", r)
+	}
+	if evs := k.events(); evs[len(evs)-1] != broker.EvInterrupted {
+		t.Errorf("events %v", evs)
+	}
+	// The reply went to the launcher, not to clients.
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, m := range k.msgs {
+		if m.msgType == "interrupt_reply" {
+			t.Errorf("interrupt_reply of the launcher's own request was published")
+		}
+	}
+}
+
+// TestBusRestart restarts the NATS server under a running kernel: the
+// launcher reconnects, its input consumer resumes and outputs flow again.
+func TestBusRestart(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	start := func() *kbjs.Server {
+		srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: port, StoreDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Start(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		return srv
+	}
+	srv := start()
+	t.Cleanup(func() { srv.Shutdown() })
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: srv.ClientURL(), Name: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	bus, err := kbjs.Setup(context.Background(), nc, kbjs.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &testBus{srv: srv, nc: nc, bus: bus}
+	k := launch(t, tb, []string{os.Args[0], "-test.run=^$", "{connection_file}"}, func(c *broker.LaunchConfig) {
+		c.Env[fakeKernelEnv] = "1"
+	})
+	k.waitState(30*time.Second, broker.StateRunning)
+	id := k.execute("pass", false)
+	k.waitMsg(10*time.Second, "execute_reply before the restart", k.reply(id))
+
+	srv.Shutdown()
+	srv = start()
+	tb.srv = srv
+
+	// Publish as soon as the bus takes it again; the launcher may still be
+	// reconnecting, and its ordered consumer must pick the message up.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		id = newUUID()
+		hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": "execute_request", "session": k.session, "version": "5.3"})
+		f := broker.Frame{Channel: "shell", Header: hdr, Content: []byte(`{"code":"pass"}`)}
+		m := &nats.Msg{Subject: broker.SubjectIn(k.id), Data: f.V1(), Header: nats.Header{}}
+		m.Header.Set(broker.HeaderSession, k.session)
+		_, err := kbjs.Publish(ctx, nc, bus.JS, m)
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bus did not come back: %v", err)
+		}
+	}
+	rep := k.waitMsg(30*time.Second, "execute_reply after the restart", k.reply(id))
+	if rep.natsSession != k.session {
+		t.Errorf("Kb-Session %q after the restart", rep.natsSession)
+	}
+	if r := k.ctl(broker.OpShutdown); !r.OK {
+		t.Fatalf("shutdown %+v", r)
+	}
+}
