@@ -159,6 +159,9 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 			_ = m.Term()
 			return
 		}
+		if errors.Is(err, errNakked) {
+			return
+		}
 		if err != nil && p.ctx.Err() != nil {
 			// Shutting down: let another worker take it.
 			_ = m.Nak()
@@ -187,17 +190,27 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			// handle rather than start a second launcher.
 			resumed = true
 			return kbjs.ErrNoChange
-		case k.State.Starting():
-			// Claimed but never submitted: the claimer died before it
-			// started anything, so taking it over is safe.
+		case k.State.Starting() && k.Worker != p.cfg.ID && !p.workerAlive(ctx, k.Worker):
+			// Claimed but never submitted, and the claimer is gone: it
+			// died before it started anything, so taking over is safe.
 			k.State, k.Worker = broker.StateClaimed, p.cfg.ID
 			return nil
+		case k.State.Starting():
+			// Another live worker (or this one) is submitting it right
+			// now: a duplicate request must not start a second launcher.
+			return errInProgress
 		default:
 			return errAlreadyDone
 		}
 	})
 	if errors.Is(err, errAlreadyDone) || errors.Is(err, broker.ErrKernelNotFound) {
 		return nil
+	}
+	if errors.Is(err, errInProgress) {
+		// Ask again later: if the claimer dies before it records a
+		// handle, its presence expires and a later delivery takes over.
+		_ = m.NakWithDelay(5 * time.Second)
+		return errNakked
 	}
 	if err != nil {
 		return err
@@ -245,7 +258,22 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 	return p.follow(m, k, log)
 }
 
-var errAlreadyDone = errors.New("request already handled")
+var (
+	errAlreadyDone = errors.New("request already handled")
+	errInProgress  = errors.New("another worker is submitting this kernel")
+	errNakked      = errors.New("request handed back for later")
+)
+
+// workerAlive reports whether worker id still announces itself in
+// kb_workers. An unknown answer counts as alive: better a late start than
+// two kernels.
+func (p *Pool) workerAlive(ctx context.Context, id string) bool {
+	if id == "" {
+		return false
+	}
+	_, err := p.bus.Workers.Get(ctx, id)
+	return !errors.Is(err, jetstream.ErrKeyNotFound)
+}
 
 // follow waits until the launcher reports the kernel running, or the
 // launch fails, keeping the request in progress meanwhile.

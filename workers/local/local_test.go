@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +45,15 @@ func fakeLauncher(enc string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 0
+	}
+	if f := cfg.Env["PIDFILE"]; f != "" {
+		// Every launcher started for the kernel leaves its pid here, so
+		// tests can count them.
+		pf, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err == nil {
+			fmt.Fprintln(pf, os.Getpid())
+			pf.Close()
+		}
 	}
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Token: cfg.NATSToken})
 	if err != nil {
@@ -111,18 +122,29 @@ func setup(t *testing.T) *env {
 	return &env{bus: bus, pool: pool, be: be}
 }
 
-func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) {
+func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) string {
 	t.Helper()
+	pidfile := filepath.Join(t.TempDir(), "pids")
+	t.Cleanup(func() {
+		// Whatever the test's outcome, no launcher outlives it.
+		data, _ := os.ReadFile(pidfile)
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	ctx := context.Background()
 	k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
 		Created: time.Now().UTC(), Deadline: time.Now().Add(timeout),
-		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode}, LaunchTimeout: broker.Duration(timeout)}}
+		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(timeout)}}
 	if _, err := e.bus.CreateKernel(ctx, k); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, id, broker.StartRequest{KernelID: id}); err != nil {
 		t.Fatal(err)
 	}
+	return pidfile
 }
 
 // waitFor polls the record until cond holds.
@@ -187,7 +209,7 @@ func pidOf(t *testing.T, k *broker.Kernel) int {
 func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 	e := setup(t)
 	id := "00000000-0000-4000-8000-000000000001"
-	e.request(t, id, "ok", 20*time.Second)
+	pidfile := e.request(t, id, "ok", 20*time.Second)
 	// A second request for the same kernel (as after a redelivery) must
 	// not start a second launcher.
 	if err := e.bus.Request(context.Background(), broker.VerbStart, broker.RMLocal, id+"-again", broker.StartRequest{KernelID: id}); err != nil {
@@ -197,6 +219,9 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 	pid := pidOf(t, k)
 	if k.Worker != e.pool.ID() || k.Host == "" {
 		t.Fatalf("record lacks worker or host: %+v", k)
+	}
+	if data, _ := os.ReadFile(pidfile); strings.Count(string(data), "\n") != 1 {
+		t.Fatalf("want exactly one launcher started, got pids %q", data)
 	}
 	evs := e.events(t, id)
 	if count(evs, broker.EvClaimed) != 1 || count(evs, broker.EvSubmitted) != 1 {
