@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -48,7 +49,7 @@ func testLogger(t testing.TB) zerolog.Logger {
 // testBus starts an in-process NATS with JetStream and sets up kernelbus.
 func testBus(t testing.TB) *kbjs.Bus {
 	t.Helper()
-	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir()})
+	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func testBus(t testing.TB) *kbjs.Bus {
 	return connectBus(t, srv, true)
 }
 
-func connectBus(t testing.TB, srv *kbjs.Server, setup bool) *kbjs.Bus {
+func connectBus(t testing.TB, srv *embedded.Server, setup bool) *kbjs.Bus {
 	t.Helper()
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Name: t.Name()})
 	if err != nil {

@@ -1,3 +1,7 @@
+// Package jetstream is kernelbus's NATS plumbing: how parts connect, the
+// streams and buckets every part relies on, the kernel-record and event
+// helpers, and the chunking that lets messages larger than max_payload cross
+// the bus. The embedded server lives in jetstream/embedded.
 package jetstream
 
 import (
@@ -6,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,7 +19,7 @@ type ConnectOptions struct {
 	// URLs of the NATS servers, comma separated; ignored with InProcess.
 	URLs string
 	// InProcess connects to an embedded server without a socket.
-	InProcess *server.Server
+	InProcess nats.InProcessConnProvider
 	// CredsFile is a NATS credentials file (JWT + nkey seed). Optional.
 	CredsFile string
 	// Token authenticates with a plain token. Optional.

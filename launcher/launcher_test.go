@@ -18,6 +18,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -46,14 +47,14 @@ func testPython(t *testing.T) string {
 }
 
 type testBus struct {
-	srv *kbjs.Server
+	srv *embedded.Server
 	nc  *nats.Conn
 	bus *kbjs.Bus
 }
 
 func startBus(t *testing.T) *testBus {
 	t.Helper()
-	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir()})
+	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -772,8 +773,8 @@ func TestBusRestart(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	start := func() *kbjs.Server {
-		srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: port, StoreDir: dir})
+	start := func() *embedded.Server {
+		srv, err := embedded.NewServer(embedded.Options{Port: port, StoreDir: dir})
 		if err != nil {
 			t.Fatal(err)
 		}

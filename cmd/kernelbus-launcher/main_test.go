@@ -14,6 +14,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
 )
 
 // asMain makes the test binary run main, so the test drives the real
@@ -46,7 +47,7 @@ func testPython(t *testing.T) string {
 // shut the kernel down, record it terminated and exit 0.
 func TestSIGTERMShutsDown(t *testing.T) {
 	py := testPython(t)
-	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir()})
+	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

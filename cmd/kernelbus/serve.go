@@ -19,6 +19,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -102,7 +103,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	// The embedded NATS asks every client for a token made fresh per run:
 	// only this process and the launchers it starts know it.
 	natsToken := randomHex(16)
-	srv, err := kbjs.NewServer(kbjs.ServerOptions{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Token: natsToken})
+	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Token: natsToken})
 	if err != nil {
 		return err
 	}

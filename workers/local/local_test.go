@@ -15,6 +15,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
@@ -86,7 +87,7 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	srv, err := kbjs.NewServer(kbjs.ServerOptions{Port: -1, StoreDir: t.TempDir(), Token: "s3cret"})
+	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir(), Token: "s3cret"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
-// Package jetstream is kernelbus's NATS plumbing: the embedded server, how
-// parts connect, the streams and buckets every part relies on, and the
-// chunking that lets messages larger than max_payload cross the bus.
-package jetstream
+// Package embedded runs a NATS server with JetStream inside a kernelbus
+// process (`kernelbus serve`, tests). It is its own package so that parts
+// which only connect to NATS, above all the launcher shipped to every
+// kernel host, do not link the server.
+package embedded
 
 import (
 	"errors"
@@ -12,8 +13,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// ServerOptions configure the embedded NATS server of `kernelbus serve`.
-type ServerOptions struct {
+// Options configure the embedded NATS server of `kernelbus serve`.
+type Options struct {
 	// Host to listen on for NATS clients (launchers, other processes).
 	// Default 127.0.0.1.
 	Host string
@@ -36,13 +37,13 @@ type ServerOptions struct {
 // Server is the embedded NATS server with JetStream as a component: Start,
 // ReadyForConnections, Shutdown. It never installs signal handlers.
 type Server struct {
-	opts ServerOptions
+	opts Options
 	ns   *server.Server
 	once sync.Once
 }
 
 // NewServer validates opts; nothing runs until Start.
-func NewServer(opts ServerOptions) (*Server, error) {
+func NewServer(opts Options) (*Server, error) {
 	if opts.StoreDir == "" {
 		return nil, errors.New("embedded NATS: a store directory is required")
 	}
