@@ -34,6 +34,9 @@ func testPython(t *testing.T) string {
 	if root, err := filepath.Abs(".."); err == nil {
 		cands = append(cands, filepath.Join(root, ".cache", "venv", "bin", "python"))
 	}
+	if home, err := os.UserHomeDir(); err == nil {
+		cands = append(cands, filepath.Join(home, ".cache", "kernelbus", "venv", "bin", "python"))
+	}
 	for _, py := range cands {
 		if py == "" {
 			continue
@@ -41,6 +44,9 @@ func testPython(t *testing.T) string {
 		if err := exec.Command(py, "-c", "import ipykernel").Run(); err == nil {
 			return py
 		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("no Python with ipykernel in CI: the test task must run scripts/setup-python.sh and set KB_TEST_PYTHON")
 	}
 	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
 	return ""

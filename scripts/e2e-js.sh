@@ -8,7 +8,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cache=${KB_CACHE:-$repo/.cache}
+cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 py=$cache/venv/bin/python
 [ -x "$py" ] || { echo "e2e-js: no venv at $cache/venv: run scripts/setup-python.sh" >&2; exit 1; }
 [ -d "$repo/e2e/js/node_modules" ] || { echo "e2e-js: run scripts/setup-node.sh first" >&2; exit 1; }

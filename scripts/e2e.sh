@@ -6,12 +6,12 @@
 #   3. pytest e2e/python, then the @jupyterlab/services suite (scripts/e2e-js.sh)
 # Exits non-zero if anything fails. Extra arguments go to pytest.
 #
-# Env: KB_CACHE (default <repo>/.cache), KERNELBUS_BIN, KERNELBUS_LAUNCHER_BIN,
+# Env: KB_CACHE (default ~/.cache/kernelbus, outside the clone so a fresh clone on the same machine reuses it), KERNELBUS_BIN, KERNELBUS_LAUNCHER_BIN,
 #      KB_TEST_TARGET (kernelbus | kg | jupyter-server; see e2e/python/kbprocs.py).
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cache=${KB_CACHE:-$repo/.cache}
+cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 export KB_CACHE=$cache
 
 "$repo/scripts/setup-python.sh" || exit 1

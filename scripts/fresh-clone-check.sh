@@ -28,7 +28,7 @@ case "$test_cmd" in *"task test"*) ;; *) echo "fresh-clone-check: README's secon
 grep -q "$test_cmd" .ci/run || { echo "fresh-clone-check: .ci/run does not call '$test_cmd'" >&2; exit 1; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export KB_CACHE=${KB_CACHE:-$repo/.cache}
+export KB_CACHE=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 echo "fresh-clone-check: running '$run_cmd' in a clean clone on port $port" >&2
 setsid bash -c "$run_cmd -- --listen 127.0.0.1:$port --data-dir $work/data" >"$work/run.log" 2>&1 &
 pid=$!

@@ -5,11 +5,11 @@
 # npm's download cache lives under $KB_CACHE/npm so a reinstall works from local files.
 #
 # Env:
-#   KB_CACHE   cache folder (default <repo>/.cache)
+#   KB_CACHE   cache folder (default ~/.cache/kernelbus, outside the clone so a fresh clone on the same machine reuses it)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cache=${KB_CACHE:-$repo/.cache}
+cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 dir=$repo/e2e/js
 lock=$dir/package-lock.json
 stamp=$dir/node_modules/.kb-lock.sha256

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the Python virtualenv the end-to-end suites run in:
-#   $KB_CACHE/venv  (KB_CACHE defaults to <repo>/.cache)
+#   $KB_CACHE/venv  (KB_CACHE defaults to ~/.cache/kernelbus)
 # and installs e2e/python/requirements.txt into it. Idempotent and cached: the pip step
 # is skipped while a stamp file holds the hash of the requirements file (plus the Python
 # version), so a second run takes well under a second.
 #
 # Env:
-#   KB_CACHE   cache folder (default <repo>/.cache)
+#   KB_CACHE   cache folder (default ~/.cache/kernelbus, outside the clone so a fresh clone on the same machine reuses it)
 #   KB_PYTHON  interpreter used to create the venv (default python3)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cache=${KB_CACHE:-$repo/.cache}
+cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 venv=$cache/venv
 req=$repo/e2e/python/requirements.txt
 stamp=$venv/.kb-requirements.sha256
