@@ -69,6 +69,24 @@ func (s *KernelSpec) RM() (string, error) {
 	return RMLocal, nil
 }
 
+// RMConfig returns the spec's resource-manager settings: JEG's
+// metadata.process_proxy.config, overlaid with metadata.kernelbus.config.
+// Nil when the spec has neither.
+func (s *KernelSpec) RMConfig() map[string]any {
+	var out map[string]any
+	for _, src := range []string{"process_proxy", "kernelbus"} {
+		m, _ := s.Metadata[src].(map[string]any)
+		cfg, _ := m["config"].(map[string]any)
+		for k, v := range cfg {
+			if out == nil {
+				out = map[string]any{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // InterruptByMessage reports whether interrupts go as interrupt_request.
 func (s *KernelSpec) InterruptByMessage() bool { return s.InterruptMode == "message" }
 

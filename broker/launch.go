@@ -33,6 +33,10 @@ type LaunchConfig struct {
 	IP string `json:"ip,omitempty"`
 	// WorkDir of the kernel process. Default: the launcher's.
 	WorkDir string `json:"work_dir,omitempty"`
+	// RMConfig is the spec's resource-manager settings: JEG's
+	// metadata.process_proxy.config (remote_hosts, ...) overlaid with
+	// metadata.kernelbus.config. Workers read what concerns them.
+	RMConfig map[string]any `json:"rm_config,omitempty"`
 
 	// How to reach the bus.
 	NATSURLs  string `json:"nats_urls"`

@@ -285,7 +285,7 @@ func (s *Server) launchConfig(spec *broker.KernelSpec, k *broker.Kernel, env map
 	return &broker.LaunchConfig{
 		V: 1, KernelID: k.ID, Spec: spec.Name, User: k.User, Argv: spec.Argv, Env: kenv,
 		InterruptMode: mode, Language: spec.Language, ResourceDir: spec.Dir,
-		LaunchTimeout: broker.Duration(timeout),
+		LaunchTimeout: broker.Duration(timeout), RMConfig: spec.RMConfig(),
 	}
 }
 
