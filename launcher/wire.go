@@ -1,21 +1,14 @@
 package launcher
 
 import (
-	"bytes"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"hash"
 	"time"
-)
 
-// delimiter separates routing frames from the signed message on every
-// Jupyter ZMQ socket.
-var delimiter = []byte("<IDS|MSG>")
+	"github.com/kernelbus/kernelbus/launcher/wire"
+)
 
 // jupyterDate is the header date layout jupyter_client writes: UTC with
 // microseconds and a literal Z.
@@ -24,105 +17,30 @@ const jupyterDate = "2006-01-02T15:04:05.000000Z"
 // protocolVersion is stamped on messages the launcher writes itself.
 const protocolVersion = "5.3"
 
+// The wire format itself lives in launcher/wire, which tools that talk to
+// kernels directly share; these names keep the launcher's code short.
 var (
-	errNoDelimiter = errors.New("no <IDS|MSG> delimiter")
-	errShortMsg    = errors.New("fewer than 5 frames after the delimiter")
-	errBadSig      = errors.New("bad signature")
+	delimiter      = wire.Delimiter
+	errNoDelimiter = wire.ErrNoDelimiter
+	errShortMsg    = wire.ErrShortMsg
+	errBadSig      = wire.ErrBadSig
 )
 
-// wireMsg is a kernel message split into its parts. The slices alias the
-// ZMQ frames they came from.
-type wireMsg struct {
-	Sig          []byte
-	Header       []byte
-	ParentHeader []byte
-	Metadata     []byte
-	Content      []byte
-	Buffers      [][]byte
-}
+type wireMsg = wire.Msg
 
-// splitWire finds the first frame that is exactly the delimiter and returns
-// what follows it. Frames before it (router identities, the iopub topic)
-// are ignored, as jupyter_client's feed_identities does.
-func splitWire(frames [][]byte) (wireMsg, error) {
-	for i, f := range frames {
-		if !bytes.Equal(f, delimiter) {
-			continue
-		}
-		rest := frames[i+1:]
-		if len(rest) < 5 {
-			return wireMsg{}, errShortMsg
-		}
-		m := wireMsg{Sig: rest[0], Header: rest[1], ParentHeader: rest[2], Metadata: rest[3], Content: rest[4]}
-		if len(rest) > 5 {
-			m.Buffers = rest[5:]
-		}
-		return m, nil
-	}
-	return wireMsg{}, errNoDelimiter
-}
+func splitWire(frames [][]byte) (wireMsg, error) { return wire.Split(frames) }
 
-// signer computes Jupyter message signatures: lowercase hex HMAC-SHA256
-// over header, parent_header, metadata and content (buffers are not
-// signed). The key is the UTF-8 bytes of the connection file's key string.
-// A signer is not safe for concurrent use: each goroutine keeps its own so
-// that the hot path does not allocate a new HMAC per message.
-type signer struct {
-	mac hash.Hash
-	sum [sha256.Size]byte
-}
+// signer wraps wire.Signer; like it, it is not safe for concurrent use.
+type signer struct{ w *wire.Signer }
 
-func newSigner(key string) *signer {
-	if key == "" {
-		return &signer{}
-	}
-	return &signer{mac: hmac.New(sha256.New, []byte(key))}
-}
+func newSigner(key string) *signer { return &signer{wire.NewSigner(key)} }
 
-// digest returns the raw MAC of the four signed parts, valid until the next
-// call.
-func (s *signer) digest(h, p, m, c []byte) []byte {
-	s.mac.Reset()
-	s.mac.Write(h)
-	s.mac.Write(p)
-	s.mac.Write(m)
-	s.mac.Write(c)
-	return s.mac.Sum(s.sum[:0])
-}
+func (s *signer) sign(h, p, m, c []byte) []byte { return s.w.Sign(h, p, m, c) }
 
-// sign returns the hex signature frame; empty when there is no key.
-func (s *signer) sign(h, p, m, c []byte) []byte {
-	if s.mac == nil {
-		return []byte{}
-	}
-	d := s.digest(h, p, m, c)
-	out := make([]byte, hex.EncodedLen(len(d)))
-	hex.Encode(out, d)
-	return out
-}
+func (s *signer) verify(sig, h, p, m, c []byte) bool { return s.w.Verify(sig, h, p, m, c) }
 
-// verify checks sig in constant time. With no key every message passes, as
-// in jupyter_client.
-func (s *signer) verify(sig, h, p, m, c []byte) bool {
-	if s.mac == nil {
-		return true
-	}
-	var want [sha256.Size]byte
-	if len(sig) != hex.EncodedLen(len(want)) {
-		return false
-	}
-	if _, err := hex.Decode(want[:], sig); err != nil {
-		return false
-	}
-	return hmac.Equal(want[:], s.digest(h, p, m, c))
-}
-
-// wireFrames returns the ZMQ frames of a message for a DEALER socket:
-// delimiter, signature, the four dictionaries, buffers.
 func (s *signer) wireFrames(h, p, m, c []byte, buffers [][]byte) [][]byte {
-	frames := make([][]byte, 0, 6+len(buffers))
-	frames = append(frames, delimiter, s.sign(h, p, m, c), h, p, m, c)
-	return append(frames, buffers...)
+	return s.w.Frames(h, p, m, c, buffers)
 }
 
 // newUUID returns a random (version 4) UUID string.
