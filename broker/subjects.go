@@ -29,6 +29,9 @@ const (
 	BucketNotebookSessions = "kb_nbsessions"
 	// BucketWorkers holds worker presence, one key per worker id (TTL).
 	BucketWorkers = "kb_workers"
+	// BucketLeases holds named leases (TTL) for duties that run in one
+	// process of the installation at a time, such as the idle culler.
+	BucketLeases = "kb_leases"
 )
 
 // Subject wildcards, for stream definitions and subscriptions.

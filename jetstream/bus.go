@@ -27,13 +27,14 @@ type Bus struct {
 // returns the Bus. Call it from the process that owns the installation
 // (serve) or from an operator's setup step.
 func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
-	l.defaults()
 	ctx, cancel := withTimeout(ctx, 30*time.Second)
 	defer cancel()
 	js, err := New(nc)
 	if err != nil {
 		return nil, err
 	}
+	keepExisting(ctx, js, &l)
+	l.defaults()
 	streams := []jetstream.StreamConfig{
 		{
 			Name:        broker.StreamRequests,
@@ -82,6 +83,7 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		{Bucket: broker.BucketSessions, Description: "websocket sessions and replay cursors", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: 7 * 24 * time.Hour},
 		{Bucket: broker.BucketNotebookSessions, Description: "notebook sessions (/api/sessions)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: 30 * time.Second},
+		{Bucket: broker.BucketLeases, Description: "leases of duties that run in one process at a time", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.LeaseTTL},
 	}
 	for _, bc := range buckets {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, bc); err != nil {
@@ -89,6 +91,30 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		}
 	}
 	return Open(ctx, nc)
+}
+
+// keepExisting fills the retention settings l leaves at zero from the
+// installation's current streams and buckets, so that a part started
+// without them does not reset what an operator configured.
+func keepExisting(ctx context.Context, js jetstream.JetStream, l *Layout) {
+	if l.EventsMaxAge <= 0 || l.EventsMaxBytes <= 0 {
+		if st, err := js.Stream(ctx, broker.StreamEvents); err == nil {
+			cfg := st.CachedInfo().Config
+			if l.EventsMaxAge <= 0 {
+				l.EventsMaxAge = cfg.MaxAge
+			}
+			if l.EventsMaxBytes <= 0 {
+				l.EventsMaxBytes = cfg.MaxBytes
+			}
+		}
+	}
+	if l.LeaseTTL <= 0 {
+		if kv, err := js.KeyValue(ctx, broker.BucketLeases); err == nil {
+			if st, err := kv.Status(ctx); err == nil {
+				l.LeaseTTL = st.TTL()
+			}
+		}
+	}
 }
 
 // Open binds to an existing installation. It fails with ErrNoInstallation

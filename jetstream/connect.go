@@ -89,10 +89,17 @@ type Layout struct {
 	// IOMaxMsgsPerSubject bounds each kernel channel's replay window.
 	// Default 100000.
 	IOMaxMsgsPerSubject int64
-	// EventsMaxAge is the audit retention. Default 400 days.
+	// EventsMaxAge is the audit retention. Zero keeps what the stream has
+	// (so a part started without the flag never shortens an operator's
+	// choice); 400 days when the stream is created.
 	EventsMaxAge time.Duration
-	// EventsMaxBytes bounds the audit log. Default 10 GiB.
+	// EventsMaxBytes bounds the audit log. Zero keeps what the stream has;
+	// 10 GiB when the stream is created.
 	EventsMaxBytes int64
+	// LeaseTTL is the TTL of the kb_leases bucket: how long a holder that
+	// died blocks its duties. Zero keeps what the bucket has;
+	// DefaultLeaseTTL (10s) when it is created.
+	LeaseTTL time.Duration
 	// Memory keeps KB_IO in memory instead of files (faster, not durable).
 	// Default false.
 	IOMemory bool
@@ -112,12 +119,22 @@ func (l *Layout) defaults() {
 		l.IOMaxMsgsPerSubject = 100000
 	}
 	if l.EventsMaxAge <= 0 {
-		l.EventsMaxAge = 400 * 24 * time.Hour
+		l.EventsMaxAge = DefaultEventsMaxAge
 	}
 	if l.EventsMaxBytes <= 0 {
-		l.EventsMaxBytes = 10 << 30
+		l.EventsMaxBytes = DefaultEventsMaxBytes
+	}
+	if l.LeaseTTL <= 0 {
+		l.LeaseTTL = DefaultLeaseTTL
 	}
 }
+
+// Audit retention defaults: a year of a busy cluster's lifecycle events
+// (a few hundred bytes each) fits well within 10 GiB.
+const (
+	DefaultEventsMaxAge   = 400 * 24 * time.Hour
+	DefaultEventsMaxBytes = 10 << 30
+)
 
 // ErrNoInstallation says the bus has no kernelbus streams yet.
 var ErrNoInstallation = errors.New("no kernelbus installation on this NATS (stream missing): start `kernelbus serve` or point --nats at the installation's servers")
