@@ -20,6 +20,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -49,14 +50,7 @@ func testLogger(t testing.TB) zerolog.Logger {
 // testBus starts an in-process NATS with JetStream and sets up kernelbus.
 func testBus(t testing.TB) *kbjs.Bus {
 	t.Helper()
-	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := jstest.Start(t, jstest.Options{Layout: kbjs.Layout{IOMemory: true}}).Server
 	return connectBus(t, srv, true)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -26,31 +27,7 @@ import (
 
 // ---- harness ----
 
-// testPython finds a Python with ipykernel: $KB_TEST_PYTHON, else the
-// project venv that scripts/setup-python.sh creates.
-func testPython(t *testing.T) string {
-	t.Helper()
-	cands := []string{os.Getenv("KB_TEST_PYTHON")}
-	if root, err := filepath.Abs(".."); err == nil {
-		cands = append(cands, filepath.Join(root, ".cache", "venv", "bin", "python"))
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		cands = append(cands, filepath.Join(home, ".cache", "kernelbus", "venv", "bin", "python"))
-	}
-	for _, py := range cands {
-		if py == "" {
-			continue
-		}
-		if err := exec.Command(py, "-c", "import ipykernel").Run(); err == nil {
-			return py
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no Python with ipykernel in CI: the test task must run scripts/setup-python.sh and set KB_TEST_PYTHON")
-	}
-	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
-	return ""
-}
+func testPython(t *testing.T) string { return jstest.Python(t) }
 
 type testBus struct {
 	srv *embedded.Server
@@ -60,24 +37,8 @@ type testBus struct {
 
 func startBus(t *testing.T) *testBus {
 	t.Helper()
-	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Name: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	bus, err := kbjs.Setup(context.Background(), nc, kbjs.Layout{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testBus{srv: srv, nc: nc, bus: bus}
+	e := jstest.Start(t, jstest.Options{})
+	return &testBus{srv: e.Server, nc: e.NC, bus: e.Bus}
 }
 
 // logSink forwards launcher logs to the test log while the test runs.

@@ -13,8 +13,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
-	kbjs "github.com/kernelbus/kernelbus/jetstream"
-	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // asMain makes the test binary run main, so the test drives the real
@@ -28,43 +27,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func testPython(t *testing.T) string {
-	cands := []string{os.Getenv("KB_TEST_PYTHON")}
-	if root, err := filepath.Abs("../.."); err == nil {
-		cands = append(cands, filepath.Join(root, ".cache", "venv", "bin", "python"))
-	}
-	for _, py := range cands {
-		if py != "" && exec.Command(py, "-c", "import ipykernel").Run() == nil {
-			return py
-		}
-	}
-	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
-	return ""
-}
-
 // TestSIGTERMShutsDown runs the command with a real ipykernel, checks that
 // no KB_* variable reaches the kernel, then sends SIGTERM: the command must
 // shut the kernel down, record it terminated and exit 0.
 func TestSIGTERMShutsDown(t *testing.T) {
-	py := testPython(t)
-	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	py := jstest.Python(t)
+	js := jstest.Start(t, jstest.Options{})
+	srv, bus := js.Server, js.Bus
 	ctx := context.Background()
-	bus, err := kbjs.Setup(ctx, nc, kbjs.Layout{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := "0f0e0d0c-1111-4222-8333-444455556666"
 	if _, err := bus.CreateKernel(ctx, &broker.Kernel{ID: id, Spec: "python3", State: broker.StateSubmitted}); err != nil {
 		t.Fatal(err)

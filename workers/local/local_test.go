@@ -15,7 +15,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
-	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,23 +87,8 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	srv, err := embedded.NewServer(embedded.Options{Port: -1, StoreDir: t.TempDir(), Token: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: "s3cret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	bus, err := kbjs.Setup(context.Background(), nc, kbjs.Layout{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jstest.Start(t, jstest.Options{Token: "s3cret"})
+	bus := js.Bus
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +97,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSToken: "s3cret", StopGrace: 2 * time.Second}, bus, be, zerolog.Nop())
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, NATSToken: js.Token, StopGrace: 2 * time.Second}, bus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,109 @@
+// Package jstest gives tests the real things they run against: an
+// in-process NATS server with JetStream and the kernelbus streams and
+// buckets, and a Python interpreter with ipykernel. Every package's tests
+// use it, so there is one way to stand up the bus and one rule for when a
+// missing Python skips (on a developer's machine) or fails (in CI).
+package jstest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/nats-io/nats.go"
+)
+
+// Env is a running bus.
+type Env struct {
+	Server *embedded.Server
+	// NC is an in-process connection; Bus is bound to it.
+	NC  *nats.Conn
+	Bus *kbjs.Bus
+	// URL is where other processes (launchers) connect, with Token.
+	URL   string
+	Token string
+}
+
+// Options tune Start.
+type Options struct {
+	// Token the server requires; default none.
+	Token string
+	// Layout of the streams; default kbjs.Layout{}.
+	Layout kbjs.Layout
+	// StoreDir keeps JetStream data; default t.TempDir(). Pass the same
+	// folder to a second Start to restart a server on its data.
+	StoreDir string
+	// Port for NATS clients; default -1 (any free one).
+	Port int
+}
+
+// Start runs a server, sets up the streams and buckets, and stops
+// everything when the test ends.
+func Start(t testing.TB, o Options) *Env {
+	t.Helper()
+	if o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	srv, err := embedded.NewServer(embedded.Options{Port: o.Port, StoreDir: o.StoreDir, Token: o.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: o.Token, Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bus, err := kbjs.Setup(ctx, nc, o.Layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Env{Server: srv, NC: nc, Bus: bus, URL: srv.ClientURL(), Token: o.Token}
+}
+
+// Python returns an interpreter that has ipykernel: $KB_TEST_PYTHON, else
+// the venv that scripts/setup-python.sh makes. Without one the test is
+// skipped, except in CI (CI set), where that is a broken setup and fails.
+func Python(t testing.TB) string {
+	t.Helper()
+	cands := []string{os.Getenv("KB_TEST_PYTHON")}
+	if c := os.Getenv("KB_CACHE"); c != "" {
+		cands = append(cands, filepath.Join(c, "venv", "bin", "python"))
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		cands = append(cands, filepath.Join(home, ".cache", "kernelbus", "venv", "bin", "python"))
+	}
+	for _, py := range cands {
+		if py == "" {
+			continue
+		}
+		if err := exec.Command(py, "-c", "import ipykernel").Run(); err == nil {
+			return py
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("no Python with ipykernel in CI: the test task must run scripts/setup-python.sh (and may set KB_TEST_PYTHON)")
+	}
+	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
+	return ""
+}
+
+// RepoRoot is the repository's top folder, found from this file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
