@@ -390,6 +390,7 @@ func (c *conn) deliver(m jetstream.Msg) {
 	if chunkID != "" {
 		delete(c.partial, chunkID)
 	}
+	wrote := false
 	if seq > c.skipUpTo && c.routed(h, m.Subject()) {
 		if err := c.write(data, h); err != nil {
 			// Not counted as delivered: a reconnect gets it again.
@@ -398,10 +399,37 @@ func (c *conn) deliver(m jetstream.Msg) {
 			_ = c.ws.NetConn().Close() // ends the read loop, which finishes
 			return
 		}
+		wrote = true
 	}
 	c.cursor = seq
 	c.dirty = true
+	if wrote {
+		c.persistWritten()
+	}
 }
+
+// persistWritten records the cursor of a message just written, before the
+// next one is: if this process dies now (SIGKILL, OOM), the bytes already
+// handed to the kernel still reach the client, and the session record must
+// say so, or the front-end that takes over sends them again. So the record
+// leaves the process right after the write (a publish on the bucket's
+// subject, flushed in place rather than by the client's flusher goroutine),
+// leaving a window of a few microseconds instead of the up-to-a-second of
+// the periodic save. The periodic save still confirms it. mu is held, which
+// keeps every write of the record in cursor order on the connection.
+func (c *conn) persistWritten() {
+	data, _ := json.Marshal(c.recordLocked(true))
+	nc := c.s.bus.NC
+	if err := nc.PublishMsg(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data}); err != nil {
+		return // the periodic save retries
+	}
+	// Flush in place: a ping written by this goroutine pushes the buffered
+	// record out with it. Its pong is not waited for.
+	_ = nc.FlushTimeout(time.Nanosecond)
+}
+
+// kvSubject is the subject a KV bucket stores key under.
+func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // routed applies jupyter_server's routing: iopub to every connection;
 // shell, control and stdin only to the session that asked.
@@ -572,7 +600,47 @@ func (c *conn) save(connected, final bool) {
 	if c.saved {
 		return
 	}
+	// Not c.s.ctx: the final save happens during Shutdown.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if final && c.s.state.gone(c.kernel) {
+		// Nobody will resume a session of a kernel that is gone.
+		_ = c.s.bus.Sessions.Delete(ctx, c.key)
+		c.saved = true
+		return
+	}
+	// The record is published under mu, like persistWritten's, so the
+	// bucket receives cursors in order: an older one never lands last.
 	c.mu.Lock()
+	data, _ := json.Marshal(c.recordLocked(connected))
+	c.dirty = false
+	fut, err := c.s.bus.JS.PublishMsgAsync(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data})
+	c.mu.Unlock()
+	var rev uint64
+	if err == nil {
+		select {
+		case ack := <-fut.Ok():
+			rev = ack.Sequence
+		case err = <-fut.Err():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		c.log.Warn().Err(err).Msg("could not save the session cursor")
+		c.mu.Lock()
+		c.dirty = true
+		c.mu.Unlock()
+	} else {
+		c.s.state.setSession(c.kernel, c.key, connected, rev, false)
+	}
+	if final {
+		c.saved = true
+	}
+}
+
+// recordLocked is the session record as of now. mu is held.
+func (c *conn) recordLocked(connected bool) broker.ClientSession {
 	cs := broker.ClientSession{
 		Kernel: c.kernel, Session: c.session, Connected: connected, Frontend: c.s.cfg.FrontendID,
 		Cursor: c.cursor, Updated: time.Now().UTC(),
@@ -587,30 +655,7 @@ func (c *conn) save(connected, final bool) {
 			cs.ReplayFrom = p.seq
 		}
 	}
-	c.dirty = false
-	c.mu.Unlock()
-	data, _ := json.Marshal(cs)
-	// Not c.s.ctx: the final save happens during Shutdown.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if final && c.s.state.gone(c.kernel) {
-		// Nobody will resume a session of a kernel that is gone.
-		_ = c.s.bus.Sessions.Delete(ctx, c.key)
-		c.saved = true
-		return
-	}
-	rev, err := c.s.bus.Sessions.Put(ctx, c.key, data)
-	if err != nil {
-		c.log.Warn().Err(err).Msg("could not save the session cursor")
-		c.mu.Lock()
-		c.dirty = true
-		c.mu.Unlock()
-	} else {
-		c.s.state.setSession(c.kernel, c.key, connected, rev, false)
-	}
-	if final {
-		c.saved = true
-	}
+	return cs
 }
 
 // finish ends the connection once: stop the output consumer, say goodbye

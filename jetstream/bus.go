@@ -82,7 +82,7 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		{Bucket: broker.BucketActivity, Description: "kernel execution state and last activity", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketSessions, Description: "websocket sessions and replay cursors", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: 7 * 24 * time.Hour},
 		{Bucket: broker.BucketNotebookSessions, Description: "notebook sessions (/api/sessions)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
-		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: 30 * time.Second},
+		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.PresenceTTL},
 		{Bucket: broker.BucketLeases, Description: "leases of duties that run in one process at a time", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.LeaseTTL},
 	}
 	for _, bc := range buckets {
@@ -105,6 +105,13 @@ func keepExisting(ctx context.Context, js jetstream.JetStream, l *Layout) {
 			}
 			if l.EventsMaxBytes <= 0 {
 				l.EventsMaxBytes = cfg.MaxBytes
+			}
+		}
+	}
+	if l.PresenceTTL <= 0 {
+		if kv, err := js.KeyValue(ctx, broker.BucketWorkers); err == nil {
+			if st, err := kv.Status(ctx); err == nil {
+				l.PresenceTTL = st.TTL()
 			}
 		}
 	}

@@ -100,6 +100,12 @@ type Layout struct {
 	// died blocks its duties. Zero keeps what the bucket has;
 	// DefaultLeaseTTL (10s) when it is created.
 	LeaseTTL time.Duration
+	// PresenceTTL is the TTL of the kb_workers bucket: how soon a worker
+	// that died without a word counts as gone, so another one may take over
+	// the starts it had claimed. Workers renew their key every third of
+	// it. Zero keeps what the bucket has; DefaultPresenceTTL (15s) when it
+	// is created.
+	PresenceTTL time.Duration
 	// Memory keeps KB_IO in memory instead of files (faster, not durable).
 	// Default false.
 	IOMemory bool
@@ -127,7 +133,14 @@ func (l *Layout) defaults() {
 	if l.LeaseTTL <= 0 {
 		l.LeaseTTL = DefaultLeaseTTL
 	}
+	if l.PresenceTTL <= 0 {
+		l.PresenceTTL = DefaultPresenceTTL
+	}
 }
+
+// DefaultPresenceTTL lets a dead worker's claimed starts move to another
+// worker well within the default 40 s launch timeout.
+const DefaultPresenceTTL = 15 * time.Second
 
 // Audit retention defaults: a year of a busy cluster's lifecycle events
 // (a few hundred bytes each) fits well within 10 GiB.

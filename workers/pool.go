@@ -21,7 +21,9 @@ type PoolConfig struct {
 	// Concurrency bounds launches in flight in this worker. Default 64.
 	Concurrency int
 	// AckWait is how long a claimed request may go without progress before
-	// the bus redelivers it to another worker. Default 30s.
+	// the bus redelivers it to another worker: with the kb_workers TTL, it
+	// bounds how late a start claimed by a worker that died is taken over.
+	// Default 15s.
 	AckWait time.Duration
 	// NATSURLs, NATSToken and NATSCreds are what launchers use to reach
 	// the bus (the worker's own connection may be in-process).
@@ -55,7 +57,7 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 		cfg.Concurrency = 64
 	}
 	if cfg.AckWait <= 0 {
-		cfg.AckWait = 30 * time.Second
+		cfg.AckWait = 15 * time.Second
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
@@ -107,10 +109,17 @@ func (p *Pool) Stop() {
 	p.wg.Wait()
 }
 
-// presence keeps this worker's key alive in kb_workers.
+// presence keeps this worker's key alive in kb_workers, renewing it three
+// times per TTL of the bucket so one lost renewal does not make it look dead.
 func (p *Pool) presence() {
 	defer p.wg.Done()
-	t := time.NewTicker(10 * time.Second)
+	every := kbjs.DefaultPresenceTTL / 3
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	if st, err := p.bus.Workers.Status(ctx); err == nil && st.TTL() > 0 {
+		every = st.TTL() / 3
+	}
+	cancel()
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		info, _ := json.Marshal(map[string]any{"id": p.cfg.ID, "rm": p.be.Name(), "seen": time.Now().UTC()})

@@ -22,6 +22,8 @@ type natsFlags struct {
 	token    string
 	replicas int
 	setup    bool
+	// presenceTTL is the kb_workers TTL that --setup gives the bucket.
+	presenceTTL time.Duration
 }
 
 func (n *natsFlags) register(fs *flagSet) {
@@ -30,6 +32,7 @@ func (n *natsFlags) register(fs *flagSet) {
 	fs.StringVar(&n.token, "nats-token", "", "NATS token")
 	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
 	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
+	fs.DurationVar(&n.presenceTTL, "presence-ttl", 0, "how soon a silent worker counts as gone, when --setup creates or updates kb_workers (0: keep the bucket's; 15s when new)")
 }
 
 func (n *natsFlags) connect(ctx context.Context, name string) (*kbjs.Bus, error) {
@@ -39,7 +42,7 @@ func (n *natsFlags) connect(ctx context.Context, name string) (*kbjs.Bus, error)
 	}
 	var bus *kbjs.Bus
 	if n.setup {
-		bus, err = kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: n.replicas})
+		bus, err = kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: n.replicas, PresenceTTL: n.presenceTTL})
 	} else {
 		bus, err = kbjs.Open(ctx, nc)
 	}
@@ -102,6 +105,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
+	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
+	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -129,7 +134,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if lurls == "" {
 		lurls = nf.urls
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{Concurrency: *concurrency, NATSURLs: lurls, NATSToken: nf.token}, bus, be, log)
+	pool, err := workers.NewPool(workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSToken: nf.token}, bus, be, log)
 	if err != nil {
 		return err
 	}
