@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/kernelbus/kernelbus/frontend/client"
+)
+
+// gateway is a gateway process the bench started, and the target that
+// starts kernels through it.
+type gateway struct {
+	name string
+	// main is the process clients talk to; for kernelbus, serve (embedded
+	// NATS, front-end, local workers).
+	main *proc
+	// fe, when set, is a separate kernelbus frontend process on serve's
+	// NATS: the memory scenario measures it alone.
+	fe  *proc
+	c   *client.Client
+	v1  bool
+	dir string
+}
+
+func (g *gateway) Name() string { return g.name }
+
+func (g *gateway) Start(ctx context.Context, spec string) (session, error) {
+	return startGateway(ctx, g.c, spec, g.v1)
+}
+
+func (g *gateway) stop() {
+	if g.fe != nil {
+		g.fe.stop(20 * time.Second)
+	}
+	g.main.stop(30 * time.Second)
+}
+
+func httpClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 0}, Timeout: 5 * time.Minute}
+}
+
+// startKernelbus runs `kernelbus serve` on a free port with the bench's
+// kernelspecs.
+func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(cfg.work, "kernelbus-")
+	if err != nil {
+		return nil, err
+	}
+	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve",
+		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
+		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
+		"--launch-timeout", "120s")
+	if err != nil {
+		return nil, err
+	}
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
+		p.stop(10 * time.Second)
+		return nil, err
+	}
+	return &gateway{name: "kernelbus", main: p, c: &client.Client{BaseURL: base, HTTP: httpClient()}, v1: true, dir: dir}, nil
+}
+
+// addFrontend starts a separate `kernelbus frontend` on serve's embedded
+// NATS and points the gateway's client at it.
+func (g *gateway) addFrontend(ctx context.Context, cfg *config, specDir string) error {
+	conn, err := os.ReadFile(filepath.Join(g.dir, "data", "nats.conn"))
+	if err != nil {
+		return err
+	}
+	var url, token string
+	for _, line := range splitLines(string(conn)) {
+		if v, ok := cutPrefix(line, "url="); ok {
+			url = v
+		}
+		if v, ok := cutPrefix(line, "token="); ok {
+			token = v
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	p, err := startProc("kernelbus-frontend", g.dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "frontend",
+		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--nats", url, "--nats-token", token,
+		"--kernelspec-dir", specDir, "--log-level", "warn", "--launch-timeout", "120s")
+	if err != nil {
+		return err
+	}
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
+		p.stop(10 * time.Second)
+		return err
+	}
+	g.fe = p
+	g.c = &client.Client{BaseURL: base, HTTP: httpClient()}
+	return nil
+}
+
+// startJEG runs Jupyter Enterprise Gateway from its own venv, on a free
+// port, with the bench's kernelspecs (LocalProcessProxy).
+func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(cfg.work, "jeg-")
+	if err != nil {
+		return nil, err
+	}
+	env := []string{
+		"JUPYTER_PATH=" + jupyterPath,
+		"JUPYTER_DATA_DIR=" + filepath.Join(dir, "data"),
+		"JUPYTER_RUNTIME_DIR=" + filepath.Join(dir, "runtime"),
+		"JUPYTER_CONFIG_DIR=" + filepath.Join(dir, "config"),
+	}
+	p, err := startProc("jeg", dir, env, filepath.Join(cfg.jegVenv, "bin", "jupyter"), "enterprisegateway",
+		"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--port_retries", "0",
+		"--EnterpriseGatewayApp.list_kernels=True", "--log-level", "WARN")
+	if err != nil {
+		return nil, err
+	}
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+	defer cancel()
+	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
+		p.stop(10 * time.Second)
+		return nil, err
+	}
+	return &gateway{name: "jeg", main: p, c: &client.Client{BaseURL: base, HTTP: httpClient()}, v1: true, dir: dir}, nil
+}
+
+// kernelSpec is what the bench writes as kernel.json.
+type kernelSpec struct {
+	Argv          []string       `json:"argv"`
+	DisplayName   string         `json:"display_name"`
+	Language      string         `json:"language"`
+	InterruptMode string         `json:"interrupt_mode,omitempty"`
+	Metadata      map[string]any `json:"metadata,omitempty"`
+}
+
+const (
+	specPython = "kb-bench-python3"
+	specSynth  = "kb-bench-synth"
+)
+
+// writeSpecs writes the two kernelspecs under root/share/jupyter/kernels
+// (JEG finds them through JUPYTER_PATH, kernelbus through
+// --kernelspec-dir). Both say LocalProcessProxy, which kernelbus maps to
+// its local workers.
+func writeSpecs(root string, cfg *config) (jupyterPath, kernelsDir string, specs map[string]kernelSpec, err error) {
+	jupyterPath = filepath.Join(root, "share", "jupyter")
+	kernelsDir = filepath.Join(jupyterPath, "kernels")
+	local := map[string]any{"process_proxy": map[string]any{
+		"class_name": "enterprise_gateway.services.processproxies.processproxy.LocalProcessProxy"}}
+	specs = map[string]kernelSpec{
+		specPython: {Argv: []string{cfg.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+			DisplayName: "Python 3 (bench)", Language: "python", InterruptMode: "signal", Metadata: local},
+		specSynth: {Argv: []string{cfg.synthBin, "{connection_file}"},
+			DisplayName: "Synthetic (bench)", Language: "synthetic", InterruptMode: "signal", Metadata: local},
+	}
+	for name, s := range specs {
+		d := filepath.Join(kernelsDir, name)
+		if err = os.MkdirAll(d, 0o755); err != nil {
+			return
+		}
+		if err = writeJSON(filepath.Join(d, "kernel.json"), s); err != nil {
+			return
+		}
+	}
+	if _, err = os.Stat(cfg.python); err != nil {
+		err = fmt.Errorf("--python: %w", err)
+	}
+	return
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is a server process the bench started: a gateway.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    string
+}
+
+// startProc starts argv with env added to the bench's environment, its
+// output in logDir/<name>.log, in its own process group.
+func startProc(name, logDir string, env []string, argv ...string) (*proc, error) {
+	logPath := filepath.Join(logDir, name+".log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, err
+	}
+	p := &proc{name: name, cmd: cmd, exited: make(chan struct{}), log: logPath}
+	go func() { _ = cmd.Wait(); lf.Close(); close(p.exited) }()
+	return p, nil
+}
+
+// waitHTTP polls url until it answers 200, the process exits or ctx ends.
+func (p *proc) waitHTTP(ctx context.Context, url string) error {
+	backoff := 10 * time.Millisecond
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited before it answered (log: %s)", p.name, p.log)
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not answer %s: %w (log: %s)", p.name, url, ctx.Err(), p.log)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 200*time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM, waits, then kills the group and every process left
+// below it (kernels a gateway failed to stop).
+func (p *proc) stop(grace time.Duration) {
+	pid := p.cmd.Process.Pid
+	tree := descendants(pid)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-p.exited
+	}
+	// Kernels and launchers run in process groups of their own.
+	for _, d := range append(tree, descendants(pid)...) {
+		if alive(d) {
+			_ = syscall.Kill(-d, syscall.SIGKILL)
+			_ = syscall.Kill(d, syscall.SIGKILL)
+		}
+	}
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// children maps each pid to its children, from /proc.
+func children() map[int][]int {
+	out := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces; fields resume after ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		out[ppid] = append(out[ppid], pid)
+	}
+	return out
+}
+
+// descendants lists every process below pid.
+func descendants(pid int) []int {
+	kids := children()
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range kids[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// memKB returns a process's RSS and PSS in KiB (PSS shares pages such as a
+// binary's text among the processes mapping them: the fair per-process
+// cost when a thousand copies run).
+func memKB(pid int) (rss, pss int64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(fs[1], 10, 64)
+		switch fs[0] {
+		case "Rss:":
+			rss = v
+		case "Pss:":
+			pss = v
+		}
+	}
+	return rss, pss
+}
+
+// comm is a process's command name.
+func comm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
+}
+
+// freePort asks the OS for a free loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func wireID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
