@@ -163,6 +163,9 @@ type ControlRequest struct {
 	Op        string `json:"op"`
 	RequestID string `json:"request_id,omitempty"`
 	User      string `json:"user,omitempty"`
+	// Reason says why a shutdown was asked for (e.g. culled); it becomes
+	// the kernel's end reason and its terminated event's.
+	Reason string `json:"reason,omitempty"`
 }
 
 // ControlReply is a launcher's answer.

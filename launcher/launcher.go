@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -268,6 +269,13 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	}
 
 	inc, err := l.launch(ctx, false)
+	// The ports were free when picked, but another process can take one
+	// before the kernel binds it (the race jupyter_client accepts too); it
+	// shows under concurrent starts. Fresh ports fix it.
+	for try := 0; try < 3 && portTaken(err); try++ {
+		l.log.Warn().Err(err).Msg("the kernel could not bind its ports: starting it again on new ones")
+		inc, err = l.launch(ctx, true)
+	}
 	defer func() {
 		if cur := l.current(); cur != nil {
 			l.stopKernel(cur, false, false)
@@ -314,6 +322,14 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	l.emit(broker.EvStarted, "", "")
 	l.log.Info().Int("pid", inc.proc.pid).Msg("kernel running")
 	return l.supervise(ctx, inc)
+}
+
+// portTaken reports a start that failed because the kernel found one of
+// its ports in use. The kernel is another program, so its stderr (zmq4's
+// and libzmq's EADDRINUSE text) is the only account of why it exited.
+func portTaken(err error) bool {
+	var se *StartError
+	return errors.As(err, &se) && strings.Contains(strings.ToLower(se.Reason), "address already in use")
 }
 
 // connect dials the bus with the config's credentials.
@@ -849,6 +865,9 @@ func (l *launcher) onControl(m *nats.Msg) {
 		why := "shutdown requested"
 		if req.User != "" {
 			why += " by " + req.User
+		}
+		if req.Reason != "" {
+			why = req.Reason
 		}
 		l.requestShutdown(why, req.RequestID)
 	case broker.OpInterrupt, broker.OpRestart:

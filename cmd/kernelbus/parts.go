@@ -24,6 +24,8 @@ type natsFlags struct {
 	setup    bool
 	// presenceTTL is the kb_workers TTL that --setup gives the bucket.
 	presenceTTL time.Duration
+	// retention of the audit log that --setup gives KB_EVENTS.
+	retention retentionFlags
 }
 
 func (n *natsFlags) register(fs *flagSet) {
@@ -32,6 +34,7 @@ func (n *natsFlags) register(fs *flagSet) {
 	fs.StringVar(&n.token, "nats-token", "", "NATS token")
 	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
 	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
+	n.retention.register(fs)
 	fs.DurationVar(&n.presenceTTL, "presence-ttl", 0, "how soon a silent worker counts as gone, when --setup creates or updates kb_workers (0: keep the bucket's; 15s when new)")
 }
 
@@ -42,7 +45,7 @@ func (n *natsFlags) connect(ctx context.Context, name string) (*kbjs.Bus, error)
 	}
 	var bus *kbjs.Bus
 	if n.setup {
-		bus, err = kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: n.replicas, PresenceTTL: n.presenceTTL})
+		bus, err = kbjs.Setup(ctx, nc, n.retention.layout(kbjs.Layout{Replicas: n.replicas, PresenceTTL: n.presenceTTL}))
 	} else {
 		bus, err = kbjs.Open(ctx, nc)
 	}
@@ -57,8 +60,10 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	fs := newFlagSet("frontend", stderr)
 	var ff frontendFlags
 	var nf natsFlags
+	var df dutyFlags
 	ff.register(fs)
 	nf.register(fs)
+	df.register(fs)
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -75,7 +80,8 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	defer bus.NC.Close()
 	host, _ := os.Hostname()
-	fe, err := frontend.New(ff.config("fe-"+host+"-"+randomHex(3)), bus, ff.catalog(log), log)
+	feID := "fe-" + host + "-" + randomHex(3)
+	fe, err := frontend.New(ff.config(feID), bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
@@ -83,6 +89,12 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", ff.listen, err)
 	}
+	d, err := df.start(ctx, bus, feID, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer d.Stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
 	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
@@ -100,7 +112,9 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 func cmdWorker(args []string, stderr io.Writer) error {
 	fs := newFlagSet("worker", stderr)
 	var nf natsFlags
+	var df dutyFlags
 	nf.register(fs)
+	df.register(fs)
 	rm := fs.String("rm", "local", "resource manager of this pool: "+fmt.Sprint(registry(zerolog.Nop()).Names()))
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
@@ -141,7 +155,13 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
+	d, err := df.start(ctx, bus, pool.ID(), log)
+	if err != nil {
+		pool.Stop()
+		return err
+	}
 	<-ctx.Done()
+	d.Stop()
 	pool.Stop()
 	_ = bus.NC.Drain()
 	return nil

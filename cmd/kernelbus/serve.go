@@ -71,7 +71,11 @@ func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
 	var ff frontendFlags
+	var df dutyFlags
+	var rf retentionFlags
 	ff.register(fs)
+	df.register(fs)
+	rf.register(fs)
 	dataDir := fs.String("data-dir", defaultDataDir(), "folder for the embedded NATS's JetStream data")
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
@@ -123,7 +127,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	defer nc.Close()
 	ctx, cancel := signalContext()
 	defer cancel()
-	bus, err := kbjs.Setup(ctx, nc, kbjs.Layout{Replicas: 1})
+	bus, err := kbjs.Setup(ctx, nc, rf.layout(kbjs.Layout{Replicas: 1}))
 	if err != nil {
 		return err
 	}
@@ -150,6 +154,12 @@ func cmdServe(args []string, stderr io.Writer) error {
 		pool.Stop()
 		return fmt.Errorf("--listen %s: %w", ff.listen, err)
 	}
+	d, err := df.start(ctx, bus, pool.ID(), log)
+	if err != nil {
+		ln.Close()
+		pool.Stop()
+		return err
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
 	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
@@ -162,6 +172,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer scancel()
+	d.Stop()
 	_ = fe.Shutdown(sctx)
 	pool.Stop()
 	if *stopKernels {
