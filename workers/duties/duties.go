@@ -125,7 +125,7 @@ func New(ctx context.Context, cfg Config, bus *kbjs.Bus, log zerolog.Logger) (*D
 	if err != nil {
 		return nil, err
 	}
-	return &Duties{cfg: cfg, bus: bus, leases: ls, log: log.With().Str("duties", cfg.Holder).Logger()}, nil
+	return &Duties{cfg: cfg, bus: bus, leases: ls, log: log.With().Str("duties", cfg.Holder).Logger(), silent: map[string]time.Time{}}, nil
 }
 
 // Start campaigns for the lease in the background.
