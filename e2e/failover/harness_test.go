@@ -1,0 +1,490 @@
+//go:build failover
+
+// Package failover runs kernelbus scaled out, as separate processes, and
+// kills parts of it under load: a 3-node NATS cluster (nats-server
+// processes built by scripts/setup-nats-server.sh), two `kernelbus
+// frontend` and two `kernelbus worker --rm local`, real ipykernel kernels,
+// and a client that spreads its calls over both front-ends round-robin.
+//
+//	go test -tags failover ./e2e/failover
+//
+// needs KERNELBUS_BIN, KERNELBUS_LAUNCHER_BIN and KB_TEST_PYTHON (task
+// test:failover sets them); KB_NATS_SERVER_BIN is built when unset.
+package failover
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/client"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go"
+)
+
+// proc is one child process with its output in a log file.
+type proc struct {
+	name string
+	args []string
+	env  []string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (p *proc) start(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(p.args[0], p.args[1:]...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+}
+
+// kill sends SIGKILL to the process (not its group: a worker's launchers
+// are in groups of their own and must survive it) and waits for it.
+func (p *proc) kill() {
+	if p.cmd == nil {
+		return
+	}
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// stop ends the process politely, then by force.
+func (p *proc) stop() {
+	if p.cmd == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.kill()
+	}
+}
+
+func (p *proc) running() bool {
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// natsNode is one nats-server of the cluster.
+type natsNode struct {
+	proc
+	port, monitor int
+}
+
+func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
+
+// Cluster is the whole installation under test.
+type Cluster struct {
+	t       *testing.T
+	dir     string
+	Nodes   []*natsNode
+	FEs     []*proc
+	FEPorts []int
+	Workers []*proc
+	WorkerIDs []string
+	// Client round-robins over the front-ends.
+	LB  *RoundRobin
+	Bus *kbjs.Bus
+	procs []*proc
+	python string
+	launcherURLs string
+}
+
+// Options shape a cluster.
+type Options struct {
+	// LauncherNATS, if set, is what workers give their launchers instead
+	// of the cluster URLs (scenario 5 puts a proxy there).
+	LauncherNATS string
+}
+
+// freePorts reserves n distinct free TCP ports on loopback.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+func env(t *testing.T, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Skipf("%s is not set (run `task test:failover`)", name)
+	}
+	return v
+}
+
+var natsBinOnce sync.Once
+var natsBin string
+var natsBinErr error
+
+func natsServerBin(t *testing.T) string {
+	t.Helper()
+	if v := os.Getenv("KB_NATS_SERVER_BIN"); v != "" {
+		return v
+	}
+	natsBinOnce.Do(func() {
+		out, err := exec.Command("bash", "../../scripts/setup-nats-server.sh").Output()
+		natsBin, natsBinErr = strings.TrimSpace(string(out)), err
+	})
+	if natsBinErr != nil {
+		t.Fatalf("building nats-server: %v", natsBinErr)
+	}
+	return natsBin
+}
+
+// NewCluster starts 3 NATS nodes, 2 front-ends and 2 workers and waits
+// until all of them serve. Everything is stopped when the test ends.
+func NewCluster(t *testing.T, o Options) *Cluster {
+	kb := env(t, "KERNELBUS_BIN")
+	_ = env(t, "KERNELBUS_LAUNCHER_BIN")
+	py := env(t, "KB_TEST_PYTHON")
+	c := &Cluster{t: t, dir: t.TempDir(), python: py}
+	t.Cleanup(c.cleanup)
+	bin := natsServerBin(t)
+	ports := freePorts(t, 9)
+	var routes []string
+	for i := range 3 {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[3+i]))
+	}
+	for i := range 3 {
+		n := &natsNode{port: ports[i], monitor: ports[6+i]}
+		store := filepath.Join(c.dir, fmt.Sprintf("n%d", i))
+		conf := fmt.Sprintf(`server_name: n%d
+listen: 127.0.0.1:%d
+http: 127.0.0.1:%d
+max_payload: 8MB
+jetstream { store_dir: %q, max_memory_store: 256MB, max_file_store: 64GB }
+cluster {
+  name: kb
+  listen: 127.0.0.1:%d
+  routes: [%s]
+  # Clients keep to the URLs they were given, so a proxy in front of one
+  # node really is their only way in.
+  no_advertise: true
+}
+`, i, n.port, n.monitor, store, ports[3+i], strings.Join(routes, ", "))
+		cf := filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i))
+		if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n.proc = proc{name: fmt.Sprintf("nats-n%d", i), args: []string{bin, "-c", cf}, log: filepath.Join(c.dir, fmt.Sprintf("n%d.log", i))}
+		c.Nodes = append(c.Nodes, n)
+		c.procs = append(c.procs, &n.proc)
+		n.start(t)
+	}
+	for _, n := range c.Nodes {
+		c.waitNode(n)
+	}
+	urls := c.URLs()
+	c.launcherURLs = urls
+	if o.LauncherNATS != "" {
+		c.launcherURLs = o.LauncherNATS
+	}
+	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
+	pathEnv := "PATH=" + filepath.Dir(py) + ":" + os.Getenv("PATH")
+	c.FEPorts = freePorts(t, 2)
+	for i := range 2 {
+		p := &proc{name: fmt.Sprintf("frontend-%d", i), log: filepath.Join(c.dir, fmt.Sprintf("fe%d.log", i)), env: []string{pathEnv},
+			args: []string{kb, "frontend", "--listen", fmt.Sprintf("127.0.0.1:%d", c.FEPorts[i]), "--nats", urls, "--replicas", "3",
+				"--presence-ttl", "3s", "--kernelspec-dir", specs, "--launch-timeout", "40s", "--log-level", "debug"}}
+		c.FEs = append(c.FEs, p)
+		c.procs = append(c.procs, p)
+	}
+	// The first front-end creates the streams and buckets; the rest
+	// find them.
+	c.FEs[0].start(t)
+	c.waitFE(0)
+	c.FEs[1].start(t)
+	c.waitFE(1)
+	for i := range 2 {
+		id := fmt.Sprintf("w%d", i)
+		p := &proc{name: "worker-" + id, log: filepath.Join(c.dir, id+".log"), env: []string{pathEnv, "KERNELBUS_LAUNCHER=" + os.Getenv("KERNELBUS_LAUNCHER_BIN")},
+			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats", urls, "--launcher-nats", c.launcherURLs,
+				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
+		c.Workers = append(c.Workers, p)
+		c.WorkerIDs = append(c.WorkerIDs, id)
+		c.procs = append(c.procs, p)
+		p.start(t)
+	}
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: urls, Name: "failover-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bus, err := kbjs.Open(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Bus = bus
+	for _, id := range c.WorkerIDs {
+		c.waitWorker(id)
+	}
+	var cls []*client.Client
+	for _, p := range c.FEPorts {
+		cls = append(cls, &client.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", p), HTTP: &http.Client{Timeout: 90 * time.Second}})
+	}
+	c.LB = &RoundRobin{clients: cls}
+	return c
+}
+
+// URLs of all three nodes.
+func (c *Cluster) URLs() string {
+	var u []string
+	for _, n := range c.Nodes {
+		u = append(u, n.url())
+	}
+	return strings.Join(u, ",")
+}
+
+// FE returns a client of front-end i only.
+func (c *Cluster) FE(i int) *client.Client { return c.LB.clients[i] }
+
+func (c *Cluster) waitNode(n *natsNode) {
+	c.t.Helper()
+	checkFor(c.t, 60*time.Second, func() error {
+		if !n.running() {
+			c.t.Fatalf("%s exited: %s", n.name, tail(n.log))
+		}
+		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
+		if err != nil {
+			return err
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("%s healthz %d", n.name, r.StatusCode)
+		}
+		return nil
+	})
+}
+
+func (c *Cluster) waitFE(i int) {
+	c.t.Helper()
+	p := c.FEs[i]
+	checkFor(c.t, 60*time.Second, func() error {
+		if !p.running() {
+			c.t.Fatalf("%s exited: %s", p.name, tail(p.log))
+		}
+		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
+		if err != nil {
+			return err
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("%s: %d", p.name, r.StatusCode)
+		}
+		return nil
+	})
+}
+
+func (c *Cluster) waitWorker(id string) {
+	c.t.Helper()
+	checkFor(c.t, 60*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Bus.Workers.Get(ctx, id)
+		return err
+	})
+}
+
+// RestartFE starts front-end i again (same port) and waits until it serves.
+func (c *Cluster) RestartFE(i int) {
+	c.FEs[i].start(c.t)
+	c.waitFE(i)
+}
+
+// RestartWorker starts worker i again and waits for its presence.
+func (c *Cluster) RestartWorker(i int) {
+	c.Workers[i].start(c.t)
+	c.waitWorker(c.WorkerIDs[i])
+}
+
+// RestartNode starts NATS node i again and waits until it is healthy.
+func (c *Cluster) RestartNode(i int) {
+	c.Nodes[i].start(c.t)
+	c.waitNode(c.Nodes[i])
+}
+
+// Kernel reads a kernel record.
+func (c *Cluster) Kernel(id string) (*broker.Kernel, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	k, _, err := c.Bus.GetKernel(ctx, id)
+	return k, err
+}
+
+// launcherPID is the pid of a kernel's launcher, from its record's handle.
+func (c *Cluster) launcherPID(id string) int {
+	k, err := c.Kernel(id)
+	if err != nil || len(k.Handle) == 0 {
+		return 0
+	}
+	var h struct {
+		PID int `json:"pid"`
+	}
+	_ = json.Unmarshal(k.Handle, &h)
+	return h.PID
+}
+
+// kernelsOf counts the running kernel processes of a kernel id: their
+// command lines name the connection file kernel-<id>.json.
+func kernelsOf(kernelID string) int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid := e.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		st, _ := os.ReadFile("/proc/" + pid + "/stat")
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && bytes.HasPrefix(st[i+1:], []byte(" Z")) {
+			continue // a zombie, already dead
+		}
+		cmdl, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+		if bytes.Contains(cmdl, []byte("kernel-"+kernelID+".json")) {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Cluster) cleanup() {
+	// Kernels outlive workers by design: stop their launchers by the
+	// process groups in their records.
+	if c.Bus != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		keys, _ := c.Bus.Kernels.Keys(ctx)
+		cancel()
+		for _, id := range keys {
+			if pid := c.launcherPID(id); pid > 0 {
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+			}
+		}
+		c.Bus.NC.Close()
+	}
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		c.procs[i].stop()
+	}
+	if dir := os.Getenv("KB_FAILOVER_LOGS"); dir != "" {
+		// Keep every log of the run for a closer look.
+		dst := filepath.Join(dir, c.t.Name())
+		_ = os.MkdirAll(dst, 0o755)
+		for _, p := range c.procs {
+			b, _ := os.ReadFile(p.log)
+			_ = os.WriteFile(filepath.Join(dst, p.name+".log"), b, 0o644)
+		}
+	}
+	if c.t.Failed() {
+		for _, p := range c.procs {
+			c.t.Logf("---- %s (%s)\n%s", p.name, p.log, tail(p.log))
+		}
+	}
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	const max = 6000
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	return string(b)
+}
+
+// checkFor polls f until it returns nil or the time is up.
+func checkFor(t *testing.T, total time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for wait := 10 * time.Millisecond; ; wait = min(wait*2, 250*time.Millisecond) {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not true after %s: %v", total, err)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// RoundRobin spreads calls over the front-ends, as a load balancer with
+// no stickiness would.
+type RoundRobin struct {
+	clients []*client.Client
+	n       atomic.Uint64
+}
+
+// Next is the front-end the next call goes to.
+func (r *RoundRobin) Next() *client.Client {
+	return r.clients[int(r.n.Add(1)-1)%len(r.clients)]
+}
+
+// StartKernel starts a python3 kernel through the next front-end.
+func (c *Cluster) StartKernel(ctx context.Context) (*client.Model, error) {
+	return c.LB.Next().StartKernel(ctx, "python3", nil)
+}
+
+// Connect opens a websocket of kernel id through the next front-end.
+func (c *Cluster) Connect(ctx context.Context, id, session string) (*client.Conn, error) {
+	return c.LB.Next().Connect(ctx, id, session, true)
+}
+
+var _ = nats.ErrTimeout
