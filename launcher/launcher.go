@@ -39,8 +39,11 @@ const (
 	stableRun = 10 * time.Second
 	// nudgeEvery is how often kernel_info_request is resent while waiting
 	// for a new kernel, because a SUB socket joins late and misses the
-	// first statuses (jupyter_server nudges at the same rate).
-	nudgeEvery = 500 * time.Millisecond
+	// first statuses. jupyter_server nudges every 500 ms; measured
+	// (kernelbus-bench, scenario 1), that wait was most of kernelbus's start
+	// overhead over starting ipykernel directly, and a request every 100 ms
+	// costs the booting kernel nothing it notices.
+	nudgeEvery = 100 * time.Millisecond
 	// hbEvery is the heartbeat period; hbStall is when a missing echo is
 	// logged.
 	hbEvery = 3 * time.Second

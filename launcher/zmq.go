@@ -27,8 +27,11 @@ const (
 
 // dialRetry is how often a socket retries to reach a kernel that has not
 // bound its ports yet (kernels take 0.5–3 s); zmq4 gives up after ~2.5 s
-// by default, so sockets here retry until they are closed.
-const dialRetry = 50 * time.Millisecond
+// by default, so sockets here retry until they are closed. A failed
+// loopback connect costs microseconds, while a kernel that binds in 5 ms
+// (kb-synthkernel) waited a whole period: 50 ms was most of kernelbus's
+// start overhead for it (kernelbus-bench, scenario 1).
+const dialRetry = 10 * time.Millisecond
 
 // sendSocket serialises writes on one socket: zmq4 sockets are not safe
 // for concurrent senders, and the nudge loop, control operations and the
