@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -55,4 +56,23 @@ func NewEvent(typ string, k *Kernel) Event {
 		e.Worker, e.Host, e.Handle = k.Worker, k.Host, k.Handle
 	}
 	return e
+}
+
+// EventID is the id of an event that more than one part, a retry or a
+// redelivered request could emit: "<kernel>:<type>[:<part>...]". The stream
+// keeps the first event with an id and drops the others (within its
+// duplicate window), so each such fact is stored once. Empty parts are
+// left out.
+func EventID(kernelID, typ string, parts ...string) string {
+	var b strings.Builder
+	b.WriteString(kernelID)
+	b.WriteByte(':')
+	b.WriteString(typ)
+	for _, p := range parts {
+		if p != "" {
+			b.WriteByte(':')
+			b.WriteString(p)
+		}
+	}
+	return b.String()
 }

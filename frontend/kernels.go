@@ -202,7 +202,7 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 	log := s.log.With().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("request_id", reqID).Logger()
 
 	ev := broker.NewEvent(broker.EvRequested, k)
-	ev.ID, ev.Source, ev.RequestID = k.ID+":requested", "frontend", reqID
+	ev.ID, ev.Source, ev.RequestID = broker.EventID(k.ID, broker.EvRequested), "frontend", reqID
 	if err := s.bus.Emit(ctx, ev); err != nil {
 		log.Warn().Err(err).Msg("emit requested event")
 	}
@@ -463,9 +463,11 @@ func (s *Server) restartKernel(c *fiber.Ctx) error {
 		return err
 	}
 	reqID := requestID(c)
+	// Written before the launcher is asked, so it precedes what the
+	// launcher reports; the launcher emits the same id, stored once.
 	ev := broker.NewEvent(broker.EvRestartRequested, k)
-	ev.RequestID = reqID
-	s.emit(ev)
+	ev.ID, ev.RequestID = broker.EventID(k.ID, broker.EvRestartRequested, reqID), reqID
+	s.emitNow(ev)
 	timeout := s.cfg.DefaultLaunchTimeout
 	if k.Launch != nil && k.Launch.LaunchTimeout > 0 {
 		timeout = time.Duration(k.Launch.LaunchTimeout)
@@ -498,9 +500,10 @@ func (s *Server) shutdownKernel(id, reqID string) error {
 	if err != nil {
 		return err
 	}
+	// Written before the launcher is asked, so it precedes terminated.
 	ev := broker.NewEvent(broker.EvShutdownRequest, k)
-	ev.RequestID = reqID
-	s.emit(ev)
+	ev.ID, ev.RequestID = broker.EventID(k.ID, broker.EvShutdownRequest, reqID), reqID
+	s.emitNow(ev)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stopped := false

@@ -97,8 +97,23 @@ func (b *Bus) Emit(ctx context.Context, ev broker.Event) error {
 	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
 	ctx, cancel := withTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = b.JS.PublishMsg(ctx, m)
-	return err
+	// Retrying is safe: the stream stores an id once. An audit record is
+	// worth a few seconds of a NATS node failing over.
+	wait := 100 * time.Millisecond
+	for {
+		_, err = b.JS.PublishMsg(ctx, m)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("emit %s event of %s: %w", ev.Type, ev.Kernel, err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // Request publishes a start or stop request on the work queue of rm,

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,9 @@ const (
 	busTimeout = 10 * time.Second
 	// interruptWait bounds the wait for interrupt_reply in message mode.
 	interruptWait = 5 * time.Second
+	// submitWait bounds how long a kernel that is ready waits for its
+	// worker to record the submission (see awaitSubmitted).
+	submitWait = 10 * time.Second
 )
 
 // Source is the Event.Source of every event the launcher emits.
@@ -317,6 +321,7 @@ func (l *launcher) run(ctx context.Context) (err error) {
 		cc.Stop()
 	}()
 
+	l.awaitSubmitted(ctx)
 	if err := l.markRunning(inc); err != nil {
 		l.log.Error().Err(err).Msg("kernel record ended by someone else: stopping the kernel")
 		l.stopKernel(inc, true, false)
@@ -579,6 +584,49 @@ func (l *launcher) stopKernel(inc *incarnation, graceful, restart bool) {
 	l.mu.Unlock()
 }
 
+// awaitSubmitted holds the first started back until the worker has
+// recorded the submission. The worker emits submitted before it writes
+// the record, so the audit log reads submitted before started even when a
+// kernel boots faster than its worker gets to write. A worker that died in
+// between is waited for no longer than submitWait: the kernel runs anyway.
+func (l *launcher) awaitSubmitted(ctx context.Context) {
+	submitted := func(k *broker.Kernel) bool {
+		return k == nil || (k.State != broker.StateRequested && k.State != broker.StateClaimed)
+	}
+	if submitted(l.rec.Load()) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, submitWait)
+	defer cancel()
+	w, err := l.bus.Kernels.Watch(ctx, l.id)
+	if err != nil {
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			l.log.Warn().Dur("waited", submitWait).Msg("the worker has not recorded the submission: marking the kernel running anyway")
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				return
+			}
+			var k broker.Kernel
+			if json.Unmarshal(e.Value(), &k) == nil && submitted(&k) {
+				l.rec.Store(&k)
+				return
+			}
+		}
+	}
+}
+
 // markRunning writes running into the record and opens input.
 func (l *launcher) markRunning(inc *incarnation) error {
 	host, _ := os.Hostname()
@@ -822,11 +870,28 @@ func (l *launcher) update(final bool, fn func(*broker.Kernel)) error {
 	}
 }
 
-// emit publishes a lifecycle event built from the last known record.
+// emit publishes a lifecycle event built from the last known record. Its
+// id is deterministic where another part may witness the same fact (a
+// start failure, the end, a requested restart) so that the stream keeps
+// one; events the launcher alone sees are tied to the kernel's run number.
 func (l *launcher) emit(typ, reason, requestID string) {
 	ev := broker.NewEvent(typ, l.rec.Load())
 	ev.Source, ev.Reason, ev.RequestID = Source, reason, requestID
-	ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
+	switch typ {
+	case broker.EvStarted, broker.EvStartFailed, broker.EvTerminated:
+		ev.ID = broker.EventID(l.id, typ)
+	case broker.EvInterrupted, broker.EvRestartRequested, broker.EvRestarted:
+		if requestID != "" {
+			ev.ID = broker.EventID(l.id, typ, requestID)
+		}
+	case broker.EvDied, broker.EvAutoRestarted:
+		run := strconv.Itoa(l.gen)
+		if typ == broker.EvDied && l.state.Load() == broker.StateDead {
+			run = "gave_up"
+		}
+		ev.ID = broker.EventID(l.id, typ, l.session, run)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*busTimeout)
 	defer cancel()
 	if err := l.bus.Emit(ctx, ev); err != nil {
 		l.log.Error().Err(err).Str("event", typ).Msg("emit event")

@@ -88,11 +88,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker pool %s: consumer: %w", rm, err)
 	}
-	// Pulls expire within AckWait: the server keeps a worker's pull
-	// requests until they expire even when the worker is dead, and a
-	// request redelivered to one of those waits another AckWait.
-	expiry := min(max(p.cfg.AckWait, time.Second), 30*time.Second)
-	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(p.cfg.Concurrency), jetstream.PullExpiry(expiry))
+	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(p.cfg.Concurrency))
 	if err != nil {
 		return fmt.Errorf("worker pool %s: consume: %w", rm, err)
 	}
@@ -229,8 +225,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		return err
 	}
 	if !resumed {
+		// One claimed per worker that claims: a redelivery to the same
+		// worker is stored once, a takeover by another worker is a fact
+		// of its own.
 		ev := broker.NewEvent(broker.EvClaimed, k)
-		ev.ID, ev.Source, ev.RequestID = r.KernelID+":claimed", "worker", r.RequestID
+		ev.ID, ev.Source, ev.RequestID = broker.EventID(r.KernelID, broker.EvClaimed, p.cfg.ID), "worker", r.RequestID
 		p.emit(ev)
 		if time.Now().After(k.Deadline) && !k.Deadline.IsZero() {
 			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
@@ -247,6 +246,13 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if err != nil {
 			return p.fail(k, nil, fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
+		// submitted goes to the log before the record says so: the
+		// launcher waits for the record before it reports started, so the
+		// log keeps submitted before started however fast the kernel is.
+		ev = broker.NewEvent(broker.EvSubmitted, k)
+		ev.ID, ev.Source, ev.RequestID = broker.EventID(r.KernelID, broker.EvSubmitted, p.cfg.ID), "worker", r.RequestID
+		ev.Host, ev.Handle = h.Host, h.Data
+		p.emit(ev)
 		k, err = p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
 			if !k.State.Starting() && k.State != broker.StateRunning {
 				return errAlreadyDone
@@ -263,9 +269,6 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
 			return nil
 		}
-		ev = broker.NewEvent(broker.EvSubmitted, k)
-		ev.ID, ev.Source, ev.RequestID = r.KernelID+":submitted", "worker", r.RequestID
-		p.emit(ev)
 		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
 	}
 	return p.follow(m, k, log)
