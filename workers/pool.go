@@ -88,7 +88,11 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker pool %s: consumer: %w", rm, err)
 	}
-	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(p.cfg.Concurrency))
+	// Pulls expire within AckWait: the server keeps a worker's pull
+	// requests until they expire even when the worker is dead, and a
+	// request redelivered to one of those waits another AckWait.
+	expiry := min(max(p.cfg.AckWait, time.Second), 30*time.Second)
+	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(p.cfg.Concurrency), jetstream.PullExpiry(expiry))
 	if err != nil {
 		return fmt.Errorf("worker pool %s: consume: %w", rm, err)
 	}
