@@ -50,6 +50,10 @@ func run() int {
 	// exits leaving its kernel behind.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The launcher outlives whoever started it: when a worker dies, the
+	// pipe of our stderr breaks, and Go's default would let the next log
+	// line kill the launcher (and its kernel) with SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	if err := launcher.Run(ctx, cfg, log); err != nil {
 		var se *launcher.StartError
 		if !errors.As(err, &se) {

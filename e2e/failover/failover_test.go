@@ -245,21 +245,21 @@ func TestWorkerKilledWhileRunning(t *testing.T) {
 			t.Fatalf("execute after the workers died: %v %q", err, r.Stdout.String())
 		}
 		// Interrupt a long sleep through the REST API (the other front-end).
-		req, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; time.sleep(120)", "silent": false,
+		req, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time\nprint('sleeping', flush=True)\ntime.sleep(120)", "silent": false,
 			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkFor(t, 10*time.Second, func() error {
-			m, err := c.LB.Next().Kernel(ctx, id)
+		// Interrupt once the code runs: before that, ipykernel ignores SIGINT.
+		for {
+			m, err := conn.Recv(time.Now().Add(30 * time.Second))
 			if err != nil {
-				return err
+				t.Fatal(err)
 			}
-			if m.ExecutionState != "busy" {
-				return fmt.Errorf("state %s", m.ExecutionState)
+			if m.ParentHeader.MsgID == req && m.Header.MsgType == "stream" {
+				break
 			}
-			return nil
-		})
+		}
 		t0 := time.Now()
 		if err := c.LB.Next().Interrupt(ctx, id); err != nil {
 			t.Fatal(err)

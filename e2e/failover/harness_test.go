@@ -122,18 +122,18 @@ func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.po
 
 // Cluster is the whole installation under test.
 type Cluster struct {
-	t       *testing.T
-	dir     string
-	Nodes   []*natsNode
-	FEs     []*proc
-	FEPorts []int
-	Workers []*proc
+	t         *testing.T
+	dir       string
+	Nodes     []*natsNode
+	FEs       []*proc
+	FEPorts   []int
+	Workers   []*proc
 	WorkerIDs []string
 	// Client round-robins over the front-ends.
-	LB  *RoundRobin
-	Bus *kbjs.Bus
-	procs []*proc
-	python string
+	LB           *RoundRobin
+	Bus          *kbjs.Bus
+	procs        []*proc
+	python       string
 	launcherURLs string
 }
 
