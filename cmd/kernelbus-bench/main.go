@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,7 +31,12 @@ type config struct {
 	markdown, jsonOut                   string
 	work                                string
 	maxK                                int
+	// only, when not empty, holds the scenario numbers to run.
+	only map[int]bool
 }
+
+// runs reports whether scenario n is selected.
+func (c *config) runs(n int) bool { return len(c.only) == 0 || c.only[n] }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kernelbus-bench", flag.ContinueOnError)
@@ -46,8 +52,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results as Markdown here (e.g. docs/benchmarks.md)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
+	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-6; default: all)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	cfg.only = map[int]bool{}
+	for _, f := range strings.Split(*scenarios, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 || n > 6 {
+				fmt.Fprintf(stderr, "kernelbus-bench: --scenarios: %q is not 1-6\n", f)
+				return 2
+			}
+			cfg.only[n] = true
+		}
 	}
 	if cfg.python == "" {
 		fmt.Fprintln(stderr, "kernelbus-bench: --python is required (a python with ipykernel)")
@@ -160,14 +178,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	sz := cfg.sizes()
 	if cfg.targets[tFloor] {
 		f := &floorTarget{specs: specs, dir: cfg.work}
-		b.startLatency(ctx, f, specPython, sz.startsPy)
-		b.startLatency(ctx, f, specSynth, sz.startsSynth)
-		b.roundTrip(ctx, f, specPython, sz.rtPy)
-		b.roundTrip(ctx, f, specSynth, sz.rtSynth)
-		b.throughput(ctx, f, sz.emitN, sz.emitSize, sz.dispCount, sz.dispSize)
-		for _, s := range sz.concStarts {
-			b.startThroughput(ctx, f, s)
-		}
+		b.common(ctx, f, sz)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -197,30 +208,26 @@ func (b *bench) runAll(ctx context.Context) error {
 func (b *bench) runGateway(ctx context.Context, g *gateway, sz sizes) {
 	idle := sampleMemory(g)
 	b.res.set("6 memory", "gateway RSS, idle", "MiB", "lower", g.name, float64(idle.mainRSS)/1024)
-	b.startLatency(ctx, g, specPython, sz.startsPy)
-	b.startLatency(ctx, g, specSynth, sz.startsSynth)
-	b.roundTrip(ctx, g, specPython, sz.rtPy)
-	b.roundTrip(ctx, g, specSynth, sz.rtSynth)
-	b.throughput(ctx, g, sz.emitN, sz.emitSize, sz.dispCount, sz.dispSize)
-	for _, s := range sz.concStarts {
-		if ctx.Err() != nil {
-			return
-		}
-		b.startThroughput(ctx, g, s)
-	}
+	b.common(ctx, g, sz)
 	broke := false
 	for _, kr := range sz.many {
+		if !b.cfg.runs(4) {
+			break
+		}
 		if ctx.Err() != nil {
 			return
 		}
 		scn := fmt.Sprintf("4 many kernels: K=%d × R=%d/s, %v", kr.k, kr.r, sz.manyDur)
-		if broke && kr.k >= 500 {
+		if broke && g.name == tJEG && kr.k >= 500 {
 			b.res.note(scn, "kernels started", "", "higher", g.name, "skipped: could not start the smaller K")
 			continue
 		}
 		if !b.manyKernels(ctx, g, g, kr.k, kr.r, sz.manyDur) {
 			broke = true
 		}
+	}
+	if !b.cfg.runs(6) {
+		return
 	}
 	if g.name == tKB {
 		if err := g.addFrontend(ctx, b.cfg, filepath.Join(b.cfg.work, "specs", "share", "jupyter", "kernels")); err != nil {
@@ -231,4 +238,27 @@ func (b *bench) runGateway(ctx context.Context, g *gateway, sz sizes) {
 		}
 	}
 	b.idleMemory(ctx, g, sz.idleKernels)
+}
+
+// common runs the scenarios every target takes part in, the floor too.
+func (b *bench) common(ctx context.Context, t target, sz sizes) {
+	if b.cfg.runs(1) {
+		b.startLatency(ctx, t, specPython, sz.startsPy)
+		b.startLatency(ctx, t, specSynth, sz.startsSynth)
+	}
+	if b.cfg.runs(2) {
+		b.roundTrip(ctx, t, specPython, sz.rtPy)
+		b.roundTrip(ctx, t, specSynth, sz.rtSynth)
+	}
+	if b.cfg.runs(3) {
+		b.throughput(ctx, t, sz.emitN, sz.emitSize, sz.dispCount, sz.dispSize)
+	}
+	if b.cfg.runs(5) {
+		for _, s := range sz.concStarts {
+			if ctx.Err() != nil {
+				return
+			}
+			b.startThroughput(ctx, t, s)
+		}
+	}
 }
