@@ -28,7 +28,24 @@ type floorTarget struct {
 
 func (f *floorTarget) Name() string { return "floor" }
 
+// errExitedEarly: the kernel process ended before its ports answered,
+// typically because one was taken between picking and binding it.
+var errExitedEarly = errors.New("kernel exited before its sockets were reachable")
+
+// Start starts the kernel; like the launcher, it starts it again on fresh
+// ports when it exits before its sockets answer (a port taken between
+// picking and binding it, which concurrent starts make likely).
 func (f *floorTarget) Start(ctx context.Context, spec string) (session, error) {
+	for try := 0; ; try++ {
+		s, err := f.start(ctx, spec)
+		if errors.Is(err, errExitedEarly) && try < 3 {
+			continue
+		}
+		return s, err
+	}
+}
+
+func (f *floorTarget) start(ctx context.Context, spec string) (session, error) {
 	ks, ok := f.specs[spec]
 	if !ok {
 		return nil, fmt.Errorf("no kernelspec %q", spec)
@@ -119,7 +136,7 @@ func (s *zmqSession) dial(ctx context.Context, ci *wire.ConnInfo) error {
 			return err
 		}
 	case <-s.exited:
-		return errors.New("kernel exited before its sockets were reachable")
+		return errExitedEarly
 	case <-ctx.Done():
 		return ctx.Err()
 	}

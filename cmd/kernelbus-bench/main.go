@@ -167,8 +167,10 @@ func (c *config) sizes() sizes {
 	return s
 }
 
-// runAll runs every scenario on each target in turn: the floor first, then
-// kernelbus, then JEG, each alone on the machine.
+// runAll starts every target, runs scenarios 1 and 2 with the targets
+// taking turns (they are latencies, the most sensitive to a machine whose
+// load changes), then the heavy scenarios on one target at a time while
+// the others sit idle.
 func (b *bench) runAll(ctx context.Context) error {
 	cfg := b.cfg
 	jupyterPath, kernelsDir, specs, err := writeSpecs(filepath.Join(cfg.work, "specs"), cfg)
@@ -176,13 +178,13 @@ func (b *bench) runAll(ctx context.Context) error {
 		return err
 	}
 	sz := cfg.sizes()
-	if cfg.targets[tFloor] {
-		f := &floorTarget{specs: specs, dir: cfg.work}
-		b.common(ctx, f, sz)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+	var ts []target
+	var gws []*gateway
+	defer func() {
+		for _, g := range gws {
+			g.stop()
+		}
+	}()
 	for _, name := range []string{tKB, tJEG} {
 		if !cfg.targets[name] {
 			continue
@@ -196,19 +198,51 @@ func (b *bench) runAll(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
 		}
-		b.runGateway(ctx, g, sz)
-		g.stop()
+		gws = append(gws, g)
+		ts = append(ts, g)
+		idle := sampleMemory(g)
+		b.res.set("6 memory", "gateway RSS, idle", "MiB", "lower", g.name, float64(idle.mainRSS)/1024)
+	}
+	if cfg.targets[tFloor] {
+		ts = append(ts, &floorTarget{specs: specs, dir: cfg.work})
+	}
+	if cfg.runs(1) {
+		b.startLatency(ctx, ts, specPython, sz.startsPy)
+		b.startLatency(ctx, ts, specSynth, sz.startsSynth)
+	}
+	if cfg.runs(2) {
+		b.roundTrip(ctx, ts, specPython, sz.rtPy)
+		b.roundTrip(ctx, ts, specSynth, sz.rtSynth)
+	}
+	for _, t := range ts {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		b.heavy(ctx, t, sz)
+		if g, ok := t.(*gateway); ok {
+			b.runGateway(ctx, g, sz)
+		}
 	}
-	return nil
+	return ctx.Err()
 }
 
+// heavy runs the throughput scenarios every target takes part in.
+func (b *bench) heavy(ctx context.Context, t target, sz sizes) {
+	if b.cfg.runs(3) {
+		b.throughput(ctx, t, sz.emitN, sz.emitSize, sz.dispCount, sz.dispSize)
+	}
+	if b.cfg.runs(5) {
+		for _, s := range sz.concStarts {
+			if ctx.Err() != nil {
+				return
+			}
+			b.startThroughput(ctx, t, s)
+		}
+	}
+}
+
+// runGateway runs the scenarios only gateways take part in.
 func (b *bench) runGateway(ctx context.Context, g *gateway, sz sizes) {
-	idle := sampleMemory(g)
-	b.res.set("6 memory", "gateway RSS, idle", "MiB", "lower", g.name, float64(idle.mainRSS)/1024)
-	b.common(ctx, g, sz)
 	broke := false
 	for _, kr := range sz.many {
 		if !b.cfg.runs(4) {
@@ -238,27 +272,4 @@ func (b *bench) runGateway(ctx context.Context, g *gateway, sz sizes) {
 		}
 	}
 	b.idleMemory(ctx, g, sz.idleKernels)
-}
-
-// common runs the scenarios every target takes part in, the floor too.
-func (b *bench) common(ctx context.Context, t target, sz sizes) {
-	if b.cfg.runs(1) {
-		b.startLatency(ctx, t, specPython, sz.startsPy)
-		b.startLatency(ctx, t, specSynth, sz.startsSynth)
-	}
-	if b.cfg.runs(2) {
-		b.roundTrip(ctx, t, specPython, sz.rtPy)
-		b.roundTrip(ctx, t, specSynth, sz.rtSynth)
-	}
-	if b.cfg.runs(3) {
-		b.throughput(ctx, t, sz.emitN, sz.emitSize, sz.dispCount, sz.dispSize)
-	}
-	if b.cfg.runs(5) {
-		for _, s := range sz.concStarts {
-			if ctx.Err() != nil {
-				return
-			}
-			b.startThroughput(ctx, t, s)
-		}
-	}
 }

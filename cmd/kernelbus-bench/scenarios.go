@@ -119,60 +119,89 @@ func specLabel(spec string) string {
 }
 
 // startLatency: scenario 1, kernel start to the first kernel_info_reply,
-// n sequential starts.
-func (b *bench) startLatency(ctx context.Context, t target, spec string, n int) {
+// n sequential starts per target. The targets take turns, start by start,
+// so that a machine whose load changes (CI, other jobs) weighs on all of
+// them alike and the ratios stay fair.
+func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n int) {
 	scn := "1 start → kernel_info_reply (" + specLabel(spec) + ")"
-	var xs []float64
+	xs := make([][]float64, len(ts))
 	for i := 0; i < n; i++ {
+		for ti, t := range ts {
+			sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+			t0 := time.Now()
+			s, err := t.Start(sctx, spec)
+			d := time.Since(t0)
+			cancel()
+			if err != nil {
+				b.fail(t.Name(), "start %s: %v", spec, err)
+				b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+				continue
+			}
+			xs[ti] = append(xs[ti], ms(d))
+			_ = s.Close(ctx)
+		}
+	}
+	for ti, t := range ts {
+		if len(xs[ti]) == 0 {
+			continue
+		}
+		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
+		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
+		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		b.log("%s %s: starts p50 %.1f ms p99 %.1f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
+	}
+}
+
+// roundTrip: scenario 2, trivial execute round trips, one kernel per
+// target; the targets take turns in batches of 50 (see startLatency).
+func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) {
+	scn := "2 trivial execute round trip (" + specLabel(spec) + ")"
+	ss := make([]session, len(ts))
+	for ti, t := range ts {
 		sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		t0 := time.Now()
 		s, err := t.Start(sctx, spec)
-		d := time.Since(t0)
 		cancel()
 		if err != nil {
 			b.fail(t.Name(), "start %s: %v", spec, err)
 			b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
 			continue
 		}
-		xs = append(xs, ms(d))
-		_ = s.Close(ctx)
-	}
-	if len(xs) == 0 {
-		return
-	}
-	b.res.set(scn, "p50", "ms", "lower", t.Name(), percentile(xs, 0.5))
-	b.res.set(scn, "p99", "ms", "lower", t.Name(), percentile(xs, 0.99))
-	b.log("%s %s: starts p50 %.1f ms p99 %.1f ms (n=%d)", t.Name(), scn, percentile(xs, 0.5), percentile(xs, 0.99), len(xs))
-}
-
-// roundTrip: scenario 2, trivial execute round trips on one kernel.
-func (b *bench) roundTrip(ctx context.Context, t target, spec string, n int) {
-	scn := "2 trivial execute round trip (" + specLabel(spec) + ")"
-	sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	s, err := t.Start(sctx, spec)
-	cancel()
-	if err != nil {
-		b.fail(t.Name(), "start %s: %v", spec, err)
-		b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
-		return
-	}
-	defer s.Close(ctx)
-	warm := max(n/10, 5)
-	var xs []float64
-	for i := 0; i < warm+n; i++ {
-		t0 := time.Now()
-		if _, err := okStatus(s.Execute("pass", 30*time.Second)); err != nil {
-			b.fail(t.Name(), "execute: %v", err)
-			b.res.note(scn, "p50", "ms", "lower", t.Name(), "execute failed: "+short(err))
-			return
-		}
-		if i >= warm {
-			xs = append(xs, ms(time.Since(t0)))
+		ss[ti] = s
+		defer s.Close(ctx)
+		for range max(n/10, 5) { // warm-up
+			if _, err := okStatus(s.Execute("pass", 30*time.Second)); err != nil {
+				break
+			}
 		}
 	}
-	b.res.set(scn, "p50", "ms", "lower", t.Name(), percentile(xs, 0.5))
-	b.res.set(scn, "p99", "ms", "lower", t.Name(), percentile(xs, 0.99))
-	b.log("%s %s: p50 %.3f ms p99 %.3f ms (n=%d)", t.Name(), scn, percentile(xs, 0.5), percentile(xs, 0.99), len(xs))
+	const batch = 50
+	xs := make([][]float64, len(ts))
+	for done := 0; done < n; done += batch {
+		for ti, s := range ss {
+			if s == nil {
+				continue
+			}
+			for i := 0; i < min(batch, n-done); i++ {
+				t0 := time.Now()
+				if _, err := okStatus(s.Execute("pass", 30*time.Second)); err != nil {
+					b.fail(ts[ti].Name(), "execute: %v", err)
+					b.res.note(scn, "p50", "ms", "lower", ts[ti].Name(), "execute failed: "+short(err))
+					ss[ti] = nil
+					break
+				}
+				xs[ti] = append(xs[ti], ms(time.Since(t0)))
+			}
+		}
+	}
+	for ti, t := range ts {
+		if len(xs[ti]) == 0 {
+			continue
+		}
+		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
+		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
+		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		b.log("%s %s: p50 %.3f ms p99 %.3f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
+	}
 }
 
 // throughput: scenario 3, one execute that floods iopub.
