@@ -76,6 +76,12 @@ func (s *Server) Start(timeout time.Duration) error {
 		NoLog:                 !s.opts.Debug,
 		Authorization:         s.opts.Token,
 		DisableShortFirstPing: true,
+		// nats-server 2.11+ caps every stream at 1000 consumers unless told
+		// otherwise, and KB_IO holds one per kernel (the launcher's input)
+		// plus one per open websocket: kernelbus-bench's many-kernels
+		// scenario stopped near 500 kernels on it. Kernels are bounded by
+		// --max-kernels instead.
+		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1},
 	}
 	ns, err := server.NewServer(o)
 	if err != nil {
