@@ -65,6 +65,25 @@ type Backend interface {
 	Capabilities() Capabilities
 }
 
+// Follower is an optional extra of a Backend whose resource manager can
+// tell, better than the launcher can, that a kernel is lost: a pod that is
+// deleted, evicted or cannot be scheduled. The pool runs Follow while it
+// claims requests; Follow reports through k and returns when ctx ends.
+type Follower interface {
+	Follow(ctx context.Context, k Kernels) error
+}
+
+// Kernels is what the pool offers a Follower.
+type Kernels interface {
+	// Lost ends a kernel the resource manager lost: a starting kernel
+	// fails with reason, a running one is dead with reason. Kernels that
+	// already ended are left as they are.
+	Lost(ctx context.Context, kernelID, reason string) error
+	// Ended reports whether the kernel's record is gone or terminal, so
+	// that whatever the resource manager still holds for it can go.
+	Ended(ctx context.Context, kernelID string) (bool, error)
+}
+
 // Factory builds a backend from the worker's configuration.
 type Factory func(cfg BackendConfig) (Backend, error)
 

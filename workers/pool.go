@@ -99,6 +99,15 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.cons = cc
 	p.wg.Add(1)
 	go p.presence()
+	if f, ok := p.be.(Follower); ok {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := f.Follow(p.ctx, poolKernels{p}); err != nil && p.ctx.Err() == nil {
+				p.log.Error().Err(err).Msg("following the resource manager stopped")
+			}
+		}()
+	}
 	p.log.Info().Msg("worker pool claiming requests")
 	return nil
 }
@@ -438,4 +447,51 @@ func (p *Pool) emit(ev broker.Event) {
 	if err := p.bus.Emit(ctx, ev); err != nil {
 		p.log.Warn().Err(err).Str("event", ev.Type).Msg("emit event")
 	}
+}
+
+// poolKernels is the pool's side of a Follower.
+type poolKernels struct{ p *Pool }
+
+func (pk poolKernels) Lost(ctx context.Context, id, reason string) error {
+	p := pk.p
+	var starting bool
+	k, err := p.bus.UpdateKernel(ctx, id, func(k *broker.Kernel) error {
+		if k.State.Terminal() {
+			return errAlreadyDone
+		}
+		starting = k.State.Starting()
+		if starting {
+			k.State = broker.StateFailed
+		} else {
+			k.State = broker.StateDead
+		}
+		k.Reason = reason
+		return nil
+	})
+	if errors.Is(err, errAlreadyDone) || errors.Is(err, broker.ErrKernelNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	typ := broker.EvLost
+	if starting {
+		typ = broker.EvStartFailed
+	}
+	ev := broker.NewEvent(typ, k)
+	ev.ID, ev.Source, ev.Reason = id+":"+typ, "worker", reason
+	p.emit(ev)
+	p.log.Warn().Str("kernel_id", id).Str("reason", reason).Str("state", string(k.State)).Msg("the resource manager lost the kernel")
+	return nil
+}
+
+func (pk poolKernels) Ended(ctx context.Context, id string) (bool, error) {
+	k, _, err := pk.p.bus.GetKernel(ctx, id)
+	if errors.Is(err, broker.ErrKernelNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return k.State.Terminal(), nil
 }

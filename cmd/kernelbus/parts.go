@@ -8,9 +8,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/workers"
+	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/rs/zerolog"
 )
@@ -122,6 +124,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	k8sOpts := k8sFlags(fs)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -133,7 +136,13 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher})
+	var opts map[string]string
+	if *rm == broker.RMKubernetes {
+		if opts, err = k8sOpts(); err != nil {
+			return err
+		}
+	}
+	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher, Options: opts})
 	if err != nil {
 		return fmt.Errorf("--rm: %w", err)
 	}
@@ -171,5 +180,6 @@ func cmdWorker(args []string, stderr io.Writer) error {
 func registry(log zerolog.Logger) *workers.Registry {
 	var r workers.Registry
 	local.Register(&r, log)
+	kbk8s.Register(&r, log)
 	return &r
 }

@@ -1,0 +1,145 @@
+package kubernetes
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kernelbus/kernelbus/broker"
+	corev1 "k8s.io/api/core/v1"
+)
+
+func launchCfg(env map[string]string) *broker.LaunchConfig {
+	e := map[string]string{"KERNEL_ID": "ABC-1", "KERNEL_USERNAME": "Jo.Doe@x"}
+	for k, v := range env {
+		e[k] = v
+	}
+	return &broker.LaunchConfig{V: 1, KernelID: "ABC-1", Spec: "py", User: "Jo.Doe@x", Argv: []string{"python"}, Env: e,
+		NATSURLs: "nats://127.0.0.1:4222", RMConfig: map[string]any{"image_name": "spec/image:1"}}
+}
+
+func build(t *testing.T, c Config, cfg *broker.LaunchConfig) (*corev1.Pod, *corev1.Secret, error) {
+	t.Helper()
+	c.AllowKernelResources = true
+	c.defaults()
+	p, err := c.place(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.buildPod(cfg, p)
+}
+
+func TestBuildPod(t *testing.T) {
+	pod, sec, err := build(t, Config{PerUserNamespaces: true}, launchCfg(map[string]string{"KERNEL_CPUS": "500m", "KERNEL_MEMORY_LIMIT": "1Gi"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Name != "kernel-abc-1" || pod.Namespace != "kb-jo-doe-x" || sec.Name != pod.Name || sec.Namespace != pod.Namespace {
+		t.Fatalf("pod %s/%s secret %s/%s", pod.Namespace, pod.Name, sec.Namespace, sec.Name)
+	}
+	if pod.Labels[LabelKernelID] != "ABC-1" || pod.Labels[LabelComponent] != "kernel" || pod.Spec.RestartPolicy != corev1.RestartPolicyNever {
+		t.Fatalf("labels %v restart %s", pod.Labels, pod.Spec.RestartPolicy)
+	}
+	ctr := pod.Spec.Containers[0]
+	if ctr.Image != "spec/image:1" || ctr.Command[0] != "/usr/local/bin/kernelbus-launcher" || pod.Spec.ServiceAccountName != "kernel" {
+		t.Fatalf("image %q command %v sa %q", ctr.Image, ctr.Command, pod.Spec.ServiceAccountName)
+	}
+	if q := ctr.Resources.Requests[corev1.ResourceCPU]; q.String() != "500m" {
+		t.Fatalf("requests %v", ctr.Resources.Requests)
+	}
+	if q := ctr.Resources.Limits[corev1.ResourceMemory]; q.String() != "1Gi" {
+		t.Fatalf("limits %v", ctr.Resources.Limits)
+	}
+	enc := sec.StringData[SecretKey]
+	got, err := broker.DecodeLaunchConfig(enc)
+	if err != nil || got.KernelID != "ABC-1" {
+		t.Fatalf("secret holds %v %v", got, err)
+	}
+	for _, e := range ctr.Env {
+		if e.Name == broker.EnvLaunchConfig && (e.Value != "" || e.ValueFrom.SecretKeyRef.Name != sec.Name) {
+			t.Fatalf("launch config env %+v", e)
+		}
+	}
+}
+
+func TestBuildPodGates(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    Config
+		env  map[string]string
+		ok   bool
+	}{
+		{"image refused", Config{}, map[string]string{EnvImage: "x/y"}, false},
+		{"image allowed", Config{AllowKernelImage: true}, map[string]string{EnvImage: "x/y"}, true},
+		{"namespace refused", Config{}, map[string]string{EnvNamespace: "other"}, false},
+		{"namespace allowed", Config{AllowKernelNamespace: true}, map[string]string{EnvNamespace: "other"}, true},
+		{"uid refused", Config{}, map[string]string{EnvUID: "1000"}, false},
+		{"uid allowed", Config{AllowUserIDs: true}, map[string]string{EnvUID: "1000", EnvGID: "100"}, true},
+		{"uid 0 prohibited", Config{AllowUserIDs: true}, map[string]string{EnvUID: "0"}, false},
+		{"working dir refused", Config{}, map[string]string{EnvWorkingDir: "/home/jo"}, false},
+		{"working dir allowed", Config{AllowWorkingDir: true}, map[string]string{EnvWorkingDir: "/home/jo"}, true},
+		{"volumes refused", Config{}, map[string]string{EnvVolumes: `[{name: data, emptyDir: {}}]`}, false},
+		{"volumes allowed", Config{AllowVolumes: true}, map[string]string{EnvVolumes: `[{name: data, emptyDir: {}}]`, EnvVolumeMounts: `[{"name": "data", "mountPath": "/data"}]`}, true},
+		{"bad volumes", Config{AllowVolumes: true}, map[string]string{EnvVolumes: `[{name: data, bogus: 1}]`}, false},
+		{"bad quantity", Config{}, map[string]string{"KERNEL_MEMORY": "lots"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod, _, err := build(t, tc.c, launchCfg(tc.env))
+			if tc.ok != (err == nil) {
+				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil {
+				return
+			}
+			switch {
+			case tc.env[EnvNamespace] != "" && pod.Namespace != "other":
+				t.Fatalf("namespace %s", pod.Namespace)
+			case tc.env[EnvUID] != "" && *pod.Spec.SecurityContext.RunAsUser != 1000:
+				t.Fatalf("security context %+v", pod.Spec.SecurityContext)
+			case tc.env[EnvWorkingDir] != "" && pod.Spec.Containers[0].WorkingDir != "/home/jo":
+				t.Fatalf("working dir %q", pod.Spec.Containers[0].WorkingDir)
+			case tc.env[EnvVolumes] != "" && (len(pod.Spec.Volumes) != 1 || pod.Spec.Volumes[0].EmptyDir == nil || pod.Spec.Containers[0].VolumeMounts[0].MountPath != "/data"):
+				t.Fatalf("volumes %+v mounts %+v", pod.Spec.Volumes, pod.Spec.Containers[0].VolumeMounts)
+			}
+		})
+	}
+	_, _, err := build(t, Config{}, launchCfg(map[string]string{EnvImage: "x"}))
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("refusals wrap ErrRefused: %v", err)
+	}
+}
+
+func TestPodTemplates(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := "apiVersion: v1\nkind: Pod\nmetadata: {labels: {team: a}}\nspec:\n  nodeSelector: {pool: kernels}\n  containers:\n  - name: sidecar\n    image: side:1\n  - name: kernel\n    image: tmpl/image:2\n"
+	if err := os.WriteFile(filepath.Join(dir, TemplateFile), []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := launchCfg(nil)
+	cfg.ResourceDir = dir
+	pod, _, err := build(t, Config{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Labels["team"] != "a" || pod.Spec.NodeSelector["pool"] != "kernels" || len(pod.Spec.Containers) != 2 {
+		t.Fatalf("template not applied: %+v", pod)
+	}
+	if k := pod.Spec.Containers[1]; k.Image != "spec/image:1" || k.Command[0] != "/usr/local/bin/kernelbus-launcher" {
+		t.Fatalf("kernel container %+v", k)
+	}
+	if pod.Spec.Containers[0].Command != nil {
+		t.Fatal("the sidecar was changed")
+	}
+	// Inline template in the spec's config wins over the file.
+	cfg.RMConfig = map[string]any{"pod_template": map[string]any{"metadata": map[string]any{"labels": map[string]any{"team": "b"}}}}
+	pod, _, err = build(t, Config{Image: "worker/image:3"}, cfg)
+	if err != nil || pod.Labels["team"] != "b" || pod.Spec.Containers[0].Image != "worker/image:3" {
+		t.Fatalf("inline template: %v %+v", err, pod)
+	}
+	cfg.RMConfig = map[string]any{"pod_template": "missing.yaml"}
+	if _, _, err := build(t, Config{}, cfg); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Fatalf("missing template: %v", err)
+	}
+}
