@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -53,8 +54,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
 	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-6; default: all)")
+	fromJSON := fs.String("from-json", "", "run nothing: render the table and --markdown again from a JSON file this command wrote")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *fromJSON != "" {
+		if err := rerender(*fromJSON, cfg.markdown, stdout); err != nil {
+			fmt.Fprintln(stderr, "kernelbus-bench:", err)
+			return 1
+		}
+		return 0
 	}
 	cfg.only = map[int]bool{}
 	for _, f := range strings.Split(*scenarios, ",") {
@@ -272,4 +281,29 @@ func (b *bench) runGateway(ctx context.Context, g *gateway, sz sizes) {
 		}
 	}
 	b.idleMemory(ctx, g, sz.idleKernels)
+}
+
+// rerender prints the table of a JSON result file and writes it again as
+// Markdown (after the notes file changed, say).
+func rerender(path, markdown string, stdout io.Writer) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var saved struct {
+		Machine machine `json:"machine"`
+		Quick   bool    `json:"quick"`
+		Rows    []*row  `json:"rows"`
+	}
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	res := &results{rows: saved.Rows}
+	checkTargets(res)
+	table := renderTable(res)
+	fmt.Fprintln(stdout, table)
+	if markdown == "" {
+		return nil
+	}
+	return writeMarkdown(markdown, saved.Machine, table, &config{quick: saved.Quick})
 }
