@@ -14,6 +14,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"
+	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
 	"github.com/rs/zerolog"
 )
 
@@ -124,6 +125,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	sshOpts := sshFlags(fs)
 	k8sOpts := k8sFlags(fs)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -136,7 +138,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var opts map[string]string
+	opts := backendOptions(*rm, sshOpts)
 	if *rm == broker.RMKubernetes {
 		if opts, err = k8sOpts(); err != nil {
 			return err
@@ -180,6 +182,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 func registry(log zerolog.Logger) *workers.Registry {
 	var r workers.Registry
 	local.Register(&r, log)
+	kbssh.Register(&r, log)
 	kbk8s.Register(&r, log)
 	return &r
 }

@@ -56,26 +56,37 @@ type Config struct {
 	// kernel runs as that user; the key must be authorized for every such
 	// user. Default false: every kernel runs as User.
 	Impersonate bool
-	// AllowRemoteHost lets a client pick the host with KERNEL_REMOTE_HOST,
-	// among the pool's hosts only. Default true.
-	AllowRemoteHost bool
+	// ForbidRemoteHost refuses KERNEL_REMOTE_HOST. Default false: a client
+	// may pick a host with it, among the pool's hosts only.
+	ForbidRemoteHost bool
 }
 
-// Option names of workers.BackendConfig.Options (and, prefixed with
-// --ssh-, of `kernelbus worker` flags).
-var optionNames = []string{"hosts", "user", "key", "agent", "known-hosts", "placement", "remote-dir",
-	"connect-timeout", "command-timeout", "unhealthy-for", "impersonate", "allow-remote-host"}
-
-// OptionNames lists the options ConfigFromOptions accepts.
-func OptionNames() []string { return append([]string(nil), optionNames...) }
+// Options are the names of workers.BackendConfig.Options this backend
+// reads (`kernelbus worker` offers each as --ssh-<name>), with their help.
+var Options = []struct{ Name, Help string }{
+	{"hosts", "hosts of the pool, host or host:port, comma separated (kernelspecs may name their own remote_hosts)"},
+	{"user", "user to log in as (default: this process's user)"},
+	{"key", "private key files, comma separated (default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa)"},
+	{"agent", "also use the keys of the agent at $SSH_AUTH_SOCK (true/false)"},
+	{"known-hosts", "known_hosts files host keys are checked against, comma separated (default: ~/.ssh/known_hosts)"},
+	{"placement", "round-robin or least-connection (default round-robin; a kernelspec's load_balancing_algorithm wins)"},
+	{"remote-dir", "folder on the hosts for the launcher and its logs; relative to the remote home (default .cache/kernelbus)"},
+	{"connect-timeout", "bound on dialing and the SSH handshake (default 10s)"},
+	{"command-timeout", "bound on each remote command, launcher copy included (default 60s)"},
+	{"unhealthy-for", "how long a host that failed is tried only after the others (default 30s)"},
+	{"impersonate", "log in as the kernel's KERNEL_USERNAME, so kernels run as their user (true/false; default false)"},
+	{"allow-remote-host", "let clients pick a host of the pool with KERNEL_REMOTE_HOST (true/false; default true)"},
+}
 
 // ConfigFromOptions reads a Config from worker options; unknown names and
 // bad values are errors.
 func ConfigFromOptions(opts map[string]string) (Config, error) {
-	c := Config{AllowRemoteHost: true}
+	c := Config{}
 	known := map[string]bool{}
-	for _, n := range optionNames {
-		known[n] = true
+	var names []string
+	for _, o := range Options {
+		known[o.Name] = true
+		names = append(names, o.Name)
 	}
 	var unknown []string
 	for k := range opts {
@@ -85,7 +96,7 @@ func ConfigFromOptions(opts map[string]string) (Config, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return c, fmt.Errorf("ssh: unknown options %v (known: %v)", unknown, optionNames)
+		return c, fmt.Errorf("ssh: unknown options %v (known: %v)", unknown, names)
 	}
 	c.Hosts = splitList(opts["hosts"])
 	c.User = opts["user"]
@@ -97,12 +108,19 @@ func ConfigFromOptions(opts map[string]string) (Config, error) {
 	for _, b := range []struct {
 		name string
 		dst  *bool
-	}{{"agent", &c.Agent}, {"impersonate", &c.Impersonate}, {"allow-remote-host", &c.AllowRemoteHost}} {
+	}{{"agent", &c.Agent}, {"impersonate", &c.Impersonate}} {
 		if v := opts[b.name]; v != "" {
 			if *b.dst, err = strconv.ParseBool(v); err != nil {
 				return c, fmt.Errorf("ssh: option %s=%q is not a boolean", b.name, v)
 			}
 		}
+	}
+	if v := opts["allow-remote-host"]; v != "" {
+		allow, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("ssh: option allow-remote-host=%q is not a boolean", v)
+		}
+		c.ForbidRemoteHost = !allow
 	}
 	for _, d := range []struct {
 		name string

@@ -231,17 +231,35 @@ func (e *errRemote) Error() string {
 
 // run runs script with sh on the connection, feeding stdin, within the
 // command timeout. A command that times out takes its connection down
-// with it, since the connection may be what hangs.
+// with it, since the connection may be what hangs. A reused connection
+// that cannot open a session any more (sshd restarted, host rebooted) is
+// redialed once.
 func (cs *conns) run(ctx context.Context, user, addr, script string, stdin io.Reader) (string, error) {
-	client, err := cs.get(ctx, user, addr)
-	if err != nil {
-		return "", err
-	}
 	ctx, cancel := context.WithTimeout(ctx, cs.cfg.CommandTimeout)
 	defer cancel()
+	for attempt := 0; ; attempt++ {
+		client, err := cs.get(ctx, user, addr)
+		if err != nil {
+			return "", err
+		}
+		out, opened, err := cs.runOn(ctx, client, addr, script, stdin)
+		if err != nil && !opened && attempt == 0 && ctx.Err() == nil {
+			cs.discard(user, addr, client)
+			continue
+		}
+		if err != nil && ctx.Err() != nil {
+			cs.discard(user, addr, client)
+			return "", &hostError{addr, fmt.Errorf("remote command timed out: %w", ctx.Err())}
+		}
+		return out, err
+	}
+}
+
+func (cs *conns) runOn(ctx context.Context, client *gossh.Client, addr, script string, stdin io.Reader) (string, bool, error) {
 	type result struct {
-		out string
-		err error
+		out    string
+		opened bool
+		err    error
 	}
 	done := make(chan result, 1)
 	var sess *gossh.Session
@@ -268,19 +286,19 @@ func (cs *conns) run(ctx context.Context, user, addr, script string, stdin io.Re
 		case err != nil:
 			err = &hostError{addr, fmt.Errorf("remote command: %w", err)}
 		}
-		done <- result{stdout.String(), err}
+		done <- result{stdout.String(), true, err}
 	}()
 	select {
 	case r := <-done:
-		return r.out, r.err
+		return r.out, r.opened, r.err
 	case <-ctx.Done():
 		smu.Lock()
 		if sess != nil {
 			_ = sess.Close()
 		}
 		smu.Unlock()
-		cs.discard(user, addr, client)
-		return "", &hostError{addr, fmt.Errorf("remote command timed out: %w", ctx.Err())}
+		// Closing the client (the caller does) unblocks the goroutine.
+		return "", true, ctx.Err()
 	}
 }
 

@@ -154,14 +154,24 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 			b.log.Info().Str("kernel_id", cfg.KernelID).Str("host", displayHost(addr)).Int("pid", h.PID).Msg("launcher started")
 			return workers.Handle{Host: displayHost(addr), Data: data}, nil
 		}
-		if !errors.As(err, new(*hostError)) {
-			err = &hostError{addr, err}
-		}
+		err = hostFailure(addr, err)
 		b.hosts.markUnhealthy(addr, err.Error())
 		b.log.Warn().Str("kernel_id", cfg.KernelID).Str("host", displayHost(addr)).Err(err).Msg("host cannot take the kernel; trying the next")
 		tried = append(tried, err)
 	}
 	return workers.Handle{}, &noHostError{tried: tried}
+}
+
+// hostFailure names the host once, in front of why it failed.
+func hostFailure(addr string, err error) error {
+	var he *hostError
+	if !errors.As(err, &he) {
+		return &hostError{addr, err}
+	}
+	if he == err {
+		return err
+	}
+	return &hostError{addr, errors.New(strings.Replace(err.Error(), he.Error(), he.Err.Error(), 1))}
 }
 
 // pool returns the hosts a kernel may go to (the spec's remote_hosts, else
@@ -207,7 +217,7 @@ func (b *Backend) pool(cfg *broker.LaunchConfig) ([]string, string, error) {
 		placement = p
 	}
 	if want := strings.TrimSpace(cfg.Env[EnvRemoteHost]); want != "" {
-		if !b.cfg.AllowRemoteHost {
+		if b.cfg.ForbidRemoteHost {
 			return nil, "", fmt.Errorf("ssh: %s is not allowed by this worker", EnvRemoteHost)
 		}
 		wa, err := hostAddr(want)
@@ -279,10 +289,13 @@ func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.La
 	if cfg.WorkDir != "" {
 		fmt.Fprintf(&sb, "cd %s || exit 93\n", shellQuote(cfg.WorkDir))
 	}
-	// In a non-interactive shell a background job is not a group leader,
-	// so setsid(1) makes it one without forking: $! is the launcher's pid
-	// and its process group.
-	fmt.Fprintf(&sb, "setsid %s </dev/null >%s 2>&1 &\npid=$!\necho \"$pid $(cat /proc/$pid/stat)\"\n",
+	// setsid -f forks a new session (so the launcher is its process
+	// group's leader and outlives this SSH session); the shell in it says
+	// its pid and start time, then becomes the launcher. Not "cmd &": sh
+	// starts background jobs with SIGINT ignored, and the kernel would
+	// inherit that and never see an interrupt.
+	fmt.Fprintf(&sb, "setsid -f /bin/sh -c %s %s %s\n",
+		shellQuote(`echo "$$ $(cat /proc/$$/stat)"; exec "$0" </dev/null >"$1" 2>&1`),
 		shellQuote(b.RemoteLauncherPath()), shellQuote(logFile))
 	out, err := b.conns.run(ctx, user, addr, sb.String(), strings.NewReader(enc+"\n"))
 	if err != nil {
@@ -405,7 +418,7 @@ func (b *Backend) Signal(ctx context.Context, h workers.Handle, sig syscall.Sign
 	if err != nil {
 		return err
 	}
-	script := aliveCheck(sh) + fmt.Sprintf("kill -%d -- -%d\n", int(sig), sh.PGID)
+	script := aliveCheck(sh) + fmt.Sprintf("kill -%d -%d\n", int(sig), sh.PGID)
 	if _, err := b.conns.run(ctx, sh.User, sh.Addr, script, nil); err != nil && !isGone(err) {
 		return fmt.Errorf("ssh: signal %s on %s: %w", sig, displayHost(sh.Addr), err)
 	}
@@ -421,10 +434,10 @@ func (b *Backend) Stop(ctx context.Context, h workers.Handle, grace time.Duratio
 	}
 	steps := int(grace / (100 * time.Millisecond))
 	script := aliveCheck(sh) + fmt.Sprintf(`g=%d
-kill -TERM -- -$g 2>/dev/null
+kill -TERM -$g 2>/dev/null
 i=0
-while kill -0 -- -$g 2>/dev/null && [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); done
-kill -KILL -- -$g 2>/dev/null
+while kill -0 -$g 2>/dev/null && [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); done
+kill -KILL -$g 2>/dev/null
 exit 0
 `, sh.PGID, steps)
 	if _, err := b.conns.run(ctx, sh.User, sh.Addr, script, nil); err != nil && !isGone(err) {
