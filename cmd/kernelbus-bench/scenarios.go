@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -216,15 +217,24 @@ func (b *bench) throughput(ctx context.Context, t target, n, size, dcount, dsize
 	}
 	defer s.Close(ctx)
 	run := func(scn, code string, want int, rateMetric string) {
+		cpu0 := cpuByRole(t)
 		t0 := time.Now()
 		r, err := s.Execute(code, 10*time.Minute)
 		d := time.Since(t0)
+		cpu1 := cpuByRole(t)
 		if err != nil {
 			b.fail(t.Name(), "%s: %v", code, err)
 			b.res.note(scn, rateMetric, "msg/s", "higher", t.Name(), "failed: "+short(err))
 			return
 		}
 		lost := want - r.Outputs
+		// Where the CPU goes, per message received: what limits the rate
+		// on a machine of two cores.
+		for _, role := range []string{"gateway", "launcher", "kernel", "client"} {
+			if c1, ok := cpu1[role]; ok && r.Outputs > 0 {
+				b.res.set(scn, "CPU per msg: "+role, "µs", "lower", t.Name(), (c1-cpu0[role])*1e6/float64(r.Outputs))
+			}
+		}
 		b.res.set(scn, rateMetric, "msg/s", "higher", t.Name(), float64(r.Outputs)/d.Seconds())
 		b.res.set(scn, "MB/s received", "MB/s", "higher", t.Name(), float64(r.Bytes)/1e6/d.Seconds())
 		b.res.set(scn, "lost", "msgs", "", t.Name(), float64(lost))
@@ -479,4 +489,28 @@ func short(err error) string {
 		s = s[:120] + "…"
 	}
 	return s
+}
+
+// cpuByRole sums the CPU seconds used so far by the processes of target t,
+// by role: the gateway process, launchers, kernels, and this client.
+func cpuByRole(t target) map[string]float64 {
+	self := os.Getpid()
+	m := map[string]float64{"client": cpuSeconds(self), "kernel": 0}
+	root := self
+	if g, ok := t.(*gateway); ok {
+		root = g.main.pid()
+		m["gateway"] = cpuSeconds(root)
+		if g.fe != nil {
+			m["gateway"] += cpuSeconds(g.fe.pid())
+		}
+	}
+	for _, pid := range descendants(root) {
+		switch c := comm(pid); {
+		case strings.HasPrefix(c, "kernelbus-launc"):
+			m["launcher"] += cpuSeconds(pid)
+		case strings.HasPrefix(c, "kb-synthkernel"):
+			m["kernel"] += cpuSeconds(pid)
+		}
+	}
+	return m
 }
