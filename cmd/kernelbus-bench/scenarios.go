@@ -347,6 +347,12 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 				if next.After(end) {
 					return
 				}
+				// A kernel that fell behind by more than a period when the
+				// run ends sends no more: what it did not send counts as
+				// not completed, and the run stays as long as asked.
+				if time.Now().After(end.Add(period)) || ctx.Err() != nil {
+					return
+				}
 				if w := time.Until(next); w > 0 {
 					select {
 					case <-time.After(w): // pacing the load, not waiting for a condition
