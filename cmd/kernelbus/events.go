@@ -165,24 +165,28 @@ func (s *summarizer) add(e broker.Event) error {
 	}
 	switch e.Type {
 	case broker.EvStarted:
-		k.outcome = "running"
+		if k.outcome == "starting" {
+			k.outcome = "running"
+		}
 	case broker.EvAutoRestarted, broker.EvRestarted:
 		k.restarts++
 	case broker.EvStartFailed:
 		k.outcome, k.end = "start failed", e.Time
 	case broker.EvCulled:
 		k.outcome = "culled"
+	case broker.EvLost:
+		k.outcome, k.end = "lost", e.Time
+	case broker.EvDied:
+		if strings.HasPrefix(e.Reason, "gave up") {
+			k.outcome, k.end = "dead", e.Time
+		}
 	case broker.EvTerminated:
-		if k.outcome != "culled" {
+		// The first ending says how it ended (culled, lost, dead); a
+		// terminated that follows only says when what was left stopped.
+		if k.outcome == "starting" || k.outcome == "running" {
 			k.outcome = "terminated"
 		}
 		k.end = e.Time
-	case broker.EvDied:
-		if strings.Contains(e.Reason, "gave up") {
-			k.outcome, k.end = "dead", e.Time
-		}
-	case broker.EvLost:
-		k.outcome, k.end = "lost", e.Time
 	}
 	return nil
 }

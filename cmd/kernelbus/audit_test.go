@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
+)
+
+// serveProc is a `kernelbus serve` child process.
+type serveProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	url  string
+}
+
+func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}, args...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &serveProc{cmd: cmd, done: make(chan struct{}), url: "http://" + addr}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		// Launchers are in process groups of their own; a failed test
+		// must not leave them behind either.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	})
+	pollUntil(t, 60*time.Second, "kernelbus serve to answer", func() bool {
+		select {
+		case <-p.done:
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("kernelbus serve exited:\n%s", log)
+		default:
+		}
+		r, err := http.Get(p.url + "/api/kernelspecs")
+		if err != nil {
+			return false
+		}
+		r.Body.Close()
+		return r.StatusCode == 200
+	})
+	return p
+}
+
+func (p *serveProc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// history replays the audit log with `kernelbus events --json`.
+func history(t *testing.T, dataDir string, extra ...string) []broker.Event {
+	t.Helper()
+	code, out, errOut := runCLI(append([]string{"events", "--data-dir", dataDir, "--json"}, extra...)...)
+	if code != 0 {
+		t.Fatalf("kernelbus events: exit %d: %s", code, errOut)
+	}
+	return jsonLines(t, out)
+}
+
+func byKernel(evs []broker.Event, id string) []broker.Event {
+	var out []broker.Event
+	for _, e := range evs {
+		if e.Kernel == id {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func has(evs []broker.Event, kernel, typ string) bool {
+	for _, e := range evs {
+		if e.Kernel == kernel && e.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// lifecycle drops client connection events, whose place relative to the
+// kernel's own steps depends on when the client's socket closes.
+func lifecycle(evs []broker.Event) []string {
+	var out []string
+	for _, e := range evs {
+		if e.Type != broker.EvClientConnected && e.Type != broker.EvClientLeft {
+			out = append(out, e.Type)
+		}
+	}
+	return out
+}
+
+// TestAuditLifecycle drives real ipykernel kernels through a scripted life
+// on a real `kernelbus serve`, restarts it on the same data, and replays
+// the audit log: each kernel's full history, in causal order, with the
+// right user, spec, host and handle, and nothing twice.
+func TestAuditLifecycle(t *testing.T) {
+	bin := os.Getenv("KERNELBUS_BIN")
+	if bin == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
+		}
+		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
+	}
+	py := jstest.Python(t)
+	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	logPath := filepath.Join(dir, "serve.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("serve log:\n%s", log)
+		}
+	})
+	args := []string{"--kernelspec-dir", specs, "--cull-idle-timeout", "6s", "--cull-interval", "1s"}
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		args = append(args, "--launcher", l)
+	}
+	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	srv := startServe(t, bin, data, logPath, args...)
+	c := &client.Client{BaseURL: srv.url}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	host, _ := os.Hostname()
+
+	start := func(user string) *client.Model {
+		t.Helper()
+		m, err := c.StartKernel(ctx, "python3", map[string]string{"KERNEL_USERNAME": user})
+		if err != nil {
+			t.Fatalf("start a kernel for %s: %v", user, err)
+		}
+		return m
+	}
+	connect := func(id string) *client.Conn {
+		t.Helper()
+		conn, err := c.Connect(ctx, id, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	execute := func(conn *client.Conn, code string) *client.Reply {
+		t.Helper()
+		r, err := conn.Execute(code, 60*time.Second)
+		if err != nil {
+			t.Fatalf("execute %q: %v", code, err)
+		}
+		return r
+	}
+
+	// alice: execute, interrupt, restart. A connected client keeps it
+	// from being culled.
+	a := start("alice")
+	ca := connect(a.ID)
+	if r := execute(ca, "print(6*7)"); r.Status != "ok" || strings.TrimSpace(r.Stdout.String()) != "42" {
+		t.Fatalf("execute: %+v", r)
+	}
+	id, err := ca.Send("shell", "execute_request", map[string]any{"code": "import time; time.sleep(60)", "silent": false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt once the kernel is busy with it.
+	pollUntil(t, 30*time.Second, "alice's kernel to be busy", func() bool {
+		m, err := c.Kernel(ctx, a.ID)
+		return err == nil && m.ExecutionState == "busy"
+	})
+	if err := c.Interrupt(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ca.Await(id, 30*time.Second); err != nil || r.Status != "error" {
+		t.Fatalf("interrupted execute: %+v %v", r, err)
+	}
+	if _, err := c.Restart(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// bob: the kernel process is killed; the launcher restarts it.
+	b := start("bob")
+	cb := connect(b.ID)
+	if _, err := cb.Send("shell", "execute_request", map[string]any{"code": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "silent": false}); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 90*time.Second, "bob's kernel to be restarted automatically", func() bool {
+		return has(history(t, data, "--kernel", b.ID), b.ID, broker.EvAutoRestarted)
+	})
+	pollUntil(t, 60*time.Second, "bob's kernel to answer again", func() bool {
+		r, err := cb.Execute("print('back')", 20*time.Second)
+		return err == nil && strings.Contains(r.Stdout.String(), "back")
+	})
+
+	// carol: started and left alone, so the culler shuts it down.
+	cr := start("carol")
+	pollUntil(t, 90*time.Second, "carol's kernel to be culled", func() bool {
+		return has(history(t, data, "--kernel", cr.ID), cr.ID, broker.EvTerminated)
+	})
+	if _, err := c.Kernel(ctx, cr.ID); err == nil {
+		t.Fatal("the culled kernel is still listed")
+	}
+
+	// Delete the rest.
+	for _, id := range []string{a.ID, b.ID} {
+		if err := c.DeleteKernel(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pollUntil(t, 60*time.Second, "every kernel to end", func() bool {
+		h := history(t, data, "--type", "terminated")
+		return has(h, a.ID, broker.EvTerminated) && has(h, b.ID, broker.EvTerminated)
+	})
+	ca.Close()
+	cb.Close()
+	before := history(t, data)
+
+	// Restart serve on the same data and replay.
+	srv.stop()
+	srv = startServe(t, bin, data, logPath, args...)
+	after := history(t, data)
+	var beforeIDs, afterIDs []string
+	for _, e := range before {
+		beforeIDs = append(beforeIDs, e.ID)
+	}
+	for _, e := range after {
+		afterIDs = append(afterIDs, e.ID)
+	}
+	// The restart may add client_disconnected of sockets still closing.
+	if len(afterIDs) < len(beforeIDs) || strings.Join(afterIDs[:len(beforeIDs)], ",") != strings.Join(beforeIDs, ",") {
+		t.Fatalf("the log changed across the restart:\nbefore %v\nafter  %v", beforeIDs, afterIDs)
+	}
+
+	seen := map[string]bool{}
+	for _, e := range after {
+		if seen[e.ID] {
+			t.Errorf("event %s stored twice", e.ID)
+		}
+		seen[e.ID] = true
+	}
+	want := map[string]struct {
+		user  string
+		steps []string
+	}{
+		a.ID:  {"alice", []string{"requested", "claimed", "submitted", "started", "interrupted", "restart_requested", "restarted", "shutdown_requested", "terminated"}},
+		b.ID:  {"bob", []string{"requested", "claimed", "submitted", "started", "died", "auto_restarted", "shutdown_requested", "terminated"}},
+		cr.ID: {"carol", []string{"requested", "claimed", "submitted", "started", "culled", "terminated"}},
+	}
+	for id, w := range want {
+		evs := byKernel(after, id)
+		if got := lifecycle(evs); strings.Join(got, " ") != strings.Join(w.steps, " ") {
+			t.Errorf("%s's kernel: history %v\nwant %v", w.user, got, w.steps)
+			continue
+		}
+		var handle string
+		var reqID string
+		connected := false
+		for _, e := range evs {
+			where := fmt.Sprintf("%s's %s event (%s)", w.user, e.Type, e.Source)
+			if e.V != broker.EventSchemaVersion || e.User != w.user || e.Spec != "python3" || e.RM != "local" || e.Time.IsZero() {
+				t.Errorf("%s: %+v", where, e)
+			}
+			switch e.Type {
+			case broker.EvRequested:
+				reqID = e.RequestID
+				if e.Source != "frontend" || reqID == "" {
+					t.Errorf("%s: source %s request %q", where, e.Source, e.RequestID)
+				}
+				continue
+			case broker.EvClaimed:
+				if e.Worker == "" || e.RequestID != reqID {
+					t.Errorf("%s: worker %q request %q (want %q)", where, e.Worker, e.RequestID, reqID)
+				}
+				continue
+			case broker.EvSubmitted:
+				handle = string(e.Handle)
+				if e.RequestID != reqID || !strings.Contains(handle, `"pid"`) {
+					t.Errorf("%s: request %q handle %s", where, e.RequestID, handle)
+				}
+			case broker.EvClientConnected:
+				connected = true
+			case broker.EvClientLeft:
+				if !connected {
+					t.Errorf("%s before client_connected", where)
+				}
+			case broker.EvCulled:
+				if e.Source != "culler" || !strings.HasPrefix(e.Reason, "culled: idle for") {
+					t.Errorf("%s: %+v", where, e)
+				}
+			case broker.EvTerminated:
+				if w.user == "carol" && !strings.HasPrefix(e.Reason, "culled: idle for") {
+					t.Errorf("%s: reason %q", where, e.Reason)
+				}
+			case broker.EvDied:
+				if e.Reason == "" || e.Source != "launcher" {
+					t.Errorf("%s: %+v", where, e)
+				}
+			case broker.EvInterrupted, broker.EvRestarted, broker.EvShutdownRequest, broker.EvRestartRequested:
+				if e.RequestID == "" {
+					t.Errorf("%s: no request id", where)
+				}
+			}
+			// From submission on, every event says where the kernel runs.
+			if e.Host != host || string(e.Handle) != handle {
+				t.Errorf("%s: host %q handle %s, want %q %s", where, e.Host, e.Handle, host, handle)
+			}
+		}
+		if w.user != "carol" && !connected {
+			t.Errorf("%s's kernel: no client_connected", w.user)
+		}
+	}
+
+	// The summary of the same log.
+	code, out, _ := runCLI("events", "--data-dir", data, "--summary")
+	if code != 0 {
+		t.Fatal(out)
+	}
+	t.Logf("kernelbus events --summary:\n%s", out)
+	for id, outcome := range map[string]string{a.ID: "terminated", b.ID: "terminated", cr.ID: "culled"} {
+		ok := false
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, id) && strings.HasSuffix(strings.TrimSpace(line), outcome) {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("summary has no %s line for %s", outcome, id)
+		}
+	}
+	// The REST API serves the same log.
+	resp, err := http.Get(srv.url + "/api/events?kernel=" + a.ID + "&limit=1000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Events []broker.Event `json:"events"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil || len(page.Events) != len(byKernel(after, a.ID)) {
+		t.Fatalf("GET /api/events: %d events, %v", len(page.Events), err)
+	}
+}
