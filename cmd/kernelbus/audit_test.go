@@ -360,6 +360,12 @@ func TestAuditLifecycle(t *testing.T) {
 		t.Fatal(out)
 	}
 	t.Logf("kernelbus events --summary:\n%s", out)
+	if sample := os.Getenv("KB_AUDIT_SAMPLE"); sample != "" {
+		// Real output for the README.
+		_, table, _ := runCLI("events", "--data-dir", data, "--kernel", b.ID)
+		_, js, _ := runCLI("events", "--data-dir", data, "--json", "--kernel", cr.ID)
+		_ = os.WriteFile(sample, []byte(out+"\n"+table+"\n"+js), 0o644)
+	}
 	for id, outcome := range map[string]string{a.ID: "terminated", b.ID: "terminated", cr.ID: "culled"} {
 		ok := false
 		for _, line := range strings.Split(out, "\n") {
