@@ -76,7 +76,7 @@ func ScanEvents(ctx context.Context, js jetstream.JetStream, f broker.EventFilte
 			return nil
 		}
 	}
-	it, err := c.Messages()
+	it, err := c.Messages(jetstream.PullMaxMessages(2048))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -81,7 +83,7 @@ func BenchmarkStartPath(b *testing.B) {
 //
 //	go test ./jetstream -run - -bench Replay -benchtime 1x
 func BenchmarkReplay(b *testing.B) {
-	for _, n := range []int{10_000, 100_000, 1_000_000} {
+	for _, n := range benchSizes() {
 		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
 			env := jstest.Start(b, jstest.Options{})
 			kernels := seedLog(b, env.NC, n)
@@ -149,7 +151,7 @@ func seedLog(b *testing.B, nc *nats.Conn, n int) []string {
 		data, _ := json.Marshal(ev)
 		m := &nats.Msg{Subject: broker.SubjectEvent(k, ev.Type), Data: data, Header: nats.Header{}}
 		m.Header.Set(jetstream.MsgIDHeader, ev.ID)
-		if _, err := js.PublishMsgAsync(m); err != nil {
+		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -159,4 +161,18 @@ func seedLog(b *testing.B, nc *nats.Conn, n int) []string {
 		b.Fatal("seeding did not finish")
 	}
 	return kernels
+}
+
+// benchSizes are the log sizes of BenchmarkReplay; KB_BENCH_MAX_EVENTS
+// caps them for a quicker run.
+func benchSizes() []int {
+	sizes := []int{10_000, 100_000, 1_000_000}
+	if m, err := strconv.Atoi(os.Getenv("KB_BENCH_MAX_EVENTS")); err == nil {
+		for i, s := range sizes {
+			if s > m {
+				return sizes[:i]
+			}
+		}
+	}
+	return sizes
 }
