@@ -75,9 +75,13 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	// A new session sees what the kernel publishes from now on. "Now"
 	// must be before the client learns the socket is open, or output of
 	// its first request could slip in ahead of the subscription.
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-	defer cancel()
-	info, err := s.ioStream.Info(ctx)
+	// While the stream's leader moves (a NATS node died) this fails for
+	// a few seconds: retry rather than refuse the client.
+	var info *jetstream.StreamInfo
+	err = retryBus(s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+		info, err = s.ioStream.Info(ctx)
+		return err
+	})
 	if err != nil {
 		return broker.Wrap(broker.ErrUnavailable, err, "cannot read the kernel output stream")
 	}
@@ -263,16 +267,22 @@ func (s *Server) serveWS(w *websocket.Conn) {
 // output from there and records the session as connected here. It runs
 // before the first client message is read, so no reply can be missed.
 func (c *conn) start() error {
-	ctx, cancel := context.WithTimeout(c.s.ctx, 15*time.Second)
-	defer cancel()
-	start, err := c.resumePoint(ctx)
+	var start uint64
+	err := retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+		start, err = c.resumePoint(ctx)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	cons, err := c.s.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{broker.SubjectOutAll(c.kernel)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
+	var cons jetstream.Consumer
+	err = retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+		cons, err = c.s.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{broker.SubjectOutAll(c.kernel)},
+			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:    start,
+		})
+		return err
 	})
 	if err != nil {
 		return err
@@ -502,6 +512,8 @@ func (c *conn) readLoop() {
 		}
 		_ = ws.SetReadDeadline(time.Now().Add(idle))
 		c.handleInput(typ, data)
+		// handleInput may have waited out a bus outage.
+		_ = ws.SetReadDeadline(time.Now().Add(idle))
 	}
 }
 
@@ -554,10 +566,50 @@ func (c *conn) handleInput(typ int, data []byte) {
 		// reaches the kernel once.
 		m.Header[jetstream.MsgIDHeader] = []string{c.kernel + ":" + hdr.MsgID}
 	}
-	ctx, cancel := context.WithTimeout(c.s.ctx, 10*time.Second)
-	defer cancel()
-	if _, err := kbjs.Publish(ctx, c.s.bus.NC, c.s.bus.JS, m); err != nil {
-		c.log.Warn().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
+	// Split once, so that a retried chunk keeps its chunk id; each is
+	// retried with its own Nats-Msg-Id while the stream has no leader (a
+	// NATS node died), so nothing the client sent is lost or doubled, and
+	// the read loop waits meanwhile, which keeps the client's order.
+	for _, part := range kbjs.Split(c.s.bus.NC, m) {
+		err := retryBus(c.s.ctx, inputRetryFor, func(ctx context.Context) error {
+			_, err := c.s.bus.JS.PublishMsg(ctx, part)
+			return err
+		})
+		if err != nil {
+			c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
+			return
+		}
+	}
+}
+
+const (
+	// busRetryFor bounds the retries of a websocket's setup: a stream
+	// leader election takes seconds, a client waits for its handshake.
+	busRetryFor = 30 * time.Second
+	// inputRetryFor bounds the retries of one client message: about the
+	// time a client waits for a reply.
+	inputRetryFor = 60 * time.Second
+)
+
+// retryBus runs op, each try bounded by 10 s, until it succeeds, ctx ends
+// or total has passed, backing off from 100 ms to 2 s between tries. An
+// op is idempotent (reads, or publishes with a Nats-Msg-Id).
+func retryBus(ctx context.Context, total time.Duration, op func(context.Context) error) error {
+	deadline := time.Now().Add(total)
+	wait := 100 * time.Millisecond
+	for {
+		tctx, cancel := context.WithTimeout(ctx, min(10*time.Second, max(time.Until(deadline), time.Second)))
+		err := op(tctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
 	}
 }
 

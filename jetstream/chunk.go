@@ -58,6 +58,12 @@ func split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
 	return out
 }
 
+// Split returns m itself when it fits in one bus message, or its chunks,
+// for publishers that track each bus message themselves (the launcher
+// resends the ones the stream did not acknowledge). A message published
+// with a Nats-Msg-Id gets a distinct one per chunk.
+func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg { return split(nc, m) }
+
 // Publish publishes m to JetStream and waits for the acks, splitting it
 // into chunks when it is larger than the server's max_payload.
 func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
@@ -75,11 +81,11 @@ func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats
 // PublishAsync publishes m without waiting, in order with the caller's
 // other async publishes, chunked like Publish. The futures of every chunk
 // are returned.
-func PublishAsync(nc *nats.Conn, js jetstream.JetStream, m *nats.Msg) ([]jetstream.PubAckFuture, error) {
+func PublishAsync(nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) ([]jetstream.PubAckFuture, error) {
 	parts := split(nc, m)
 	fs := make([]jetstream.PubAckFuture, 0, len(parts))
 	for _, c := range parts {
-		f, err := js.PublishMsgAsync(c)
+		f, err := js.PublishMsgAsync(c, opts...)
 		if err != nil {
 			return fs, err
 		}

@@ -30,14 +30,66 @@ func (b *Bus) GetKernel(ctx context.Context, id string) (*broker.Kernel, uint64,
 	return &k, e.Revision(), nil
 }
 
-// CreateKernel writes a new record; it fails if the id exists.
+// CreateKernel writes a new record; it fails with jetstream.ErrKeyExists
+// if the id exists. It retries while the bucket is unavailable (its
+// leader moving), until ctx ends; a retry that finds the record it wrote
+// itself (its write landed but the ack was lost) succeeds.
 func (b *Bus) CreateKernel(ctx context.Context, k *broker.Kernel) (uint64, error) {
 	k.Updated = time.Now().UTC()
 	data, err := json.Marshal(k)
 	if err != nil {
 		return 0, err
 	}
-	return b.Kernels.Create(ctx, k.ID, data)
+	ctx, cancel := withTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var rev uint64
+	err = retryBus(ctx, func(ctx context.Context, try int) error {
+		rev, err = b.Kernels.Create(ctx, k.ID, data)
+		if try > 1 && errors.Is(err, jetstream.ErrKeyExists) {
+			if e, gerr := b.Kernels.Get(ctx, k.ID); gerr == nil && string(e.Value()) == string(data) {
+				rev, err = e.Revision(), nil
+			}
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return stopRetry{err}
+		}
+		return err
+	})
+	return rev, err
+}
+
+// stopRetry ends retryBus with its error.
+type stopRetry struct{ error }
+
+func (s stopRetry) Unwrap() error { return s.error }
+
+// retryBus runs op until it succeeds, returns a stopRetry, or ctx ends,
+// backing off from 100 ms to 2 s: a stream or bucket whose leader died is
+// unavailable for the seconds an election takes. Each try gets at most
+// 10 s. op must be safe to repeat (a read, a create that checks, a publish
+// with a Nats-Msg-Id).
+func retryBus(ctx context.Context, op func(ctx context.Context, try int) error) error {
+	wait := 100 * time.Millisecond
+	for try := 1; ; try++ {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := op(tctx, try)
+		cancel()
+		var stop stopRetry
+		if errors.As(err, &stop) {
+			return stop.error
+		}
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // ErrNoChange may be returned by an UpdateKernel mutator to leave the
@@ -135,6 +187,13 @@ func (b *Bus) Request(ctx context.Context, verb, rm, dedupID string, body any) e
 	}
 	ctx, cancel := withTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = b.JS.PublishMsg(ctx, m)
-	return err
+	if dedupID == "" {
+		_, err = b.JS.PublishMsg(ctx, m)
+		return err
+	}
+	// Deduplicated, so retrying through a leader change is safe.
+	return retryBus(ctx, func(ctx context.Context, _ int) error {
+		_, err := b.JS.PublishMsg(ctx, m)
+		return err
+	})
 }

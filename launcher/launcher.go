@@ -1050,13 +1050,55 @@ func (l *launcher) deliver(parentID, content []byte) {
 	}
 }
 
-// consumeInput starts the ordered consumer of kb.io.<id>.in. An ordered
-// consumer resumes after a bus reconnect from the last sequence it saw, so
-// client input published during an outage still arrives.
+// consumeInput starts the ordered consumer of kb.io.<id>.in, retrying
+// until the launch deadline: while the stream's leader moves (a NATS node
+// died) creating a consumer fails for a few seconds, and the kernel is
+// already running. An ordered consumer resumes after a bus reconnect or a
+// leader change from the last sequence it saw, so client input published
+// during an outage still arrives. It starts at an explicit sequence (the
+// stream's end now) rather than "deliver new": a consumer that is
+// recreated before its first message would otherwise start at the new end
+// and skip what clients sent in between.
 func (l *launcher) consumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
+	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
+	if rec := l.rec.Load(); rec != nil && !rec.Deadline.IsZero() && rec.Deadline.After(time.Now()) {
+		deadline = rec.Deadline
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	wait := 100 * time.Millisecond
+	for try := 1; ; try++ {
+		cc, err := l.tryConsumeInput(dctx)
+		if err == nil {
+			if try > 1 {
+				l.log.Info().Int("tries", try).Msg("kernel input consumer created")
+			}
+			return cc, nil
+		}
+		if dctx.Err() != nil {
+			return nil, err
+		}
+		l.log.Warn().Err(err).Int("try", try).Msg("kernel input consumer: retrying")
+		select {
+		case <-dctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func (l *launcher) tryConsumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
+	ctx, cancel := context.WithTimeout(ctx, busTimeout)
+	defer cancel()
+	st, err := l.bus.JS.Stream(ctx, broker.StreamIO)
+	if err != nil {
+		return nil, err
+	}
 	cons, err := l.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{broker.SubjectIn(l.id)},
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    st.CachedInfo().State.LastSeq + 1,
 	})
 	if err != nil {
 		return nil, err

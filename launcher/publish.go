@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,48 +10,108 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 )
 
 // publisher is the one goroutine that publishes kernel output. One
 // goroutine keeps the order of each subject and the chunks of a large
-// message contiguous; JetStream acks are checked asynchronously (the error
-// handler), and in-flight publishes are bounded by the async max pending.
+// message contiguous. Publishes are asynchronous, but none is forgotten
+// until the stream has acknowledged it: every bus message stays in an
+// ordered window until its ack, and when one fails (the stream's leader
+// died with it in flight, no leader yet, the connection dropped) nothing
+// new is sent until every publish in flight has resolved; then the ones
+// that did not land are sent again, in their order, with the same
+// Nats-Msg-Id, so the stream's duplicate window (KB_IO keeps 2 min) drops
+// any that had landed after all. Retries go on, with backoff, until they
+// land or the launcher leaves.
+//
+// Order: a resend lands after whatever was published behind the failed
+// message and did land. To keep that from happening, nothing new is sent
+// while the oldest publish in flight has waited longer than suspectAfter
+// for its ack: a message lost to a dead leader is never acked, and a new
+// leader (the only way a later publish could land) takes longer than that
+// to be elected.
 type publisher struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	log  zerolog.Logger
 	in   chan *nats.Msg
-	stop chan struct{} // drain what is queued, then return
+	stop chan struct{} // publish what is queued, wait for its acks, then return
 	quit chan struct{} // give up on retries: the launcher is leaving
 	done chan struct{}
-	// chunkAt is the body size above which a message is chunked.
-	chunkAt int
+	// wake is poked by every ack and ack error.
+	wake chan struct{}
+	// failed is set by an ack error; the run goroutine clears it when it
+	// recovers.
+	failed atomic.Bool
 
+	// run goroutine only
+	runID  string // Nats-Msg-Id prefix of this launcher's output
+	next   uint64 // Nats-Msg-Id counter
+	window []*outEntry
+
+	resent   atomic.Int64 // bus messages sent again, in all
 	errs     atomic.Int64 // ack errors since the last log line
 	lastLog  atomic.Int64
 	quitOnce sync.Once
 }
 
-// maxPendingAcks bounds unacknowledged async publishes.
-const maxPendingAcks = 4096
+// outEntry is one bus message (a whole kernel message or one chunk) from
+// its first publish until its ack.
+type outEntry struct {
+	m    *nats.Msg
+	f    jetstream.PubAckFuture // nil when the publish call itself failed
+	sent time.Time
+	ok   bool  // acknowledged
+	err  error // failed; resent by recover
+}
+
+const (
+	// maxPendingAcks bounds unacknowledged publishes (the window).
+	maxPendingAcks = 4096
+	// ackTimeout fails a publish whose ack never came (it went to a
+	// leader that died): it is resent, and deduplicated if it had landed.
+	// Well inside KB_IO's 2 min duplicate window, and long enough that an
+	// overloaded server's slow acks do not turn into resends that load it
+	// more (seen at 5 s on a busy 2-core machine).
+	ackTimeout = 10 * time.Second
+	// suspectAfter: see publisher.
+	suspectAfter = time.Second
+	// resendMaxWait caps the backoff between resends.
+	resendMaxWait = 2 * time.Second
+)
+
+// noRetry turns off nats.go's own resend on "no responders": it resends
+// later on a timer, behind messages published since, which breaks order.
+var noRetry = jetstream.WithRetryAttempts(0)
 
 func newPublisher(nc *nats.Conn, log zerolog.Logger) (*publisher, error) {
 	p := &publisher{nc: nc, log: log, in: make(chan *nats.Msg, 1024),
-		stop: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), runID: nuid.Next()}
 	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(maxPendingAcks),
-		// A lost ack (bus outage) must not hold a pending slot forever.
-		jetstream.WithPublishAsyncTimeout(30*time.Second),
+		// Above the window, so a publish never stalls inside nats.go.
+		jetstream.WithPublishAsyncMaxPending(maxPendingAcks+64),
+		jetstream.WithPublishAsyncTimeout(ackTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) { p.poke() }),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			p.failed.Store(true)
+			p.poke()
 			p.ackError(m, err)
 		}))
 	if err != nil {
 		return nil, err
 	}
 	p.js = js
-	p.chunkAt = int(nc.MaxPayload()) - 8<<10
 	return p, nil
+}
+
+func (p *publisher) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (p *publisher) run() {
@@ -59,58 +120,215 @@ func (p *publisher) run() {
 		select {
 		case m := <-p.in:
 			p.publish(m)
+		case <-p.wake:
+			p.reap()
+			if p.failed.Load() && !p.recover() {
+				p.dropWindow()
+				return
+			}
 		case <-p.stop:
 			for {
 				select {
 				case m := <-p.in:
 					p.publish(m)
+					continue
 				default:
-					return
 				}
+				break
+			}
+			if !p.settle() {
+				p.dropWindow()
+			}
+			return
+		}
+	}
+}
+
+// publish sends m, stamped with this launcher's next Nats-Msg-Id, chunk
+// by chunk, each once there is room in the window.
+func (p *publisher) publish(m *nats.Msg) {
+	if m.Header == nil {
+		m.Header = nats.Header{}
+	}
+	if m.Header.Get(jetstream.MsgIDHeader) == "" {
+		p.next++
+		m.Header.Set(jetstream.MsgIDHeader, p.runID+"."+strconv.FormatUint(p.next, 10))
+	}
+	for _, c := range kbjs.Split(p.nc, m) {
+		if !p.room() {
+			p.log.Error().Str("subject", m.Subject).Int("bytes", len(m.Data)).Msg("kernel output dropped on exit")
+			return
+		}
+		e := &outEntry{m: c}
+		p.send(e)
+		p.window = append(p.window, e)
+	}
+}
+
+func (p *publisher) send(e *outEntry) {
+	e.ok, e.err, e.sent = false, nil, time.Now()
+	f, err := p.js.PublishMsgAsync(e.m, noRetry)
+	if err != nil {
+		// Not sent at all (reconnect buffer full, connection closed):
+		// the same path as a failed ack.
+		e.f, e.err = nil, err
+		p.failed.Store(true)
+		return
+	}
+	e.f = f
+}
+
+// room waits until a new publish may go out: nothing failed (or it was
+// resent), the window has space and its oldest publish is not suspect.
+// It returns false when the launcher gives up (quit).
+func (p *publisher) room() bool {
+	for {
+		p.reap()
+		if p.failed.Load() {
+			if !p.recover() {
+				return false
+			}
+			continue
+		}
+		if len(p.window) < maxPendingAcks && (len(p.window) == 0 || time.Since(p.window[0].sent) < suspectAfter) {
+			return true
+		}
+		wait := 50 * time.Millisecond
+		if len(p.window) > 0 {
+			wait = max(time.Millisecond, suspectAfter-time.Since(p.window[0].sent))
+			wait = min(wait, 50*time.Millisecond)
+		}
+		select {
+		case <-p.wake:
+		case <-time.After(wait):
+		case <-p.quit:
+			return false
+		}
+	}
+}
+
+// poll records the outcome of e's publish if it is known.
+func (e *outEntry) poll() {
+	if e.ok || e.err != nil || e.f == nil {
+		return
+	}
+	select {
+	case <-e.f.Ok():
+		e.ok = true
+	case err := <-e.f.Err():
+		e.err = err
+	default:
+	}
+}
+
+// reap forgets the acknowledged publishes at the head of the window.
+func (p *publisher) reap() {
+	n := 0
+	for ; n < len(p.window); n++ {
+		e := p.window[n]
+		e.poll()
+		if !e.ok {
+			break
+		}
+	}
+	if n > 0 {
+		clear(p.window[:n])
+		p.window = p.window[n:]
+		if len(p.window) == 0 {
+			p.window = nil
+		}
+	}
+}
+
+// recover waits until every publish in the window has resolved, then
+// resends, in order, those that failed, with growing pauses while they
+// keep failing. It returns false on quit.
+func (p *publisher) recover() bool {
+	wait := 100 * time.Millisecond
+	for round := 1; ; round++ {
+		for !p.settled() {
+			select {
+			case <-p.wake:
+			case <-time.After(50 * time.Millisecond):
+			case <-p.quit:
+				return false
 			}
 		}
+		p.failed.Store(false)
+		p.reap()
+		var resend []*outEntry
+		landedAfter := false
+		for _, e := range p.window {
+			if !e.ok {
+				resend = append(resend, e)
+			} else if len(resend) > 0 {
+				landedAfter = true
+			}
+		}
+		if len(resend) == 0 {
+			return true
+		}
+		if landedAfter {
+			// Rare by construction (suspectAfter); say so if it happens.
+			p.log.Warn().Msg("kernel output: a message landed on the bus ahead of an earlier one that is being resent")
+		}
+		if round == 1 || round%10 == 0 {
+			p.log.Warn().Err(resend[0].err).Int("messages", len(resend)).Int("round", round).Msg("kernel output not acknowledged by the bus: resending in order")
+		}
+		select {
+		case <-time.After(wait):
+		case <-p.quit:
+			return false
+		}
+		wait = min(2*wait, resendMaxWait)
+		for _, e := range resend {
+			p.send(e)
+		}
+		p.resent.Add(int64(len(resend)))
 	}
 }
 
-func (p *publisher) publish(m *nats.Msg) {
-	chunked := len(m.Data) > p.chunkAt
-	if chunked {
-		// Let every pending ack come back first: then all chunks fit under
-		// the pending limit and no chunk can stall half way, which would
-		// leave a torn message on the subject.
-		select {
-		case <-p.js.PublishAsyncComplete():
-		case <-time.After(30 * time.Second):
-		case <-p.quit:
+// settled reports whether every publish in the window has an outcome.
+func (p *publisher) settled() bool {
+	for _, e := range p.window {
+		e.poll()
+		if !e.ok && e.err == nil && e.f != nil {
+			return false
 		}
 	}
-	for attempt := 0; ; attempt++ {
-		fs, err := kbjs.PublishAsync(p.nc, p.js, m)
-		if err == nil {
-			return
+	return true
+}
+
+// settle waits, on stop, until the window is empty (resending what
+// fails) or quit. It returns false on quit.
+func (p *publisher) settle() bool {
+	for {
+		p.reap()
+		if p.failed.Load() && !p.recover() {
+			return false
 		}
-		retry := len(fs) == 0 && (errors.Is(err, jetstream.ErrTooManyStalledMsgs) || errors.Is(err, nats.ErrReconnectBufExceeded))
-		if !retry {
-			p.log.Error().Err(err).Str("subject", m.Subject).Int("bytes", len(m.Data)).Msg("publish kernel output")
-			return
-		}
-		// The bus is slow or away: hold the kernel's output back rather
-		// than drop it. Stalls already waited; the reconnect buffer needs
-		// a moment to drain.
-		if attempt%50 == 49 {
-			p.log.Warn().Err(err).Int("attempts", attempt+1).Msg("kernel output waits for the bus")
+		if len(p.window) == 0 {
+			return true
 		}
 		select {
+		case <-p.wake:
+		case <-time.After(50 * time.Millisecond):
 		case <-p.quit:
-			p.log.Error().Err(err).Str("subject", m.Subject).Msg("kernel output dropped on exit")
-			return
-		case <-time.After(20 * time.Millisecond):
+			return false
 		}
 	}
 }
 
-// ackError logs failed acks, at most once a second with a count, since a
-// misconfigured stream fails every message.
+func (p *publisher) dropWindow() {
+	p.reap()
+	if n := len(p.window); n > 0 {
+		p.log.Warn().Int("pending", n).Msg("exit with kernel output not yet acknowledged")
+	}
+	p.window = nil
+}
+
+// ackError logs failed acks, at most once a second with a count: an
+// outage fails every message in flight.
 func (p *publisher) ackError(m *nats.Msg, err error) {
 	n := p.errs.Add(1)
 	now := time.Now().UnixNano()
@@ -119,24 +337,22 @@ func (p *publisher) ackError(m *nats.Msg, err error) {
 		return
 	}
 	p.errs.Add(-n)
-	p.log.Error().Err(err).Str("subject", m.Subject).Int64("failed", n).Msg("kernel output not acknowledged by the bus")
+	lvl := p.log.Debug()
+	if !errors.Is(err, jetstream.ErrAsyncPublishTimeout) && !errors.Is(err, nats.ErrDisconnected) && !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		lvl = p.log.Warn()
+	}
+	lvl.Err(err).Str("subject", m.Subject).Int64("failed", n).Msg("kernel output not acknowledged by the bus (it will be resent)")
 }
 
-// close publishes what is queued and waits up to grace for the acks.
+// close publishes what is queued and waits up to grace for its acks,
+// resending what fails.
 func (p *publisher) close(grace time.Duration) {
-	deadline := time.Now().Add(grace)
 	close(p.stop)
 	select {
 	case <-p.done:
 	case <-time.After(grace):
 		p.quitOnce.Do(func() { close(p.quit) })
 		<-p.done
-	}
-	wait := max(time.Until(deadline), 100*time.Millisecond)
-	select {
-	case <-p.js.PublishAsyncComplete():
-	case <-time.After(wait):
-		p.log.Warn().Int("pending", p.js.PublishAsyncPending()).Msg("exit with kernel output not yet acknowledged")
 	}
 	p.quitOnce.Do(func() { close(p.quit) })
 }

@@ -3,6 +3,7 @@
 package failover
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -296,12 +297,6 @@ func TestWorkerKilledWhileRunning(t *testing.T) {
 // killed under load, starts and executes in a loop, then comes back; no
 // start request, event or kernel message is lost.
 func TestNATSNodeKilledUnderLoad(t *testing.T) {
-	if os.Getenv("KB_FAILOVER_NODE_KILL") == "" {
-		// Known to fail today (see README "Scale-out and failover"): a
-		// launcher starting while the KB_IO leader moves gives up on its
-		// input consumer, and executes in flight lose their replies.
-		t.Skip("set KB_FAILOVER_NODE_KILL=1: known gaps in the launcher during a stream leader change")
-	}
 	c := NewCluster(t, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -379,6 +374,41 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 			}
 		}()
 	}
+	// A counter printed every 5 ms across the node's death: every number
+	// once and in order, so output resent after the leader change keeps
+	// its place.
+	const count = 3000
+	var counted []int
+	{
+		m, err := c.StartKernel(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := c.Connect(ctx, m.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := conn.Send("shell", "execute_request", map[string]any{"code": counterCode(count, 5), "silent": false,
+			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			cnt := &counter{req: req}
+			for !cnt.done() {
+				m, err := conn.Recv(time.Now().Add(60 * time.Second))
+				if err != nil {
+					fail("counter after %d numbers: %v", len(cnt.nums), err)
+					return
+				}
+				cnt.feed(m)
+			}
+			counted = cnt.nums
+		}()
+	}
 	waitFor(5 * time.Second)
 	victim := 0
 	if st, err := c.Bus.JS.Stream(ctx, broker.StreamIO); err == nil && st.CachedInfo().Cluster != nil {
@@ -402,6 +432,7 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	if execs.Load() <= before {
 		t.Fatal("no execute completed after the node was killed")
 	}
+	exactlyOnce(t, counted, count)
 	// Every kernel's lifecycle is in the audit log.
 	evs, err := c.Bus.JS.Stream(ctx, broker.StreamEvents)
 	if err != nil {
@@ -621,4 +652,145 @@ func (l *lateProxy) setTarget(t *testing.T, natsURL string) {
 		p.wg.Wait()
 	})
 	l.p = p
+}
+
+// Scenario 6: idle culling runs exactly once per kernel although every
+// front-end and worker campaigns for the duties lease, and when the
+// lease holder is SIGKILLed another process takes the duties over. A
+// kernel with a connected websocket is left alone (cull_connected off).
+func TestIdleCulledOnce(t *testing.T) {
+	const idle = 4 * time.Second
+	c := NewCluster(t, Options{PartArgs: []string{"--cull-idle-timeout", idle.String(), "--cull-interval", "1s"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	leases, err := c.Bus.JS.KeyValue(ctx, broker.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := func() (string, *proc) {
+		var h string
+		checkFor(t, 60*time.Second, func() error {
+			e, err := leases.Get(ctx, "duties")
+			if err != nil {
+				return err
+			}
+			var li struct{ Holder string }
+			if err := json.Unmarshal(e.Value(), &li); err != nil || li.Holder == "" {
+				return fmt.Errorf("lease value %q", e.Value())
+			}
+			h = li.Holder
+			return nil
+		})
+		for _, p := range c.procs {
+			if b, _ := os.ReadFile(p.log); p.running() && bytes.Contains(b, []byte(`"duties":"`+h+`"`)) {
+				return h, p
+			}
+		}
+		t.Fatalf("no running process logs as duties holder %s", h)
+		return "", nil
+	}
+	// cullings counts, over the logs of every process that ever ran, the
+	// decisions to cull kernel id.
+	cullings := func(id string) int {
+		n := 0
+		for _, p := range c.procs {
+			b, _ := os.ReadFile(p.log)
+			for _, line := range bytes.Split(b, []byte("\n")) {
+				if bytes.Contains(line, []byte("culling idle kernel")) && bytes.Contains(line, []byte(id)) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	evs, err := c.Bus.JS.Stream(ctx, broker.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := func(id, typ string) uint64 {
+		subj := broker.SubjectEvent(id, typ)
+		info, err := evs.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[subj]
+	}
+	culledOnce := func(ids []string, fes []*client.Client) {
+		t.Helper()
+		for _, id := range ids {
+			checkFor(t, 90*time.Second, func() error {
+				if _, err := c.Kernel(id); !errors.Is(err, broker.ErrKernelNotFound) {
+					return fmt.Errorf("kernel %s still recorded (%v)", id, err)
+				}
+				if n := kernelsOf(id); n > 0 {
+					return fmt.Errorf("kernel %s: %d processes left", id, n)
+				}
+				return nil
+			})
+			if n := cullings(id); n != 1 {
+				t.Errorf("kernel %s culled %d times", id, n)
+			}
+			if n, m := events(id, broker.EvCulled), events(id, broker.EvTerminated); n != 1 || m != 1 {
+				t.Errorf("kernel %s: %d culled and %d terminated events", id, n, m)
+			}
+			for _, fe := range fes {
+				if _, err := fe.Kernel(ctx, id); err == nil {
+					t.Errorf("kernel %s still listed by %s after culling", id, fe.BaseURL)
+				}
+			}
+		}
+	}
+	start := func(fe *client.Client, n int) []string {
+		var ids []string
+		for range n {
+			m, err := fe.StartKernel(ctx, "python3", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+
+	h, hp := holder()
+	t.Logf("duties lease held by %s (%s)", h, hp.name)
+	// Keep one kernel connected through a front-end that is not the
+	// holder, so the kill below does not disconnect it.
+	keepFE := 0
+	if c.FEs[0] == hp {
+		keepFE = 1
+	}
+	kept, err := c.FE(keepFE).StartKernel(ctx, "python3", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := c.FE(keepFE).Connect(ctx, kept.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ids := start(c.FE(keepFE), 3)
+	culledOnce(ids, []*client.Client{c.FE(0), c.FE(1)})
+	t.Logf("3 idle kernels culled once each by %s", h)
+
+	// The holder dies without a word; another process takes over within
+	// the lease TTL and culls what is idle from then on, once.
+	hp.kill()
+	t.Logf("killed %s", hp.name)
+	more := start(c.FE(keepFE), 2)
+	culledOnce(more, []*client.Client{c.FE(keepFE)})
+	h2, hp2 := holder()
+	if h2 == h || hp2 == hp {
+		t.Fatalf("the lease is still held by %s", h)
+	}
+	t.Logf("after the kill, %s (%s) holds the lease and culled 2 more kernels once each", h2, hp2.name)
+
+	// The connected kernel outlived every round.
+	k, err := c.Kernel(kept.ID)
+	if err != nil || k.State != broker.StateRunning {
+		t.Fatalf("connected kernel %s was culled: %v %v", kept.ID, k, err)
+	}
+	if n := cullings(kept.ID); n != 0 {
+		t.Fatalf("connected kernel %s: %d cull decisions", kept.ID, n)
+	}
 }

@@ -142,6 +142,9 @@ type Options struct {
 	// LauncherNATS, if set, is what workers give their launchers instead
 	// of the cluster URLs (scenario 5 puts a proxy there).
 	LauncherNATS string
+	// PartArgs are extra flags of every front-end and worker (the duties,
+	// which all of them campaign for, must be configured alike).
+	PartArgs []string
 }
 
 // freePorts reserves n distinct free TCP ports on loopback.
@@ -234,6 +237,7 @@ cluster {
 	for _, n := range c.Nodes {
 		c.waitNode(n)
 	}
+	c.waitMetaLeader()
 	urls := c.URLs()
 	c.launcherURLs = urls
 	if o.LauncherNATS != "" {
@@ -246,6 +250,7 @@ cluster {
 		p := &proc{name: fmt.Sprintf("frontend-%d", i), log: filepath.Join(c.dir, fmt.Sprintf("fe%d.log", i)), env: []string{pathEnv},
 			args: []string{kb, "frontend", "--listen", fmt.Sprintf("127.0.0.1:%d", c.FEPorts[i]), "--nats", urls, "--replicas", "3",
 				"--presence-ttl", "3s", "--kernelspec-dir", specs, "--launch-timeout", "40s", "--log-level", "debug"}}
+		p.args = append(p.args, o.PartArgs...)
 		c.FEs = append(c.FEs, p)
 		c.procs = append(c.procs, p)
 	}
@@ -260,6 +265,7 @@ cluster {
 		p := &proc{name: "worker-" + id, log: filepath.Join(c.dir, id+".log"), env: []string{pathEnv, "KERNELBUS_LAUNCHER=" + os.Getenv("KERNELBUS_LAUNCHER_BIN")},
 			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats", urls, "--launcher-nats", c.launcherURLs,
 				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
+		p.args = append(p.args, o.PartArgs...)
 		c.Workers = append(c.Workers, p)
 		c.WorkerIDs = append(c.WorkerIDs, id)
 		c.procs = append(c.procs, p)
@@ -312,6 +318,35 @@ func (c *Cluster) waitNode(n *natsNode) {
 		r.Body.Close()
 		if r.StatusCode != 200 {
 			return fmt.Errorf("%s healthz %d", n.name, r.StatusCode)
+		}
+		return nil
+	})
+}
+
+// waitMetaLeader waits until the cluster has elected its JetStream meta
+// leader: until then nothing can create a stream, and the first front-end
+// would spend its setup time waiting (it gives up after 30 s).
+func (c *Cluster) waitMetaLeader() {
+	c.t.Helper()
+	checkFor(c.t, 90*time.Second, func() error {
+		for _, n := range c.Nodes {
+			r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz", n.monitor))
+			if err != nil {
+				return err
+			}
+			var jsz struct {
+				Meta *struct {
+					Leader string `json:"leader"`
+				} `json:"meta_cluster"`
+			}
+			err = json.NewDecoder(r.Body).Decode(&jsz)
+			r.Body.Close()
+			if err != nil {
+				return err
+			}
+			if jsz.Meta == nil || jsz.Meta.Leader == "" {
+				return fmt.Errorf("%s sees no JetStream meta leader yet", n.name)
+			}
 		}
 		return nil
 	})

@@ -1,0 +1,113 @@
+package launcher
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Output published while the stream cannot take it (here: it does not
+// exist, so every publish fails with no responders, as while a stream
+// has no leader) is held and resent until it lands: every message once,
+// in order, a chunked one whole.
+func TestPublisherResendsInOrder(t *testing.T) {
+	tb := startBus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := tb.bus.JS.DeleteStream(ctx, broker.StreamIO); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPublisher(tb.nc, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.run()
+	defer p.close(5 * time.Second)
+
+	subj := broker.SubjectOut(newKernelID(), "iopub")
+	const n = 300
+	big := 150 // this one is chunked
+	body := func(i int) []byte {
+		if i == big {
+			return bytes.Repeat([]byte{'x'}, int(tb.nc.MaxPayload())+1000)
+		}
+		return []byte(fmt.Sprintf("m%d", i))
+	}
+	queued := make(chan struct{})
+	go func() {
+		defer close(queued)
+		for i := range n {
+			select {
+			case p.in <- &nats.Msg{Subject: subj, Data: body(i)}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	// Bring the stream back once the publisher has had to resend.
+	waitUntil(t, 30*time.Second, "a resend", func() bool { return p.resent.Load() > 0 })
+	if _, err := kbjs.Setup(ctx, tb.nc, kbjs.Layout{}); err != nil {
+		t.Fatal(err)
+	}
+	<-queued
+	st, err := tb.bus.JS.Stream(ctx, broker.StreamIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := len(kbjs.Split(tb.nc, &nats.Msg{Subject: subj, Data: body(big)}))
+	waitUntil(t, 60*time.Second, "every message on the stream", func() bool {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subj))
+		return err == nil && info.State.Subjects[subj] >= uint64(n-1+chunks)
+	})
+	cons, err := tb.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var re kbjs.Reassembler
+	got := 0
+	for got < n {
+		m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		data, whole, err := re.Feed(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+		if err != nil {
+			t.Fatalf("message %d: %v", got, err)
+		}
+		if !whole {
+			continue
+		}
+		if !bytes.Equal(data, body(got)) {
+			t.Fatalf("message %d: got %.20q", got, data)
+		}
+		got++
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := info.State.Subjects[subj]; c != uint64(n-1+chunks) {
+		t.Fatalf("%d bus messages on the stream for %d sent: duplicates", c, n-1+chunks)
+	}
+	t.Logf("%d messages (one in %d chunks) landed once each, in order, after %d resends", n, chunks, p.resent.Load())
+}
+
+// waitUntil polls cond until it holds or the time is up.
+func waitUntil(t *testing.T, total time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for wait := time.Millisecond; !cond(); wait = min(2*wait, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %s", what, total)
+		}
+		time.Sleep(wait)
+	}
+}
