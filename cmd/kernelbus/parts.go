@@ -15,6 +15,7 @@ import (
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
+	kbyarn "github.com/kernelbus/kernelbus/workers/yarn"
 	"github.com/rs/zerolog"
 )
 
@@ -127,6 +128,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	sshOpts := sshFlags(fs)
 	k8sOpts := k8sFlags(fs)
+	yarnOpts := yarnFlags(fs)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -143,6 +145,9 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		if opts, err = k8sOpts(); err != nil {
 			return err
 		}
+	}
+	if *rm == broker.RMYarn {
+		opts = yarnOpts()
 	}
 	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher, Options: opts})
 	if err != nil {
@@ -184,5 +189,6 @@ func registry(log zerolog.Logger) *workers.Registry {
 	local.Register(&r, log)
 	kbssh.Register(&r, log)
 	kbk8s.Register(&r, log)
+	kbyarn.Register(&r, log)
 	return &r
 }

@@ -1,0 +1,52 @@
+# kernelbus: the PySpark "driver" that spark-submit starts in the YARN
+# application master (cluster mode). Spark's PythonRunner runs this file with
+# the Py4J gateway of the AM's JVM in its environment; it hands that
+# environment to the kernel through the launch configuration and becomes
+# kernelbus-launcher (exec), which starts the Python kernel. The kernel then
+# attaches to the same JVM, so it is the Spark driver. When the launcher exits
+# the application ends.
+import base64
+import json
+import os
+import shutil
+import stat
+import sys
+
+# Variables of the AM container the kernel needs to be the driver.
+PASS = ("PYSPARK_", "SPARK_", "PYTHONHASHSEED", "HADOOP_", "YARN_", "JAVA_HOME",
+        "CONTAINER_ID", "LOCAL_DIRS", "LOG_DIRS", "NM_HOST", "LD_LIBRARY_PATH",
+        "APPLICATION_WEB_PROXY_BASE")
+
+
+def main():
+    here = os.getcwd()
+    with open(os.path.join(here, "kb-launch.json")) as f:
+        cfg = json.load(f)
+    env = cfg.setdefault("env", {}) or {}
+    cfg["env"] = env
+    for k, v in os.environ.items():
+        if k.startswith(PASS):
+            env[k] = v
+    # The AM's PYTHONPATH (pyspark.zip, py4j, --py-files) comes first.
+    pp = [p for p in (os.environ.get("PYTHONPATH", ""), env.get("PYTHONPATH", "")) if p]
+    if pp:
+        env["PYTHONPATH"] = os.pathsep.join(pp)
+    # An IPython profile whose startup file creates spark and sc.
+    ipdir = os.path.join(here, "kb-ipython")
+    startup = os.path.join(ipdir, "profile_default", "startup")
+    os.makedirs(startup, exist_ok=True)
+    shutil.copy(os.path.join(here, "kb_spark_startup.py"), os.path.join(startup, "00-kernelbus-spark.py"))
+    env["IPYTHONDIR"] = ipdir
+    # The kernel runs under the Python Spark chose for the driver.
+    argv = cfg.get("argv") or []
+    if argv and argv[0] in ("python", "python3", "{python}"):
+        argv[0] = sys.executable
+    cfg["argv"] = argv
+    launcher = os.path.join(here, "kernelbus-launcher")
+    os.chmod(launcher, os.stat(launcher).st_mode | stat.S_IXUSR)
+    enc = base64.b64encode(json.dumps(cfg).encode()).decode()
+    os.execve(launcher, [launcher], dict(os.environ, KB_LAUNCH_CONFIG=enc))
+
+
+if __name__ == "__main__":
+    main()

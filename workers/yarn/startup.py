@@ -1,0 +1,87 @@
+# kernelbus: makes `spark` and `sc` in a kernel that runs as the PySpark driver
+# of a YARN application (see driver.py). KERNELBUS_SPARK_CONTEXT says when:
+# eager (before the kernel answers), lazy (in the background; first use
+# waits) or none.
+import os as _kb_os
+import threading as _kb_threading
+
+
+def _kb_make_spark():
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+    from pyspark.sql import SparkSession
+    gw = launch_gateway()  # the AM's gateway, from PYSPARK_GATEWAY_PORT
+    jvm = gw.jvm
+    active = jvm.org.apache.spark.SparkContext.getActive()
+    # After a kernel restart the JVM's context is still there: attach to it
+    # (a second SparkContext in one JVM is refused).
+    jsc = jvm.org.apache.spark.api.java.JavaSparkContext(active.get()) if active.isDefined() else None
+    sc = SparkContext(gateway=gw, jsc=jsc)
+    return SparkSession(sc), sc
+
+
+def _kb_install():
+    ip = get_ipython()  # noqa: F821 (IPython startup files have it)
+    mode = _kb_os.environ.get("KERNELBUS_SPARK_CONTEXT", "lazy")
+    if mode == "none":
+        return
+    state = {"done": _kb_threading.Event(), "error": None, "objs": {}}
+
+    def build():
+        try:
+            state["objs"]["spark"], state["objs"]["sc"] = _kb_make_spark()
+        except BaseException as e:  # reported on first use
+            state["error"] = e
+        finally:
+            state["done"].set()
+
+    class _Waiting:
+        def __init__(self, name):
+            self._kb_name = name
+
+        def _kb_get(self):
+            state["done"].wait()
+            if state["error"] is not None:
+                raise RuntimeError("the Spark session could not be created: %r" % (state["error"],))
+            obj = state["objs"][self._kb_name]
+            ip.user_ns[self._kb_name] = obj
+            return obj
+
+        def __getattr__(self, attr):
+            return getattr(self._kb_get(), attr)
+
+        def __repr__(self):
+            return repr(self._kb_get())
+
+    if mode == "eager":
+        build()
+        if state["error"] is not None:
+            raise state["error"]
+        ip.user_ns.update(state["objs"])
+    else:
+        _kb_threading.Thread(target=build, name="kernelbus-spark", daemon=True).start()
+        ip.user_ns["spark"], ip.user_ns["sc"] = _Waiting("spark"), _Waiting("sc")
+
+    def on_interrupt(shell, etype, value, tb, tb_offset=None):
+        # An interrupt stops the Python side only: cancel the Spark jobs it
+        # was waiting for too, from another thread (this one's Py4J
+        # connection is mid-call), and drop that connection.
+        sc = state["objs"].get("sc")
+        if sc is not None:
+            t = _kb_threading.Thread(target=sc.cancelAllJobs)
+            t.start()
+            t.join(30)
+            try:
+                client = sc._gateway._gateway_client
+                conn = client.thread_connection.connection()
+                if conn is not None:
+                    conn.close()
+            except Exception:
+                pass
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+    ip.set_custom_exc((KeyboardInterrupt,), on_interrupt)
+
+
+_kb_install()
+del _kb_install

@@ -1,0 +1,500 @@
+// Package yarn runs kernels as Spark drivers in YARN cluster mode: the
+// worker calls spark-submit with a tiny Python driver (driver.py) that
+// becomes kernelbus-launcher inside the application master, and follows the
+// application through the ResourceManager REST API.
+package yarn
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/workers"
+	"github.com/rs/zerolog"
+)
+
+// Name is the resource manager's name.
+const Name = broker.RMYarn
+
+//go:embed driver.py
+var driverPy []byte
+
+//go:embed startup.py
+var startupPy []byte
+
+// handle is the saved form of a YARN kernel: the application is found again
+// by id, or by name (the kernel id) when submission did not tell the id.
+type handle struct {
+	V     int    `json:"v"`
+	AppID string `json:"app_id,omitempty"`
+	Name  string `json:"name"`
+}
+
+// Config of the YARN backend; the worker fills it from its flags.
+type Config struct {
+	// Launcher is the kernelbus-launcher binary shipped with each application.
+	Launcher string
+	// Endpoint and AltEndpoint are ResourceManager web addresses (RM HA).
+	Endpoint, AltEndpoint string
+	// SparkHome holds bin/spark-submit; a spec's SPARK_HOME wins. Default: $SPARK_HOME.
+	SparkHome string
+	// SparkConf are --conf settings added to every submission (site settings
+	// such as spark.yarn.jars); the spec's SPARK_OPTS come after them.
+	SparkConf []string
+	// Impersonation adds --proxy-user KERNEL_USERNAME. Default false.
+	Impersonation bool
+	// QueueCheck refuses a start the cluster has no room for before
+	// submitting. Default false.
+	QueueCheck bool
+	// SubmitTimeout bounds one spark-submit run. Default 3m.
+	SubmitTimeout time.Duration
+}
+
+// Backend submits kernels to YARN.
+type Backend struct {
+	cfg  Config
+	rm   *RM
+	dir  string // driver.py and startup.py, written once
+	log  zerolog.Logger
+	host string
+}
+
+// Register adds the YARN backend to r. Options: endpoint, alt-endpoint,
+// spark-home, spark-conf (newline separated k=v), impersonation, queue-check.
+func Register(r *workers.Registry, log zerolog.Logger) {
+	r.Register(Name, func(bc workers.BackendConfig) (workers.Backend, error) {
+		o := bc.Options
+		cfg := Config{Launcher: bc.LauncherPath, Endpoint: o["endpoint"], AltEndpoint: o["alt-endpoint"],
+			SparkHome: o["spark-home"], Impersonation: o["impersonation"] == "true", QueueCheck: o["queue-check"] == "true"}
+		for _, l := range strings.Split(o["spark-conf"], "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				cfg.SparkConf = append(cfg.SparkConf, l)
+			}
+		}
+		return New(cfg, log)
+	})
+}
+
+// New validates cfg and writes the driver files.
+func New(cfg Config, log zerolog.Logger) (*Backend, error) {
+	if cfg.Launcher == "" {
+		return nil, errors.New("yarn: the path of kernelbus-launcher is required")
+	}
+	if _, err := os.Stat(cfg.Launcher); err != nil {
+		return nil, fmt.Errorf("yarn: launcher binary: %w", err)
+	}
+	if cfg.SparkHome == "" {
+		cfg.SparkHome = os.Getenv("SPARK_HOME")
+	}
+	if cfg.SubmitTimeout <= 0 {
+		cfg.SubmitTimeout = 3 * time.Minute
+	}
+	rm, err := NewRM(cfg.Endpoint, cfg.AltEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "kernelbus-yarn-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kb_driver.py"), driverPy, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kb_spark_startup.py"), startupPy, 0o644); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	return &Backend{cfg: cfg, rm: rm, dir: dir, log: log, host: host}, nil
+}
+
+// RM is the backend's ResourceManager client.
+func (b *Backend) RM() *RM { return b.rm }
+
+func (b *Backend) Name() string { return Name }
+
+// Capabilities: signals go through the launcher on the bus.
+func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{} }
+
+// Submission is one spark-submit run, built from a launch configuration.
+type Submission struct {
+	SparkHome string
+	Args      []string // after bin/spark-submit
+	Files     string   // the launch configuration file (holds bus credentials)
+}
+
+// jegArg finds --RemoteProcessProxy.<name> value in a JEG argv.
+func jegArg(argv []string, name string) string {
+	flag := "--RemoteProcessProxy." + name
+	for i, a := range argv {
+		if a == flag && i+1 < len(argv) {
+			return argv[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// Build turns cfg into a spark-submit command. A JEG YarnClusterProcessProxy
+// spec (its argv is a run.sh calling spark-submit with JEG's own launcher)
+// keeps its SPARK_HOME and SPARK_OPTS; its argv is replaced by ipykernel's.
+func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submission, error) {
+	env := cfg.Env
+	lc := *cfg
+	lc.Env = map[string]string{}
+	for k, v := range env {
+		lc.Env[k] = v
+	}
+	mode, _ := cfg.RMConfig["spark_context"].(string)
+	if strings.Contains(strings.Join(cfg.Argv, " "), "--RemoteProcessProxy.") {
+		if m := jegArg(cfg.Argv, "spark-context-initialization-mode"); m != "" {
+			mode = m
+		}
+		lc.Argv = []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"}
+	}
+	if mode == "" {
+		mode = "lazy"
+	}
+	lc.Env["KERNELBUS_SPARK_CONTEXT"] = mode
+	home := env["SPARK_HOME"]
+	if home == "" {
+		home = b.cfg.SparkHome
+	}
+	if home == "" {
+		return nil, errors.New("no SPARK_HOME: set it in the kernelspec's env or start the worker with --spark-home")
+	}
+	args := []string{"--master", "yarn", "--deploy-mode", "cluster", "--name", cfg.KernelID,
+		"--conf", "spark.yarn.submit.waitAppCompletion=false",
+		"--conf", "spark.yarn.maxAppAttempts=1", "--conf", "spark.yarn.tags=" + appTag}
+	for _, c := range b.cfg.SparkConf {
+		args = append(args, "--conf", c)
+	}
+	opts, err := shellWords(expand(env["SPARK_OPTS"]+" "+env["KERNEL_EXTRA_SPARK_OPTS"], env))
+	if err != nil {
+		return nil, fmt.Errorf("SPARK_OPTS: %w", err)
+	}
+	args = append(args, stripOwn(opts)...)
+	if archives := rmList(cfg.RMConfig["archives"]); archives != "" {
+		args = append(args, "--conf", "spark.yarn.dist.archives="+archives)
+	}
+	if b.cfg.Impersonation {
+		user := cfg.User
+		if user == "" {
+			user = env[broker.EnvUsername]
+		}
+		if user != "" {
+			args = append(args, "--proxy-user", user)
+		}
+	}
+	enc, err := json.Marshal(lc)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(launchFile, enc, 0o600); err != nil {
+		return nil, err
+	}
+	args = append(args, "--files", strings.Join([]string{
+		b.cfg.Launcher + "#kernelbus-launcher",
+		filepath.Join(b.dir, "kb_spark_startup.py"),
+		launchFile + "#kb-launch.json",
+	}, ","), filepath.Join(b.dir, "kb_driver.py"))
+	return &Submission{SparkHome: home, Args: args, Files: launchFile}, nil
+}
+
+// stripOwn drops what kernelbus decides itself from a spec's SPARK_OPTS:
+// the master, deploy mode and name are fixed, and JEG's waitAppCompletion
+// setting is already there.
+func stripOwn(opts []string) []string {
+	var out []string
+	for i := 0; i < len(opts); i++ {
+		switch opts[i] {
+		case "--master", "--deploy-mode", "--name":
+			i++
+			continue
+		}
+		out = append(out, opts[i])
+	}
+	return out
+}
+
+func rmList(v any) string {
+	switch t := v.(type) {
+	case string:
+		return t
+	case []any:
+		var s []string
+		for _, x := range t {
+			if xs, ok := x.(string); ok {
+				s = append(s, xs)
+			}
+		}
+		return strings.Join(s, ",")
+	}
+	return ""
+}
+
+// appTag marks the applications kernelbus submits.
+const appTag = "kernelbus"
+
+var appIDRe = regexp.MustCompile(`application_\d+_\d+`)
+
+// Start runs spark-submit and returns once YARN has accepted the
+// application (or refused it, with YARN's message).
+func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.Handle, error) {
+	tmp, err := os.MkdirTemp("", "kb-submit-")
+	if err != nil {
+		return workers.Handle{}, err
+	}
+	defer os.RemoveAll(tmp)
+	sub, err := b.Build(cfg, filepath.Join(tmp, "launch.json"))
+	if err != nil {
+		return workers.Handle{}, err
+	}
+	if b.cfg.QueueCheck {
+		if err := b.checkCapacity(ctx, sub.Args); err != nil {
+			return workers.Handle{}, err
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.SubmitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(sctx, filepath.Join(sub.SparkHome, "bin", "spark-submit"), sub.Args...)
+	cmd.Env = append(os.Environ(), "SPARK_HOME="+sub.SparkHome)
+	for _, k := range []string{"HADOOP_CONF_DIR", "YARN_CONF_DIR", "PYSPARK_ARCHIVES_PATH", "SPARK_CONF_DIR"} {
+		if v := cfg.Env[k]; v != "" {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	cmd.Dir = tmp
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	started := time.Now()
+	runErr := cmd.Run()
+	text := out.String()
+	h := handle{V: 1, Name: cfg.KernelID, AppID: appIDRe.FindString(submittedLine(text))}
+	b.log.Info().Str("kernel_id", cfg.KernelID).Str("app_id", h.AppID).Dur("took", time.Since(started)).Msg("spark-submit returned")
+	if runErr != nil {
+		if h.AppID != "" {
+			_ = b.rm.Kill(context.Background(), h.AppID)
+		}
+		return workers.Handle{}, fmt.Errorf("spark-submit failed (%v): %s", runErr, submitError(text))
+	}
+	if h.AppID == "" {
+		if apps, err := b.rm.AppsByName(ctx, cfg.KernelID); err == nil && len(apps) > 0 {
+			h.AppID = apps[0].ID
+		}
+	}
+	data, _ := json.Marshal(h)
+	return workers.Handle{Host: h.AppID, Data: data}, nil
+}
+
+func submittedLine(s string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "Submitted application") {
+			return l
+		}
+	}
+	return ""
+}
+
+// submitError picks the lines of spark-submit's output that say why.
+func submitError(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "Exception") || strings.Contains(l, "ERROR") || strings.Contains(l, "Error:") {
+			keep = append(keep, strings.TrimSpace(l))
+		}
+		if len(keep) == 5 {
+			break
+		}
+	}
+	if len(keep) == 0 {
+		lines := strings.Split(strings.TrimSpace(s), "\n")
+		if len(lines) > 5 {
+			lines = lines[len(lines)-5:]
+		}
+		keep = lines
+	}
+	return strings.Join(keep, " | ")
+}
+
+// checkCapacity refuses a submission whose application master cannot fit.
+func (b *Backend) checkCapacity(ctx context.Context, args []string) error {
+	mem := int64(1024)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--conf" && strings.HasPrefix(args[i+1], "spark.driver.memory=") {
+			mem = parseMB(strings.TrimPrefix(args[i+1], "spark.driver.memory="), mem)
+		}
+		if args[i] == "--driver-memory" {
+			mem = parseMB(args[i+1], mem)
+		}
+	}
+	need := mem + max(384, mem/10)
+	m, err := b.rm.ClusterMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	if m.AvailableMB < need {
+		return fmt.Errorf("YARN has %d MB available of %d MB, and the driver needs %d MB: not submitting", m.AvailableMB, m.TotalMB, need)
+	}
+	return nil
+}
+
+func parseMB(s string, def int64) int64 {
+	s = strings.ToLower(strings.TrimSpace(s))
+	mul := int64(1)
+	switch {
+	case strings.HasSuffix(s, "g"):
+		mul, s = 1024, strings.TrimSuffix(s, "g")
+	case strings.HasSuffix(s, "m"):
+		s = strings.TrimSuffix(s, "m")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return def
+	}
+	return n * mul
+}
+
+func parse(h workers.Handle) (handle, error) {
+	var yh handle
+	if err := json.Unmarshal(h.Data, &yh); err != nil || (yh.AppID == "" && yh.Name == "") {
+		return yh, fmt.Errorf("yarn: bad handle %s", h.Data)
+	}
+	return yh, nil
+}
+
+func (b *Backend) app(ctx context.Context, yh handle) (*App, error) {
+	if yh.AppID != "" {
+		return b.rm.App(ctx, yh.AppID)
+	}
+	apps, err := b.rm.AppsByName(ctx, yh.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(apps) == 0 {
+		return nil, ErrAppNotFound
+	}
+	return &apps[0], nil
+}
+
+// Poll reports the application's state; an ended one's reason carries
+// YARN's diagnostics.
+func (b *Backend) Poll(ctx context.Context, h workers.Handle) (workers.Status, error) {
+	yh, err := parse(h)
+	if err != nil {
+		return workers.Status{}, err
+	}
+	a, err := b.app(ctx, yh)
+	if errors.Is(err, ErrAppNotFound) {
+		return workers.Status{Exited: true, Reason: "YARN does not know application " + yh.AppID}, nil
+	}
+	if err != nil {
+		return workers.Status{}, err
+	}
+	if a.Ended() {
+		return workers.Status{Exited: true, Reason: Reason(a)}, nil
+	}
+	return workers.Status{Running: true}, nil
+}
+
+// Reason describes an ended application.
+func Reason(a *App) string {
+	r := fmt.Sprintf("YARN application %s %s (%s)", a.ID, a.State, a.FinalStatus)
+	if d := strings.TrimSpace(a.Diagnostics); d != "" {
+		r += ": " + d
+	}
+	return r
+}
+
+// Signal is not supported: interrupts reach the kernel through its launcher.
+func (b *Backend) Signal(ctx context.Context, h workers.Handle, sig syscall.Signal) error {
+	return errors.ErrUnsupported
+}
+
+// Stop kills the application and waits up to grace for YARN to say so.
+func (b *Backend) Stop(ctx context.Context, h workers.Handle, grace time.Duration) error {
+	yh, err := parse(h)
+	if err != nil {
+		return err
+	}
+	a, err := b.app(ctx, yh)
+	if errors.Is(err, ErrAppNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if a.Ended() {
+		return nil
+	}
+	if err := b.rm.Kill(ctx, a.ID); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(grace + 10*time.Second)
+	for time.Now().Before(deadline) {
+		if cur, err := b.rm.App(ctx, a.ID); err == nil && cur.Ended() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("yarn: application %s not ended %s after the kill", a.ID, grace+10*time.Second)
+}
+
+// Follow watches the kernelbus applications (tag "kernelbus") every few
+// seconds: one that ended while its kernel runs makes the kernel dead with
+// YARN's diagnostics (a killed application takes its launcher with it, so
+// nobody else would tell); one still running whose kernel ended is killed.
+func (b *Backend) Follow(ctx context.Context, k workers.Kernels) error {
+	reported := map[string]bool{}
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		apps, err := b.rm.TaggedApps(ctx, appTag)
+		if err != nil {
+			b.log.Debug().Err(err).Msg("yarn: listing applications")
+			continue
+		}
+		for i := range apps {
+			a := &apps[i]
+			if a.Ended() {
+				if !reported[a.ID] {
+					if err := k.Lost(ctx, a.Name, Reason(a)); err == nil {
+						reported[a.ID] = true
+					}
+				}
+				continue
+			}
+			if a.State != "RUNNING" {
+				continue
+			}
+			if ended, err := k.Ended(ctx, a.Name); err == nil && ended {
+				b.log.Info().Str("kernel_id", a.Name).Str("app_id", a.ID).Msg("yarn: killing the application of an ended kernel")
+				_ = b.rm.Kill(ctx, a.ID)
+			}
+		}
+	}
+}
