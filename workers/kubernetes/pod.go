@@ -275,7 +275,14 @@ func (c *Config) buildPod(cfg *broker.LaunchConfig, p placement) (*corev1.Pod, *
 		return nil, nil, err
 	}
 
-	enc, err := cfg.Encode()
+	// The kernel sees where it runs, as JEG kernels do.
+	lc := *cfg
+	lc.Env = make(map[string]string, len(cfg.Env)+2)
+	for k, v := range cfg.Env {
+		lc.Env[k] = v
+	}
+	lc.Env[EnvPodName], lc.Env[EnvNamespace] = name, p.Namespace
+	enc, err := lc.Encode()
 	if err != nil {
 		return nil, nil, err
 	}

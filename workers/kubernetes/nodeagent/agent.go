@@ -22,6 +22,7 @@ import (
 
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -211,8 +212,17 @@ func (a *Agent) register(ctx context.Context) error {
 		return fmt.Errorf("nodeagent: register node %s: %w", a.cfg.Node, err)
 	}
 	created.Status = node.Status
-	if _, err := a.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	updated, err := a.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	if err != nil {
 		return fmt.Errorf("nodeagent: node %s status: %w", a.cfg.Node, err)
+	}
+	// Admission taints new nodes not-ready; the node lifecycle controller
+	// (not run here) lifts that once the node reports Ready.
+	if len(updated.Spec.Taints) > 0 {
+		updated.Spec.Taints = nil
+		if _, err := a.client.CoreV1().Nodes().Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("nodeagent: node %s taints: %w", a.cfg.Node, err)
+		}
 	}
 	return nil
 }
@@ -436,7 +446,11 @@ func (a *Agent) updateStatus(ctx context.Context, pod *corev1.Pod, fn func(*core
 		if cur.UID != pod.UID {
 			return nil
 		}
+		before := cur.Status.DeepCopy()
 		fn(&cur.Status)
+		if equality.Semantic.DeepEqual(before, &cur.Status) {
+			return nil // nothing new: no update, so no event that loops back here
+		}
 		_, err = pods.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})

@@ -1,0 +1,463 @@
+package kubernetes_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/frontend/client"
+	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
+	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
+	"github.com/kernelbus/kernelbus/workers/kubernetes/nodeagent"
+	"github.com/rs/zerolog"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	toolswatch "k8s.io/client-go/tools/watch"
+)
+
+const testImage = "kernelbus/kernel-python:test"
+
+// TestGatewayOnKubernetes drives kernels through the real gateway
+// (`kernelbus serve`) and a separate `kernelbus worker --rm kubernetes`
+// against a real kube-apiserver, controller-manager and scheduler, with
+// the test node agent running each pod's launcher and a real ipykernel.
+func TestGatewayOnKubernetes(t *testing.T) {
+	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	t0 := time.Now()
+	cl := k8stest.Start(t)
+	t.Logf("control plane ready in %s", time.Since(t0).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cl.Client, Node: "node-1", CPU: "4", Memory: "8Gi",
+		Images: []string{testImage}, LogDir: cl.Dir, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Stop)
+
+	specs := writeSpecs(t, py)
+	gw := startServe(t, kb, launcher, specs)
+	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats", gw.natsURL, "--nats-token", gw.natsToken,
+		"--launcher", launcher, "--kubeconfig", cl.Kubeconfig, "--k8s-per-user-namespaces",
+		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s"}
+	worker := startProc(t, "worker", kb, workerArgs...)
+	c := &client.Client{BaseURL: gw.url}
+	cs := cl.Client
+
+	t.Run("lifecycle", func(t *testing.T) {
+		var latencies []time.Duration
+		var ids []string
+		for i := range 3 {
+			start := time.Now()
+			m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "Alice"})
+			if err != nil {
+				t.Fatalf("start %d: %v", i, err)
+			}
+			latencies = append(latencies, time.Since(start))
+			ids = append(ids, m.ID)
+		}
+		t.Logf("start latency on Kubernetes (POST /api/kernels until the kernel answered kernel_info; first one creates the user's namespace): %v", latencies)
+		id := ids[0]
+		ns, name := "kb-alice", kbk8s.PodName(id)
+
+		pod, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPod(t, pod, id, launcher)
+		sec, err := cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sec.OwnerReferences) != 1 || sec.OwnerReferences[0].UID != pod.UID {
+			t.Errorf("the launch-config secret is not owned by the pod: %+v", sec.OwnerReferences)
+		}
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "kernel", metav1.GetOptions{}); err != nil {
+			t.Errorf("per-user service account: %v", err)
+		}
+		rb, err := cs.RbacV1().RoleBindings(ns).Get(ctx, "kernelbus-kernel", metav1.GetOptions{})
+		if err != nil || rb.RoleRef.Name != "edit" {
+			t.Errorf("per-user role binding: %v %+v", err, rb)
+		}
+
+		conn, err := c.Connect(ctx, id, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		r, err := conn.Execute("import os\ntry:\n print(os.environ['KERNEL_POD_NAME'], os.environ['KERNEL_NAMESPACE'], 6*7)\nexcept Exception as e:\n print(repr(e), sorted(os.environ))", 30*time.Second)
+		if err != nil || r.Status != "ok" {
+			t.Fatalf("execute: %v %+v", err, r)
+		}
+		if got, want := strings.TrimSpace(r.Stdout.String()), name+" "+ns+" 42"; got != want {
+			t.Fatalf("kernel printed %q, want %q", got, want)
+		}
+
+		// Interrupt a busy kernel: the launcher in the pod signals it.
+		msgID, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; time.sleep(120)", "silent": false,
+			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		awaitBusy(t, conn, msgID)
+		if err := c.Interrupt(ctx, id); err != nil {
+			t.Fatalf("interrupt: %v", err)
+		}
+		r, err = conn.Await(msgID, 30*time.Second)
+		if err != nil || r.Status != "error" {
+			t.Fatalf("interrupted execute: %v %+v", err, r)
+		}
+
+		// Restart in place: same pod, a fresh interpreter.
+		if _, err := conn.Execute("x = 1", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Restart(ctx, id); err != nil {
+			t.Fatalf("restart: %v", err)
+		}
+		conn2, err := c.Connect(ctx, id, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn2.Close()
+		r, err = conn2.Execute("print('x' in globals())", 30*time.Second)
+		if err != nil || strings.TrimSpace(r.Stdout.String()) != "False" {
+			t.Fatalf("after restart: %v %+v", err, r)
+		}
+		if p2, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil || p2.UID != pod.UID {
+			t.Fatalf("restart replaced the pod: %v", err)
+		}
+
+		// Delete every kernel: pods, secrets and the user's namespace go.
+		for _, id := range ids {
+			if err := c.DeleteKernel(ctx, id); err != nil {
+				t.Fatalf("delete %s: %v", id, err)
+			}
+		}
+		for _, id := range ids {
+			waitGone(t, ctx, cs, "pods", ns, kbk8s.PodName(id))
+		}
+		waitGone(t, ctx, cs, "namespaces", "", ns)
+	})
+
+	t.Run("unschedulable", func(t *testing.T) {
+		start := time.Now()
+		_, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "carol", "KERNEL_MEMORY": "1Ti", "KERNEL_LAUNCH_TIMEOUT": "120"})
+		took := time.Since(start)
+		var ae *client.APIError
+		if !errors.As(err, &ae) || !strings.Contains(ae.Message, "Insufficient memory") || !strings.Contains(ae.Message, "cannot schedule") {
+			t.Fatalf("start of an unschedulable kernel: got %v, want the scheduler's reason", err)
+		}
+		if took > 60*time.Second {
+			t.Fatalf("the unschedulable start failed after %s, not before its launch timeout", took)
+		}
+		t.Logf("unschedulable start failed in %s: %s", took.Round(time.Millisecond), ae.Message)
+		waitGone(t, ctx, cs, "namespaces", "", "kb-carol")
+	})
+
+	t.Run("image pull error", func(t *testing.T) {
+		_, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "dave", "KERNEL_IMAGE": "nowhere/missing:1"})
+		var ae *client.APIError
+		if !errors.As(err, &ae) || !strings.Contains(ae.Message, "ErrImagePull") {
+			t.Fatalf("start with a missing image: got %v, want ErrImagePull", err)
+		}
+		waitGone(t, ctx, cs, "namespaces", "", "kb-dave")
+	})
+
+	t.Run("pod deleted behind the gateway's back, after a worker restart", func(t *testing.T) {
+		m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "bob"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, name := "kb-bob", kbk8s.PodName(m.ID)
+		// A new worker adopts the pod by its labels.
+		worker.stop(t)
+		worker = startProc(t, "worker", kb, workerArgs...)
+
+		if err := cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var last *client.Model
+		checkFor(t, 60*time.Second, func() error {
+			km, err := c.Kernel(ctx, m.ID)
+			if err != nil {
+				return err
+			}
+			last = km
+			if km.ExecutionState != "dead" {
+				return fmt.Errorf("kernel is %s", km.ExecutionState)
+			}
+			return nil
+		})
+		if !strings.Contains(last.Reason, "deleted outside kernelbus") {
+			t.Fatalf("dead kernel's reason %q does not say its pod was deleted", last.Reason)
+		}
+		waitGone(t, ctx, cs, "pods", ns, name)
+		waitGone(t, ctx, cs, "namespaces", "", ns)
+		_ = c.DeleteKernel(ctx, m.ID)
+	})
+
+	if left := agent.Running(); len(left) > 0 {
+		t.Errorf("kernel processes still running: %v", left)
+	}
+}
+
+func checkPod(t *testing.T, pod *corev1.Pod, id, launcher string) {
+	t.Helper()
+	if pod.Labels["kernel_id"] != id || pod.Labels["component"] != "kernel" || pod.Labels["app"] != "kernelbus-kernel" {
+		t.Errorf("pod labels %v", pod.Labels)
+	}
+	if pod.Annotations[kbk8s.AnnotationUser] != "Alice" {
+		t.Errorf("pod annotations %v", pod.Annotations)
+	}
+	if pod.Spec.ServiceAccountName != "kernel" || pod.Spec.NodeName != "node-1" {
+		t.Errorf("pod service account %q node %q", pod.Spec.ServiceAccountName, pod.Spec.NodeName)
+	}
+	ctr := pod.Spec.Containers[0]
+	if ctr.Image != testImage || len(ctr.Command) != 1 || ctr.Command[0] != launcher {
+		t.Errorf("container image %q command %v", ctr.Image, ctr.Command)
+	}
+	if q := ctr.Resources.Requests[corev1.ResourceMemory]; q.String() != "128Mi" {
+		t.Errorf("memory request from the pod template: %v", ctr.Resources.Requests)
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range ctr.Env {
+		env[e.Name] = e
+	}
+	if env["KERNEL_ID"].Value != id || env["SPEC_VAR"].Value != "from-spec" {
+		t.Errorf("kernel env missing from the pod: %v", ctr.Env)
+	}
+	lc := env["KB_LAUNCH_CONFIG"]
+	if lc.Value != "" || lc.ValueFrom == nil || lc.ValueFrom.SecretKeyRef == nil {
+		t.Errorf("the launch config (with the bus credentials) must come from a secret: %+v", lc)
+	}
+	if pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
+		t.Errorf("pod status %s ip %q", pod.Status.Phase, pod.Status.PodIP)
+	}
+}
+
+func awaitBusy(t *testing.T, conn *client.Conn, msgID string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m, err := conn.Recv(deadline)
+		if err != nil {
+			t.Fatalf("waiting for busy: %v", err)
+		}
+		if m.ParentHeader.MsgID == msgID && m.Header.MsgType == "execute_input" {
+			return
+		}
+	}
+}
+
+// writeSpecs makes a JEG-style kernelspec for the venv's ipykernel, with
+// a pod template beside it.
+func writeSpecs(t *testing.T, py string) string {
+	dir := filepath.Join(t.TempDir(), "kernels")
+	spec := filepath.Join(dir, "python3-k8s")
+	if err := os.MkdirAll(spec, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kj, _ := json.Marshal(map[string]any{
+		"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, "display_name": "Python on Kubernetes", "language": "python",
+		"env": map[string]string{"SPEC_VAR": "from-spec"},
+		"metadata": map[string]any{"process_proxy": map[string]any{
+			"class_name": "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy",
+			"config":     map[string]any{"image_name": testImage},
+		}},
+	})
+	tmpl := `apiVersion: v1
+kind: Pod
+metadata:
+  labels: {app: kernelbus-kernel}
+spec:
+  containers:
+    - name: kernel
+      resources:
+        requests: {cpu: 100m, memory: 128Mi}
+`
+	for f, data := range map[string][]byte{"kernel.json": kj, kbk8s.TemplateFile: []byte(tmpl)} {
+		if err := os.WriteFile(filepath.Join(spec, f), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+type gateway struct {
+	url, natsURL, natsToken string
+}
+
+func startServe(t *testing.T, kb, launcher, specs string) gateway {
+	data := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn")
+	var g gateway
+	g.url = "http://" + addr
+	checkFor(t, 30*time.Second, func() error {
+		f, err := os.Open(filepath.Join(data, "nats.conn"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			k, v, _ := strings.Cut(sc.Text(), "=")
+			switch k {
+			case "url":
+				g.natsURL = v
+			case "token":
+				g.natsToken = v
+			}
+		}
+		if g.natsURL == "" || g.natsToken == "" {
+			return errors.New("nats.conn incomplete")
+		}
+		return nil
+	})
+	c := &client.Client{BaseURL: g.url}
+	checkFor(t, 30*time.Second, func() error {
+		_, err := c.Kernels(context.Background())
+		return err
+	})
+	return g
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startProc runs a kernelbus part; the test's end (or its own death) stops it.
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			if b, err := os.ReadFile(logf.Name()); err == nil {
+				t.Logf("--- %s log:\n%s", name, tailOf(string(b), 60))
+			}
+		}
+		logf.Close()
+	})
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Errorf("%s ignored SIGTERM for 20s", p.cmd.Path)
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+func tailOf(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitGone watches kind/name until the API server deletes it.
+func waitGone(t *testing.T, ctx context.Context, cs k8s.Interface, resource, ns, name string) {
+	t.Helper()
+	var obj runtime.Object
+	switch resource {
+	case "pods":
+		obj = &corev1.Pod{}
+	case "namespaces":
+		obj = &corev1.Namespace{}
+	}
+	lw := cache.NewListWatchFromClient(cs.CoreV1().RESTClient(), resource, ns, fields.OneTermEqualSelector("metadata.name", name))
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	_, err := toolswatch.UntilWithSync(wctx, lw, obj, func(store cache.Store) (bool, error) {
+		return len(store.List()) == 0, nil
+	}, func(e watch.Event) (bool, error) {
+		return e.Type == watch.Deleted, nil
+	})
+	if err != nil {
+		var left []string
+		if resource == "namespaces" {
+			if n, gerr := cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); gerr == nil {
+				left = append(left, fmt.Sprintf("phase %s, conditions %+v", n.Status.Phase, n.Status.Conditions))
+			} else if apierrors.IsNotFound(gerr) {
+				return
+			}
+		}
+		sort.Strings(left)
+		t.Fatalf("%s %s/%s is still there: %v %v", resource, ns, name, err, left)
+	}
+}
+
+// checkFor retries f until it succeeds or timeout passes.
+func checkFor(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func need(t *testing.T, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv(k8stest.EnvRequired) != "" {
+			t.Fatalf("%s is not set", name)
+		}
+		t.Skipf("%s is not set (task test:k8s sets it)", name)
+	}
+	return v
+}
