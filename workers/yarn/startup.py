@@ -7,21 +7,23 @@ import threading as _kb_threading
 
 
 def _kb_make_spark():
-    from pyspark import SparkContext
+    from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
     gw = launch_gateway()  # the AM's gateway, from PYSPARK_GATEWAY_PORT
     jvm = gw.jvm
-    active = jvm.org.apache.spark.SparkContext.getActive()
-    # After a kernel restart the JVM's context is still there: attach to it
-    # (a second SparkContext in one JVM is refused).
-    jsc = jvm.org.apache.spark.api.java.JavaSparkContext(active.get()) if active.isDefined() else None
-    sc = SparkContext(gateway=gw, jsc=jsc)
+    # After a kernel restart the JVM's context is still there: getOrCreate
+    # attaches to it (a second SparkContext in one JVM is refused).
+    conf = SparkConf(_jvm=jvm)
+    jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(
+        jvm.org.apache.spark.SparkContext.getOrCreate(conf._jconf))
+    sc = SparkContext(gateway=gw, jsc=jsc, conf=conf)
     return SparkSession(sc), sc
 
 
 def _kb_install():
-    ip = get_ipython()  # noqa: F821 (IPython startup files have it)
+    from IPython import get_ipython
+    ip = get_ipython()
     mode = _kb_os.environ.get("KERNELBUS_SPARK_CONTEXT", "lazy")
     if mode == "none":
         return
@@ -30,7 +32,11 @@ def _kb_install():
     def build():
         try:
             state["objs"]["spark"], state["objs"]["sc"] = _kb_make_spark()
-        except BaseException as e:  # reported on first use
+        except BaseException as e:  # reported on first use, and logged now
+            import sys
+            import traceback
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
             state["error"] = e
         finally:
             state["done"].set()

@@ -1,0 +1,276 @@
+package yarn_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/workers/yarn"
+)
+
+// The YARN suite runs on a real MiniYARNCluster with a real pip-installed
+// Spark, both installed by scripts/yarn-setup.sh; `task test:yarn` sets
+// KB_YARN_ENV to the env file it writes.
+func setupEnv(t *testing.T) map[string]string {
+	f := os.Getenv("KB_YARN_ENV")
+	if f == "" {
+		t.Skip("KB_YARN_ENV not set: run `task test:yarn` (scripts/yarn-setup.sh installs YARN and Spark)")
+	}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// startYARN runs the harness and returns its conf dir and RM web URL. Every
+// process it leaves (the JVM, containers) is killed at cleanup.
+func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
+	out := t.TempDir()
+	h := env["KB_YARN_HARNESS"]
+	cmd := exec.Command("java", "--add-opens", "java.base/java.lang=ALL-UNNAMED", "--add-opens", "java.base/java.util=ALL-UNNAMED",
+		"--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED", "--add-opens", "java.base/java.io=ALL-UNNAMED",
+		"--add-opens", "java.base/java.net=ALL-UNNAMED", "--add-opens", "java.base/java.nio=ALL-UNNAMED",
+		"--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
+		"-cp", filepath.Join(h, "kernelbus-yarn-harness.jar")+":"+filepath.Join(h, "lib", "*"),
+		"io.kernelbus.yarn.Harness", out)
+	cmd.Dir = out
+	stdin, _ := cmd.StdinPipe() // closing it stops the cluster
+	logf, _ := os.Create(filepath.Join(out, "harness.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		killUnder(out) // containers run in their own sessions
+		if t.Failed() {
+			tailFile(t, filepath.Join(out, "harness.log"), 40)
+			containerLogs(t, out)
+		}
+	})
+	waitFor(t, 3*time.Minute, "the YARN harness", func() bool {
+		_, err := os.Stat(filepath.Join(out, "ready"))
+		return err == nil
+	})
+	web, _ := os.ReadFile(filepath.Join(out, "rm-web"))
+	return filepath.Join(out, "conf"), "http://" + strings.TrimSpace(string(web))
+}
+
+// killUnder kills processes whose command line or cwd is below dir.
+func killUnder(dir string) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		cl, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		cwd, _ := os.Readlink("/proc/" + e.Name() + "/cwd")
+		if strings.Contains(string(cl), dir) || strings.HasPrefix(cwd, dir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func tailFile(t *testing.T, path string, n int) {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(string(data), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	t.Logf("--- %s\n%s", path, strings.Join(lines, "\n"))
+}
+
+func containerLogs(t *testing.T, root string) {
+	_ = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && (fi.Name() == "stderr" || fi.Name() == "stdout") && strings.Contains(p, "container_") {
+			tailFile(t, p, 30)
+		}
+		return nil
+	})
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func bins(t *testing.T) (kb, launcher string) {
+	kb, launcher = os.Getenv("KERNELBUS_BIN"), os.Getenv("KERNELBUS_LAUNCHER_BIN")
+	if kb != "" && launcher != "" {
+		return kb, launcher
+	}
+	dir := t.TempDir()
+	kb, launcher = filepath.Join(dir, "kernelbus"), filepath.Join(dir, "kernelbus-launcher")
+	for _, b := range [][]string{{kb, "../../cmd/kernelbus"}, {launcher, "../../cmd/kernelbus-launcher"}} {
+		c := exec.Command("go", "build", "-o", b[0], b[1])
+		c.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", b[1], err, out)
+		}
+	}
+	return kb, launcher
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func run(t *testing.T, name string, args ...string) {
+	cmd := exec.Command(name, args...)
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			tailFile(t, logf.Name(), 40)
+		}
+	})
+}
+
+func getJSON(url string, out any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.Unmarshal(data, out)
+}
+
+// TestPySparkOnYARN: a notebook client runs Spark code in a kernel that is
+// the Spark driver in YARN cluster mode, through the gateway.
+func TestPySparkOnYARN(t *testing.T) {
+	env := setupEnv(t)
+	confDir, rmURL := startYARN(t, env)
+	kb, launcher := bins(t)
+	data := t.TempDir()
+	specs := t.TempDir()
+	home := env["KB_SPARK_HOME"]
+	opts := strings.Join([]string{
+		"--conf spark.yarn.jars=local:" + home + "/jars/*",
+		"--conf spark.pyspark.python=" + env["KB_SPARK_PYTHON"],
+		"--conf spark.driver.memory=512m --conf spark.executor.memory=512m --conf spark.executor.instances=1",
+		"--conf spark.yarn.appMasterEnv.SPARK_LOCAL_IP=127.0.0.1 --conf spark.executorEnv.SPARK_LOCAL_IP=127.0.0.1",
+		"--conf spark.ui.enabled=false ${KERNEL_EXTRA_SPARK_OPTS}",
+	}, " ")
+	spec := map[string]any{
+		"display_name": "PySpark YARN", "language": "python",
+		"argv": []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+		"env": map[string]string{"SPARK_HOME": home, "HADOOP_CONF_DIR": confDir,
+			"PYSPARK_ARCHIVES_PATH": env["KB_PYSPARK_ARCHIVES"], "SPARK_OPTS": opts},
+		"metadata": map[string]any{"kernelbus": map[string]any{"rm": "yarn", "config": map[string]any{"spark_context": "eager"}}},
+	}
+	b, _ := json.Marshal(spec)
+	_ = os.MkdirAll(filepath.Join(specs, "pyspark_yarn"), 0o755)
+	_ = os.WriteFile(filepath.Join(specs, "pyspark_yarn", "kernel.json"), b, 0o644)
+
+	listen := freePort(t)
+	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m")
+	var conn string
+	waitFor(t, time.Minute, "nats.conn", func() bool {
+		c, err := os.ReadFile(filepath.Join(data, "nats.conn"))
+		conn = string(c)
+		return err == nil && strings.Contains(conn, "token=")
+	})
+	var natsURL, token string
+	sc := bufio.NewScanner(strings.NewReader(conn))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "url="); ok {
+			natsURL = v
+		}
+		if v, ok := strings.CutPrefix(sc.Text(), "token="); ok {
+			token = v
+		}
+	}
+	run(t, kb, "worker", "--rm", "yarn", "--nats", natsURL, "--nats-token", token, "--launcher", launcher, "--yarn-endpoint", rmURL)
+
+	ctx := context.Background()
+	c := &client.Client{BaseURL: "http://" + listen}
+	waitFor(t, time.Minute, "the gateway", func() bool { _, err := c.Kernels(ctx); return err == nil })
+
+	rm, _ := yarn.NewRM(rmURL, "")
+	t0 := time.Now()
+	k, err := c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360"})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	startTook := time.Since(t0)
+	t.Logf("MEASURED: kernel start in YARN cluster mode (eager SparkSession) took %s", startTook.Round(time.Millisecond))
+	apps, err := rm.AppsByName(ctx, k.ID)
+	if err != nil || len(apps) != 1 || apps[0].State != "RUNNING" {
+		t.Fatalf("YARN apps named %s: %+v, %v", k.ID, apps, err)
+	}
+	ws, err := c.Connect(ctx, k.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ws.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 3*time.Minute)
+	if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
+		t.Fatalf("sum: %v %q %+v", err, r.Stdout.String(), r)
+	}
+	ws.Close()
+
+	// Delete ends the application.
+	if err := c.DeleteKernel(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the application to end", func() bool {
+		a, err := rm.App(ctx, apps[0].ID)
+		return err == nil && a.Ended()
+	})
+}
