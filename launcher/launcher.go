@@ -340,6 +340,33 @@ func portTaken(err error) bool {
 	return errors.As(err, &se) && strings.Contains(strings.ToLower(se.Reason), "address already in use")
 }
 
+// openBus binds the streams and buckets, retrying until the launch
+// deadline: while a NATS node is down its buckets may have no leader for a
+// few seconds, and a launcher that gave up then would fail a start the
+// cluster could have served.
+func (l *launcher) openBus(ctx context.Context, nc *nats.Conn) (*kbjs.Bus, error) {
+	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
+	wait := 250 * time.Millisecond
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		bus, err := kbjs.OpenForKernel(octx, nc)
+		cancel()
+		if err == nil {
+			return bus, nil
+		}
+		if errors.Is(err, kbjs.ErrNoInstallation) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			return nil, err
+		}
+		l.log.Warn().Err(err).Dur("retry_in", wait).Msg("bus not ready; retrying")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
 // connect dials the bus with the config's credentials.
 func (l *launcher) connect(ctx context.Context) error {
 	opts := kbjs.ConnectOptions{
@@ -366,7 +393,7 @@ func (l *launcher) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bus, err := kbjs.OpenForKernel(ctx, nc)
+	bus, err := l.openBus(ctx, nc)
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("open the bus: %w", err)
