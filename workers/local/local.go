@@ -116,7 +116,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
-			c.tail.add(line)
+			c.tail.add(readableLogLine(line))
 			log.Debug().Str("launcher", line).Msg("")
 		}
 		_, _ = io.Copy(io.Discard, stderr)
@@ -278,6 +278,24 @@ func lastLines(t *tail) string {
 		return ""
 	}
 	return "; last launcher output: " + strings.Join(lines, " | ")
+}
+
+// readableLogLine turns one of the launcher's JSON log lines into
+// "message: error" for a failure reason users read; other lines pass as
+// they are.
+func readableLogLine(line string) string {
+	var l struct {
+		Level   string `json:"level"`
+		Message string `json:"message"`
+		Error   string `json:"error"`
+	}
+	if json.Unmarshal([]byte(line), &l) != nil || l.Message == "" {
+		return line
+	}
+	if l.Error != "" {
+		return l.Level + ": " + l.Message + ": " + l.Error
+	}
+	return l.Level + ": " + l.Message
 }
 
 // tail keeps the last n lines written to it.

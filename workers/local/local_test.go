@@ -261,3 +261,13 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestReadableLogLine(t *testing.T) {
+	got := local.ReadableLogLine(`{"level":"error","error":"open the bus: timeout","kernel_id":"k","message":"launcher failed"}`)
+	if got != "error: launcher failed: open the bus: timeout" {
+		t.Fatalf("got %q", got)
+	}
+	if got := local.ReadableLogLine("plain text"); got != "plain text" {
+		t.Fatalf("got %q", got)
+	}
+}

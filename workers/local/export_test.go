@@ -1,0 +1,4 @@
+package local
+
+// ReadableLogLine is exported to the tests.
+var ReadableLogLine = readableLogLine
