@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +29,7 @@ type natsFlags struct {
 	setup    bool
 	// presenceTTL is the kb_workers TTL that --setup gives the bucket.
 	presenceTTL time.Duration
+	busWait     time.Duration
 	// retention of the audit log that --setup gives KB_EVENTS.
 	retention retentionFlags
 }
@@ -39,25 +41,43 @@ func (n *natsFlags) register(fs *flagSet) {
 	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
 	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
 	n.retention.register(fs)
+	fs.DurationVar(&n.busWait, "bus-wait", 2*time.Minute, "how long to keep trying when the streams cannot be set up or found yet (a cluster still forming or electing leaders)")
 	fs.DurationVar(&n.presenceTTL, "presence-ttl", 0, "how soon a silent worker counts as gone, when --setup creates or updates kb_workers (0: keep the bucket's; 15s when new)")
 }
 
-func (n *natsFlags) connect(ctx context.Context, name string) (*kbjs.Bus, error) {
+func (n *natsFlags) connect(ctx context.Context, name string, log zerolog.Logger) (*kbjs.Bus, error) {
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: n.urls, CredsFile: n.creds, Token: n.token, Name: name})
 	if err != nil {
 		return nil, err
 	}
-	var bus *kbjs.Bus
-	if n.setup {
-		bus, err = kbjs.Setup(ctx, nc, n.retention.layout(kbjs.Layout{Replicas: n.replicas, PresenceTTL: n.presenceTTL}))
-	} else {
-		bus, err = kbjs.Open(ctx, nc)
+	// A part started with its cluster (deploy files start everything at
+	// once) may find streams without leaders or peers still offline; it
+	// waits for them rather than exit, up to --bus-wait.
+	deadline := time.Now().Add(n.busWait)
+	wait := 250 * time.Millisecond
+	for {
+		var bus *kbjs.Bus
+		if n.setup {
+			bus, err = kbjs.Setup(ctx, nc, n.retention.layout(kbjs.Layout{Replicas: n.replicas, PresenceTTL: n.presenceTTL}))
+		} else {
+			bus, err = kbjs.Open(ctx, nc)
+		}
+		if err == nil {
+			return bus, nil
+		}
+		if errors.Is(err, kbjs.ErrNoInstallation) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
+			nc.Close()
+			return nil, err
+		}
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("bus not ready; retrying")
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
 	}
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return bus, nil
 }
 
 func cmdFrontend(args []string, stderr io.Writer) error {
@@ -78,7 +98,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	bus, err := nf.connect(ctx, "kernelbus-frontend")
+	bus, err := nf.connect(ctx, "kernelbus-frontend", log)
 	if err != nil {
 		return err
 	}
@@ -155,7 +175,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm)
+	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm, log)
 	if err != nil {
 		return err
 	}
