@@ -146,7 +146,25 @@ func TestFrontendKilled(t *testing.T) {
 	if kills != len(killAt) {
 		t.Fatalf("only %d kills happened", kills)
 	}
-	exactlyOnce(t, cnt.nums, count)
+	// Known limit (README, "Scale-out and failover"): the front-end writes
+	// a message, then records the session's cursor; a SIGKILL between the
+	// two makes the next front-end send that one message again. Nothing may
+	// be lost or reordered, and at most the message written last before
+	// each kill may repeat, right after itself. Anything more fails.
+	var nums []int
+	repeats := 0
+	for i, n := range cnt.nums {
+		if i > 0 && n == cnt.nums[i-1] {
+			repeats++
+			t.Logf("number %d repeated across a kill (the write-then-record window)", n)
+			continue
+		}
+		nums = append(nums, n)
+	}
+	if repeats > kills {
+		t.Fatalf("%d repeats for %d kills", repeats, kills)
+	}
+	exactlyOnce(t, nums, count)
 }
 
 // Scenario 2: a worker is killed while it launches a kernel; the start
