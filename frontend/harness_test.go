@@ -595,16 +595,6 @@ func (w *wsClient) until(match func(wsMsg) bool) []wsMsg {
 	}
 }
 
-// noMessage checks that nothing arrives within d.
-func (w *wsClient) noMessage(d time.Duration) {
-	w.t.Helper()
-	m, err := w.read(d)
-	if err == nil {
-		w.t.Fatalf("unexpected message %s on %s (parent %s)", m.MsgType, m.Channel, m.Parent)
-	}
-	// A timed-out read leaves the gorilla conn unusable; callers dial anew.
-}
-
 func isIdleOf(parent string) func(wsMsg) bool {
 	return func(m wsMsg) bool {
 		return m.MsgType == "status" && m.Parent == parent && strings.Contains(string(m.Content), `"idle"`)

@@ -214,13 +214,6 @@ func (st *state) setSession(kernel, key string, connected bool, rev uint64, dele
 	m[key] = sessionEntry{connected: connected, rev: rev}
 }
 
-// kernel returns the cached record of id, or nil.
-func (st *state) kernel(id string) *broker.Kernel {
-	st.mu.RLock()
-	defer st.mu.RUnlock()
-	return st.kernels[id].rec
-}
-
 // listKernels returns the records Jupyter should see: everything not
 // failed or terminated, oldest first.
 func (st *state) listKernels() []*broker.Kernel {

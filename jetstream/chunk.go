@@ -30,9 +30,9 @@ func chunkSize(nc *nats.Conn) int {
 	return mp - headerSlack
 }
 
-// split returns m itself when it fits, or one message per chunk otherwise.
+// Split returns m itself when it fits, or one message per chunk otherwise.
 // Chunks carry m's headers plus HeaderChunk and HeaderChunkID.
-func split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
+func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
 	size := chunkSize(nc)
 	if len(m.Data) <= size {
 		return []*nats.Msg{m}
@@ -58,17 +58,11 @@ func split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
 	return out
 }
 
-// Split returns m itself when it fits in one bus message, or its chunks,
-// for publishers that track each bus message themselves (the launcher
-// resends the ones the stream did not acknowledge). A message published
-// with a Nats-Msg-Id gets a distinct one per chunk.
-func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg { return split(nc, m) }
-
 // Publish publishes m to JetStream and waits for the acks, splitting it
 // into chunks when it is larger than the server's max_payload.
 func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	var ack *jetstream.PubAck
-	for _, c := range split(nc, m) {
+	for _, c := range Split(nc, m) {
 		a, err := js.PublishMsg(ctx, c, opts...)
 		if err != nil {
 			return nil, err
@@ -76,22 +70,6 @@ func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats
 		ack = a
 	}
 	return ack, nil
-}
-
-// PublishAsync publishes m without waiting, in order with the caller's
-// other async publishes, chunked like Publish. The futures of every chunk
-// are returned.
-func PublishAsync(nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) ([]jetstream.PubAckFuture, error) {
-	parts := split(nc, m)
-	fs := make([]jetstream.PubAckFuture, 0, len(parts))
-	for _, c := range parts {
-		f, err := js.PublishMsgAsync(c, opts...)
-		if err != nil {
-			return fs, err
-		}
-		fs = append(fs, f)
-	}
-	return fs, nil
 }
 
 // Reassembler joins chunked messages. Feed it every message of a
@@ -160,16 +138,6 @@ func (r *Reassembler) gc() {
 			delete(r.partial, id)
 		}
 	}
-}
-
-// IsChunk reports whether m is a chunk and, if so, whether it is the last.
-func IsChunk(m *nats.Msg) (chunk, last bool) {
-	c := m.Header.Get(broker.HeaderChunk)
-	if c == "" {
-		return false, true
-	}
-	idx, count, ok := parseChunk(c)
-	return true, ok && idx == count-1
 }
 
 func parseChunk(s string) (idx, count int, ok bool) {
