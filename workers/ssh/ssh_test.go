@@ -20,6 +20,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
@@ -31,25 +32,6 @@ func testLogger(t testing.TB) zerolog.Logger {
 		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	}
 	return zerolog.Nop()
-}
-
-// testPython finds a Python with ipykernel, as the launcher's tests do.
-func testPython(t *testing.T) string {
-	t.Helper()
-	cands := []string{os.Getenv("KB_TEST_PYTHON")}
-	if c := os.Getenv("KB_CACHE"); c != "" {
-		cands = append(cands, filepath.Join(c, "venv", "bin", "python"))
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		cands = append(cands, filepath.Join(home, ".cache", "kernelbus", "venv", "bin", "python"))
-	}
-	for _, py := range cands {
-		if py != "" && exec.Command(py, "-c", "import ipykernel").Run() == nil {
-			return py
-		}
-	}
-	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
-	return ""
 }
 
 // launcherBinary is the static launcher the worker copies to the hosts:
@@ -104,7 +86,7 @@ func toAny(ss []string) []any {
 
 func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Helper()
-	py := testPython(t)
+	py := jstest.Python(t)
 	g := &gateway{lab: l, token: "tok-" + client.NewID(), launcher: launcherBinary(t)}
 	srv, err := embedded.NewServer(embedded.Options{Host: l.HostIP, Port: -1, StoreDir: t.TempDir(), Token: g.token})
 	if err != nil {
