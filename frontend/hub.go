@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -172,9 +174,25 @@ func (h *hub) kernelEnded(id string) {
 				h.mu.Unlock()
 				continue
 			}
-			h.drain(id, conns, 3*time.Second)
+			last := h.drain(id, conns, 3*time.Second)
+			// A kernel that died (its resource manager killed it, its
+			// process is gone for good) says so, as jupyter_server does
+			// when auto-restart gives up: an iopub status "dead", then a
+			// close whose text carries the reason. A kernel that was shut
+			// down just closes.
+			why := "kernel shut down"
+			var dead *synthetic
+			if rec := h.s.state.kernel(id); rec != nil && rec.State == broker.StateDead {
+				why = "kernel died: " + rec.Reason
+				if !saysDead(last) { // the launcher may have said it already
+					dead = deadStatus()
+				}
+			}
 			for _, c := range conns {
-				c.finish(closeNormal, "kernel shut down")
+				if dead != nil {
+					c.sendSynthetic(dead)
+				}
+				c.finish(closeNormal, why)
 			}
 		}
 	})
@@ -206,8 +224,9 @@ func (h *hub) waitKernelClosed(ctx context.Context, id string) {
 }
 
 // drain waits, at most limit, until every connection has seen the last
-// output message the kernel has in the stream.
-func (h *hub) drain(id string, conns []*conn, limit time.Duration) {
+// output message the kernel has in the stream, and returns that message
+// (nil if there is none or it could not be read).
+func (h *hub) drain(id string, conns []*conn, limit time.Duration) *jetstream.RawStreamMsg {
 	ctx, cancel := context.WithTimeout(h.s.ctx, limit)
 	defer cancel()
 	last, err := h.s.ioStream.GetLastMsgForSubject(ctx, broker.SubjectOutAll(id))
@@ -215,7 +234,7 @@ func (h *hub) drain(id string, conns []*conn, limit time.Duration) {
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
 			h.s.log.Debug().Err(err).Str("kernel_id", id).Msg("last output of ended kernel")
 		}
-		return
+		return nil
 	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
@@ -227,14 +246,29 @@ func (h *hub) drain(id string, conns []*conn, limit time.Duration) {
 			}
 		}
 		if !pending {
-			return
+			return last
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return last
 		case <-t.C:
 		}
 	}
+}
+
+// saysDead reports whether m is an iopub status "dead".
+func saysDead(m *jetstream.RawStreamMsg) bool {
+	if m == nil || m.Header.Get(broker.HeaderMsgType) != "status" {
+		return false
+	}
+	f, err := broker.DecodeV1(m.Data)
+	if err != nil {
+		return false
+	}
+	var st struct {
+		State string `json:"execution_state"`
+	}
+	return json.Unmarshal(f.Content, &st) == nil && st.State == "dead"
 }
 
 // closeAll finishes every connection in parallel (Shutdown).
@@ -248,4 +282,37 @@ func (h *hub) closeAll(code int, text string) {
 		}()
 	}
 	wg.Wait()
+}
+
+// deadStatus is the iopub status "dead" a front-end sends on its own: a new
+// msg_id and an empty parent_header, like jupyter_server's.
+func deadStatus() *synthetic {
+	id := uuid.NewString()
+	hdr, _ := json.Marshal(broker.MsgHeader{
+		MsgID: id, MsgType: "status", Session: "kernelbus", Username: "kernelbus", Version: "5.3",
+		Date: json.RawMessage(strconv.Quote(time.Now().UTC().Format(lastActivityLayout))),
+	})
+	f := broker.Frame{Channel: "iopub", Header: hdr, ParentHeader: []byte("{}"), Metadata: []byte("{}"),
+		Content: []byte(`{"execution_state":"dead"}`)}
+	h := nats.Header{}
+	h.Set(broker.HeaderMsgID, id)
+	h.Set(broker.HeaderMsgType, "status")
+	return &synthetic{data: f.V1(), h: h}
+}
+
+// synthetic is a message the front-end makes itself, as a v1 frame.
+type synthetic struct {
+	data []byte
+	h    nats.Header
+}
+
+// sendSynthetic writes m to the client unless the connection is done.
+// Errors end nothing here: the caller closes the connection next.
+func (c *conn) sendSynthetic(m *synthetic) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished || c.broken {
+		return
+	}
+	_ = c.write(m.data, m.h)
 }

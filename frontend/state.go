@@ -135,6 +135,13 @@ func (st *state) putKernel(id string, rec *broker.Kernel, rev uint64, fromWatche
 }
 
 // rev returns the revision known for a kernel.
+// kernel is the last known record of kernel id, nil if deleted or unknown.
+func (st *state) kernel(id string) *broker.Kernel {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.kernels[id].rec
+}
+
 func (st *state) rev(id string) uint64 {
 	st.mu.RLock()
 	defer st.mu.RUnlock()

@@ -410,9 +410,11 @@ func TestWSKernelEndCloses(t *testing.T) {
 	if m.MsgType != "status" || !strings.Contains(string(m.Content), "dead") {
 		t.Fatalf("got %+v", m)
 	}
+	// The launcher said "dead" already: no second notice, and the close
+	// says why.
 	_, err := c.read(5 * time.Second)
 	var ce *fws.CloseError
-	if !errors.As(err, &ce) || ce.Code != 1000 {
+	if !errors.As(err, &ce) || ce.Code != 1000 || ce.Text != "kernel died: restarted 5 times" {
 		t.Fatalf("close: %v", err)
 	}
 	var km KernelModel
@@ -423,13 +425,34 @@ func TestWSKernelEndCloses(t *testing.T) {
 	if _, resp, err := dialWS(e.base, k.ID, "late", false, nil); err == nil || resp.StatusCode != 404 {
 		t.Fatalf("dial dead kernel: %v", err)
 	}
+	// A kernel that dies without a word from its launcher (its resource
+	// manager killed the container with it): the front-end sends the
+	// iopub status "dead" itself, to the v1 and the legacy client alike.
+	k3 := e.startKernel()
+	c3, c3v1 := e.dial(k3.ID, "A", false), e.dial(k3.ID, "B", true)
+	if _, err := e.bus.UpdateKernel(context.Background(), k3.ID, func(k *broker.Kernel) error {
+		k.State, k.Reason = broker.StateDead, "YARN application application_1_0001 KILLED (KILLED): killed by user alice"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range []*wsClient{c3, c3v1} {
+		m := cl.mustRead()
+		if m.Channel != "iopub" || m.MsgType != "status" || m.Parent != "" || m.MsgID == "" || !strings.Contains(string(m.Content), `"dead"`) {
+			t.Fatalf("v1=%v: want a dead status, got %+v", cl.v1, m)
+		}
+		if _, err := cl.read(5 * time.Second); !errors.As(err, &ce) || ce.Code != 1000 || !strings.Contains(ce.Text, "KILLED") {
+			t.Fatalf("v1=%v: close: %v", cl.v1, err)
+		}
+	}
+
 	// DELETE of another kernel closes its sockets too.
 	k2 := e.startKernel()
 	c2 := e.dial(k2.ID, "S", true)
 	if resp, _ := e.do("DELETE", "api/kernels/"+k2.ID, nil, nil, nil); resp.StatusCode != 204 {
 		t.Fatal(resp.StatusCode)
 	}
-	if _, err := c2.read(5 * time.Second); !errors.As(err, &ce) || ce.Code != 1000 {
+	if _, err := c2.read(5 * time.Second); !errors.As(err, &ce) || ce.Code != 1000 || ce.Text != "kernel shut down" {
 		t.Fatalf("close after DELETE: %v", err)
 	}
 	checkFor(t, 5*time.Second, func() error {
