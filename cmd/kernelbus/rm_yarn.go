@@ -14,12 +14,13 @@ func yarnFlags(fs *flagSet) func() map[string]string {
 	var conf listFlag
 	fs.Var(&conf, "yarn-spark-conf", "--rm yarn: spark conf key=value added to every submission (repeatable), e.g. spark.yarn.archive=hdfs:///spark/libs.zip")
 	imp := fs.Bool("yarn-impersonation", false, "--rm yarn: submit with --proxy-user KERNEL_USERNAME")
-	queueCheck := fs.Bool("yarn-queue-check", false, "--rm yarn: refuse a start when the cluster lacks room for the driver, before submitting")
+	queueCheck := fs.Bool("yarn-queue-check", false, "--rm yarn: before submitting, refuse a start its queue cannot take (no such queue, queue stopped, no room for the driver)")
+	user := fs.String("yarn-user", "", "--rm yarn: user.name sent on ResourceManager REST calls that change state (kills) under simple auth (default: the worker's OS user)")
 	return func() map[string]string {
 		return map[string]string{
 			"endpoint": *endpoint, "alt-endpoint": *alt, "spark-home": *sparkHome,
 			"spark-conf": strings.Join(conf, "\n"), "impersonation": strconv.FormatBool(*imp),
-			"queue-check": strconv.FormatBool(*queueCheck),
+			"queue-check": strconv.FormatBool(*queueCheck), "user": *user,
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -55,9 +56,13 @@ type Config struct {
 	SparkConf []string
 	// Impersonation adds --proxy-user KERNEL_USERNAME. Default false.
 	Impersonation bool
-	// QueueCheck refuses a start the cluster has no room for before
-	// submitting. Default false.
+	// QueueCheck refuses a start its queue has no room for before
+	// submitting (see queue.go). Default false.
 	QueueCheck bool
+	// User is sent as user.name on the ResourceManager's REST writes
+	// (kills) under simple authentication, so that YARN's ACLs and its
+	// diagnostics name a real user. Default: the worker's OS user.
+	User string
 	// SubmitTimeout bounds one spark-submit run. Default 3m.
 	SubmitTimeout time.Duration
 }
@@ -72,12 +77,14 @@ type Backend struct {
 }
 
 // Register adds the YARN backend to r. Options: endpoint, alt-endpoint,
-// spark-home, spark-conf (newline separated k=v), impersonation, queue-check.
+// spark-home, spark-conf (newline separated k=v), impersonation, queue-check,
+// user.
 func Register(r *workers.Registry, log zerolog.Logger) {
 	r.Register(Name, func(bc workers.BackendConfig) (workers.Backend, error) {
 		o := bc.Options
 		cfg := Config{Launcher: bc.LauncherPath, Endpoint: o["endpoint"], AltEndpoint: o["alt-endpoint"],
-			SparkHome: o["spark-home"], Impersonation: o["impersonation"] == "true", QueueCheck: o["queue-check"] == "true"}
+			SparkHome: o["spark-home"], Impersonation: o["impersonation"] == "true", QueueCheck: o["queue-check"] == "true",
+			User: o["user"]}
 		for _, l := range strings.Split(o["spark-conf"], "\n") {
 			if l = strings.TrimSpace(l); l != "" {
 				cfg.SparkConf = append(cfg.SparkConf, l)
@@ -101,10 +108,16 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 	if cfg.SubmitTimeout <= 0 {
 		cfg.SubmitTimeout = 3 * time.Minute
 	}
+	if cfg.User == "" {
+		if u, err := user.Current(); err == nil {
+			cfg.User = u.Username
+		}
+	}
 	rm, err := NewRM(cfg.Endpoint, cfg.AltEndpoint)
 	if err != nil {
 		return nil, err
 	}
+	rm.User = cfg.User
 	dir, err := os.MkdirTemp("", "kernelbus-yarn-")
 	if err != nil {
 		return nil, err
@@ -330,28 +343,6 @@ func submitError(s string) string {
 		keep = lines
 	}
 	return strings.Join(keep, " | ")
-}
-
-// checkCapacity refuses a submission whose application master cannot fit.
-func (b *Backend) checkCapacity(ctx context.Context, args []string) error {
-	mem := int64(1024)
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "--conf" && strings.HasPrefix(args[i+1], "spark.driver.memory=") {
-			mem = parseMB(strings.TrimPrefix(args[i+1], "spark.driver.memory="), mem)
-		}
-		if args[i] == "--driver-memory" {
-			mem = parseMB(args[i+1], mem)
-		}
-	}
-	need := mem + max(384, mem/10)
-	m, err := b.rm.ClusterMetrics(ctx)
-	if err != nil {
-		return err
-	}
-	if m.AvailableMB < need {
-		return fmt.Errorf("YARN has %d MB available of %d MB, and the driver needs %d MB: not submitting", m.AvailableMB, m.TotalMB, need)
-	}
-	return nil
 }
 
 func parseMB(s string, def int64) int64 {
