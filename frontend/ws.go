@@ -36,6 +36,8 @@ const (
 	localsKernel  = "kb.kernel"
 	localsSession = "kb.session"
 	localsStart   = "kb.start"
+	localsFirst   = "kb.first"
+	localsResume  = "kb.resume"
 	// wsBufferSize is the read buffer of each connection and the size of
 	// the pooled write buffers: small, because an idle connection should
 	// cost little; large messages simply take more reads.
@@ -43,6 +45,16 @@ const (
 	// partialMaxAge drops the memory of a chunked message whose publisher
 	// died mid-way (the Reassembler forgets it after the same time).
 	partialMaxAge = 5 * time.Minute
+	// maxResumeAfter bounds the resume_after parameter: a msg_id is a
+	// UUID or the like.
+	maxResumeAfter = 256
+	// resumeLookback is how far before a session's saved cursor a
+	// connection with resume_after looks for the client's last message, in
+	// KB_IO stream sequences (shared by all kernels, so it is at most this
+	// many of the kernel's messages). It bounds the work of a reconnect;
+	// what a client can miss behind the cursor is what sat in socket
+	// buffers when its connection dropped.
+	resumeLookback = 1000
 )
 
 // writeBufferPool lends write buffers to connections only while they
@@ -61,6 +73,10 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	}
 	if !websocket.IsWebSocketUpgrade(c) {
 		return broker.Errorf(broker.ErrBadRequest, "this endpoint needs a websocket upgrade")
+	}
+	resumeAfter, err := resumeAfterParam(c)
+	if err != nil {
+		return err
 	}
 	id := c.Params("id")
 	rec, err := s.waitStarted(id)
@@ -88,7 +104,24 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	c.Locals(localsKernel, rec)
 	c.Locals(localsSession, session)
 	c.Locals(localsStart, info.State.LastSeq)
+	c.Locals(localsFirst, info.State.FirstSeq)
+	c.Locals(localsResume, resumeAfter)
 	return c.Next()
+}
+
+// resumeAfterParam reads the optional resume_after query parameter: the
+// header.msg_id of the last message the client received in its session.
+func resumeAfterParam(c *fiber.Ctx) (string, error) {
+	args := c.Context().QueryArgs()
+	if !args.Has("resume_after") {
+		return "", nil
+	}
+	v := string(args.Peek("resume_after"))
+	if v == "" || len(v) > maxResumeAfter {
+		return "", broker.Errorf(broker.ErrBadRequest,
+			"resume_after must be the msg_id of the last message received, 1 to %d bytes (got %d)", maxResumeAfter, len(v))
+	}
+	return v, nil
 }
 
 // waitStarted returns the record of a kernel that is running (or
@@ -172,8 +205,11 @@ type conn struct {
 	log     zerolog.Logger
 	inSubj  string
 	// streamEnd is the output stream's last sequence when the client
-	// asked to connect: where a new session starts.
-	streamEnd uint64
+	// asked to connect: where a new session starts; streamFirst its first.
+	streamEnd, streamFirst uint64
+	// resumeAfter is the msg_id the client says it received last (the
+	// resume_after parameter), or empty.
+	resumeAfter string
 
 	// mu guards delivery: the cursor, reassembly and data writes. The
 	// consumer's handler holds it while it writes, so once finish has set
@@ -185,9 +221,12 @@ type conn struct {
 	seen     uint64 // stream sequence of the last message received
 	cursor   uint64 // stream sequence of the last whole message handled
 	skipUpTo uint64 // messages completing at or before were delivered before a reconnect
-	dirty    bool
-	partial  map[string]partialStart // chunked messages in progress
-	reasm    kbjs.Reassembler
+	// seekID, while not empty, is the client's last msg_id still being
+	// looked for at the start of a resumed connection (see seek).
+	seekID  string
+	dirty   bool
+	partial map[string]partialStart // chunked messages in progress
+	reasm   kbjs.Reassembler
 
 	writing atomic.Bool // a data write is in progress: pings skip this one
 
@@ -224,6 +263,8 @@ func (s *Server) serveWS(w *websocket.Conn) {
 	rec, _ := w.Locals(localsKernel).(*broker.Kernel)
 	session, _ := w.Locals(localsSession).(string)
 	streamEnd, _ := w.Locals(localsStart).(uint64)
+	streamFirst, _ := w.Locals(localsFirst).(uint64)
+	resumeAfter, _ := w.Locals(localsResume).(string)
 	if rec == nil {
 		_ = w.Close()
 		return
@@ -232,6 +273,7 @@ func (s *Server) serveWS(w *websocket.Conn) {
 		s: s, ws: w.Conn, rec: rec, kernel: rec.ID, session: session,
 		key: sessionKVKey(rec.ID, session), v1: w.Subprotocol() == SubprotocolV1,
 		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
+		streamFirst: streamFirst, resumeAfter: resumeAfter,
 	}
 	c.log = s.log.With().Str("kernel_id", c.kernel).Str("session", session).Logger()
 	if old := s.hub.register(c); old != nil {
@@ -311,8 +353,10 @@ func (c *conn) start() error {
 
 // resumePoint returns the stream sequence to read from. A known session
 // resumes after its saved cursor; if another front-end still holds it, that
-// one is asked to let go first, so its final cursor is the one used. A new
-// session starts after where the stream ended when the client asked.
+// one is asked to let go first, so its final cursor is the one used. A
+// known session whose client sent resume_after reads from up to
+// resumeLookback earlier, to find the client's last message (see seek). A
+// new session starts after where the stream ended when the client asked.
 func (c *conn) resumePoint(ctx context.Context) (uint64, error) {
 	cs, found, err := c.loadSession(ctx)
 	if err != nil {
@@ -339,8 +383,17 @@ func (c *conn) resumePoint(ctx context.Context) (uint64, error) {
 		if cs.ReplayFrom > 0 && cs.ReplayFrom < start {
 			start = cs.ReplayFrom
 		}
-		c.cursor, c.skipUpTo, c.seen = cs.Cursor, cs.Cursor, start-1
+		c.cursor, c.skipUpTo = cs.Cursor, cs.Cursor
+		if c.resumeAfter != "" {
+			c.seekID = c.resumeAfter
+			back := max(start-min(start-1, resumeLookback), c.streamFirst)
+			start = min(start, back)
+		}
+		c.seen = start - 1
 		return start, nil
+	}
+	if c.resumeAfter != "" {
+		c.log.Debug().Str("resume_after", c.resumeAfter).Msg("resume_after ignored: the session has no record, so it starts as new")
 	}
 	last := c.streamEnd
 	c.cursor, c.skipUpTo, c.seen = last, last, last
@@ -400,6 +453,9 @@ func (c *conn) deliver(m jetstream.Msg) {
 	if chunkID != "" {
 		delete(c.partial, chunkID)
 	}
+	if c.seekID != "" && c.seek(seq, data, h, m.Subject()) {
+		return
+	}
 	wrote := false
 	if seq > c.skipUpTo && c.routed(h, m.Subject()) {
 		if err := c.write(data, h); err != nil {
@@ -411,11 +467,69 @@ func (c *conn) deliver(m jetstream.Msg) {
 		}
 		wrote = true
 	}
-	c.cursor = seq
+	// Replayed chunks may complete messages behind the saved cursor; the
+	// cursor never moves back for them.
+	c.cursor = max(c.cursor, seq)
 	c.dirty = true
 	if wrote {
 		c.persistWritten()
 	}
+}
+
+// seek handles a whole message at the start of a connection whose client
+// sent resume_after, until the client's last message is placed; it
+// returns true when the message must not be delivered. mu is held.
+//
+// At or before the saved cursor nothing is written: every such message
+// was written before, received or not. If the client's last message is
+// among them, the client missed everything after it (an abrupt TCP drop
+// loses what sat in buffers), so delivery restarts right after it. Past
+// the cursor, the first message for this session is the one a front-end
+// may have written just before it died, without recording it: skipped if
+// it is the client's last, delivered otherwise, and seeking ends.
+func (c *conn) seek(seq uint64, data []byte, h nats.Header, subject string) bool {
+	routed := c.routed(h, subject)
+	if seq <= c.skipUpTo {
+		if routed && msgIDOf(data, h) == c.seekID {
+			c.log.Debug().Str("resume_after", c.seekID).Uint64("seq", seq).Uint64("saved_cursor", c.skipUpTo).
+				Msg("resume_after found at or before the saved cursor: delivering from right after it")
+			c.seekID = ""
+			c.skipUpTo, c.cursor, c.dirty = seq, seq, true
+		}
+		return true
+	}
+	if !routed {
+		return false
+	}
+	want := c.seekID
+	c.seekID = ""
+	if msgIDOf(data, h) == want {
+		c.log.Debug().Str("resume_after", want).Uint64("seq", seq).
+			Msg("resume_after is the message after the saved cursor: not sent again")
+		c.cursor, c.dirty = seq, true
+		return true
+	}
+	c.log.Debug().Str("resume_after", want).Uint64("saved_cursor", c.skipUpTo).
+		Msg("resume_after not found: resuming after the saved cursor")
+	return false
+}
+
+// msgIDOf returns header.msg_id of a whole kernel message: from the
+// Kb-Msg-Id header (every chunk of a chunked message carries them all),
+// else from the message itself.
+func msgIDOf(data []byte, h nats.Header) string {
+	if id := h.Get(broker.HeaderMsgID); id != "" {
+		return id
+	}
+	f, err := broker.DecodeV1(data)
+	if err != nil {
+		return ""
+	}
+	mh, err := broker.ParseHeader(f.Header)
+	if err != nil {
+		return ""
+	}
+	return mh.MsgID
 }
 
 // persistWritten records the cursor of a message just written, before the

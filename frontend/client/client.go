@@ -156,11 +156,31 @@ type Conn struct {
 	v1      bool
 	session string
 	wmu     sync.Mutex
+
+	rmu       sync.Mutex
+	lastMsgID string
 }
 
 // Connect opens the kernel's channels websocket with session_id session
-// (random when empty), offering the v1 subprotocol when v1 is true.
+// (random when empty), offering the v1 subprotocol when v1 is true. A
+// session that was connected before resumes after the last message the
+// server recorded as written to it; see Resume for exactly once.
 func (c *Client) Connect(ctx context.Context, kernelID, session string, v1 bool) (*Conn, error) {
+	return c.dial(ctx, kernelID, session, "", v1)
+}
+
+// Resume reconnects session, telling the server (resume_after) that
+// lastMsgID, the header.msg_id of the last message this client received in
+// the session (Conn.LastMsgID of the connection that ended), is where it
+// stands: it then gets every message after that one, once, in order, even
+// when the old connection dropped with messages in flight or its
+// front-end died right after writing one. An empty lastMsgID is a plain
+// Connect. kernelbus serves resume_after; other gateways ignore it.
+func (c *Client) Resume(ctx context.Context, kernelID, session, lastMsgID string, v1 bool) (*Conn, error) {
+	return c.dial(ctx, kernelID, session, lastMsgID, v1)
+}
+
+func (c *Client) dial(ctx context.Context, kernelID, session, resumeAfter string, v1 bool) (*Conn, error) {
 	if session == "" {
 		session = NewID()
 	}
@@ -171,6 +191,9 @@ func (c *Client) Connect(ctx context.Context, kernelID, session string, v1 bool)
 	u.Scheme = strings.Replace(u.Scheme, "http", "ws", 1)
 	q := u.Query()
 	q.Set("session_id", session)
+	if resumeAfter != "" {
+		q.Set("resume_after", resumeAfter)
+	}
 	u.RawQuery = q.Encode()
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
 	if v1 {
@@ -188,7 +211,16 @@ func (c *Client) Connect(ctx context.Context, kernelID, session string, v1 bool)
 		return nil, err
 	}
 	ws.SetReadLimit(512 << 20)
-	return &Conn{ws: ws, v1: ws.Subprotocol() == Subprotocol, session: session}, nil
+	return &Conn{ws: ws, v1: ws.Subprotocol() == Subprotocol, session: session, lastMsgID: resumeAfter}, nil
+}
+
+// LastMsgID is the header.msg_id of the last message Recv returned (for a
+// resumed connection that has returned none yet, the one it resumed
+// after): what to pass to Resume when this connection ends.
+func (c *Conn) LastMsgID() string {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return c.lastMsgID
 }
 
 // V1 reports whether the v1 protocol was negotiated.
@@ -242,6 +274,9 @@ func (c *Conn) Recv(deadline time.Time) (*Msg, error) {
 		return nil, err
 	}
 	_ = json.Unmarshal(f.ParentHeader, &m.ParentHeader)
+	c.rmu.Lock()
+	c.lastMsgID = m.Header.MsgID
+	c.rmu.Unlock()
 	return m, nil
 }
 
