@@ -92,8 +92,9 @@ func exactlyOnce(t *testing.T, nums []int, count int) {
 
 // Scenario 1: the front-end a client is connected to is SIGKILLed while
 // the kernel prints a counter every few ms; the client reconnects through
-// the other front-end with the same session_id and receives every number
-// exactly once, in order. Twice, so both front-ends die once.
+// the other front-end with the same session_id and resume_after (the last
+// msg_id it received) and receives every number exactly once, in order.
+// Twice, so both front-ends die once.
 func TestFrontendKilled(t *testing.T) {
 	c := NewCluster(t, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -125,11 +126,11 @@ func TestFrontendKilled(t *testing.T) {
 			}
 			conn.Close()
 			cur = 1 - cur
-			conn, err = c.FE(cur).Connect(ctx, k.ID, session, true)
+			conn, err = c.FE(cur).Resume(ctx, k.ID, session, conn.LastMsgID(), true)
 			if err != nil {
 				t.Fatalf("reconnecting through front-end %d: %v", cur, err)
 			}
-			t.Logf("reconnected through front-end %d after %d numbers", cur, len(cnt.nums))
+			t.Logf("resumed through front-end %d after %d numbers, after msg_id %s", cur, len(cnt.nums), conn.LastMsgID())
 			continue
 		}
 		cnt.feed(m)
@@ -146,25 +147,7 @@ func TestFrontendKilled(t *testing.T) {
 	if kills != len(killAt) {
 		t.Fatalf("only %d kills happened", kills)
 	}
-	// Known limit (README, "Scale-out and failover"): the front-end writes
-	// a message, then records the session's cursor; a SIGKILL between the
-	// two makes the next front-end send that one message again. Nothing may
-	// be lost or reordered, and at most the message written last before
-	// each kill may repeat, right after itself. Anything more fails.
-	var nums []int
-	repeats := 0
-	for i, n := range cnt.nums {
-		if i > 0 && n == cnt.nums[i-1] {
-			repeats++
-			t.Logf("number %d repeated across a kill (the write-then-record window)", n)
-			continue
-		}
-		nums = append(nums, n)
-	}
-	if repeats > kills {
-		t.Fatalf("%d repeats for %d kills", repeats, kills)
-	}
-	exactlyOnce(t, nums, count)
+	exactlyOnce(t, cnt.nums, count)
 }
 
 // Scenario 2: a worker is killed while it launches a kernel; the start
