@@ -155,9 +155,15 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func run(t *testing.T, name string, args ...string) {
+func run(t *testing.T, name string, args ...string) { runEnv(t, nil, name, args...) }
+
+// runEnv runs a process in its own group, with env added to this one's, in a
+// temporary folder that also holds its log; cleanup stops the group.
+func runEnv(t *testing.T, env []string, name string, args ...string) {
 	cmd := exec.Command(name, args...)
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "log"))
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), env...)
+	logf, _ := os.Create(filepath.Join(cmd.Dir, "log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -192,27 +198,31 @@ func getJSON(url string, out any) error {
 	return json.Unmarshal(data, out)
 }
 
-// TestPySparkOnYARN: a notebook client runs Spark code in a kernel that is
-// the Spark driver in YARN cluster mode, through the gateway.
-func TestPySparkOnYARN(t *testing.T) {
-	env := setupEnv(t)
-	confDir, rmURL := startYARN(t, env)
-	kb, launcher := bins(t)
-	data := t.TempDir()
-	specs := t.TempDir()
-	home := env["KB_SPARK_HOME"]
-	opts := strings.Join([]string{
-		"--conf spark.yarn.jars=local:" + home + "/jars/*",
+// sparkOpts are the minicluster's Spark settings for a PySpark spec: jars from
+// SPARK_HOME, the spark venv's python, small driver and one executor, loopback,
+// no UI. scripts/setup-jeg-yarn.sh gives JEG's spec for the benchmark the same.
+func sparkOpts(env map[string]string) string {
+	return strings.Join([]string{
+		"--conf spark.yarn.jars=local:" + env["KB_SPARK_HOME"] + "/jars/*",
 		"--conf spark.pyspark.python=" + env["KB_SPARK_PYTHON"],
 		"--conf spark.driver.memory=512m --conf spark.executor.memory=512m --conf spark.executor.instances=1",
 		"--conf spark.yarn.appMasterEnv.SPARK_LOCAL_IP=127.0.0.1 --conf spark.executorEnv.SPARK_LOCAL_IP=127.0.0.1",
 		"--conf spark.ui.enabled=false ${KERNEL_EXTRA_SPARK_OPTS}",
 	}, " ")
+}
+
+// startKernelbus runs `kernelbus serve` and a yarn worker for the cluster, with
+// one spec, pyspark_yarn (eager SparkSession), and returns a client once the
+// gateway answers.
+func startKernelbus(t *testing.T, env map[string]string, confDir, rmURL string) *client.Client {
+	kb, launcher := bins(t)
+	data := t.TempDir()
+	specs := t.TempDir()
 	spec := map[string]any{
 		"display_name": "PySpark YARN", "language": "python",
 		"argv": []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
-		"env": map[string]string{"SPARK_HOME": home, "HADOOP_CONF_DIR": confDir,
-			"PYSPARK_ARCHIVES_PATH": env["KB_PYSPARK_ARCHIVES"], "SPARK_OPTS": opts},
+		"env": map[string]string{"SPARK_HOME": env["KB_SPARK_HOME"], "HADOOP_CONF_DIR": confDir,
+			"PYSPARK_ARCHIVES_PATH": env["KB_PYSPARK_ARCHIVES"], "SPARK_OPTS": sparkOpts(env)},
 		"metadata": map[string]any{"kernelbus": map[string]any{"rm": "yarn", "config": map[string]any{"spark_context": "eager"}}},
 	}
 	b, _ := json.Marshal(spec)
@@ -239,9 +249,18 @@ func TestPySparkOnYARN(t *testing.T) {
 	}
 	run(t, kb, "worker", "--rm", "yarn", "--nats", natsURL, "--nats-token", token, "--launcher", launcher, "--yarn-endpoint", rmURL)
 
-	ctx := context.Background()
 	c := &client.Client{BaseURL: "http://" + listen}
-	waitFor(t, time.Minute, "the gateway", func() bool { _, err := c.Kernels(ctx); return err == nil })
+	waitFor(t, time.Minute, "the gateway", func() bool { _, err := c.Kernels(context.Background()); return err == nil })
+	return c
+}
+
+// TestPySparkOnYARN: a notebook client runs Spark code in a kernel that is
+// the Spark driver in YARN cluster mode, through the gateway.
+func TestPySparkOnYARN(t *testing.T) {
+	env := setupEnv(t)
+	confDir, rmURL := startYARN(t, env)
+	c := startKernelbus(t, env, confDir, rmURL)
+	ctx := context.Background()
 
 	rm, _ := yarn.NewRM(rmURL, "")
 	t0 := time.Now()
