@@ -26,6 +26,13 @@ const (
 	StateTerminated State = "terminated"
 )
 
+// ReasonStoppedOutside is the reason a launcher gives a kernel it had to
+// stop on a signal kernelbus did not send (kernelbus records a shutdown
+// before it signals): its resource manager killed the container, or an
+// operator the process. A resource manager's follower that knows more
+// replaces it with its own account (workers.Kernels.Lost).
+const ReasonStoppedOutside = "its launcher was stopped by a signal from outside kernelbus (the resource manager or an operator ended it)"
+
 // Terminal reports whether no further transition can happen.
 func (s State) Terminal() bool {
 	return s == StateFailed || s == StateDead || s == StateTerminated

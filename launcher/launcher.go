@@ -413,6 +413,9 @@ func (l *launcher) supervise(ctx context.Context, inc *incarnation) error {
 		select {
 		case <-ctx.Done():
 			l.requestShutdown("launcher stopped by signal", "")
+			if l.stoppedOutside() {
+				return l.die(inc)
+			}
 			return l.terminate(inc)
 		case <-l.shutdown:
 			return l.terminate(inc)
@@ -688,6 +691,33 @@ func (l *launcher) terminate(inc *incarnation) error {
 	_ = l.update(true, func(k *broker.Kernel) { k.State, k.Reason = broker.StateTerminated, reason })
 	l.emit(broker.EvTerminated, reason, l.shutdownReqID)
 	l.log.Info().Str("reason", reason).Msg("kernel shut down")
+	return nil
+}
+
+// stoppedOutside reports whether the signal that stopped the launcher came
+// from outside kernelbus: kernelbus records a shutdown (or a failed start)
+// before it signals a launcher, so a record that is not terminal means
+// nobody here asked.
+func (l *launcher) stoppedOutside() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
+	defer cancel()
+	k, _, err := l.bus.GetKernel(ctx, l.id)
+	return err == nil && !k.State.Terminal()
+}
+
+// die ends a kernel stopped from outside kernelbus: clients are told it is
+// dead, and the record says so (unless kernelbus ended it meanwhile).
+func (l *launcher) die(inc *incarnation) error {
+	l.closeGate()
+	if inc != nil {
+		l.stopKernel(inc, true, false)
+	}
+	l.log.Warn().Msg("stopped by a signal kernelbus did not send: the kernel is dead")
+	l.publishStatus("dead")
+	l.act.set("dead")
+	l.state.Store(broker.StateDead)
+	_ = l.update(true, func(k *broker.Kernel) { k.State, k.Reason = broker.StateDead, broker.ReasonStoppedOutside })
+	l.emit(broker.EvDied, broker.ReasonStoppedOutside, "")
 	return nil
 }
 

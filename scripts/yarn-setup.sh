@@ -75,10 +75,12 @@ PY
   echo "$pyspark_version" > "$lib/.stamp"
 fi
 
-cat > "$cache/yarn/env" <<ENV
+# Written aside and renamed, so a reader never sees a half-written file.
+cat > "$cache/yarn/env.$$" <<ENV
 KB_YARN_HARNESS=$hdir
 KB_SPARK_HOME=$spark_home
 KB_SPARK_PYTHON=$venv/bin/python
 KB_PYSPARK_ARCHIVES=$(ls "$lib"/*.zip | tr '\n' ',' | sed 's/,$//')
 ENV
+mv -f "$cache/yarn/env.$$" "$cache/yarn/env"
 echo "yarn-setup: ok ($cache/yarn/env)" >&2

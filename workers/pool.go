@@ -456,6 +456,12 @@ func (pk poolKernels) Lost(ctx context.Context, id, reason string) error {
 	p := pk.p
 	var starting bool
 	k, err := p.bus.UpdateKernel(ctx, id, func(k *broker.Kernel) error {
+		// A launcher stopped from outside only knew it was signalled; the
+		// resource manager's account of why replaces that.
+		if k.State == broker.StateDead && k.Reason == broker.ReasonStoppedOutside {
+			k.Reason = reason
+			return nil
+		}
 		if k.State.Terminal() {
 			return errAlreadyDone
 		}

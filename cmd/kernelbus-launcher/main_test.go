@@ -28,8 +28,11 @@ func TestMain(m *testing.M) {
 }
 
 // TestSIGTERMShutsDown runs the command with a real ipykernel, checks that
-// no KB_* variable reaches the kernel, then sends SIGTERM: the command must
-// shut the kernel down, record it terminated and exit 0.
+// no KB_* variable reaches the kernel, then sends SIGTERM without kernelbus
+// having recorded a shutdown (as a resource manager killing the container
+// would): the command must shut the kernel down, record it dead with
+// broker.ReasonStoppedOutside and exit 0. (A stop kernelbus decides is
+// recorded terminated first; the e2e suites delete kernels that way.)
 func TestSIGTERMShutsDown(t *testing.T) {
 	py := jstest.Python(t)
 	js := jstest.Start(t, jstest.Options{})
@@ -116,7 +119,7 @@ IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
 	if !errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH) {
 		t.Errorf("kernel %d survived its launcher", h.PID)
 	}
-	if rec, _, _ = bus.GetKernel(ctx, id); rec.State != broker.StateTerminated {
-		t.Errorf("record %s", rec.State)
+	if rec, _, _ = bus.GetKernel(ctx, id); rec.State != broker.StateDead || rec.Reason != broker.ReasonStoppedOutside {
+		t.Errorf("record %s (%s)", rec.State, rec.Reason)
 	}
 }

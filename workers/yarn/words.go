@@ -7,16 +7,28 @@ import (
 )
 
 // expand fills ${NAME}, ${NAME:-default} and $NAME from env (JEG specs write
-// SPARK_OPTS for a shell); unknown names become empty, as in a shell.
-func expand(s string, env map[string]string) string {
+// SPARK_OPTS for a shell), then from fallback when it is not nil; unknown
+// names become empty, as in a shell. Substituted text is not expanded again.
+func expand(s string, env map[string]string, fallback func(string) (string, bool)) string {
+	get := func(n string) string {
+		if v, ok := env[n]; ok {
+			return v
+		}
+		if fallback != nil {
+			if v, ok := fallback(n); ok {
+				return v
+			}
+		}
+		return ""
+	}
 	return os.Expand(s, func(name string) string {
 		if n, def, ok := strings.Cut(name, ":-"); ok {
-			if v := env[n]; v != "" {
+			if v := get(n); v != "" {
 				return v
 			}
 			return def
 		}
-		return env[name]
+		return get(name)
 	})
 }
 

@@ -195,7 +195,17 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 	for _, c := range b.cfg.SparkConf {
 		args = append(args, "--conf", c)
 	}
-	opts, err := shellWords(expand(env["SPARK_OPTS"]+" "+env["KERNEL_EXTRA_SPARK_OPTS"], env))
+	// The spec's SPARK_OPTS are the site's: like JEG's run.sh, which a
+	// shell runs in the gateway's environment, names the kernel's env
+	// lacks come from the worker's ($PATH in spark.yarn.appMasterEnv.PATH).
+	// The client's KERNEL_EXTRA_SPARK_OPTS go in once, where the spec puts
+	// them or at the end, and never see the worker's environment.
+	specOpts := env["SPARK_OPTS"]
+	words := expand(specOpts, env, os.LookupEnv)
+	if !strings.Contains(specOpts, "KERNEL_EXTRA_SPARK_OPTS") {
+		words += " " + expand(env["KERNEL_EXTRA_SPARK_OPTS"], env, nil)
+	}
+	opts, err := shellWords(words)
 	if err != nil {
 		return nil, fmt.Errorf("SPARK_OPTS: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -155,11 +156,12 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func run(t *testing.T, name string, args ...string) { runEnv(t, nil, name, args...) }
+func run(t *testing.T, name string, args ...string) (stop func()) { return runEnv(t, nil, name, args...) }
 
 // runEnv runs a process in its own group, with env added to this one's, in a
-// temporary folder that also holds its log; cleanup stops the group.
-func runEnv(t *testing.T, env []string, name string, args ...string) {
+// temporary folder that also holds its log. stop (also run at cleanup, once)
+// ends the group: SIGTERM, then SIGKILL after 20 s.
+func runEnv(t *testing.T, env []string, name string, args ...string) (stop func()) {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), env...)
@@ -169,20 +171,27 @@ func runEnv(t *testing.T, env []string, name string, args ...string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+			}
+		})
+	}
 	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		stop()
 		if t.Failed() {
 			tailFile(t, logf.Name(), 40)
 		}
 	})
+	return stop
 }
 
 func getJSON(url string, out any) error {
@@ -215,6 +224,30 @@ func sparkOpts(env map[string]string) string {
 // one spec, pyspark_yarn (eager SparkSession), and returns a client once the
 // gateway answers.
 func startKernelbus(t *testing.T, env map[string]string, confDir, rmURL string) *client.Client {
+	return startGateway(t, env, confDir, rmURL, nil).Client
+}
+
+// gateway is a `kernelbus serve` with a yarn worker process beside it.
+type gateway struct {
+	*client.Client
+	t          *testing.T
+	kb         string
+	workerArgs []string
+	workerEnv  []string
+	stopWorker func()
+}
+
+// restartWorker stops the yarn worker and starts a new one with extra flags.
+// It knows nothing of the old one: kernels are re-adopted from their records.
+func (g *gateway) restartWorker(extra ...string) {
+	g.stopWorker()
+	g.stopWorker = runEnv(g.t, g.workerEnv, g.kb, append(append([]string{}, g.workerArgs...), extra...)...)
+}
+
+// startGateway is startKernelbus with extra kernelspec folders (copied in
+// beside pyspark_yarn) and the gateway's parts to hand. The worker gets
+// HADOOP_CONF_DIR, as a site would give it, for specs that do not set it.
+func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, extraSpecs []string) *gateway {
 	kb, launcher := bins(t)
 	data := t.TempDir()
 	specs := t.TempDir()
@@ -228,6 +261,11 @@ func startKernelbus(t *testing.T, env map[string]string, confDir, rmURL string) 
 	b, _ := json.Marshal(spec)
 	_ = os.MkdirAll(filepath.Join(specs, "pyspark_yarn"), 0o755)
 	_ = os.WriteFile(filepath.Join(specs, "pyspark_yarn", "kernel.json"), b, 0o644)
+	for _, d := range extraSpecs {
+		if out, err := exec.Command("cp", "-r", d, specs).CombinedOutput(); err != nil {
+			t.Fatalf("copying spec %s: %v %s", d, err, out)
+		}
+	}
 
 	listen := freePort(t)
 	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m")
@@ -247,11 +285,13 @@ func startKernelbus(t *testing.T, env map[string]string, confDir, rmURL string) 
 			token = v
 		}
 	}
-	run(t, kb, "worker", "--rm", "yarn", "--nats", natsURL, "--nats-token", token, "--launcher", launcher, "--yarn-endpoint", rmURL)
+	g := &gateway{t: t, kb: kb, workerEnv: []string{"HADOOP_CONF_DIR=" + confDir},
+		workerArgs: []string{"worker", "--rm", "yarn", "--nats", natsURL, "--nats-token", token, "--launcher", launcher, "--yarn-endpoint", rmURL}}
+	g.stopWorker = runEnv(t, g.workerEnv, kb, g.workerArgs...)
 
-	c := &client.Client{BaseURL: "http://" + listen}
-	waitFor(t, time.Minute, "the gateway", func() bool { _, err := c.Kernels(context.Background()); return err == nil })
-	return c
+	g.Client = &client.Client{BaseURL: "http://" + listen}
+	waitFor(t, time.Minute, "the gateway", func() bool { _, err := g.Kernels(context.Background()); return err == nil })
+	return g
 }
 
 // TestPySparkOnYARN: a notebook client runs Spark code in a kernel that is
@@ -259,10 +299,18 @@ func startKernelbus(t *testing.T, env map[string]string, confDir, rmURL string) 
 func TestPySparkOnYARN(t *testing.T) {
 	env := setupEnv(t)
 	confDir, rmURL := startYARN(t, env)
-	c := startKernelbus(t, env, confDir, rmURL)
+	var extra []string
+	jegSpec := ""
+	if d := os.Getenv("KB_JEG_YARN_KERNELS"); d != "" {
+		jegSpec = "spark_python_yarn_cluster"
+		extra = append(extra, filepath.Join(d, jegSpec))
+	}
+	c := startGateway(t, env, confDir, rmURL, extra)
 	ctx := context.Background()
 
+	// The test's own RM client kills as a named administrator.
 	rm, _ := yarn.NewRM(rmURL, "")
+	rm.User = "yarn-admin"
 	t0 := time.Now()
 	k, err := c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360"})
 	if err != nil {
@@ -283,35 +331,31 @@ func TestPySparkOnYARN(t *testing.T) {
 		t.Fatalf("sum: %v %q %+v", err, r.Stdout.String(), r)
 	}
 
-	// Interrupt cancels a long Spark job; the kernel stays usable. Known gap:
-	// the interrupt reaches the kernel (error reply) but the job is not yet
-	// cancelled in the JVM, so this part only runs with KB_YARN_TEST_INTERRUPT=1.
-	if os.Getenv("KB_YARN_TEST_INTERRUPT") != "" {
-		long, err := ws.Send("shell", "execute_request", map[string]any{"code": "sc.range(0, 2, numSlices=2).map(lambda x: __import__('time').sleep(600)).count()",
-			"silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 2*time.Minute, "the long job to run on an executor", func() bool {
-			return countProcs("pyspark.daemon")+countProcs("pyspark/daemon") > 0 || countProcs("pyspark.worker") > 0
-		})
-		if err := c.Interrupt(ctx, k.ID); err != nil {
-			t.Fatal(err)
-		}
-		r, err = ws.Await(long, 2*time.Minute)
-		if err != nil || r.Status != "error" {
-			t.Fatalf("interrupted job: %v %+v", err, r)
-		}
-		waitFor(t, 2*time.Minute, "the Spark job to be cancelled", func() bool {
-			r, err := ws.Execute("print(len(sc.statusTracker().getActiveJobsIds()))", time.Minute)
-			return err == nil && strings.TrimSpace(r.Stdout.String()) == "0"
-		})
-		r, err = ws.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 3*time.Minute)
-		if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
-			t.Fatalf("sum after interrupt: %v %q", err, r.Stdout.String())
-		}
-	} else {
-		t.Log("KNOWN GAP: interrupt-cancels-Spark-job not asserted (set KB_YARN_TEST_INTERRUPT=1)")
+	// Interrupt cancels a long Spark job; the kernel stays usable.
+	long, err := ws.Send("shell", "execute_request", map[string]any{"code": "sc.range(0, 2, numSlices=2).map(lambda x: __import__('time').sleep(600)).count()",
+		"silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Minute, "the long job to run on an executor", func() bool {
+		return countProcs("pyspark.daemon")+countProcs("pyspark/daemon") > 0 || countProcs("pyspark.worker") > 0
+	})
+	tInt := time.Now()
+	if err := c.Interrupt(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	r, err = ws.Await(long, 2*time.Minute)
+	if err != nil || r.Status != "error" {
+		t.Fatalf("interrupted job: %v %+v", err, r)
+	}
+	waitFor(t, 2*time.Minute, "the Spark job to be cancelled", func() bool {
+		r, err := ws.Execute("print(len(sc.statusTracker().getActiveJobsIds()))", time.Minute)
+		return err == nil && strings.TrimSpace(r.Stdout.String()) == "0"
+	})
+	t.Logf("interrupt to no active Spark job: %s", time.Since(tInt).Round(time.Millisecond))
+	r, err = ws.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 3*time.Minute)
+	if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
+		t.Fatalf("sum after interrupt: %v %q", err, r.Stdout.String())
 	}
 	ws.Close()
 
@@ -338,32 +382,6 @@ func TestPySparkOnYARN(t *testing.T) {
 		return err == nil && a.Ended()
 	})
 
-	// A second kernel (lazy session) killed through YARN is dead for the
-	// client, with YARN's reason. Known gap: in the last run the kernel was
-	// not reported dead within 2m after the REST kill; runs with
-	// KB_YARN_TEST_KILL=1 until that is found.
-	if os.Getenv("KB_YARN_TEST_KILL") != "" {
-		k2, err := c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_EXTRA_SPARK_OPTS": "--conf spark.executor.instances=1"})
-		if err != nil {
-			t.Fatalf("start 2: %v", err)
-		}
-		apps2, err := rm.AppsByName(ctx, k2.ID)
-		if err != nil || len(apps2) != 1 {
-			t.Fatalf("apps of kernel 2: %+v %v", apps2, err)
-		}
-		if err := rm.Kill(ctx, apps2[0].ID); err != nil {
-			t.Fatalf("kill through YARN: %v", err)
-		}
-		var deadErr error
-		waitFor(t, 2*time.Minute, "kernel 2 to be dead", func() bool {
-			_, deadErr = c.Kernel(ctx, k2.ID)
-			return deadErr != nil && strings.Contains(deadErr.Error(), "KILLED")
-		})
-		t.Logf("killed through YARN: %v", deadErr)
-	} else {
-		t.Log("KNOWN GAP: kill-through-YARN not asserted (set KB_YARN_TEST_KILL=1)")
-	}
-
 	// A submission YARN refuses fails the start quickly, with YARN's words.
 	t1 := time.Now()
 	_, err = c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_EXTRA_SPARK_OPTS": "--conf spark.driver.memory=64g"})
@@ -374,6 +392,87 @@ func TestPySparkOnYARN(t *testing.T) {
 	if time.Since(t1) > 2*time.Minute {
 		t.Errorf("the refusal took %s", time.Since(t1))
 	}
+	noAppRunning(t, rmURL)
+
+	// JEG's own YarnClusterProcessProxy spec (from its sdist, laid out by
+	// scripts/setup-jeg-yarn.sh) runs unchanged: its run.sh only calls
+	// spark-submit, so kernelbus takes its SPARK_OPTS and lazy mode.
+	var k2 *client.Model
+	if jegSpec != "" {
+		k2, err = c.StartKernel(ctx, jegSpec, map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_USERNAME": "alice"})
+		if err != nil {
+			t.Fatalf("start of JEG's spec: %v", err)
+		}
+	} else {
+		t.Log("KB_JEG_YARN_KERNELS not set (task test:yarn sets it): JEG's own spec not tried; the next part uses pyspark_yarn")
+		k2, err = c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360"})
+		if err != nil {
+			t.Fatalf("start 2: %v", err)
+		}
+	}
+	// A lazy session: the kernel answers first, and the application master
+	// registers (RUNNING) once the background SparkContext exists.
+	var apps2 []yarn.App
+	waitFor(t, 3*time.Minute, "kernel 2's application to run", func() bool {
+		apps2, err = rm.AppsByName(ctx, k2.ID)
+		return err == nil && len(apps2) == 1 && apps2[0].State == "RUNNING"
+	})
+	ws2, err := c.Connect(ctx, k2.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ws2.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 3*time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
+		t.Fatalf("sum in kernel 2: %v %+v", err, r)
+	}
+
+	// The worker restarts (now checking queues first); the kernel goes on,
+	// and the new worker, which knows it only from its record, follows it.
+	c.restartWorker("--yarn-queue-check")
+	if r, err := ws2.Execute("print(6*7)", time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "42" {
+		t.Fatalf("kernel 2 after the worker restart: %v %+v", err, r)
+	}
+
+	// The queue check refuses a queue YARN does not have, before submitting.
+	t2 := time.Now()
+	_, err = c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_EXTRA_SPARK_OPTS": "--conf spark.yarn.queue=nosuch"})
+	if err == nil || !strings.Contains(err.Error(), `no queue "nosuch"`) || !strings.Contains(err.Error(), "root.default") {
+		t.Fatalf("start on a missing queue: %v", err)
+	}
+	t.Logf("missing queue refused in %s: %v", time.Since(t2).Round(time.Millisecond), err)
+
+	// Killed through YARN: the connected client gets the iopub status
+	// "dead" and a close that gives YARN's reason; the model says dead, why.
+	if err := rm.Kill(ctx, apps2[0].ID); err != nil {
+		t.Fatalf("kill through YARN: %v", err)
+	}
+	sawDead := false
+	var closeErr error
+	for closeErr == nil {
+		m, err := ws2.Recv(time.Now().Add(2 * time.Minute))
+		switch {
+		case err != nil:
+			closeErr = err
+		case m.Channel == "iopub" && m.Header.MsgType == "status" && strings.Contains(string(m.Content), `"dead"`):
+			sawDead = true
+		}
+	}
+	if !sawDead || !strings.Contains(closeErr.Error(), "1000") || !strings.Contains(closeErr.Error(), "kernel died") {
+		t.Fatalf("client of the killed kernel: dead status %v, close %v", sawDead, closeErr)
+	}
+	// The launcher only knew it was signalled; the worker, following the
+	// application, gives YARN's account.
+	var m2 *client.Model
+	waitFor(t, time.Minute, "YARN's reason in the kernel model", func() bool {
+		m2, err = c.Kernel(ctx, k2.ID)
+		return err == nil && m2.ExecutionState == "dead" && strings.Contains(m2.Reason, "KILLED") && strings.Contains(m2.Reason, "yarn-admin")
+	})
+	t.Logf("killed through YARN: %s", m2.Reason)
+	noAppRunning(t, rmURL)
+}
+
+// noAppRunning waits until YARN runs no application.
+func noAppRunning(t *testing.T, rmURL string) {
+	t.Helper()
 	waitFor(t, time.Minute, "no application running", func() bool {
 		var out struct {
 			Apps *struct{ App []yarn.App } `json:"apps"`
