@@ -71,6 +71,20 @@ func hostInit(cfgJSON string) int {
 	must("mkdir tmpfs", os.MkdirAll(cfg.Tmpfs, 0o755))
 	must("mount tmpfs", syscall.Mount("kbhost", cfg.Tmpfs, "tmpfs", 0, "mode=0755"))
 	must("privsep dir", os.MkdirAll("/run/sshd", 0o755))
+	// A host is a fresh machine: its root has none of the shell startup
+	// files of the machine running the tests. sshd runs every command
+	// through bash, which reads ~/.bashrc; this machine's runs pyenv, and a
+	// session killed during its rehash leaves a lock that made each later
+	// command wait 60 s.
+	if home, err := os.UserHomeDir(); err == nil {
+		empty := filepath.Join(cfg.Tmpfs, ".kb-empty-rc")
+		must("empty rc", os.WriteFile(empty, nil, 0o644))
+		for _, f := range []string{".bashrc", ".profile", ".bash_profile", ".bash_login"} {
+			if p := filepath.Join(home, f); fileExists(p) {
+				must("hide "+p, syscall.Mount(empty, p, "", syscall.MS_BIND, ""))
+			}
+		}
+	}
 
 	var mu sync.Mutex
 	sshd := 0
@@ -442,4 +456,9 @@ func (h *labHost) Alive(pid int) bool {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
