@@ -287,7 +287,7 @@ func TestKernelsOnHosts(t *testing.T) {
 			t.Fatalf("kernel %s should run on %s, it says %q", k.ID, h.IP, r.Stdout.String())
 		}
 		// Interrupt a long computation.
-		id, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; time.sleep(120)", "silent": false,
+		id, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(120)", "silent": false,
 			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
 		if err != nil {
 			t.Fatal(err)
@@ -354,17 +354,19 @@ func TestKernelsOnHosts(t *testing.T) {
 	}
 }
 
-// waitInput reads the kernel's messages until it echoes request id's
-// execute_input, after which the code runs with SIGINT handled.
+// waitInput reads the kernel's messages until request id's code prints
+// "sleeping": the user's code runs then, so an interrupt lands in it. (At
+// execute_input it may still be in ipykernel's own code, which swallows a
+// KeyboardInterrupt: the interrupt would be lost, as in Jupyter.)
 func waitInput(t *testing.T, conn *client.Conn, id string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m, err := conn.Recv(deadline)
 		if err != nil {
-			t.Fatalf("waiting for execute_input of %s: %v", id, err)
+			t.Fatalf("waiting for request %s's code to run: %v", id, err)
 		}
-		if m.ParentHeader.MsgID == id && m.Header.MsgType == "execute_input" {
+		if m.ParentHeader.MsgID == id && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), "sleeping") {
 			return
 		}
 	}

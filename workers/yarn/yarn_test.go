@@ -156,7 +156,9 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func run(t *testing.T, name string, args ...string) (stop func()) { return runEnv(t, nil, name, args...) }
+func run(t *testing.T, name string, args ...string) (stop func()) {
+	return runEnv(t, nil, name, args...)
+}
 
 // runEnv runs a process in its own group, with env added to this one's, in a
 // temporary folder that also holds its log. stop (also run at cleanup, once)
