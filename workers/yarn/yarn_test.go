@@ -63,14 +63,7 @@ func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
 	}
 	t.Cleanup(func() {
 		stdin.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		waitOrKill(cmd, 30*time.Second)
 		killUnder(out) // containers run in their own sessions
 		if t.Failed() {
 			tailFile(t, filepath.Join(out, "harness.log"), 40)
@@ -83,6 +76,18 @@ func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
 	})
 	web, _ := os.ReadFile(filepath.Join(out, "rm-web"))
 	return filepath.Join(out, "conf"), "http://" + strings.TrimSpace(string(web))
+}
+
+// waitOrKill waits for cmd to exit, killing its process group after d.
+func waitOrKill(cmd *exec.Cmd, d time.Duration) {
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
 }
 
 // killUnder kills processes whose command line or cwd is below dir.
@@ -177,14 +182,7 @@ func runEnv(t *testing.T, env []string, name string, args ...string) (stop func(
 	stop = func() {
 		once.Do(func() {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-done
-			}
+			waitOrKill(cmd, 20*time.Second)
 		})
 	}
 	t.Cleanup(func() {
