@@ -3,7 +3,9 @@
 # eager (before the kernel answers), lazy (in the background; first use
 # waits) or none.
 import os as _kb_os
+import itertools as _kb_itertools
 import threading as _kb_threading
+import time as _kb_time
 
 
 def _kb_make_spark():
@@ -68,15 +70,52 @@ def _kb_install():
         _kb_threading.Thread(target=build, name="kernelbus-spark", daemon=True).start()
         ip.user_ns["spark"], ip.user_ns["sc"] = _Waiting("spark"), _Waiting("sc")
 
+    # Each cell's Spark jobs run in a job group of their own, so that an
+    # interrupt cancels that cell's jobs and nobody else's.
+    cells = _kb_itertools.count(1)
+
+    def pre_run_cell(info=None):
+        sc = state["objs"].get("sc")
+        state["group"] = None
+        if sc is not None:
+            group = "kernelbus-cell-%d" % next(cells)
+            try:
+                sc.setJobGroup(group, "notebook cell", interruptOnCancel=True)
+                state["group"] = group
+            except Exception:
+                pass
+
+    ip.events.register("pre_run_cell", pre_run_cell)
+
     def on_interrupt(shell, etype, value, tb, tb_offset=None):
-        # An interrupt stops the Python side only: cancel the Spark jobs it
-        # was waiting for too, from another thread (this one's Py4J
-        # connection is mid-call), and drop that connection.
+        # An interrupt stops the Python side only: cancel the Spark jobs of
+        # the cell from another thread (this one's Py4J connection is
+        # mid-call) and drop that connection. The interrupt may land while
+        # the JVM is still submitting the job, so the cancel is repeated for
+        # a few seconds in the background.
         sc = state["objs"].get("sc")
         if sc is not None:
-            t = _kb_threading.Thread(target=sc.cancelAllJobs)
+            group = state.get("group")
+
+            def cancel():
+                if group:
+                    sc.cancelJobGroup(group)
+                else:
+                    sc.cancelAllJobs()
+
+            def keep_cancelling():
+                for _ in range(15):
+                    _kb_time.sleep(0.2)
+                    try:
+                        cancel()
+                    except Exception:
+                        return
+
+            t = _kb_threading.Thread(target=cancel)
             t.start()
             t.join(30)
+            if group:
+                _kb_threading.Thread(target=keep_cancelling, daemon=True).start()
             try:
                 client = sc._gateway._gateway_client
                 conn = client.thread_connection.connection()
