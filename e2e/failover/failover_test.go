@@ -410,7 +410,7 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 			counted = cnt.nums
 		}()
 	}
-	waitFor(5 * time.Second)
+	letLoadRun(5 * time.Second)
 	victim := 0
 	if st, err := c.Bus.JS.Stream(ctx, broker.StreamIO); err == nil && st.CachedInfo().Cluster != nil {
 		fmt.Sscanf(st.CachedInfo().Cluster.Leader, "n%d", &victim)
@@ -418,10 +418,10 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	before := execs.Load()
 	c.Nodes[victim].kill()
 	t.Logf("killed NATS node n%d (leader of %s) after %d executes", victim, broker.StreamIO, before)
-	waitFor(10 * time.Second)
+	letLoadRun(10 * time.Second)
 	c.RestartNode(victim)
 	t.Logf("node n%d back after %d executes", victim, execs.Load())
-	waitFor(5 * time.Second)
+	letLoadRun(5 * time.Second)
 	stop.Store(true)
 	wg.Wait()
 	mu.Lock()
@@ -448,9 +448,9 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	}
 }
 
-// waitFor lets load run for d: the scenario's time line, not a wait for a
+// letLoadRun lets load run for d: the scenario's time line, not a wait for a
 // condition.
-func waitFor(d time.Duration) { time.Sleep(d) }
+func letLoadRun(d time.Duration) { time.Sleep(d) }
 
 // cutProxy forwards TCP to one address and can cut every connection
 // through it, refusing new ones, for a while.
