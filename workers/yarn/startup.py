@@ -8,6 +8,17 @@ import threading as _kb_threading
 import time as _kb_time
 
 
+def _kb_log(msg):
+    # The kernel's real stderr (ipykernel sends sys.stderr to the notebook);
+    # the launcher relays it to the container's log.
+    import sys
+    try:
+        sys.__stderr__.write("kernelbus-spark: %s\n" % msg)
+        sys.__stderr__.flush()
+    except Exception:
+        pass
+
+
 def _kb_make_spark():
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
@@ -73,6 +84,26 @@ def _kb_install():
     # Each cell's Spark jobs run in a job group of their own, so that an
     # interrupt cancels that cell's jobs and nobody else's.
     cells = _kb_itertools.count(1)
+    try:
+        from py4j.protocol import Py4JNetworkError
+    except ImportError:
+        class Py4JNetworkError(Exception):
+            pass
+
+    def retry(call):
+        # On a KeyboardInterrupt, Py4J has the JVM shut the interrupted
+        # connection down; for a moment after that the JVM may drop new
+        # connections too ("Answer from Java side is empty").
+        delay = 0.05
+        for attempt in range(20):
+            try:
+                return call()
+            except Py4JNetworkError as e:
+                if attempt == 19:
+                    raise
+                _kb_log("Py4J: %s; trying again" % (e,))
+                _kb_time.sleep(delay)  # backing off from a refused connection
+                delay = min(delay * 2, 0.5)
 
     def pre_run_cell(info=None):
         sc = state["objs"].get("sc")
@@ -80,53 +111,79 @@ def _kb_install():
         if sc is not None:
             group = "kernelbus-cell-%d" % next(cells)
             try:
-                sc.setJobGroup(group, "notebook cell", interruptOnCancel=True)
+                retry(lambda: sc.setJobGroup(group, "notebook cell", interruptOnCancel=True))
                 state["group"] = group
-            except Exception:
-                pass
+            except Exception as e:
+                _kb_log("setting job group %s: %r" % (group, e))
 
     ip.events.register("pre_run_cell", pre_run_cell)
 
-    def on_interrupt(shell, etype, value, tb, tb_offset=None):
-        # An interrupt stops the Python side only: cancel the Spark jobs of
-        # the cell from another thread (this one's Py4J connection is
-        # mid-call) and drop that connection. The interrupt may land while
-        # the JVM is still submitting the job, so the cancel is repeated for
-        # a few seconds in the background.
+    def cancel(sc, group):
+        # The interrupt may land while the JVM is still submitting the cell's
+        # job (the Python side has given up on that call, the JVM has not), so
+        # the group's future jobs are cancelled too; the next cell has a new
+        # group. Spark before 4.0 lacks that: cancel now and for a few seconds.
+        jsc = retry(lambda: sc._jsc.sc())
+        if not group:
+            retry(jsc.cancelAllJobs)
+            return "all jobs"
+        try:
+            retry(lambda: jsc.cancelJobGroupAndFutureJobs(group, "interrupted from the notebook"))
+            return "job group %s and its future jobs" % group
+        except Exception as e:
+            if "cancelJobGroupAndFutureJobs" not in str(e):
+                raise
+
+        def again():
+            for _ in range(15):
+                _kb_time.sleep(0.2)  # repeats for a job still being submitted
+                try:
+                    jsc.cancelJobGroup(group)
+                except Exception as e:
+                    _kb_log("interrupt: cancelling job group %s again: %r" % (group, e))
+                    return
+
+        retry(lambda: jsc.cancelJobGroup(group))
+        _kb_threading.Thread(target=again, name="kernelbus-cancel", daemon=True).start()
+        return "job group %s" % group
+
+    def interrupt_in(exc):
+        # The KeyboardInterrupt behind exc: itself, or one that was being
+        # handled when exc was raised (PySpark's clean-up after an interrupted
+        # call makes a Py4J call of its own, which can fail as above).
+        seen = set()
+        while exc is not None and id(exc) not in seen:
+            if isinstance(exc, KeyboardInterrupt):
+                return exc
+            seen.add(id(exc))
+            exc = exc.__context__
+        return None
+
+    def on_error(shell, etype, value, tb, tb_offset=None):
+        # An interrupt stops the Python side only. The cell's Spark jobs are
+        # cancelled from another thread (this one's Py4J connection is gone).
+        ki = interrupt_in(value)
         sc = state["objs"].get("sc")
-        if sc is not None:
+        if ki is not None and sc is not None:
             group = state.get("group")
+            done = []
 
-            def cancel():
-                if group:
-                    sc.cancelJobGroup(group)
-                else:
-                    sc.cancelAllJobs()
+            def cancel_now():
+                try:
+                    done.append(cancel(sc, group))
+                except Exception as e:
+                    _kb_log("interrupt: could not cancel the Spark jobs of job group %s: %r" % (group, e))
 
-            def keep_cancelling():
-                for _ in range(15):
-                    _kb_time.sleep(0.2)
-                    try:
-                        cancel()
-                    except Exception:
-                        return
-
-            t = _kb_threading.Thread(target=cancel)
+            t = _kb_threading.Thread(target=cancel_now, name="kernelbus-cancel")
             t.start()
             t.join(30)
-            if group:
-                _kb_threading.Thread(target=keep_cancelling, daemon=True).start()
-            try:
-                client = sc._gateway._gateway_client
-                conn = client.thread_connection.connection()
-                if conn is not None:
-                    conn.close()
-            except Exception:
-                pass
+            if done:
+                _kb_log("interrupt: cancelled %s" % done[0])
+        if ki is not None:
+            etype, value, tb = type(ki), ki, ki.__traceback__
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
-    ip.set_custom_exc((KeyboardInterrupt,), on_interrupt)
-
+    ip.set_custom_exc((KeyboardInterrupt, Py4JNetworkError), on_error)
 
 _kb_install()
 del _kb_install
