@@ -179,7 +179,8 @@ def _kb_install():
             t.join(30)
             if done:
                 _kb_log("interrupt: cancelled %s" % done[0])
-        if ki is not None:
+        if ki is not None and ki is not value:
+            _kb_log("interrupt: shown as KeyboardInterrupt; PySpark's clean-up after it raised %r" % (value,))
             etype, value, tb = type(ki), ki, ki.__traceback__
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 

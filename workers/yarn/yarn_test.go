@@ -338,6 +338,18 @@ func TestPySparkOnYARN(t *testing.T) {
 	t.Logf("MEASURED: interrupt of a running Spark job to no active job: %s", took.Round(time.Millisecond))
 	took = interruptLongJob(t, c.Client, ws, k.ID, confDir, 0)
 	t.Logf("interrupt of a Spark job being submitted to no active job: %s", took.Round(time.Millisecond))
+	// What an interrupt looks like when PySpark's clean-up after the
+	// interrupted Py4J call fails in turn (rare; seen in loops of
+	// TestSparkInterruptLoop) is still an interrupt to the user.
+	chained, err := ws.Send("shell", "execute_request", map[string]any{"code": "from py4j.protocol import Py4JNetworkError\n" +
+		"try:\n    raise KeyboardInterrupt()\nexcept KeyboardInterrupt:\n    raise Py4JNetworkError('Answer from Java side is empty')",
+		"silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ename := awaitError(t, ws, chained); st != "error" || ename != "KeyboardInterrupt" {
+		t.Fatalf("interrupt behind a Py4J error: reply %q, error %q; want an error, KeyboardInterrupt", st, ename)
+	}
 	r, err = ws.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 3*time.Minute)
 	if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
 		t.Fatalf("sum after interrupt: %v %q", err, r.Stdout.String())
@@ -501,7 +513,7 @@ func TestSparkInterruptLoop(t *testing.T) {
 		took := interruptLongJob(t, c.Client, ws, k.ID, confDir, after)
 		t.Logf("trial %d (interrupt at %v): no active job %s after the interrupt", i, after, took.Round(time.Millisecond))
 	}
-	sparkLog(t, filepath.Dir(confDir), "trying again")
+	sparkLog(t, filepath.Dir(confDir), "trying again", "shown as KeyboardInterrupt")
 }
 
 // interruptLongJob runs a long Spark job in the kernel, interrupts it, and
