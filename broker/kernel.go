@@ -62,6 +62,10 @@ type Kernel struct {
 	Handle json.RawMessage `json:"handle,omitempty"`
 	// Reason says why the kernel failed, died or ended.
 	Reason string `json:"reason,omitempty"`
+	// FailStatus is the HTTP status a failed start answers with when the
+	// resource manager refused the request itself (400: it asks for what
+	// the cluster cannot give; 409, 503: not now); 0 means 500.
+	FailStatus int `json:"fail_status,omitempty"`
 	// Restarts counts automatic restarts since the last stable run.
 	Restarts int `json:"restarts,omitempty"`
 	// Launch is what the worker hands the launcher (without bus

@@ -257,7 +257,11 @@ func startFailed(k *broker.Kernel) error {
 	if reason == "" {
 		reason = "it ended as " + string(k.State)
 	}
-	return broker.Errorf(broker.ErrStartFailed, "Kernel %s failed to start: %s", k.ID, reason)
+	e := broker.Errorf(broker.ErrStartFailed, "Kernel %s failed to start: %s", k.ID, reason)
+	if k.FailStatus >= 400 && k.FailStatus < 600 {
+		e.Status = k.FailStatus // refused by the resource manager: the request is at fault, or the time
+	}
+	return e
 }
 
 // launchConfig is what the worker hands the launcher. The kernel's env is

@@ -257,7 +257,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		h, err := p.be.Start(ctx, &cfg)
 		if err != nil {
-			return p.fail(k, nil, fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
+			return p.failStatus(k, nil, RefusedStatus(err), fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
 		// submitted goes to the log before the record says so: the
 		// launcher waits for the record before it reports started, so the
@@ -377,6 +377,23 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 // fail marks a start failed (unless something else already ended it),
 // stops what was started and emits start_failed.
 func (p *Pool) fail(k *broker.Kernel, h *Handle, reason string) error {
+	return p.failStatus(k, h, 0, reason)
+}
+
+// RefusedStatus is the HTTP status a start that failed with err answers
+// with when err is a *broker.Error other than a 500 (the backend refused the
+// request itself), else 0 (a 500).
+func RefusedStatus(err error) int {
+	var e *broker.Error
+	if errors.As(err, &e) && e.Status != 500 {
+		return e.Status
+	}
+	return 0
+}
+
+// failStatus is fail with the HTTP status the client's start answers with
+// (0: 500).
+func (p *Pool) failStatus(k *broker.Kernel, h *Handle, status int, reason string) error {
 	if h != nil {
 		_ = p.be.Stop(context.Background(), *h, p.cfg.StopGrace)
 	}
@@ -384,7 +401,7 @@ func (p *Pool) fail(k *broker.Kernel, h *Handle, reason string) error {
 		if k.State.Terminal() {
 			return errAlreadyDone
 		}
-		k.State, k.Reason = broker.StateFailed, reason
+		k.State, k.Reason, k.FailStatus = broker.StateFailed, reason, status
 		return nil
 	})
 	if errors.Is(err, errAlreadyDone) || errors.Is(err, broker.ErrKernelNotFound) {

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+
+	"github.com/kernelbus/kernelbus/broker"
 )
 
 // The queue check (--yarn-queue-check) asks the ResourceManager's scheduler
@@ -183,17 +185,14 @@ func (b *Backend) checkCapacity(ctx context.Context, args []string) error {
 		return fmt.Errorf("yarn: queue check: %w", err)
 	}
 	if s.Root == nil { // FIFO: one queue, the cluster
-		if m.AvailableMB < need {
-			return fmt.Errorf("YARN has %d MB free of %d MB and the driver needs %d MB: not submitting", m.AvailableMB, m.TotalMB, need)
-		}
-		return nil
+		return clusterRoom(m, need)
 	}
 	q, leaves := s.Find(queue)
 	if q == nil {
-		return fmt.Errorf("YARN has no queue %q (its queues: %s): set spark.yarn.queue to one of them", queue, strings.Join(leaves, ", "))
+		return broker.Errorf(broker.ErrBadRequest, "YARN has no queue %q (its queues: %s): set spark.yarn.queue to one of them", queue, strings.Join(leaves, ", "))
 	}
 	if q.State != "" && q.State != "RUNNING" {
-		return fmt.Errorf("YARN queue %q is %s and takes no applications", queue, q.State)
+		return broker.Errorf(broker.ErrConflict, "YARN queue %q is %s and takes no applications: use another queue, or ask an administrator to start it", queue, q.State)
 	}
 	var limit, used int64
 	if q.MaxResources.Memory > 0 { // fair scheduler
@@ -201,17 +200,29 @@ func (b *Backend) checkCapacity(ctx context.Context, args []string) error {
 	} else {
 		limit, used = int64(q.AbsoluteMaxCapacity/100*float64(m.TotalMB)), q.ResourcesUsed.Memory
 	}
+	if need > limit {
+		return broker.Errorf(broker.ErrBadRequest, "YARN queue %q holds at most %d MB and the driver needs %d MB: ask for less (spark.driver.memory) or use another queue", queue, limit, need)
+	}
 	if free := limit - used; free < need {
-		return fmt.Errorf("YARN queue %q has %d MB free (%d MB used of its %d MB maximum) and the driver needs %d MB: not submitting", queue, max(free, 0), used, limit, need)
+		return broker.Errorf(broker.ErrUnavailable, "YARN queue %q has %d MB free (%d MB used of its %d MB maximum) and the driver needs %d MB: not submitting; try again when it has room", queue, max(free, 0), used, limit, need)
 	}
 	// The capacity scheduler always admits a queue's first application
 	// master; later ones only within the queue's AM share.
 	if q.NumActiveApps > 0 && q.AMResourceLimit.Memory > 0 && q.UsedAMResource.Memory+need > q.AMResourceLimit.Memory {
-		return fmt.Errorf("YARN queue %q: application masters use %d MB of the %d MB it allows them, and this driver (an application master in cluster mode) needs %d MB: not submitting (raise yarn.scheduler.capacity.maximum-am-resource-percent or use another queue)",
+		return broker.Errorf(broker.ErrUnavailable, "YARN queue %q: application masters use %d MB of the %d MB it allows them, and this driver (an application master in cluster mode) needs %d MB: not submitting (raise yarn.scheduler.capacity.maximum-am-resource-percent or use another queue)",
 			queue, q.UsedAMResource.Memory, q.AMResourceLimit.Memory, need)
 	}
+	return clusterRoom(m, need)
+}
+
+// clusterRoom refuses a driver bigger than the cluster (400) or than what
+// it has free now (503).
+func clusterRoom(m *Metrics, need int64) error {
+	if need > m.TotalMB {
+		return broker.Errorf(broker.ErrBadRequest, "YARN has %d MB in all and the driver needs %d MB: ask for less (spark.driver.memory)", m.TotalMB, need)
+	}
 	if m.AvailableMB < need {
-		return fmt.Errorf("YARN has %d MB free of %d MB and the driver needs %d MB: not submitting", m.AvailableMB, m.TotalMB, need)
+		return broker.Errorf(broker.ErrUnavailable, "YARN has %d MB free of %d MB and the driver needs %d MB: not submitting; try again when it has room", m.AvailableMB, m.TotalMB, need)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kernelbus/kernelbus/workers"
 	"github.com/rs/zerolog"
 )
 
@@ -59,17 +60,20 @@ func TestQueueCheck(t *testing.T) {
 		args            []string
 		availMB         int    // free in the cluster, of 16384 MB
 		wantErr         string // "" = admitted
+		wantStatus      int    // the HTTP status the start answers with
 	}{
 		// default: 50 % of 16384 MB = 8192, 3072 used; AM share 2048, 1024 used.
-		{"capacity: fits", capacityAnswer, []string{"--conf", "spark.driver.memory=512m"}, 15000, ""},
-		{"capacity: AM share full", capacityAnswer, []string{"--driver-memory", "1g"}, 15000, `application masters use 1024 MB of the 2048 MB`},
-		{"capacity: no room", capacityAnswer, []string{"--conf", "spark.driver.memory=6g"}, 15000, `queue "default" has 5120 MB free (3072 MB used of its 8192 MB maximum) and the driver needs 6758 MB`},
-		{"capacity: unknown queue", capacityAnswer, []string{"--queue", "nosuch"}, 15000, `YARN has no queue "nosuch" (its queues: root.analytics.adhoc, root.default)`},
-		{"capacity: stopped queue by path", capacityAnswer, []string{"--conf", "spark.yarn.queue=root.analytics.adhoc"}, 15000, `is STOPPED`},
-		{"capacity: overhead counted", capacityAnswer, []string{"--conf", "spark.driver.memory=512m", "--conf", "spark.driver.memoryOverhead=2g"}, 15000, `needs 2560 MB`},
-		{"fair: fits", fairAnswer, []string{"--queue", "etl", "--driver-memory", "100m"}, 15000, ""},
-		{"fair: no room", fairAnswer, []string{"--queue", "root.etl", "--driver-memory", "512m"}, 15000, `queue "root.etl" has 512 MB free`},
-		{"fifo: cluster full", `{"scheduler":{"schedulerInfo":{"type":"fifoScheduler","capacity":1.0}}}`, nil, 1000, `YARN has 1000 MB free of 16384 MB and the driver needs 1408 MB`},
+		{"capacity: fits", capacityAnswer, []string{"--conf", "spark.driver.memory=512m"}, 15000, "", 0},
+		{"capacity: AM share full", capacityAnswer, []string{"--driver-memory", "1g"}, 15000, `application masters use 1024 MB of the 2048 MB`, 503},
+		{"capacity: no room now", capacityAnswer, []string{"--conf", "spark.driver.memory=6g"}, 15000, `queue "default" has 5120 MB free (3072 MB used of its 8192 MB maximum) and the driver needs 6758 MB`, 503},
+		{"capacity: bigger than the queue", capacityAnswer, []string{"--conf", "spark.driver.memory=8g"}, 15000, `queue "default" holds at most 8192 MB and the driver needs 9011 MB: ask for less (spark.driver.memory)`, 400},
+		{"capacity: unknown queue", capacityAnswer, []string{"--queue", "nosuch"}, 15000, `YARN has no queue "nosuch" (its queues: root.analytics.adhoc, root.default)`, 400},
+		{"capacity: stopped queue by path", capacityAnswer, []string{"--conf", "spark.yarn.queue=root.analytics.adhoc"}, 15000, `is STOPPED`, 409},
+		{"capacity: overhead counted", capacityAnswer, []string{"--conf", "spark.driver.memory=512m", "--conf", "spark.driver.memoryOverhead=2g"}, 15000, `needs 2560 MB`, 503},
+		{"fair: fits", fairAnswer, []string{"--queue", "etl", "--driver-memory", "100m"}, 15000, "", 0},
+		{"fair: no room now", fairAnswer, []string{"--queue", "root.etl", "--driver-memory", "512m"}, 15000, `queue "root.etl" has 512 MB free`, 503},
+		{"fifo: cluster full", `{"scheduler":{"schedulerInfo":{"type":"fifoScheduler","capacity":1.0}}}`, nil, 1000, `YARN has 1000 MB free of 16384 MB and the driver needs 1408 MB`, 503},
+		{"fifo: bigger than the cluster", `{"scheduler":{"schedulerInfo":{"type":"fifoScheduler","capacity":1.0}}}`, []string{"--driver-memory", "20g"}, 16384, `YARN has 16384 MB in all and the driver needs 22528 MB`, 400},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -80,6 +84,8 @@ func TestQueueCheck(t *testing.T) {
 				t.Fatalf("refused: %v", err)
 			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
 				t.Fatalf("got %v, want an error containing %q", err, c.wantErr)
+			case c.wantErr != "" && workers.RefusedStatus(err) != c.wantStatus:
+				t.Fatalf("%v: answers %d, want %d", err, workers.RefusedStatus(err), c.wantStatus)
 			}
 		})
 	}

@@ -314,6 +314,11 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		if h.AppID != "" {
 			_ = b.rm.Kill(context.Background(), h.AppID)
 		}
+		if strings.Contains(text, "is above the max threshold") {
+			// Spark's own check against YARN's largest container: the
+			// request asks for more than this cluster can ever give.
+			return workers.Handle{}, broker.Errorf(broker.ErrBadRequest, "spark-submit failed (%v): %s", runErr, submitError(text))
+		}
 		return workers.Handle{}, fmt.Errorf("spark-submit failed (%v): %s", runErr, submitError(text))
 	}
 	if h.AppID == "" {

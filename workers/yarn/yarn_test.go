@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -382,8 +383,8 @@ func TestPySparkOnYARN(t *testing.T) {
 	// A submission YARN refuses fails the start quickly, with YARN's words.
 	t1 := time.Now()
 	_, err = c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_EXTRA_SPARK_OPTS": "--conf spark.driver.memory=64g"})
-	if err == nil || !strings.Contains(err.Error(), "max threshold") {
-		t.Fatalf("oversized start: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "max threshold") || apiStatus(err) != 400 {
+		t.Fatalf("oversized start: %v; want a 400 with YARN's words", err)
 	}
 	t.Logf("refused in %s: %v", time.Since(t1).Round(time.Millisecond), err)
 	if time.Since(t1) > 2*time.Minute {
@@ -432,8 +433,8 @@ func TestPySparkOnYARN(t *testing.T) {
 	// The queue check refuses a queue YARN does not have, before submitting.
 	t2 := time.Now()
 	_, err = c.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_EXTRA_SPARK_OPTS": "--conf spark.yarn.queue=nosuch"})
-	if err == nil || !strings.Contains(err.Error(), `no queue "nosuch"`) || !strings.Contains(err.Error(), "root.default") {
-		t.Fatalf("start on a missing queue: %v", err)
+	if err == nil || !strings.Contains(err.Error(), `no queue "nosuch"`) || !strings.Contains(err.Error(), "root.default") || apiStatus(err) != 400 {
+		t.Fatalf("start on a missing queue: %v; want a 400 naming the queues", err)
 	}
 	t.Logf("missing queue refused in %s: %v", time.Since(t2).Round(time.Millisecond), err)
 
@@ -465,6 +466,15 @@ func TestPySparkOnYARN(t *testing.T) {
 	})
 	t.Logf("killed through YARN: %s", m2.Reason)
 	noAppRunning(t, rmURL)
+}
+
+// apiStatus is the HTTP status of a gateway error, 0 if err is not one.
+func apiStatus(err error) int {
+	var e *client.APIError
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
 }
 
 // noAppRunning waits until YARN runs no application.
