@@ -26,20 +26,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// checkFor polls cond until it holds or timeout passes.
-func checkFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("condition not met after %s: %v", timeout, err)
-}
-
 func testLogger(t testing.TB) zerolog.Logger {
 	if os.Getenv("KB_TEST_LOG") != "" {
 		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -74,7 +75,7 @@ func TestWSIdleMemory(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	jstest.WaitForNil(t, 10*time.Second, func() error {
 		if e.fe.hub.count() != n {
 			return errString("not all registered")
 		}

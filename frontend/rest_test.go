@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -154,7 +155,7 @@ func TestKernelLifecycle(t *testing.T) {
 	if _, err := e.bus.Activity.Put(context.Background(), second, []byte(act)); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		e.do("GET", "api/kernels/"+second, nil, nil, &m)
 		if m.ExecutionState != "busy" || m.LastActivity != "2026-01-02T03:04:05.123456Z" {
 			return errString("model " + m.ExecutionState + " " + m.LastActivity)
@@ -194,7 +195,7 @@ func TestKernelLifecycle(t *testing.T) {
 	if _, err := e.bus.Activity.Get(context.Background(), second); err != jetstream.ErrKeyNotFound {
 		t.Fatalf("activity still there: %v", err)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		e.do("GET", "api/kernels", nil, nil, &ks)
 		if len(ks) != 1 {
 			return errString("list not updated")
@@ -207,7 +208,7 @@ func TestKernelLifecycle(t *testing.T) {
 	if resp.StatusCode != 204 {
 		t.Fatalf("delete without launcher: %d", resp.StatusCode)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		for _, r := range e.worker.stopRequests() {
 			if r.KernelID == ks[0].ID && string(r.Handle) == `{"pid":1}` {
 				return nil
@@ -217,7 +218,7 @@ func TestKernelLifecycle(t *testing.T) {
 	})
 
 	// Events were recorded.
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		info, err := e.bus.JS.Stream(context.Background(), broker.StreamEvents)
 		if err != nil {
 			return err
@@ -309,7 +310,7 @@ func TestStartTimeout(t *testing.T) {
 	if err != nil || k.State != broker.StateFailed || !strings.Contains(k.Reason, "timeout") {
 		t.Fatalf("record after timeout: %+v %v", k, err)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		for _, r := range e.worker.stopRequests() {
 			if r.KernelID == id {
 				return nil

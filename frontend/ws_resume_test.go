@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -179,7 +180,7 @@ func TestWSResumeAfterNoRepeat(t *testing.T) {
 
 	res = e.dialResume(k.ID, "resuming", sent[4].id, false)
 	sameTexts(t, "resuming client after the kill", readTexts(t, res, "n-1"), textsOf(more))
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		if cs := sessionRecord(t, e, k.ID, "resuming"); cs.Cursor != more[1].seq {
 			return fmt.Errorf("cursor %d, want %d", cs.Cursor, more[1].seq)
 		}

@@ -13,6 +13,7 @@ import (
 
 	fws "github.com/fasthttp/websocket"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -37,7 +38,7 @@ func TestWSLegacyRoundTrip(t *testing.T) {
 		t.Fatalf("reply parent %s, want %s", msgs[1].Parent, id)
 	}
 	// The model counts the connection.
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		var m KernelModel
 		e.do("GET", "api/kernels/"+k.ID, nil, nil, &m)
 		if m.Connections != 1 {
@@ -54,7 +55,7 @@ func TestWSLegacyRoundTrip(t *testing.T) {
 		t.Fatalf("launcher got %s %s", got.Channel, got.Header)
 	}
 	_ = c.c.WriteMessage(fws.CloseMessage, fws.FormatCloseMessage(1000, ""))
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		var m KernelModel
 		e.do("GET", "api/kernels/"+k.ID, nil, nil, &m)
 		if m.Connections != 0 {
@@ -117,7 +118,7 @@ func TestWSRoutingPerSession(t *testing.T) {
 // waitDisconnected waits until a session's record says disconnected.
 func waitDisconnected(t *testing.T, e *testEnv, kernel, session string) {
 	t.Helper()
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		ent, err := e.bus.Sessions.Get(context.Background(), sessionKVKey(kernel, session))
 		if err != nil {
 			return err
@@ -323,7 +324,7 @@ func TestWSLegacyBinaryFromProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := e.worker.launcher(k.ID)
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if len(l.received) != 1 {
@@ -455,7 +456,7 @@ func TestWSKernelEndCloses(t *testing.T) {
 	if _, err := c2.read(5 * time.Second); !errors.As(err, &ce) || ce.Code != 1000 || ce.Text != "kernel shut down" {
 		t.Fatalf("close after DELETE: %v", err)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	jstest.WaitForNil(t, 5*time.Second, func() error {
 		kl, err := e.bus.Sessions.ListKeysFiltered(context.Background(), k2.ID+".>")
 		if err != nil {
 			return err

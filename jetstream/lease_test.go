@@ -10,6 +10,7 @@ import (
 
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -49,18 +50,6 @@ func openLeases(t *testing.T, bus *kbjs.Bus) *kbjs.Leases {
 		t.Fatal(err)
 	}
 	return ls
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestLeaseAcquireRenewRelease(t *testing.T) {
@@ -125,7 +114,7 @@ func TestLeaseExpiresWithoutRenewal(t *testing.T) {
 		t.Fatalf("validity %s should be below the TTL", until)
 	}
 	var b *kbjs.Lease
-	waitFor(t, 15*time.Second, "the lease to expire", func() bool {
+	jstest.WaitFor(t, 15*time.Second, "the lease to expire", func() bool {
 		b, err = ls.Acquire(ctx, "duties", "b")
 		return err == nil
 	})
@@ -202,25 +191,25 @@ func TestCampaignExactlyOne(t *testing.T) {
 		}
 		return ""
 	}
-	waitFor(t, 10*time.Second, "a leader", func() bool { return leader() != "" })
+	jstest.WaitFor(t, 10*time.Second, "a leader", func() bool { return leader() != "" })
 	first := leader()
 
 	// A clean exit hands over at once (release), without waiting a TTL.
 	m := members[first]
 	m.cancel()
 	<-m.done
-	waitFor(t, 10*time.Second, "a second leader", func() bool { l := leader(); return l != "" && l != first })
+	jstest.WaitFor(t, 10*time.Second, "a second leader", func() bool { l := leader(); return l != "" && l != first })
 	second := leader()
 
 	// The second leader's connection breaks for good: it must stop its duty
 	// by itself, and the third member takes over after the TTL.
 	members[second].nc.Close()
-	waitFor(t, 15*time.Second, "the cut-off leader to stop", func() bool {
+	jstest.WaitFor(t, 15*time.Second, "the cut-off leader to stop", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return !active[second]
 	})
-	waitFor(t, 15*time.Second, "the third leader", func() bool { l := leader(); return l != "" && l != first && l != second })
+	jstest.WaitFor(t, 15*time.Second, "the third leader", func() bool { l := leader(); return l != "" && l != first && l != second })
 	if overlap.Load() {
 		t.Fatal("two members ran the duty at the same time")
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -53,7 +54,7 @@ func TestPublisherResendsInOrder(t *testing.T) {
 		}
 	}()
 	// Bring the stream back once the publisher has had to resend.
-	waitUntil(t, 30*time.Second, "a resend", func() bool { return p.resent.Load() > 0 })
+	jstest.WaitFor(t, 30*time.Second, "a resend", func() bool { return p.resent.Load() > 0 })
 	if _, err := kbjs.Setup(ctx, tb.nc, kbjs.Layout{}); err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestPublisherResendsInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	chunks := len(kbjs.Split(tb.nc, &nats.Msg{Subject: subj, Data: body(big)}))
-	waitUntil(t, 60*time.Second, "every message on the stream", func() bool {
+	jstest.WaitFor(t, 60*time.Second, "every message on the stream", func() bool {
 		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subj))
 		return err == nil && info.State.Subjects[subj] >= uint64(n-1+chunks)
 	})
@@ -98,16 +99,4 @@ func TestPublisherResendsInOrder(t *testing.T) {
 		t.Fatalf("%d bus messages on the stream for %d sent: duplicates", c, n-1+chunks)
 	}
 	t.Logf("%d messages (one in %d chunks) landed once each, in order, after %d resends", n, chunks, p.resent.Load())
-}
-
-// waitUntil polls cond until it holds or the time is up.
-func waitUntil(t *testing.T, total time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for wait := time.Millisecond; !cond(); wait = min(2*wait, 100*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %s", what, total)
-		}
-		time.Sleep(wait)
-	}
 }

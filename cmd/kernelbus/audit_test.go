@@ -52,7 +52,7 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 		// must not leave them behind either.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	})
-	pollUntil(t, 60*time.Second, "kernelbus serve to answer", func() bool {
+	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to answer", func() bool {
 		select {
 		case <-p.done:
 			log, _ := os.ReadFile(logPath)
@@ -81,17 +81,6 @@ func (p *serveProc) stop() {
 	case <-time.After(60 * time.Second):
 		_ = p.cmd.Process.Kill()
 		<-p.done
-	}
-}
-
-func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -208,7 +197,7 @@ func TestAuditLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Interrupt once the kernel is busy with it.
-	pollUntil(t, 30*time.Second, "alice's kernel to be busy", func() bool {
+	jstest.WaitFor(t, 30*time.Second, "alice's kernel to be busy", func() bool {
 		m, err := c.Kernel(ctx, a.ID)
 		return err == nil && m.ExecutionState == "busy"
 	})
@@ -228,17 +217,17 @@ func TestAuditLifecycle(t *testing.T) {
 	if _, err := cb.Send("shell", "execute_request", map[string]any{"code": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "silent": false}); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(t, 90*time.Second, "bob's kernel to be restarted automatically", func() bool {
+	jstest.WaitFor(t, 90*time.Second, "bob's kernel to be restarted automatically", func() bool {
 		return has(history(t, data, "--kernel", b.ID), b.ID, broker.EvAutoRestarted)
 	})
-	pollUntil(t, 60*time.Second, "bob's kernel to answer again", func() bool {
+	jstest.WaitFor(t, 60*time.Second, "bob's kernel to answer again", func() bool {
 		r, err := cb.Execute("print('back')", 20*time.Second)
 		return err == nil && strings.Contains(r.Stdout.String(), "back")
 	})
 
 	// carol: started and left alone, so the culler shuts it down.
 	cr := start("carol")
-	pollUntil(t, 90*time.Second, "carol's kernel to be culled", func() bool {
+	jstest.WaitFor(t, 90*time.Second, "carol's kernel to be culled", func() bool {
 		return has(history(t, data, "--kernel", cr.ID), cr.ID, broker.EvTerminated)
 	})
 	if _, err := c.Kernel(ctx, cr.ID); err == nil {
@@ -251,7 +240,7 @@ func TestAuditLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pollUntil(t, 60*time.Second, "every kernel to end", func() bool {
+	jstest.WaitFor(t, 60*time.Second, "every kernel to end", func() bool {
 		h := history(t, data, "--type", "terminated")
 		return has(h, a.ID, broker.EvTerminated) && has(h, b.ID, broker.EvTerminated)
 	})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -283,7 +284,7 @@ func TestWorkerKilledWhileRunning(t *testing.T) {
 		if err := c.LB.Next().DeleteKernel(ctx, id); err != nil {
 			t.Fatalf("delete: %v", err)
 		}
-		checkFor(t, 20*time.Second, func() error {
+		jstest.WaitForNil(t, 20*time.Second, func() error {
 			if syscall.Kill(pid, 0) == nil {
 				if kernelsOf(id) > 0 {
 					return fmt.Errorf("launcher %d still runs", pid)
@@ -681,7 +682,7 @@ func TestIdleCulledOnce(t *testing.T) {
 	}
 	holder := func() (string, *proc) {
 		var h string
-		checkFor(t, 60*time.Second, func() error {
+		jstest.WaitForNil(t, 60*time.Second, func() error {
 			e, err := leases.Get(ctx, "duties")
 			if err != nil {
 				return err
@@ -730,7 +731,7 @@ func TestIdleCulledOnce(t *testing.T) {
 	culledOnce := func(ids []string, fes []*client.Client) {
 		t.Helper()
 		for _, id := range ids {
-			checkFor(t, 90*time.Second, func() error {
+			jstest.WaitForNil(t, 90*time.Second, func() error {
 				if _, err := c.Kernel(id); !errors.Is(err, broker.ErrKernelNotFound) {
 					return fmt.Errorf("kernel %s still recorded (%v)", id, err)
 				}

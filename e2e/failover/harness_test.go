@@ -32,6 +32,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
 
@@ -307,7 +308,7 @@ func (c *Cluster) FE(i int) *client.Client { return c.LB.clients[i] }
 
 func (c *Cluster) waitNode(n *natsNode) {
 	c.t.Helper()
-	checkFor(c.t, 60*time.Second, func() error {
+	jstest.WaitForNil(c.t, 60*time.Second, func() error {
 		if !n.running() {
 			c.t.Fatalf("%s exited: %s", n.name, tail(n.log))
 		}
@@ -328,7 +329,7 @@ func (c *Cluster) waitNode(n *natsNode) {
 // would spend its setup time waiting (it gives up after 30 s).
 func (c *Cluster) waitMetaLeader() {
 	c.t.Helper()
-	checkFor(c.t, 90*time.Second, func() error {
+	jstest.WaitForNil(c.t, 90*time.Second, func() error {
 		for _, n := range c.Nodes {
 			r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz", n.monitor))
 			if err != nil {
@@ -355,7 +356,7 @@ func (c *Cluster) waitMetaLeader() {
 func (c *Cluster) waitFE(i int) {
 	c.t.Helper()
 	p := c.FEs[i]
-	checkFor(c.t, 60*time.Second, func() error {
+	jstest.WaitForNil(c.t, 60*time.Second, func() error {
 		if !p.running() {
 			c.t.Fatalf("%s exited: %s", p.name, tail(p.log))
 		}
@@ -373,7 +374,7 @@ func (c *Cluster) waitFE(i int) {
 
 func (c *Cluster) waitWorker(id string) {
 	c.t.Helper()
-	checkFor(c.t, 60*time.Second, func() error {
+	jstest.WaitForNil(c.t, 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, err := c.Bus.Workers.Get(ctx, id)
@@ -482,22 +483,6 @@ func tail(path string) string {
 		b = b[len(b)-max:]
 	}
 	return string(b)
-}
-
-// checkFor polls f until it returns nil or the time is up.
-func checkFor(t *testing.T, total time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for wait := 10 * time.Millisecond; ; wait = min(wait*2, 250*time.Millisecond) {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not true after %s: %v", total, err)
-		}
-		time.Sleep(wait)
-	}
 }
 
 // RoundRobin spreads calls over the front-ends, as a load balancer with

@@ -18,17 +18,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // kernel writes a running kernel record with the given activity.
 func kernel(t *testing.T, bus *kbjs.Bus, user string, idle time.Duration, state string) *broker.Kernel {
 	t.Helper()
@@ -186,7 +175,7 @@ func TestLostDetector(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 20*time.Second, "the silent kernel to be lost", func() bool {
+	jstest.WaitFor(t, 20*time.Second, "the silent kernel to be lost", func() bool {
 		if err := d.CheckLostOnce(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -269,16 +258,16 @@ func TestDutiesRunOnce(t *testing.T) {
 		}
 		return
 	}
-	waitFor(t, 10*time.Second, "a leader", func() bool { n, _ := leaders(); return n == 1 })
+	jstest.WaitFor(t, 10*time.Second, "a leader", func() bool { n, _ := leaders(); return n == 1 })
 	k1 := kernel(t, bus, "gina", time.Hour, "idle")
 	count(k1.ID)
-	waitFor(t, 10*time.Second, "k1 culled", func() bool { return gone(bus, k1.ID) })
+	jstest.WaitFor(t, 10*time.Second, "k1 culled", func() bool { return gone(bus, k1.ID) })
 	_, first := leaders()
 	ds[first].Stop()
-	waitFor(t, 10*time.Second, "a new leader", func() bool { n, who := leaders(); return n == 1 && who != first })
+	jstest.WaitFor(t, 10*time.Second, "a new leader", func() bool { n, who := leaders(); return n == 1 && who != first })
 	k2 := kernel(t, bus, "hank", time.Hour, "idle")
 	count(k2.ID)
-	waitFor(t, 10*time.Second, "k2 culled", func() bool { return gone(bus, k2.ID) })
+	jstest.WaitFor(t, 10*time.Second, "k2 culled", func() bool { return gone(bus, k2.ID) })
 	if n := len(events(t, bus, broker.EventFilter{Types: []string{broker.EvCulled}})); n != 2 {
 		t.Fatalf("%d culled events, want 2", n)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/nodeagent"
@@ -196,7 +197,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 		var last *client.Model
-		checkFor(t, 60*time.Second, func() error {
+		jstest.WaitForNil(t, 60*time.Second, func() error {
 			km, err := c.Kernel(ctx, m.ID)
 			if err != nil {
 				return err
@@ -321,7 +322,7 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn")
 	var g gateway
 	g.url = "http://" + addr
-	checkFor(t, 30*time.Second, func() error {
+	jstest.WaitForNil(t, 30*time.Second, func() error {
 		f, err := os.Open(filepath.Join(data, "nats.conn"))
 		if err != nil {
 			return err
@@ -343,7 +344,7 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 		return nil
 	})
 	c := &client.Client{BaseURL: g.url}
-	checkFor(t, 30*time.Second, func() error {
+	jstest.WaitForNil(t, 30*time.Second, func() error {
 		_, err := c.Kernels(context.Background())
 		return err
 	})
@@ -435,22 +436,6 @@ func waitGone(t *testing.T, ctx context.Context, cs k8s.Interface, resource, ns,
 		}
 		sort.Strings(left)
 		t.Fatalf("%s %s/%s is still there: %v %v", resource, ns, name, err, left)
-	}
-}
-
-// checkFor retries f until it succeeds or timeout passes.
-func checkFor(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

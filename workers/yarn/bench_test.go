@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers/yarn"
 )
 
@@ -138,7 +139,7 @@ func startJEGYARN(t *testing.T, venv, kernels, confDir, rmURL string) *client.Cl
 		"--EnterpriseGatewayApp.list_kernels=True",
 		"--log-level", "DEBUG")
 	c := &client.Client{BaseURL: "http://" + listen}
-	waitFor(t, 2*time.Minute, "JEG", func() bool { _, err := c.Kernels(context.Background()); return err == nil })
+	jstest.WaitFor(t, 2*time.Minute, "JEG", func() bool { _, err := c.Kernels(context.Background()); return err == nil })
 	return c
 }
 
@@ -146,7 +147,7 @@ func startJEGYARN(t *testing.T, venv, kernels, confDir, rmURL string) *client.Cl
 // kernel and waits for its YARN application to end.
 func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) benchRun {
 	ctx := context.Background()
-	waitFor(t, 2*time.Minute, "no application running before a start", func() bool { return liveApps(rmURL) == 0 })
+	jstest.WaitFor(t, 2*time.Minute, "no application running before a start", func() bool { return liveApps(rmURL) == 0 })
 	// JEG refuses root (its default unauthorized_users), so both get a user.
 	kenv := map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_USERNAME": "bench"}
 	t0 := time.Now()
@@ -181,7 +182,7 @@ func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) b
 	if err := g.c.DeleteKernel(ctx, k.ID); err != nil {
 		t.Fatalf("%s: delete: %v", g.name, err)
 	}
-	waitFor(t, 3*time.Minute, g.name+"'s application to end", func() bool {
+	jstest.WaitFor(t, 3*time.Minute, g.name+"'s application to end", func() bool {
 		a, err := rm.App(ctx, apps[0].ID)
 		return err == nil && a.Ended()
 	})

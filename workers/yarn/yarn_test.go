@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers/yarn"
 )
 
@@ -72,7 +73,7 @@ func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
 			containerLogs(t, out)
 		}
 	})
-	waitFor(t, 3*time.Minute, "the YARN harness", func() bool {
+	jstest.WaitFor(t, 3*time.Minute, "the YARN harness", func() bool {
 		_, err := os.Stat(filepath.Join(out, "ready"))
 		return err == nil
 	})
@@ -124,17 +125,6 @@ func containerLogs(t *testing.T, root string) {
 		}
 		return nil
 	})
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 func bins(t *testing.T) (kb, launcher string) {
@@ -272,7 +262,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 	listen := freePort(t)
 	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m")
 	var conn string
-	waitFor(t, time.Minute, "nats.conn", func() bool {
+	jstest.WaitFor(t, time.Minute, "nats.conn", func() bool {
 		c, err := os.ReadFile(filepath.Join(data, "nats.conn"))
 		conn = string(c)
 		return err == nil && strings.Contains(conn, "token=")
@@ -292,7 +282,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 	g.stopWorker = runEnv(t, g.workerEnv, kb, g.workerArgs...)
 
 	g.Client = &client.Client{BaseURL: "http://" + listen}
-	waitFor(t, time.Minute, "the gateway", func() bool { _, err := g.Kernels(context.Background()); return err == nil })
+	jstest.WaitFor(t, time.Minute, "the gateway", func() bool { _, err := g.Kernels(context.Background()); return err == nil })
 	return g
 }
 
@@ -365,7 +355,7 @@ func TestPySparkOnYARN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Minute, "a sum after restart", func() bool {
+	jstest.WaitFor(t, 2*time.Minute, "a sum after restart", func() bool {
 		r, err := ws.Execute("print(spark.range(1000).selectExpr('sum(id)').collect()[0][0])", 2*time.Minute)
 		return err == nil && strings.TrimSpace(r.Stdout.String()) == "499500"
 	})
@@ -375,7 +365,7 @@ func TestPySparkOnYARN(t *testing.T) {
 	if err := c.DeleteKernel(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Minute, "the application to end", func() bool {
+	jstest.WaitFor(t, 2*time.Minute, "the application to end", func() bool {
 		a, err := rm.App(ctx, apps[0].ID)
 		return err == nil && a.Ended()
 	})
@@ -411,7 +401,7 @@ func TestPySparkOnYARN(t *testing.T) {
 	// A lazy session: the kernel answers first, and the application master
 	// registers (RUNNING) once the background SparkContext exists.
 	var apps2 []yarn.App
-	waitFor(t, 3*time.Minute, "kernel 2's application to run", func() bool {
+	jstest.WaitFor(t, 3*time.Minute, "kernel 2's application to run", func() bool {
 		apps2, err = rm.AppsByName(ctx, k2.ID)
 		return err == nil && len(apps2) == 1 && apps2[0].State == "RUNNING"
 	})
@@ -460,7 +450,7 @@ func TestPySparkOnYARN(t *testing.T) {
 	// The launcher only knew it was signalled; the worker, following the
 	// application, gives YARN's account.
 	var m2 *client.Model
-	waitFor(t, time.Minute, "YARN's reason in the kernel model", func() bool {
+	jstest.WaitFor(t, time.Minute, "YARN's reason in the kernel model", func() bool {
 		m2, err = c.Kernel(ctx, k2.ID)
 		return err == nil && m2.ExecutionState == "dead" && strings.Contains(m2.Reason, "KILLED") && strings.Contains(m2.Reason, "yarn-admin")
 	})
@@ -480,7 +470,7 @@ func apiStatus(err error) int {
 // noAppRunning waits until YARN runs no application.
 func noAppRunning(t *testing.T, rmURL string) {
 	t.Helper()
-	waitFor(t, time.Minute, "no application running", func() bool {
+	jstest.WaitFor(t, time.Minute, "no application running", func() bool {
 		var out struct {
 			Apps *struct{ App []yarn.App } `json:"apps"`
 		}
@@ -539,7 +529,7 @@ func interruptLongJob(t *testing.T, c *client.Client, ws *client.Conn, kernelID,
 		t.Fatal(err)
 	}
 	if after < 0 {
-		waitFor(t, 2*time.Minute, "the long job's tasks to run", func() bool { return tasksRunning(marks) })
+		jstest.WaitFor(t, 2*time.Minute, "the long job's tasks to run", func() bool { return tasksRunning(marks) })
 	} else {
 		for {
 			m, err := ws.Recv(time.Now().Add(time.Minute))

@@ -1,0 +1,37 @@
+package jstest
+
+import (
+	"testing"
+	"time"
+)
+
+// WaitFor polls cond until it holds, backing off from 5 ms to 200 ms, and
+// fails the test, naming what it waited for, when d has passed. Tests wait
+// for conditions this way, never by sleeping a fixed time.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for wait := 5 * time.Millisecond; !cond(); wait = min(2*wait, 200*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// WaitForNil is WaitFor for a check that says what is still wrong: it
+// polls f until it returns nil and fails the test with f's last error.
+func WaitForNil(t testing.TB, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %s: %v", d, err)
+		}
+		time.Sleep(wait)
+	}
+}
