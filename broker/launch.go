@@ -37,6 +37,11 @@ type LaunchConfig struct {
 	// metadata.process_proxy.config (remote_hosts, ...) overlaid with
 	// metadata.kernelbus.config. Workers read what concerns them.
 	RMConfig map[string]any `json:"rm_config,omitempty"`
+	// Attempt is the claim this launch belongs to (Kernel.Attempt when the
+	// worker started it). A launcher whose attempt is no longer the
+	// record's was left behind by a worker that died while starting it,
+	// after another worker took the start over: it stands down.
+	Attempt string `json:"attempt,omitempty"`
 
 	// How to reach the bus.
 	NATSURLs  string `json:"nats_urls"`

@@ -70,6 +70,10 @@ var (
 	// dead, terminated or deleted), so this launcher must stop.
 	errRecordGone = errors.New("the kernel record is gone or ended")
 	errTerminal   = errors.New("record is terminal")
+	// ErrSuperseded: the record names another attempt (see
+	// broker.LaunchConfig.Attempt). Run returns it once this launcher has
+	// stood down, having stopped its kernel and written nothing.
+	ErrSuperseded = errors.New("another worker took the start of this kernel over: this launcher stands down")
 )
 
 // StartError says why a kernel did not become ready. Run returns it when
@@ -139,6 +143,9 @@ type launcher struct {
 	identity string // ZMQ identity of shell and stdin
 	username string
 	env      []string
+
+	// superseded: the record names another attempt; write and emit nothing.
+	superseded atomic.Bool
 
 	dir      string
 	connPath string
@@ -238,6 +245,10 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	if rec.State.Terminal() {
 		return fmt.Errorf("kernel record is %s already: not starting", rec.State)
 	}
+	if l.supersededBy(rec) {
+		l.superseded.Store(true)
+		return ErrSuperseded
+	}
 	l.rec.Store(rec)
 	l.state.Store(rec.State)
 
@@ -323,6 +334,11 @@ func (l *launcher) run(ctx context.Context) (err error) {
 
 	l.awaitSubmitted(ctx)
 	if err := l.markRunning(inc); err != nil {
+		if errors.Is(err, ErrSuperseded) {
+			l.log.Info().Msg("another worker took this kernel's start over: stopping this launch's kernel")
+			l.stopKernel(inc, false, false)
+			return ErrSuperseded
+		}
 		l.log.Error().Err(err).Msg("kernel record ended by someone else: stopping the kernel")
 		l.stopKernel(inc, true, false)
 		return err
@@ -621,7 +637,7 @@ func (l *launcher) stopKernel(inc *incarnation, graceful, restart bool) {
 // between is waited for no longer than submitWait: the kernel runs anyway.
 func (l *launcher) awaitSubmitted(ctx context.Context) {
 	submitted := func(k *broker.Kernel) bool {
-		return k == nil || (k.State != broker.StateRequested && k.State != broker.StateClaimed)
+		return k == nil || (k.State != broker.StateRequested && k.State != broker.StateClaimed) || l.supersededBy(k)
 	}
 	if submitted(l.rec.Load()) {
 		return
@@ -898,6 +914,9 @@ func (l *launcher) update(final bool, fn func(*broker.Kernel)) error {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
 		k, err := l.bus.UpdateKernel(ctx, l.id, func(k *broker.Kernel) error {
+			if l.supersededBy(k) {
+				return ErrSuperseded
+			}
 			if k.State.Terminal() {
 				if final {
 					return kbjs.ErrNoChange
@@ -908,6 +927,10 @@ func (l *launcher) update(final bool, fn func(*broker.Kernel)) error {
 			return nil
 		})
 		cancel()
+		if errors.Is(err, ErrSuperseded) {
+			l.superseded.Store(true)
+			return err
+		}
 		if k != nil {
 			l.rec.Store(k)
 		}
@@ -927,11 +950,20 @@ func (l *launcher) update(final bool, fn func(*broker.Kernel)) error {
 	}
 }
 
+// supersededBy reports whether record k names another attempt than this
+// launcher's.
+func (l *launcher) supersededBy(k *broker.Kernel) bool {
+	return k != nil && l.cfg.Attempt != "" && k.Attempt != "" && k.Attempt != l.cfg.Attempt
+}
+
 // emit publishes a lifecycle event built from the last known record. Its
 // id is deterministic where another part may witness the same fact (a
 // start failure, the end, a requested restart) so that the stream keeps
 // one; events the launcher alone sees are tied to the kernel's run number.
 func (l *launcher) emit(typ, reason, requestID string) {
+	if l.superseded.Load() {
+		return // the kernel's events are the other attempt's to tell
+	}
 	ev := broker.NewEvent(typ, l.rec.Load())
 	ev.Source, ev.Reason, ev.RequestID = Source, reason, requestID
 	switch typ {
@@ -956,6 +988,9 @@ func (l *launcher) emit(typ, reason, requestID string) {
 }
 
 func (l *launcher) writeActivity(a broker.Activity) {
+	if l.superseded.Load() {
+		return
+	}
 	data, err := json.Marshal(a)
 	if err != nil {
 		return

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,6 +84,13 @@ func newKernelID() string { return newUUID() }
 // launch creates the record and runs the launcher in-process.
 func launch(t *testing.T, tb *testBus, argv []string, mutate func(*broker.LaunchConfig)) *testKernel {
 	t.Helper()
+	return launchRecord(t, tb, argv, mutate, nil)
+}
+
+// launchRecord is launch with the record as mutateRec leaves it (it starts
+// as submitted).
+func launchRecord(t *testing.T, tb *testBus, argv []string, mutate func(*broker.LaunchConfig), mutateRec func(*broker.Kernel)) *testKernel {
+	t.Helper()
 	id := newKernelID()
 	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3", Argv: argv,
 		Env: map[string]string{"KERNEL_ID": id}, LaunchTimeout: broker.Duration(40 * time.Second),
@@ -91,8 +99,11 @@ func launch(t *testing.T, tb *testBus, argv []string, mutate func(*broker.Launch
 		mutate(cfg)
 	}
 	ctx := context.Background()
-	if _, err := tb.bus.CreateKernel(ctx, &broker.Kernel{ID: id, Spec: "python3", RM: broker.RMLocal,
-		State: broker.StateSubmitted, Created: time.Now().UTC()}); err != nil {
+	rec := &broker.Kernel{ID: id, Spec: "python3", RM: broker.RMLocal, State: broker.StateSubmitted, Created: time.Now().UTC()}
+	if mutateRec != nil {
+		mutateRec(rec)
+	}
+	if _, err := tb.bus.CreateKernel(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
 	k := &testKernel{t: t, tb: tb, id: id, session: "client-" + newUUID(), done: make(chan error, 1), more: make(chan struct{}, 1)}
@@ -590,6 +601,102 @@ func TestLauncherStartFailure(t *testing.T) {
 	if evs := k.events(); len(evs) != 1 || evs[0] != broker.EvStartFailed {
 		t.Errorf("events %v", evs)
 	}
+}
+
+// A worker that died while starting a kernel may have started its
+// launcher; the worker that takes the start over records a new attempt.
+// The launcher of the old attempt stands down: before it starts its kernel
+// if it reads the new attempt first, else when it would mark the kernel
+// running. Either way it stops its kernel and leaves the record and the
+// event log to the new attempt.
+func TestLauncherSupersededBeforeStart(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	marker := filepath.Join(t.TempDir(), "ran")
+	k := launchRecord(t, tb, []string{py, "-c", fmt.Sprintf("open(%q, 'w').close()", marker)},
+		func(c *broker.LaunchConfig) { c.Attempt = "attempt-of-the-dead-worker" },
+		func(r *broker.Kernel) { r.State, r.Worker, r.Attempt = broker.StateClaimed, "w2", "attempt-of-w2" })
+	select {
+	case err := <-k.done:
+		k.done <- err
+		if !errors.Is(err, ErrSuperseded) {
+			t.Fatalf("Run returned %v, want ErrSuperseded", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the superseded launcher did not stand down")
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the superseded launcher started its kernel")
+	}
+	if rec := k.record(); rec.State != broker.StateClaimed || rec.Attempt != "attempt-of-w2" || len(rec.Handle) != 0 {
+		t.Errorf("record changed: %+v", rec)
+	}
+	if evs := k.events(); len(evs) != 0 {
+		t.Errorf("the superseded launcher emitted %v", evs)
+	}
+}
+
+func TestLauncherSupersededWhileStarting(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	k := launchRecord(t, tb, []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+		func(c *broker.LaunchConfig) { c.Attempt = "attempt-of-w1" },
+		func(r *broker.Kernel) { r.State, r.Worker, r.Attempt = broker.StateClaimed, "w1", "attempt-of-w1" })
+	// w1's launcher has its kernel up and waits for w1 to record the
+	// submission; w1 is dead, and w2 takes over and submits its own.
+	jstest.WaitFor(t, 60*time.Second, "the kernel process", func() bool { return kernelProcs(k.id) > 0 })
+	ctx := context.Background()
+	if _, err := tb.bus.UpdateKernel(ctx, k.id, func(r *broker.Kernel) error {
+		r.Worker, r.Attempt = "w2", "attempt-of-w2"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.bus.UpdateKernel(ctx, k.id, func(r *broker.Kernel) error {
+		r.State, r.Handle = broker.StateSubmitted, json.RawMessage(`{"pid":1}`)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-k.done:
+		k.done <- err
+		if !errors.Is(err, ErrSuperseded) {
+			t.Fatalf("Run returned %v, want ErrSuperseded", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the superseded launcher did not stand down")
+	}
+	if n := kernelProcs(k.id); n != 0 {
+		t.Errorf("%d kernel processes of the superseded launcher left", n)
+	}
+	if rec := k.record(); rec.State != broker.StateSubmitted || rec.Attempt != "attempt-of-w2" {
+		t.Errorf("record changed: %s %s", rec.State, rec.Attempt)
+	}
+	if evs := k.events(); len(evs) != 0 {
+		t.Errorf("the superseded launcher emitted %v", evs)
+	}
+}
+
+// kernelProcs counts live processes whose command line names the
+// connection file of kernel id.
+func kernelProcs(id string) int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && bytes.HasPrefix(st[i+1:], []byte(" Z")) {
+			continue // a zombie
+		}
+		cl, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if bytes.Contains(cl, []byte("kernel-"+id+".json")) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestLauncherGivesUp checks that a kernel that starts and then keeps dying

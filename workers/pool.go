@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go/jetstream"
@@ -202,10 +203,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 	ctx := p.ctx
 	log := p.log.With().Str("kernel_id", r.KernelID).Logger()
 	var resumed bool
+	attempt := uuid.NewString()
 	k, err := p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
 		switch {
 		case k.State == broker.StateRequested:
-			k.State, k.Worker = broker.StateClaimed, p.cfg.ID
+			k.State, k.Worker, k.Attempt = broker.StateClaimed, p.cfg.ID, attempt
 			return nil
 		case k.State.Starting() && len(k.Handle) > 0:
 			// Another worker submitted it and died: follow it from the
@@ -213,9 +215,10 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			resumed = true
 			return kbjs.ErrNoChange
 		case k.State.Starting() && k.Worker != p.cfg.ID && !p.workerAlive(ctx, k.Worker):
-			// Claimed but never submitted, and the claimer is gone: it
-			// died before it started anything, so taking over is safe.
-			k.State, k.Worker = broker.StateClaimed, p.cfg.ID
+			// Claimed but never submitted, and the claimer is gone. It may
+			// have started a launcher before it died: the new attempt makes
+			// that launcher stand down when it next reads the record.
+			k.State, k.Worker, k.Attempt = broker.StateClaimed, p.cfg.ID, attempt
 			return nil
 		case k.State.Starting():
 			// Another live worker (or this one) is submitting it right
@@ -252,6 +255,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		cfg := *k.Launch
 		cfg.NATSURLs, cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSURLs, p.cfg.NATSToken, p.cfg.NATSCreds
+		cfg.Attempt = k.Attempt
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}

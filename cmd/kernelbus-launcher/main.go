@@ -55,6 +55,10 @@ func run() int {
 	// line kill the launcher (and its kernel) with SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
 	if err := launcher.Run(ctx, cfg, log); err != nil {
+		if errors.Is(err, launcher.ErrSuperseded) {
+			log.Info().Str("kernel_id", cfg.KernelID).Msg(err.Error())
+			return 0
+		}
 		var se *launcher.StartError
 		if !errors.As(err, &se) {
 			log.Error().Err(err).Str("kernel_id", cfg.KernelID).Msg("launcher failed")
