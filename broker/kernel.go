@@ -58,12 +58,12 @@ type Kernel struct {
 	// Worker that claimed the start, and the handle its resource manager
 	// returned (pid, host, application id, pod): opaque to everyone else.
 	Worker string          `json:"worker,omitempty"`
+	Host   string          `json:"host,omitempty"`
+	Handle json.RawMessage `json:"handle,omitempty"`
 	// Attempt names the worker's claim of the start, new at each claim and
 	// takeover, and travels in the launch configuration (see
 	// LaunchConfig.Attempt): at most one launcher acts for a kernel.
 	Attempt string `json:"attempt,omitempty"`
-	Host   string          `json:"host,omitempty"`
-	Handle json.RawMessage `json:"handle,omitempty"`
 	// Reason says why the kernel failed, died or ended.
 	Reason string `json:"reason,omitempty"`
 	// FailStatus is the HTTP status a failed start answers with when the
