@@ -4,7 +4,8 @@
 # environment to the kernel through the launch configuration and becomes
 # kernelbus-launcher (exec), which starts the Python kernel. The kernel then
 # attaches to the same JVM, so it is the Spark driver. When the launcher exits
-# the application ends.
+# the application ends. A detached process starts the JVM's SparkContext
+# meanwhile (prewarm), so the kernel finds it built or being built.
 import base64
 import json
 import os
@@ -18,12 +19,43 @@ PASS = ("PYSPARK_", "SPARK_", "PYTHONHASHSEED", "HADOOP_", "YARN_", "JAVA_HOME",
         "APPLICATION_WEB_PROXY_BASE")
 
 
+def prewarm():
+    """Starts the JVM's SparkContext in a detached process while the
+    launcher and the kernel boot; the kernel's startup file then attaches
+    to it (SparkContext.getOrCreate waits for a context being built)
+    instead of building it only once ipykernel is up."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the child only forks the builder and exits
+        return
+    code = 0
+    try:
+        if os.fork() == 0:  # the builder, reparented, not the launcher's child
+            from pyspark import SparkConf
+            from pyspark.java_gateway import launch_gateway
+            import time
+            t0 = time.monotonic()
+            gw = launch_gateway()
+            gw.jvm.org.apache.spark.SparkContext.getOrCreate(SparkConf(_jvm=gw.jvm)._jconf)
+            sys.stderr.write("kernelbus: SparkContext built ahead of the kernel in %.1f s\n" % (time.monotonic() - t0))
+    except BaseException:
+        import traceback
+        sys.stderr.write("kernelbus: building the SparkContext ahead of the kernel failed (the kernel tries again):\n")
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main():
     here = os.getcwd()
     with open(os.path.join(here, "kb-launch.json")) as f:
         cfg = json.load(f)
     env = cfg.setdefault("env", {}) or {}
     cfg["env"] = env
+    if env.get("KERNELBUS_SPARK_CONTEXT", "lazy") != "none":
+        prewarm()
     for k, v in os.environ.items():
         if k.startswith(PASS):
             env[k] = v
