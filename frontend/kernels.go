@@ -207,8 +207,9 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 		log.Warn().Err(err).Msg("emit requested event")
 	}
 	// Watch before asking, so no transition can slip by.
-	w, err := s.bus.Kernels.Watch(ctx, k.ID)
+	w, err := s.watchKernel(ctx, k.ID)
 	if err != nil {
+		s.failStart(k.ID, "the front-end could not watch the kernel record: "+err.Error(), reqID)
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not watch the new kernel")
 	}
 	defer func() { _ = w.Stop() }()
@@ -248,6 +249,25 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 			case cur.State.Terminal():
 				return nil, startFailed(&cur)
 			}
+		}
+	}
+}
+
+// watchKernel watches kernel id's record. A watch is a new consumer, which
+// the bus cannot create while it elects a leader after losing a NATS node:
+// it tries again for up to 15 s (or until ctx ends).
+func (s *Server) watchKernel(ctx context.Context, id string) (jetstream.KeyWatcher, error) {
+	giveUp := time.Now().Add(15 * time.Second)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		w, err := s.bus.Kernels.Watch(ctx, id)
+		if err == nil || ctx.Err() != nil || time.Now().After(giveUp) {
+			return w, err
+		}
+		s.log.Warn().Err(err).Str("kernel_id", id).Msg("watch of the kernel record: trying again")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
 		}
 	}
 }

@@ -136,7 +136,7 @@ func (s *Server) waitStarted(id string) (*broker.Kernel, error) {
 	}
 	ctx, cancel := context.WithDeadline(s.ctx, rec.Deadline.Add(time.Second))
 	defer cancel()
-	w, err := s.bus.Kernels.Watch(ctx, id)
+	w, err := s.watchKernel(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -616,15 +616,7 @@ func TestLauncherSupersededBeforeStart(t *testing.T) {
 	k := launchRecord(t, tb, []string{py, "-c", fmt.Sprintf("open(%q, 'w').close()", marker)},
 		func(c *broker.LaunchConfig) { c.Attempt = "attempt-of-the-dead-worker" },
 		func(r *broker.Kernel) { r.State, r.Worker, r.Attempt = broker.StateClaimed, "w2", "attempt-of-w2" })
-	select {
-	case err := <-k.done:
-		k.done <- err
-		if !errors.Is(err, ErrSuperseded) {
-			t.Fatalf("Run returned %v, want ErrSuperseded", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the superseded launcher did not stand down")
-	}
+	k.awaitStandDown()
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the superseded launcher started its kernel")
 	}
@@ -658,15 +650,7 @@ func TestLauncherSupersededWhileStarting(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-k.done:
-		k.done <- err
-		if !errors.Is(err, ErrSuperseded) {
-			t.Fatalf("Run returned %v, want ErrSuperseded", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the superseded launcher did not stand down")
-	}
+	k.awaitStandDown()
 	if n := kernelProcs(k.id); n != 0 {
 		t.Errorf("%d kernel processes of the superseded launcher left", n)
 	}
@@ -675,6 +659,20 @@ func TestLauncherSupersededWhileStarting(t *testing.T) {
 	}
 	if evs := k.events(); len(evs) != 0 {
 		t.Errorf("the superseded launcher emitted %v", evs)
+	}
+}
+
+// awaitStandDown waits for the launcher to return ErrSuperseded.
+func (k *testKernel) awaitStandDown() {
+	k.t.Helper()
+	select {
+	case err := <-k.done:
+		k.done <- err
+		if !errors.Is(err, ErrSuperseded) {
+			k.t.Fatalf("Run returned %v, want ErrSuperseded", err)
+		}
+	case <-time.After(30 * time.Second):
+		k.t.Fatal("the superseded launcher did not stand down")
 	}
 }
 
