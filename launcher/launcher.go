@@ -238,7 +238,7 @@ func (l *launcher) run(ctx context.Context) (err error) {
 		l.nc.Close()
 	}()
 
-	rec, _, err := l.bus.GetKernel(ctx, l.id)
+	rec, err := l.readRecord(ctx)
 	if err != nil {
 		return fmt.Errorf("read kernel record: %w", err)
 	}
@@ -346,6 +346,27 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	l.emit(broker.EvStarted, "", "")
 	l.log.Info().Int("pid", inc.proc.pid).Msg("kernel running")
 	return l.supervise(ctx, inc)
+}
+
+// readRecord reads the kernel record, trying again for up to 30 s (as
+// update does) while the bus cannot answer: a NATS node was lost and its
+// streams elect new leaders.
+func (l *launcher) readRecord(ctx context.Context) (*broker.Kernel, error) {
+	start := time.Now()
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, busTimeout)
+		rec, _, err := l.bus.GetKernel(rctx, l.id)
+		cancel()
+		if err == nil || errors.Is(err, broker.ErrKernelNotFound) || ctx.Err() != nil || time.Since(start) > 30*time.Second {
+			return rec, err
+		}
+		l.log.Warn().Err(err).Msg("read kernel record; retrying")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 // portTaken reports a start that failed because the kernel found one of
