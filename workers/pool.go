@@ -442,7 +442,10 @@ func (p *Pool) handleStop(r broker.StopRequest) error {
 	}
 	k, err = p.bus.UpdateKernel(p.ctx, r.KernelID, func(k *broker.Kernel) error {
 		if k.State == broker.StateTerminated {
-			return errAlreadyDone
+			// The front-end recorded the stop before it asked; the
+			// launcher, which it could not reach, may never have told
+			// the end. Tell it here (the same event id: stored once).
+			return kbjs.ErrNoChange
 		}
 		if !k.State.Terminal() {
 			k.State = broker.StateTerminated
