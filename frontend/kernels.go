@@ -256,20 +256,14 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 // watchKernel watches kernel id's record. A watch is a new consumer, which
 // the bus cannot create while it elects a leader after losing a NATS node:
 // it tries again for up to 15 s (or until ctx ends).
-func (s *Server) watchKernel(ctx context.Context, id string) (jetstream.KeyWatcher, error) {
-	giveUp := time.Now().Add(15 * time.Second)
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-		w, err := s.bus.Kernels.Watch(ctx, id)
-		if err == nil || ctx.Err() != nil || time.Now().After(giveUp) {
-			return w, err
-		}
+func (s *Server) watchKernel(ctx context.Context, id string) (w jetstream.KeyWatcher, err error) {
+	err = kbjs.Retry(ctx, 15*time.Second, func() error {
+		w, err = s.bus.Kernels.Watch(ctx, id)
+		return err
+	}, nil, func(err error, _ time.Duration) {
 		s.log.Warn().Err(err).Str("kernel_id", id).Msg("watch of the kernel record: trying again")
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+	})
+	return w, err
 }
 
 func startFailed(k *broker.Kernel) error {

@@ -351,22 +351,16 @@ func (l *launcher) run(ctx context.Context) (err error) {
 // readRecord reads the kernel record, trying again for up to 30 s (as
 // update does) while the bus cannot answer: a NATS node was lost and its
 // streams elect new leaders.
-func (l *launcher) readRecord(ctx context.Context) (*broker.Kernel, error) {
-	start := time.Now()
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+func (l *launcher) readRecord(ctx context.Context) (rec *broker.Kernel, err error) {
+	err = kbjs.Retry(ctx, 30*time.Second, func() error {
 		rctx, cancel := context.WithTimeout(ctx, busTimeout)
-		rec, _, err := l.bus.GetKernel(rctx, l.id)
-		cancel()
-		if err == nil || errors.Is(err, broker.ErrKernelNotFound) || ctx.Err() != nil || time.Since(start) > 30*time.Second {
-			return rec, err
-		}
+		defer cancel()
+		rec, _, err = l.bus.GetKernel(rctx, l.id)
+		return err
+	}, func(err error) bool { return errors.Is(err, broker.ErrKernelNotFound) }, func(err error, _ time.Duration) {
 		l.log.Warn().Err(err).Msg("read kernel record; retrying")
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+	})
+	return rec, err
 }
 
 // portTaken reports a start that failed because the kernel found one of
@@ -381,27 +375,16 @@ func portTaken(err error) bool {
 // deadline: while a NATS node is down its buckets may have no leader for a
 // few seconds, and a launcher that gave up then would fail a start the
 // cluster could have served.
-func (l *launcher) openBus(ctx context.Context, nc *nats.Conn) (*kbjs.Bus, error) {
-	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
-	wait := 250 * time.Millisecond
-	for {
+func (l *launcher) openBus(ctx context.Context, nc *nats.Conn) (bus *kbjs.Bus, err error) {
+	err = kbjs.Retry(ctx, time.Duration(l.cfg.LaunchTimeout), func() error {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		bus, err := kbjs.OpenForKernel(octx, nc)
-		cancel()
-		if err == nil {
-			return bus, nil
-		}
-		if errors.Is(err, kbjs.ErrNoInstallation) || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
-			return nil, err
-		}
+		defer cancel()
+		bus, err = kbjs.OpenForKernel(octx, nc)
+		return err
+	}, func(err error) bool { return errors.Is(err, kbjs.ErrNoInstallation) }, func(err error, wait time.Duration) {
 		l.log.Warn().Err(err).Dur("retry_in", wait).Msg("bus not ready; retrying")
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
+	})
+	return bus, err
 }
 
 // connect dials the bus with the config's credentials.
@@ -1172,33 +1155,25 @@ func (l *launcher) deliver(parentID, content []byte) {
 // stream's end now) rather than "deliver new": a consumer that is
 // recreated before its first message would otherwise start at the new end
 // and skip what clients sent in between.
-func (l *launcher) consumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
+func (l *launcher) consumeInput(ctx context.Context) (cc jetstream.ConsumeContext, err error) {
 	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
 	if rec := l.rec.Load(); rec != nil && !rec.Deadline.IsZero() && rec.Deadline.After(time.Now()) {
 		deadline = rec.Deadline
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	wait := 100 * time.Millisecond
-	for try := 1; ; try++ {
-		cc, err := l.tryConsumeInput(dctx)
-		if err == nil {
-			if try > 1 {
-				l.log.Info().Int("tries", try).Msg("kernel input consumer created")
-			}
-			return cc, nil
-		}
-		if dctx.Err() != nil {
-			return nil, err
-		}
-		l.log.Warn().Err(err).Int("try", try).Msg("kernel input consumer: retrying")
-		select {
-		case <-dctx.Done():
-			return nil, err
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
+	tries := 0
+	err = kbjs.Retry(dctx, time.Until(deadline), func() error {
+		tries++
+		cc, err = l.tryConsumeInput(dctx)
+		return err
+	}, nil, func(err error, _ time.Duration) {
+		l.log.Warn().Err(err).Int("try", tries).Msg("kernel input consumer: retrying")
+	})
+	if err == nil && tries > 1 {
+		l.log.Info().Int("tries", tries).Msg("kernel input consumer created")
 	}
+	return cc, err
 }
 
 func (l *launcher) tryConsumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
