@@ -43,10 +43,16 @@ type LaunchConfig struct {
 	// after another worker took the start over: it stands down.
 	Attempt string `json:"attempt,omitempty"`
 
-	// How to reach the bus.
+	// How to reach the bus. NATSCreds are the kernel's own credentials
+	// (a creds file's contents: a user JWT scoped to this kernel and its
+	// nkey seed), minted by the worker for this launch; NATSToken is the
+	// legacy shared token of an installation without them. NATSCA is the
+	// PEM of the CA that signed the server's TLS certificate, if the bus
+	// uses TLS with a private CA.
 	NATSURLs  string `json:"nats_urls"`
 	NATSToken string `json:"nats_token,omitempty"`
-	NATSCreds string `json:"nats_creds,omitempty"` // contents of a creds file
+	NATSCreds string `json:"nats_creds,omitempty"`
+	NATSCA    string `json:"nats_ca,omitempty"`
 }
 
 // EnvLaunchConfig carries the LaunchConfig to the launcher.

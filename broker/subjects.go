@@ -32,6 +32,11 @@ const (
 	// BucketLeases holds named leases (TTL) for duties that run in one
 	// process of the installation at a time, such as the idle culler.
 	BucketLeases = "kb_leases"
+	// BucketHandles holds the trusted handle of each kernel (what its
+	// worker's resource manager started), written only by workers: a
+	// launcher may write its own kernel record, so stops never act on a
+	// handle read from the record.
+	BucketHandles = "kb_handles"
 )
 
 // Subject wildcards, for stream definitions and subscriptions.
@@ -82,6 +87,20 @@ func SubjectControl(kernelID string) string { return "kb.ctl." + kernelID }
 // kb.fe.<frontend>. Other front-ends ask it to release a websocket session
 // that moved to them (SessionRelease).
 func SubjectFrontend(frontendID string) string { return "kb.fe." + frontendID }
+
+// InputConsumer names the durable pull consumer of KB_IO that a worker
+// creates for a kernel's input (filter kb.io.<kernel>.in) and its launcher
+// pulls from: kin-<kernel>.
+func InputConsumer(kernelID string) string { return "kin-" + kernelID }
+
+// WorkerConsumer names the durable consumer of KB_REQUESTS that the pool of
+// resource manager rm claims from: workers-<rm>.
+func WorkerConsumer(rm string) string { return "workers-" + rm }
+
+// InboxPrefix is the reply-inbox prefix of a launcher's connection,
+// _KB_INBOX.<kernel>: its credentials let it subscribe there and nowhere
+// else but its control subject and record key.
+func InboxPrefix(kernelID string) string { return "_KB_INBOX." + kernelID }
 
 // ChannelFromSubject returns the channel of a kb.io.<kernel>.out.<channel>
 // subject, or "" if subj is not one.

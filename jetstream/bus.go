@@ -19,6 +19,8 @@ type Bus struct {
 	Activity jetstream.KeyValue
 	Sessions jetstream.KeyValue
 	Workers  jetstream.KeyValue
+	// Handles holds each kernel's trusted handle (workers write it).
+	Handles jetstream.KeyValue
 	// NotebookSessions holds /api/sessions entries.
 	NotebookSessions jetstream.KeyValue
 }
@@ -83,6 +85,7 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		{Bucket: broker.BucketSessions, Description: "websocket sessions and replay cursors", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas, TTL: 7 * 24 * time.Hour},
 		{Bucket: broker.BucketNotebookSessions, Description: "notebook sessions (/api/sessions)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.PresenceTTL},
+		{Bucket: broker.BucketHandles, Description: "what each kernel's worker started (written by workers only)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketLeases, Description: "leases of duties that run in one process at a time", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.LeaseTTL},
 	}
 	for _, bc := range buckets {
@@ -142,6 +145,7 @@ func Open(ctx context.Context, nc *nats.Conn) (*Bus, error) {
 		{broker.BucketActivity, &b.Activity},
 		{broker.BucketSessions, &b.Sessions},
 		{broker.BucketWorkers, &b.Workers},
+		{broker.BucketHandles, &b.Handles},
 		{broker.BucketNotebookSessions, &b.NotebookSessions},
 	} {
 		kv, err := js.KeyValue(ctx, x.name)

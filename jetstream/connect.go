@@ -6,10 +6,13 @@ package jetstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -22,6 +25,14 @@ type ConnectOptions struct {
 	InProcess nats.InProcessConnProvider
 	// CredsFile is a NATS credentials file (JWT + nkey seed). Optional.
 	CredsFile string
+	// Creds are a credentials file's contents, kept in memory (a
+	// launcher's: a file would be readable by its kernel). Optional.
+	Creds []byte
+	// CA is the PEM of a CA to verify the server's TLS certificate with,
+	// besides CAFile. Optional.
+	CA []byte
+	// InboxPrefix replaces _INBOX for reply subjects. Optional.
+	InboxPrefix string
 	// Token authenticates with a plain token. Optional.
 	Token string
 	// Name shows up in the server's connection list.
@@ -50,8 +61,33 @@ func Connect(opts ConnectOptions) (*nats.Conn, error) {
 	if opts.CredsFile != "" {
 		o = append(o, nats.UserCredentials(opts.CredsFile))
 	}
+	if len(opts.Creds) > 0 {
+		userJWT, err := jwt.ParseDecoratedJWT(opts.Creds)
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		kp, err := jwt.ParseDecoratedNKey(opts.Creds)
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			return nil, fmt.Errorf("NATS credentials: %w", err)
+		}
+		o = append(o, nats.UserJWTAndSeed(userJWT, string(seed)))
+	}
 	if opts.Token != "" {
 		o = append(o, nats.Token(opts.Token))
+	}
+	if len(opts.CA) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(opts.CA) {
+			return nil, errors.New("NATS CA: no PEM certificate")
+		}
+		o = append(o, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	if opts.InboxPrefix != "" {
+		o = append(o, nats.CustomInboxPrefix(opts.InboxPrefix))
 	}
 	if opts.CAFile != "" {
 		o = append(o, nats.RootCAs(opts.CAFile))

@@ -100,8 +100,19 @@ var ErrNoChange = errors.New("no change")
 // compare-and-swap, retrying when another writer got there first. fn may
 // be called several times and must only look at the record it is given.
 func (b *Bus) UpdateKernel(ctx context.Context, id string, fn func(*broker.Kernel) error) (*broker.Kernel, error) {
+	return updateRecord(ctx, id, func(ctx context.Context) (*broker.Kernel, uint64, error) { return b.GetKernel(ctx, id) },
+		func(ctx context.Context, data []byte, rev uint64) error {
+			_, err := b.Kernels.Update(ctx, id, data, rev)
+			return err
+		}, fn)
+}
+
+// updateRecord is the compare-and-swap loop of UpdateKernel over a way to
+// read a record with its revision and to write it at a revision.
+func updateRecord(ctx context.Context, id string, get func(context.Context) (*broker.Kernel, uint64, error),
+	put func(ctx context.Context, data []byte, rev uint64) error, fn func(*broker.Kernel) error) (*broker.Kernel, error) {
 	for attempt := 0; ; attempt++ {
-		k, rev, err := b.GetKernel(ctx, id)
+		k, rev, err := get(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -116,7 +127,7 @@ func (b *Bus) UpdateKernel(ctx context.Context, id string, fn func(*broker.Kerne
 		if err != nil {
 			return nil, err
 		}
-		if _, err := b.Kernels.Update(ctx, id, data, rev); err != nil {
+		if err := put(ctx, data, rev); err != nil {
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence && attempt < 50 {
 				continue
@@ -130,7 +141,9 @@ func (b *Bus) UpdateKernel(ctx context.Context, id string, fn func(*broker.Kerne
 // Emit publishes a lifecycle event durably. Events with the same ID are
 // stored once (the stream deduplicates on Nats-Msg-Id), so a part that
 // retries, or a redelivered request, never writes an event twice.
-func (b *Bus) Emit(ctx context.Context, ev broker.Event) error {
+func (b *Bus) Emit(ctx context.Context, ev broker.Event) error { return emit(ctx, b.JS, ev) }
+
+func emit(ctx context.Context, js jetstream.JetStream, ev broker.Event) error {
 	if ev.ID == "" {
 		ev.ID = nuid.Next()
 	}
@@ -153,7 +166,7 @@ func (b *Bus) Emit(ctx context.Context, ev broker.Event) error {
 	// worth a few seconds of a NATS node failing over.
 	wait := 100 * time.Millisecond
 	for {
-		_, err = b.JS.PublishMsg(ctx, m)
+		_, err = js.PublishMsg(ctx, m)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}

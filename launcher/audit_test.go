@@ -10,6 +10,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/rs/zerolog"
 )
 
@@ -27,7 +28,8 @@ func TestStartedWaitsForSubmitted(t *testing.T) {
 	}
 	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3", Argv: []string{os.Args[0], "-test.run=^$", "{connection_file}"},
 		Env: map[string]string{"KERNEL_ID": id, fakeKernelEnv: "1"}, LaunchTimeout: broker.Duration(40 * time.Second),
-		MaxRestarts: 1, IP: "127.0.0.1", NATSURLs: tb.srv.ClientURL()}
+		MaxRestarts: 1, IP: "127.0.0.1"}
+	tb.env.LaunchAccess(t, cfg)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- Run(rctx, cfg, zerolog.Nop()) }()
@@ -43,16 +45,10 @@ func TestStartedWaitsForSubmitted(t *testing.T) {
 	// The fake kernel is ready in milliseconds; the launcher must hold
 	// started back while the record says claimed. Wait until the kernel
 	// is demonstrably up (activity written), then check nothing leaked.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if e, err := tb.bus.Activity.Get(ctx, id); err == nil && !strings.Contains(string(e.Value()), "starting") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the kernel never became ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 30*time.Second, "the kernel ready (activity written)", func() bool {
+		e, err := tb.bus.Activity.Get(ctx, id)
+		return err == nil && !strings.Contains(string(e.Value()), "starting")
+	})
 	var evs []broker.Event
 	read := func() {
 		evs = nil
@@ -79,16 +75,10 @@ func TestStartedWaitsForSubmitted(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for {
+	jstest.WaitFor(t, 30*time.Second, "started after submission", func() bool {
 		read()
-		if len(evs) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no started after submission: %+v", evs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(evs) >= 2
+	})
 	if evs[0].Type != broker.EvSubmitted || evs[1].Type != broker.EvStarted {
 		t.Fatalf("order %s, %s", evs[0].Type, evs[1].Type)
 	}

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,9 +150,9 @@ type launcher struct {
 	connPath string
 	ci       *connInfo
 
-	nc  *nats.Conn
-	bus *kbjs.Bus
-	pub *publisher
+	nc   *nats.Conn
+	link *kbjs.KernelLink
+	pub  *publisher
 
 	routes     *sessionRoutes
 	act        *activity
@@ -355,7 +354,7 @@ func (l *launcher) readRecord(ctx context.Context) (rec *broker.Kernel, err erro
 	err = kbjs.Retry(ctx, 30*time.Second, func() error {
 		rctx, cancel := context.WithTimeout(ctx, busTimeout)
 		defer cancel()
-		rec, _, err = l.bus.GetKernel(rctx, l.id)
+		rec, _, err = l.link.GetKernel(rctx)
 		return err
 	}, func(err error) bool { return errors.Is(err, broker.ErrKernelNotFound) }, func(err error, _ time.Duration) {
 		l.log.Warn().Err(err).Msg("read kernel record; retrying")
@@ -371,28 +370,18 @@ func portTaken(err error) bool {
 	return errors.As(err, &se) && strings.Contains(strings.ToLower(se.Reason), "address already in use")
 }
 
-// openBus binds the streams and buckets, retrying until the launch
-// deadline: while a NATS node is down its buckets may have no leader for a
-// few seconds, and a launcher that gave up then would fail a start the
-// cluster could have served.
-func (l *launcher) openBus(ctx context.Context, nc *nats.Conn) (bus *kbjs.Bus, err error) {
-	err = kbjs.Retry(ctx, time.Duration(l.cfg.LaunchTimeout), func() error {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		bus, err = kbjs.OpenForKernel(octx, nc)
-		return err
-	}, func(err error) bool { return errors.Is(err, kbjs.ErrNoInstallation) }, func(err error, wait time.Duration) {
-		l.log.Warn().Err(err).Dur("retry_in", wait).Msg("bus not ready; retrying")
-	})
-	return bus, err
-}
-
-// connect dials the bus with the config's credentials.
+// connect dials the bus with the config's credentials. They stay in
+// memory: a file would be readable by the kernel, which runs as the same
+// OS user. Replies come to the kernel's own inboxes, the only ones its
+// credentials let it subscribe to.
 func (l *launcher) connect(ctx context.Context) error {
 	opts := kbjs.ConnectOptions{
-		URLs:  l.cfg.NATSURLs,
-		Token: l.cfg.NATSToken,
-		Name:  "kernelbus-launcher " + l.id,
+		URLs:        l.cfg.NATSURLs,
+		Token:       l.cfg.NATSToken,
+		Creds:       []byte(l.cfg.NATSCreds),
+		CA:          []byte(l.cfg.NATSCA),
+		InboxPrefix: broker.InboxPrefix(l.id),
+		Name:        "kernelbus-launcher " + l.id,
 		OnState: func(ev string, err error) {
 			if l.closing.Load() {
 				return
@@ -400,25 +389,16 @@ func (l *launcher) connect(ctx context.Context) error {
 			l.log.Warn().Err(err).Str("bus", ev).Msg("bus connection")
 		},
 	}
-	if l.cfg.NATSCreds != "" {
-		// nats.go rereads the file on every reconnect, so it lives as long
-		// as the launcher, in the private directory.
-		p := filepath.Join(l.dir, "nats.creds")
-		if err := os.WriteFile(p, []byte(l.cfg.NATSCreds), 0o600); err != nil {
-			return fmt.Errorf("write NATS credentials: %w", err)
-		}
-		opts.CredsFile = p
-	}
 	nc, err := kbjs.Connect(opts)
 	if err != nil {
 		return err
 	}
-	bus, err := l.openBus(ctx, nc)
+	link, err := kbjs.OpenKernel(nc, l.id)
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("open the bus: %w", err)
 	}
-	l.nc, l.bus = nc, bus
+	l.nc, l.link = nc, link
 	return nil
 }
 
@@ -648,32 +628,17 @@ func (l *launcher) awaitSubmitted(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, submitWait)
 	defer cancel()
-	w, err := l.bus.Kernels.Watch(ctx, l.id)
-	if err != nil {
-		return
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-ctx.Done():
-			l.log.Warn().Dur("waited", submitWait).Msg("the worker has not recorded the submission: marking the kernel running anyway")
-			return
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
+	err := l.link.WatchKernel(ctx, func(k *broker.Kernel) bool {
+		if k == nil || submitted(k) {
+			if k != nil {
+				l.rec.Store(k)
 			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				return
-			}
-			var k broker.Kernel
-			if json.Unmarshal(e.Value(), &k) == nil && submitted(&k) {
-				l.rec.Store(&k)
-				return
-			}
+			return false
 		}
+		return true
+	})
+	if errors.Is(err, context.DeadlineExceeded) {
+		l.log.Warn().Dur("waited", submitWait).Msg("the worker has not recorded the submission: marking the kernel running anyway")
 	}
 }
 
@@ -721,7 +686,7 @@ func (l *launcher) terminate(inc *incarnation) error {
 func (l *launcher) stoppedOutside() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
 	defer cancel()
-	k, _, err := l.bus.GetKernel(ctx, l.id)
+	k, _, err := l.link.GetKernel(ctx)
 	return err == nil && !k.State.Terminal()
 }
 
@@ -917,7 +882,7 @@ func (l *launcher) update(final bool, fn func(*broker.Kernel)) error {
 	start := time.Now()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
-		k, err := l.bus.UpdateKernel(ctx, l.id, func(k *broker.Kernel) error {
+		k, err := l.link.UpdateKernel(ctx, func(k *broker.Kernel) error {
 			if l.supersededBy(k) {
 				return ErrSuperseded
 			}
@@ -986,7 +951,7 @@ func (l *launcher) emit(typ, reason, requestID string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*busTimeout)
 	defer cancel()
-	if err := l.bus.Emit(ctx, ev); err != nil {
+	if err := l.link.Emit(ctx, ev); err != nil {
 		l.log.Error().Err(err).Str("event", typ).Msg("emit event")
 	}
 }
@@ -1001,7 +966,7 @@ func (l *launcher) writeActivity(a broker.Activity) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), busTimeout)
 	defer cancel()
-	if _, err := l.bus.Activity.Put(ctx, l.id, data); err != nil {
+	if err := l.link.PutActivity(ctx, data); err != nil {
 		l.log.Warn().Err(err).Msg("write activity")
 	}
 }
@@ -1179,20 +1144,24 @@ func (l *launcher) consumeInput(ctx context.Context) (cc jetstream.ConsumeContex
 func (l *launcher) tryConsumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
 	ctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
-	st, err := l.bus.JS.Stream(ctx, broker.StreamIO)
+	cons, err := l.link.Input(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cons, err := l.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{broker.SubjectIn(l.id)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    st.CachedInfo().State.LastSeq + 1,
-	})
-	if err != nil {
-		return nil, err
-	}
+	// The consumer has one message in flight at a time and redelivers
+	// one whose ack was lost: a stream sequence seen before is acked and
+	// dropped, so the kernel gets each client message once, in order.
+	var last uint64
 	var re kbjs.Reassembler
 	return cons.Consume(func(m jetstream.Msg) {
+		if md, err := m.Metadata(); err == nil {
+			if md.Sequence.Stream <= last {
+				_ = m.Ack()
+				return
+			}
+			last = md.Sequence.Stream
+		}
+		defer func() { _ = m.Ack() }()
 		hdr := m.Headers()
 		data, ok, err := re.Feed(&nats.Msg{Subject: m.Subject(), Header: hdr, Data: m.Data()})
 		if err != nil {

@@ -31,15 +31,19 @@ import (
 func testPython(t *testing.T) string { return jstest.Python(t) }
 
 type testBus struct {
+	env *jstest.Env
 	srv *embedded.Server
 	nc  *nats.Conn
 	bus *kbjs.Bus
 }
 
+// startBus runs a bus that trusts only an installation's credentials, as
+// `kernelbus serve` does: launchers in these tests run with credentials
+// scoped to their kernel.
 func startBus(t *testing.T) *testBus {
 	t.Helper()
-	e := jstest.Start(t, jstest.Options{})
-	return &testBus{srv: e.Server, nc: e.NC, bus: e.Bus}
+	e := jstest.Start(t, jstest.Options{Auth: true})
+	return &testBus{env: e, srv: e.Server, nc: e.NC, bus: e.Bus}
 }
 
 // logSink forwards launcher logs to the test log while the test runs.
@@ -94,7 +98,15 @@ func launchRecord(t *testing.T, tb *testBus, argv []string, mutate func(*broker.
 	id := newKernelID()
 	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3", Argv: argv,
 		Env: map[string]string{"KERNEL_ID": id}, LaunchTimeout: broker.Duration(40 * time.Second),
-		MaxRestarts: 5, IP: "127.0.0.1", NATSURLs: tb.srv.ClientURL()}
+		MaxRestarts: 5, IP: "127.0.0.1"}
+	if tb.env != nil {
+		tb.env.LaunchAccess(t, cfg)
+	} else {
+		cfg.NATSURLs = tb.srv.ClientURL()
+		if err := kbjs.EnsureInput(context.Background(), tb.bus.JS, id); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if mutate != nil {
 		mutate(cfg)
 	}

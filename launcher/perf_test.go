@@ -13,6 +13,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -133,11 +134,7 @@ func busRoundTrip(t *testing.T, tb *testBus) time.Duration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(tb.srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := tb.env.Connect(t, access.RoleAdmin, "")
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -26,11 +27,22 @@ type PoolConfig struct {
 	// bounds how late a start claimed by a worker that died is taken over.
 	// Default 15s.
 	AckWait time.Duration
-	// NATSURLs, NATSToken and NATSCreds are what launchers use to reach
-	// the bus (the worker's own connection may be in-process).
-	NATSURLs  string
-	NATSToken string
-	NATSCreds string
+	// NATSURLs is where launchers reach the bus (the worker's own
+	// connection may be in-process); NATSCA the PEM of the CA of its TLS
+	// certificate, if private.
+	NATSURLs string
+	NATSCA   string
+	// Minter mints each launcher credentials of its own, scoped to its
+	// kernel (access.LauncherTemplate). Without one, launchers get
+	// NATSToken or NATSCreds, the worker's own unscoped credentials: then
+	// a kernel's code can reach every other kernel, which is only fit for
+	// a single user's machine.
+	Minter *access.Minter
+	// LauncherCredsTTL is how long minted credentials are valid; a
+	// launcher renews them while its kernel lives. Default 24h.
+	LauncherCredsTTL time.Duration
+	NATSToken        string
+	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
 }
@@ -63,6 +75,9 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
 	}
+	if cfg.LauncherCredsTTL <= 0 {
+		cfg.LauncherCredsTTL = 24 * time.Hour
+	}
 	if cfg.NATSURLs == "" {
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
 	}
@@ -78,7 +93,7 @@ func (p *Pool) ID() string { return p.cfg.ID }
 func (p *Pool) Start(ctx context.Context) error {
 	rm := p.be.Name()
 	cons, err := p.bus.JS.CreateOrUpdateConsumer(ctx, broker.StreamRequests, jetstream.ConsumerConfig{
-		Durable:       "workers-" + rm,
+		Durable:       broker.WorkerConsumer(rm),
 		Description:   "the " + rm + " worker pool",
 		FilterSubject: broker.SubjectRequestsFor(rm),
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -254,7 +269,9 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			return p.fail(k, nil, "the kernel record has no launch configuration")
 		}
 		cfg := *k.Launch
-		cfg.NATSURLs, cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSURLs, p.cfg.NATSToken, p.cfg.NATSCreds
+		if err := p.launchAccess(ctx, &cfg, r.KernelID); err != nil {
+			return err
+		}
 		cfg.Attempt = k.Attempt
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
@@ -270,6 +287,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		ev.ID, ev.Source, ev.RequestID = broker.EventID(r.KernelID, broker.EvSubmitted, p.cfg.ID), "worker", r.RequestID
 		ev.Host, ev.Handle = h.Host, h.Data
 		p.emit(ev)
+		if err := p.saveHandle(ctx, r.KernelID, h); err != nil {
+			log.Warn().Err(err).Msg("could not record the trusted handle: stopping the launcher")
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			return p.fail(k, nil, "the worker could not record what it started: "+err.Error())
+		}
 		k, err = p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
 			if !k.State.Starting() && k.State != broker.StateRunning {
 				return errAlreadyDone
@@ -311,12 +333,15 @@ func (p *Pool) workerAlive(ctx context.Context, id string) bool {
 // follow waits until the launcher reports the kernel running, or the
 // launch fails, keeping the request in progress meanwhile.
 func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) error {
-	h := Handle{Host: k.Host, Data: k.Handle}
+	h, err := p.trustedHandle(p.ctx, k.ID)
+	if err != nil {
+		return err
+	}
 	w, err := p.bus.Kernels.Watch(p.ctx, k.ID)
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
+	defer func() { _ = w.Stop() }()
 	progress := time.NewTicker(p.cfg.AckWait / 3)
 	defer progress.Stop()
 	poll := time.NewTicker(250 * time.Millisecond)
@@ -424,14 +449,18 @@ func (p *Pool) failStatus(k *broker.Kernel, h *Handle, status int, reason string
 // handleStop ends a kernel through the resource manager, for when its
 // launcher cannot be reached on the bus.
 func (p *Pool) handleStop(r broker.StopRequest) error {
-	h := Handle{Host: r.Host, Data: r.Handle}
-	k, _, err := p.bus.GetKernel(p.ctx, r.KernelID)
-	switch {
-	case err == nil && len(k.Handle) > 0:
-		h = Handle{Host: k.Host, Data: k.Handle}
-	case err != nil && !errors.Is(err, broker.ErrKernelNotFound):
+	// Only what this pool's resource manager recorded is stopped: the
+	// request's and the record's handles are written by others (a
+	// launcher writes its own record).
+	h, err := p.trustedHandle(p.ctx, r.KernelID)
+	if err != nil {
 		return err
 	}
+	k, _, err := p.bus.GetKernel(p.ctx, r.KernelID)
+	if err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
+		return err
+	}
+	_ = kbjs.DeleteInput(p.ctx, p.bus.JS, r.KernelID)
 	if len(h.Data) > 0 {
 		if err := p.be.Stop(p.ctx, h, p.cfg.StopGrace); err != nil {
 			return fmt.Errorf("stop %s: %w", r.KernelID, err)
@@ -524,4 +553,68 @@ func (pk poolKernels) Ended(ctx context.Context, id string) (bool, error) {
 		return false, err
 	}
 	return k.State.Terminal(), nil
+}
+
+// launchAccess gives a launch its way onto the bus: the kernel's input
+// consumer, created here because a launcher may create none, and
+// credentials scoped to the kernel when the pool has a minter.
+func (p *Pool) launchAccess(ctx context.Context, cfg *broker.LaunchConfig, id string) error {
+	err := kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, id) }, nil, nil)
+	if err != nil {
+		return err
+	}
+	cfg.NATSURLs, cfg.NATSCA = p.cfg.NATSURLs, p.cfg.NATSCA
+	if p.cfg.Minter == nil {
+		cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSToken, p.cfg.NATSCreds
+		return nil
+	}
+	cfg.NATSToken = ""
+	cfg.NATSCreds, err = p.cfg.Minter.LauncherCreds(id, p.cfg.LauncherCredsTTL)
+	return err
+}
+
+// trustedHandle is what a resource manager started for a kernel, as its
+// worker recorded it in kb_handles: it names this pool's resource manager,
+// or the kernel has none here (an empty Handle).
+type trustedHandle struct {
+	V      int             `json:"v"`
+	RM     string          `json:"rm"`
+	Worker string          `json:"worker"`
+	Host   string          `json:"host,omitempty"`
+	Data   json.RawMessage `json:"data"`
+}
+
+func (p *Pool) saveHandle(ctx context.Context, id string, h Handle) error {
+	data, err := json.Marshal(trustedHandle{V: 1, RM: p.be.Name(), Worker: p.cfg.ID, Host: h.Host, Data: h.Data})
+	if err != nil {
+		return err
+	}
+	return kbjs.Retry(ctx, 30*time.Second, func() error {
+		_, err := p.bus.Handles.Put(ctx, id, data)
+		return err
+	}, nil, nil)
+}
+
+// trustedHandle reads the handle this pool's resource manager recorded for
+// kernel id; none is an empty Handle, not an error.
+func (p *Pool) trustedHandle(ctx context.Context, id string) (Handle, error) {
+	var th trustedHandle
+	err := kbjs.Retry(ctx, 15*time.Second, func() error {
+		e, err := p.bus.Handles.Get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			th = trustedHandle{}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(e.Value(), &th)
+	}, func(err error) bool { var se *json.SyntaxError; return errors.As(err, &se) }, nil)
+	if err != nil {
+		return Handle{}, fmt.Errorf("trusted handle of %s: %w", id, err)
+	}
+	if th.RM != p.be.Name() {
+		return Handle{}, nil
+	}
+	return Handle{Host: th.Host, Data: th.Data}, nil
 }

@@ -75,25 +75,12 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway,
 // addFrontend starts a separate `kernelbus frontend` on serve's embedded
 // NATS and points the gateway's client at it.
 func (g *gateway) addFrontend(ctx context.Context, cfg *config, specDir string) error {
-	conn, err := os.ReadFile(filepath.Join(g.dir, "data", "nats.conn"))
-	if err != nil {
-		return err
-	}
-	var url, token string
-	for _, line := range splitLines(string(conn)) {
-		if v, ok := cutPrefix(line, "url="); ok {
-			url = v
-		}
-		if v, ok := cutPrefix(line, "token="); ok {
-			token = v
-		}
-	}
 	port, err := freePort()
 	if err != nil {
 		return err
 	}
 	p, err := startProc("kernelbus-frontend", g.dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "frontend",
-		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--nats", url, "--nats-token", token,
+		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--nats-conn", filepath.Join(g.dir, "data", "nats.conn"),
 		"--kernelspec-dir", specDir, "--log-level", "warn", "--launch-timeout", "120s")
 	if err != nil {
 		return err

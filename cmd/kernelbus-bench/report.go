@@ -200,7 +200,3 @@ func writeJSON(path string, v any) error {
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
-
-func splitLines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }
-
-func cutPrefix(s, p string) (string, bool) { return strings.CutPrefix(s, p) }

@@ -1,9 +1,11 @@
 // Command kernelbus-launcher runs one kernel beside the bus: a worker
-// starts it with the kernel's LaunchConfig in KB_LAUNCH_CONFIG. It is built
+// starts it with `--config=-` and the kernel's LaunchConfig on stdin (or,
+// where a resource manager can only pass environment, in KB_LAUNCH_CONFIG). It is built
 // static (CGO_ENABLED=0) so that it can be copied to any node.
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -29,7 +31,23 @@ func run() int {
 		return 0
 	}
 	log := newLogger()
+	// Nothing of this process may be read by the kernel it starts (the
+	// same OS user): no /proc/<pid>/environ, mem or ptrace. The kernel,
+	// an exec'd program, is dumpable again.
+	if err := launcher.NotDumpable(); err != nil {
+		log.Warn().Err(err).Msg("could not make the launcher non-dumpable")
+	}
 	raw, ok := os.LookupEnv(broker.EnvLaunchConfig)
+	if !ok && len(os.Args) > 1 && os.Args[1] == "--config=-" {
+		// The config comes on stdin (a pipe), so it is in no
+		// environment at all.
+		line, err := bufio.NewReaderSize(os.Stdin, 64<<10).ReadString('\n')
+		if err != nil && line == "" {
+			log.Error().Err(err).Msg("no launch configuration on stdin")
+			return 2
+		}
+		raw, ok = strings.TrimSpace(line), true
+	}
 	// Every KB_* variable goes before anything else runs: they carry bus
 	// credentials, and nothing this process starts may inherit them.
 	for _, kv := range os.Environ() {
@@ -38,7 +56,7 @@ func run() int {
 		}
 	}
 	if !ok {
-		log.Error().Msgf("%s is not set: kernelbus-launcher is started by a kernelbus worker", broker.EnvLaunchConfig)
+		log.Error().Msgf("no launch configuration (--config=- on stdin, or %s): kernelbus-launcher is started by a kernelbus worker", broker.EnvLaunchConfig)
 		return 2
 	}
 	cfg, err := broker.DecodeLaunchConfig(raw)

@@ -35,8 +35,8 @@ func TestMain(m *testing.M) {
 // recorded terminated first; the e2e suites delete kernels that way.)
 func TestSIGTERMShutsDown(t *testing.T) {
 	py := jstest.Python(t)
-	js := jstest.Start(t, jstest.Options{})
-	srv, bus := js.Server, js.Bus
+	js := jstest.Start(t, jstest.Options{Auth: true})
+	bus := js.Bus
 	ctx := context.Background()
 	id := "0f0e0d0c-1111-4222-8333-444455556666"
 	if _, err := bus.CreateKernel(ctx, &broker.Kernel{ID: id, Spec: "python3", State: broker.StateSubmitted}); err != nil {
@@ -50,13 +50,16 @@ from ipykernel.kernelapp import IPKernelApp
 IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
 	cfg := &broker.LaunchConfig{V: 1, KernelID: id, Spec: "python3",
 		Argv: []string{py, "-c", script, "{connection_file}", envFile},
-		Env:  map[string]string{"KERNEL_ID": id}, NATSURLs: srv.ClientURL()}
+		Env:  map[string]string{"KERNEL_ID": id}}
+	js.LaunchAccess(t, cfg)
 	enc, err := cfg.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), asMain+"=1", broker.EnvLaunchConfig+"="+enc, "KB_OTHER_SECRET=x")
+	// As workers start it: the config on stdin, in no environment.
+	cmd := exec.Command(os.Args[0], "--config=-")
+	cmd.Env = append(os.Environ(), asMain+"=1", "KB_OTHER_SECRET=x")
+	cmd.Stdin = strings.NewReader(enc + "\n")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

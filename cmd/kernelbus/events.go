@@ -16,6 +16,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 )
 
 func cmdEvents(args []string, stdout, stderr io.Writer) error {
@@ -50,14 +51,18 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 	if *summary && *follow {
 		return errors.New("--summary and --follow do not go together: a summary needs the end of the log")
 	}
-	url, token := *natsURL, *natsToken
+	url, creds := *natsURL, *natsCreds
 	if url == "" {
-		url, token, err = readInstallation(*dataDir, token)
+		var installCreds string
+		url, installCreds, err = readInstallation(*dataDir)
 		if err != nil {
 			return err
 		}
+		if creds == "" {
+			creds = installCreds
+		}
 	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: url, Token: token, CredsFile: *natsCreds, Name: "kernelbus-events"})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: url, Token: *natsToken, CredsFile: creds, Name: "kernelbus-events"})
 	if err != nil {
 		return fmt.Errorf("%w (is kernelbus running? point --nats at its NATS servers)", err)
 	}
@@ -117,28 +122,19 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 }
 
 // readInstallation reads how `kernelbus serve --data-dir dir` can be
-// reached.
-func readInstallation(dir, token string) (string, string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "nats.conn"))
+// reached: its NATS URL and the admin's credentials file.
+func readInstallation(dir string) (url, creds string, err error) {
+	url, authDir, err := readConnFile(filepath.Join(dir, "nats.conn"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return "", "", fmt.Errorf("no kernelbus installation found in %s: pass --data-dir of a running `kernelbus serve`, or --nats URL (and --nats-creds) of the installation's NATS", dir)
 		}
 		return "", "", err
 	}
-	url := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "url":
-			url = v
-		case "token":
-			if token == "" {
-				token = v
-			}
-		}
+	if authDir != "" {
+		creds = filepath.Join(authDir, access.AdminCreds)
 	}
-	return url, token, nil
+	return url, creds, nil
 }
 
 type kernelSummary struct {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
@@ -27,9 +28,13 @@ func runCLI(args ...string) (int, string, string) {
 // `kernelbus serve --data-dir` leaves one.
 func installation(t *testing.T) (*jstest.Env, string) {
 	t.Helper()
-	env := jstest.Start(t, jstest.Options{Token: "tok"})
+	env := jstest.Start(t, jstest.Options{Auth: true})
 	dir := t.TempDir()
-	if err := writeInstallation(dir, env.URL, env.Token); err != nil {
+	authDir := filepath.Join(dir, "auth")
+	if err := access.WriteFiles(authDir, env.Auth); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeInstallation(dir, env.URL, authDir); err != nil {
 		t.Fatal(err)
 	}
 	return env, dir

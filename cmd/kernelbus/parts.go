@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"
@@ -25,6 +28,8 @@ type natsFlags struct {
 	urls     string
 	creds    string
 	token    string
+	conn     string
+	ca       string
 	replicas int
 	setup    bool
 	// presenceTTL is the kb_workers TTL that --setup gives the bucket.
@@ -37,7 +42,9 @@ type natsFlags struct {
 func (n *natsFlags) register(fs *flagSet) {
 	fs.StringVar(&n.urls, "nats", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
 	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file")
-	fs.StringVar(&n.token, "nats-token", "", "NATS token")
+	fs.StringVar(&n.token, "nats-token", "", "NATS token (legacy: a shared token cannot keep kernels apart; use credentials)")
+	fs.StringVar(&n.conn, "nats-conn", "", "nats.conn of a `kernelbus serve` data folder: its NATS URL and the credentials of this part's role")
+	fs.StringVar(&n.ca, "nats-ca", "", "CA certificate (PEM) that signed the NATS servers' TLS certificates")
 	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
 	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
 	n.retention.register(fs)
@@ -45,8 +52,33 @@ func (n *natsFlags) register(fs *flagSet) {
 	fs.DurationVar(&n.presenceTTL, "presence-ttl", 0, "how soon a silent worker counts as gone, when --setup creates or updates kb_workers (0: keep the bucket's; 15s when new)")
 }
 
+// forRole fills --nats and --nats-creds from --nats-conn with the
+// credentials of role (a worker's: of resource manager rm), and returns the
+// installation's credentials folder ("" without --nats-conn).
+func (n *natsFlags) forRole(role, rm string) (string, error) {
+	if n.conn == "" {
+		return "", nil
+	}
+	url, authDir, err := readConnFile(n.conn)
+	if err != nil {
+		return "", err
+	}
+	n.urls = url
+	if n.creds == "" {
+		switch role {
+		case access.RoleFrontend:
+			n.creds = filepath.Join(authDir, access.FrontendCreds)
+		case access.RoleWorker:
+			n.creds = filepath.Join(authDir, access.WorkerCreds(rm))
+		default:
+			n.creds = filepath.Join(authDir, access.AdminCreds)
+		}
+	}
+	return authDir, nil
+}
+
 func (n *natsFlags) connect(ctx context.Context, name string, log zerolog.Logger) (*kbjs.Bus, error) {
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: n.urls, CredsFile: n.creds, Token: n.token, Name: name})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: n.urls, CredsFile: n.creds, Token: n.token, CAFile: n.ca, Name: name})
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +128,9 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if _, err := nf.forRole(access.RoleFrontend, ""); err != nil {
+		return err
+	}
 	ctx, cancel := signalContext()
 	defer cancel()
 	bus, err := nf.connect(ctx, "kernelbus-frontend", log)
@@ -142,6 +177,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	rm := fs.String("rm", "local", "resource manager of this pool: "+fmt.Sprint(registry(zerolog.Nop()).Names()))
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
+	minterFile := fs.String("launcher-minter", "", "file with the installation's launcher signing key (launcher-minter.json), to give each launcher credentials of its own kernel (default: from --nats-conn)")
+	credsTTL := fs.Duration("launcher-creds-ttl", 24*time.Hour, "validity of a launcher's credentials; launchers renew them while their kernel lives")
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
@@ -173,6 +210,29 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--rm: %w", err)
 	}
+	authDir, err := nf.forRole(access.RoleWorker, *rm)
+	if err != nil {
+		return err
+	}
+	if *minterFile == "" && authDir != "" {
+		*minterFile = filepath.Join(authDir, access.MinterFileName)
+	}
+	var minter *access.Minter
+	if *minterFile != "" {
+		if minter, err = access.LoadMinter(*minterFile); err != nil {
+			return fmt.Errorf("--launcher-minter: %w", err)
+		}
+	} else {
+		log.Warn().Msg("no --launcher-minter: launchers get this worker's own bus credentials, so code in one kernel can reach every other kernel")
+	}
+	var natsCA string
+	if nf.ca != "" {
+		b, err := os.ReadFile(nf.ca)
+		if err != nil {
+			return fmt.Errorf("--nats-ca: %w", err)
+		}
+		natsCA = string(b)
+	}
 	ctx, cancel := signalContext()
 	defer cancel()
 	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm, log)
@@ -184,7 +244,19 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if lurls == "" {
 		lurls = nf.urls
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSToken: nf.token}, bus, be, log)
+	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
+		Minter: minter, LauncherCredsTTL: *credsTTL}
+	if minter == nil {
+		pcfg.NATSToken = nf.token
+		if nf.creds != "" {
+			b, err := os.ReadFile(nf.creds)
+			if err != nil {
+				return fmt.Errorf("--nats-creds: %w", err)
+			}
+			pcfg.NATSCreds = string(b)
+		}
+	}
+	pool, err := workers.NewPool(pcfg, bus, be, log)
 	if err != nil {
 		return err
 	}
@@ -211,4 +283,26 @@ func registry(log zerolog.Logger) *workers.Registry {
 	kbk8s.Register(&r, log)
 	kbyarn.Register(&r, log)
 	return &r
+}
+
+// readConnFile reads a nats.conn that `kernelbus serve` wrote: the URL of
+// its NATS and the folder of its role credentials.
+func readConnFile(path string) (url, authDir string, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "url":
+			url = v
+		case "auth":
+			authDir = v
+		}
+	}
+	if url == "" {
+		return "", "", fmt.Errorf("%s: no url= line", path)
+	}
+	return url, authDir, nil
 }

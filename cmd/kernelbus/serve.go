@@ -19,6 +19,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/nats-io/nats.go"
@@ -104,10 +105,23 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
 
-	// The embedded NATS asks every client for a token made fresh per run:
-	// only this process and the launchers it starts know it.
-	natsToken := randomHex(16)
-	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Token: natsToken})
+	// The embedded NATS trusts this installation's keys only: every part
+	// connects with credentials of its role, and each launcher with its
+	// own kernel's (package access). The keys and the role credentials
+	// for parts and tools started beside serve live in <data-dir>/auth.
+	authDir := filepath.Join(*dataDir, "auth")
+	inst, err := access.LoadOrGenerate(authDir)
+	if err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	if err := access.WriteFiles(authDir, inst); err != nil {
+		return fmt.Errorf("bus credentials: %w", err)
+	}
+	minter, err := inst.Minter()
+	if err != nil {
+		return err
+	}
+	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Auth: inst})
 	if err != nil {
 		return err
 	}
@@ -116,11 +130,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	defer srv.Shutdown()
 	log.Info().Str("nats", srv.ClientURL()).Str("data_dir", *dataDir).Msg("embedded NATS ready")
-	if err := writeInstallation(*dataDir, srv.ClientURL(), natsToken); err != nil {
+	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir); err != nil {
 		return err
 	}
-
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: natsToken, Name: "kernelbus-serve"})
+	roleConn := func(file, name string) (*nats.Conn, error) {
+		creds, err := os.ReadFile(filepath.Join(authDir, file))
+		if err != nil {
+			return nil, err
+		}
+		return kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Creds: creds, Name: name})
+	}
+	nc, err := roleConn(access.AdminCreds, "kernelbus-serve")
 	if err != nil {
 		return err
 	}
@@ -131,12 +151,30 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	feNC, err := roleConn(access.FrontendCreds, "kernelbus-serve-frontend")
+	if err != nil {
+		return err
+	}
+	defer feNC.Close()
+	feBus, err := kbjs.Open(ctx, feNC)
+	if err != nil {
+		return err
+	}
+	wNC, err := roleConn(access.WorkerCreds(broker.RMLocal), "kernelbus-serve-worker")
+	if err != nil {
+		return err
+	}
+	defer wNC.Close()
+	wBus, err := kbjs.Open(ctx, wNC)
+	if err != nil {
+		return err
+	}
 
 	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher})
 	if err != nil {
 		return err
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSToken: natsToken}, bus, be, log)
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -144,7 +182,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), bus, ff.catalog(log), log)
+	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
@@ -154,7 +192,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 		pool.Stop()
 		return fmt.Errorf("--listen %s: %w", ff.listen, err)
 	}
-	d, err := df.start(ctx, bus, pool.ID(), log)
+	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
 		ln.Close()
 		pool.Stop()
@@ -178,6 +216,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if *stopKernels {
 		stopAllKernels(sctx, bus, log)
 	}
+	_ = wNC.Drain()
+	_ = feNC.Drain()
 	_ = nc.Drain()
 	return err
 }
@@ -203,9 +243,10 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 	wg.Wait()
 }
 
-// writeInstallation records how tools reach this installation's NATS.
-func writeInstallation(dir, url, token string) error {
-	data := []byte("url=" + url + "\ntoken=" + token + "\n")
+// writeInstallation records how parts and tools reach this installation's
+// NATS: its URL and the folder of role credentials (--nats-conn).
+func writeInstallation(dir, url, authDir string) error {
+	data := []byte("url=" + url + "\nauth=" + authDir + "\n")
 	return os.WriteFile(filepath.Join(dir, "nats.conn"), data, 0o600)
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -25,8 +27,17 @@ type Options struct {
 	// MaxPayload is the largest bus message; larger ones are chunked.
 	// Default 8 MiB.
 	MaxPayload int32
-	// Token, when set, is required from every client.
+	// Token, when set, is required from every client. It cannot be
+	// combined with Auth.
 	Token string
+	// Auth, when set, runs the server in operator mode trusting this
+	// installation: every client needs credentials the installation
+	// signed, with the permissions of its role (package access). Default
+	// nil (no authorization, for tests).
+	Auth *access.Installation
+	// TLSCert, TLSKey serve the client port with TLS (PEM files).
+	// Default: plain TCP.
+	TLSCert, TLSKey string
 	// ServerName names the server in logs and JetStream metadata.
 	// Default "kernelbus".
 	ServerName string
@@ -59,6 +70,12 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.ServerName == "" {
 		opts.ServerName = "kernelbus"
 	}
+	if opts.Token != "" && opts.Auth != nil {
+		return nil, errors.New("embedded NATS: a token and an installation's credentials exclude each other")
+	}
+	if (opts.TLSCert == "") != (opts.TLSKey == "") {
+		return nil, errors.New("embedded NATS: TLS needs both a certificate and a key")
+	}
 	return &Server{opts: opts}, nil
 }
 
@@ -82,6 +99,18 @@ func (s *Server) Start(timeout time.Duration) error {
 		// scenario stopped near 500 kernels on it. Kernels are bounded by
 		// --max-kernels instead.
 		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1},
+	}
+	if s.opts.Auth != nil {
+		if err := trust(o, s.opts.Auth); err != nil {
+			return fmt.Errorf("embedded NATS: %w", err)
+		}
+	}
+	if s.opts.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: s.opts.TLSCert, KeyFile: s.opts.TLSKey})
+		if err != nil {
+			return fmt.Errorf("embedded NATS: TLS: %w", err)
+		}
+		o.TLSConfig, o.TLS, o.TLSTimeout = tc, true, 5
 	}
 	ns, err := server.NewServer(o)
 	if err != nil {
@@ -113,4 +142,29 @@ func (s *Server) Shutdown() {
 			s.ns.WaitForShutdown()
 		}
 	})
+}
+
+// trust puts o in operator mode with the installation's operator and
+// accounts preloaded in a memory resolver, as `resolver: MEMORY` with
+// `resolver_preload` does in a configuration file.
+func trust(o *server.Options, in *access.Installation) error {
+	j, err := in.JWTs()
+	if err != nil {
+		return err
+	}
+	oc, err := jwt.DecodeOperatorClaims(j.Operator)
+	if err != nil {
+		return err
+	}
+	r := &server.MemAccResolver{}
+	if err := r.Store(j.SystemKey, j.System); err != nil {
+		return err
+	}
+	if err := r.Store(j.AccountKey, j.Account); err != nil {
+		return err
+	}
+	o.TrustedOperators = []*jwt.OperatorClaims{oc}
+	o.SystemAccount = j.SystemKey
+	o.AccountResolver = r
+	return nil
 }

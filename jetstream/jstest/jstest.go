@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/nats-io/nats.go"
 )
@@ -27,6 +29,11 @@ type Env struct {
 	// URL is where other processes (launchers) connect, with Token.
 	URL   string
 	Token string
+	// Auth is the installation the server trusts (with Options.Auth); NC
+	// then connects with its admin credentials, and Minter mints
+	// launchers' credentials.
+	Auth   *access.Installation
+	Minter *access.Minter
 }
 
 // Options tune Start.
@@ -40,6 +47,10 @@ type Options struct {
 	StoreDir string
 	// Port for NATS clients; default -1 (any free one).
 	Port int
+	// Auth runs the server in operator mode with a fresh installation, as
+	// `kernelbus serve` does: every client needs role or kernel
+	// credentials. Default false.
+	Auth bool
 }
 
 // Start runs a server, sets up the streams and buckets, and stops
@@ -52,7 +63,18 @@ func Start(t testing.TB, o Options) *Env {
 	if o.Port == 0 {
 		o.Port = -1
 	}
-	srv, err := embedded.NewServer(embedded.Options{Port: o.Port, StoreDir: o.StoreDir, Token: o.Token})
+	var inst *access.Installation
+	var adminCreds []byte
+	if o.Auth {
+		var err error
+		if inst, err = access.Generate(); err != nil {
+			t.Fatal(err)
+		}
+		if adminCreds, err = inst.Creds(access.RoleAdmin, "", "test-admin", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := embedded.NewServer(embedded.Options{Port: o.Port, StoreDir: o.StoreDir, Token: o.Token, Auth: inst})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +82,7 @@ func Start(t testing.TB, o Options) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: o.Token, Name: t.Name()})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: o.Token, Creds: adminCreds, Name: t.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +93,53 @@ func Start(t testing.TB, o Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Server: srv, NC: nc, Bus: bus, URL: srv.ClientURL(), Token: o.Token}
+	e := &Env{Server: srv, NC: nc, Bus: bus, URL: srv.ClientURL(), Token: o.Token, Auth: inst}
+	if inst != nil {
+		if e.Minter, err = inst.Minter(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+// Connect opens another connection to the server, as role (with
+// Options.Auth; a worker's of resource manager rm), closed when the test
+// ends.
+func (e *Env) Connect(t testing.TB, role, rm string) *nats.Conn {
+	t.Helper()
+	o := kbjs.ConnectOptions{URLs: e.URL, Token: e.Token, Name: t.Name() + " " + role}
+	if e.Auth != nil {
+		creds, err := e.Auth.Creds(role, rm, "test-"+role, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Creds = creds
+	}
+	nc, err := kbjs.Connect(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// LaunchAccess prepares what a worker gives a launcher of kernel id: its
+// input consumer and, with Options.Auth, credentials of its own.
+func (e *Env) LaunchAccess(t testing.TB, cfg *broker.LaunchConfig) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := kbjs.EnsureInput(ctx, e.Bus.JS, cfg.KernelID); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NATSURLs, cfg.NATSToken = e.URL, e.Token
+	if e.Minter != nil {
+		creds, err := e.Minter.LauncherCreds(cfg.KernelID, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.NATSCreds = creds
+	}
 }
 
 // Python returns an interpreter that has ipykernel: $KB_TEST_PYTHON, else

@@ -1,7 +1,6 @@
 package kubernetes_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,7 +55,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 
 	specs := writeSpecs(t, py)
 	gw := startServe(t, kb, launcher, specs)
-	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats", gw.natsURL, "--nats-token", gw.natsToken,
+	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats-conn", gw.natsConn,
 		"--launcher", launcher, "--kubeconfig", cl.Kubeconfig, "--k8s-per-user-namespaces",
 		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s"}
 	worker := startProc(t, "worker", kb, workerArgs...)
@@ -308,7 +307,7 @@ spec:
 }
 
 type gateway struct {
-	url, natsURL, natsToken string
+	url, natsConn string
 }
 
 func startServe(t *testing.T, kb, launcher, specs string) gateway {
@@ -322,23 +321,15 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn")
 	var g gateway
 	g.url = "http://" + addr
+	// serve writes nats.conn (its NATS URL and role credentials) once its
+	// NATS is up; the worker connects with the kubernetes workers' role.
+	g.natsConn = filepath.Join(data, "nats.conn")
 	jstest.WaitForNil(t, 30*time.Second, func() error {
-		f, err := os.Open(filepath.Join(data, "nats.conn"))
+		c, err := os.ReadFile(g.natsConn)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			k, v, _ := strings.Cut(sc.Text(), "=")
-			switch k {
-			case "url":
-				g.natsURL = v
-			case "token":
-				g.natsToken = v
-			}
-		}
-		if g.natsURL == "" || g.natsToken == "" {
+		if !strings.Contains(string(c), "auth=") {
 			return errors.New("nats.conn incomplete")
 		}
 		return nil

@@ -78,19 +78,22 @@ func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilit
 // programs and write temp files, never the worker's whole environment.
 var baseEnv = []string{"PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR", "SHELL"}
 
-// Start runs the launcher with cfg in its environment.
+// Start runs the launcher with cfg on its stdin.
 func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.Handle, error) {
 	enc, err := cfg.Encode()
 	if err != nil {
 		return workers.Handle{}, err
 	}
-	cmd := exec.Command(b.launcher)
+	// The config (with the kernel's bus credentials) goes through a pipe
+	// on stdin: an environment variable would stay readable in
+	// /proc/<pid>/environ.
+	cmd := exec.Command(b.launcher, "--config=-")
 	for _, k := range baseEnv {
 		if v, ok := os.LookupEnv(k); ok {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
-	cmd.Env = append(cmd.Env, broker.EnvLaunchConfig+"="+enc)
+	cmd.Stdin = strings.NewReader(enc + "\n")
 	if cfg.WorkDir != "" {
 		cmd.Dir = cfg.WorkDir
 	}

@@ -1,6 +1,7 @@
 package local_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
@@ -27,8 +29,11 @@ import (
 // says. It exercises the worker pool and the backend with real processes
 // and a real NATS; the real launcher has its own tests.
 func TestMain(m *testing.M) {
-	if enc := os.Getenv(broker.EnvLaunchConfig); enc != "" {
-		os.Exit(fakeLauncher(enc))
+	if len(os.Args) > 1 && os.Args[1] == "--config=-" {
+		// Run as the launcher: the config comes on stdin, as the local
+		// backend passes it.
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		os.Exit(fakeLauncher(strings.TrimSpace(line)))
 	}
 	os.Exit(m.Run())
 }
@@ -56,17 +61,23 @@ func fakeLauncher(enc string) int {
 			pf.Close()
 		}
 	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Token: cfg.NATSToken})
+	// The kernel's own credentials, as the real launcher uses them.
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Creds: []byte(cfg.NATSCreds), InboxPrefix: broker.InboxPrefix(cfg.KernelID)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	bus, err := kbjs.Open(context.Background(), nc)
+	link, err := kbjs.OpenKernel(nc, cfg.KernelID)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := bus.UpdateKernel(context.Background(), cfg.KernelID, func(k *broker.Kernel) error {
+	// As the real launcher, report running only once the worker has
+	// recorded the submission.
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = link.WatchKernel(wctx, func(k *broker.Kernel) bool { return k != nil && k.State != broker.StateSubmitted })
+	cancel()
+	if _, err := link.UpdateKernel(context.Background(), func(k *broker.Kernel) error {
 		k.State = broker.StateRunning
 		return nil
 	}); err != nil {
@@ -87,7 +98,7 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	js := jstest.Start(t, jstest.Options{Token: "s3cret"})
+	js := jstest.Start(t, jstest.Options{Auth: true})
 	bus := js.Bus
 	exe, err := os.Executable()
 	if err != nil {
@@ -97,7 +108,13 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, NATSToken: js.Token, StopGrace: 2 * time.Second}, bus, be, zerolog.Nop())
+	// The pool runs with a worker's role credentials and mints each
+	// launcher its own, as under `kernelbus serve`.
+	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

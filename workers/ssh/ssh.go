@@ -283,9 +283,11 @@ func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.La
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "umask 077\nmkdir -p %s || exit 90\n", shellQuote(path.Dir(logFile)))
 	sb.WriteString("command -v setsid >/dev/null || { echo 'setsid (util-linux) is not installed on this host' >&2; exit 91; }\n")
-	// The config comes on stdin, into a variable: a command line would
-	// show it (and the bus token in it) to every user of the host.
-	sb.WriteString("IFS= read -r KB_LAUNCH_CONFIG || exit 92\nexport KB_LAUNCH_CONFIG\n")
+	// The config comes on stdin, into a shell variable that is never
+	// exported, and on through a pipe to the launcher's stdin: a command
+	// line would show it (and the kernel's bus credentials in it) to every
+	// user of the host, an environment to the kernel in /proc.
+	sb.WriteString("IFS= read -r kb_launch_config || exit 92\n")
 	if cfg.WorkDir != "" {
 		fmt.Fprintf(&sb, "cd %s || exit 93\n", shellQuote(cfg.WorkDir))
 	}
@@ -294,8 +296,8 @@ func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.La
 	// its pid and start time, then becomes the launcher. Not "cmd &": sh
 	// starts background jobs with SIGINT ignored, and the kernel would
 	// inherit that and never see an interrupt.
-	fmt.Fprintf(&sb, "setsid -f /bin/sh -c %s %s %s\n",
-		shellQuote(`echo "$$ $(cat /proc/$$/stat)"; exec "$0" </dev/null >"$1" 2>&1`),
+	fmt.Fprintf(&sb, "printf '%%s\\n' \"$kb_launch_config\" | setsid -f /bin/sh -c %s %s %s\n",
+		shellQuote(`echo "$$ $(cat /proc/$$/stat)"; exec "$0" --config=- >"$1" 2>&1`),
 		shellQuote(b.RemoteLauncherPath()), shellQuote(logFile))
 	out, err := b.conns.run(ctx, user, addr, sb.String(), strings.NewReader(enc+"\n"))
 	if err != nil {

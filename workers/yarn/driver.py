@@ -7,6 +7,7 @@
 # the application ends. A detached process starts the JVM's SparkContext
 # meanwhile (prewarm), so the kernel finds it built or being built.
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -76,8 +77,35 @@ def main():
     cfg["argv"] = argv
     launcher = os.path.join(here, "kernelbus-launcher")
     os.chmod(launcher, os.stat(launcher).st_mode | stat.S_IXUSR)
-    enc = base64.b64encode(json.dumps(cfg).encode()).decode()
-    os.execve(launcher, [launcher], dict(os.environ, KB_LAUNCH_CONFIG=enc))
+    enc = base64.b64encode(json.dumps(cfg).encode()) + b"\n"
+    # The config holds the kernel's bus credentials: it goes to the
+    # launcher through a pipe on stdin, never an environment the kernel
+    # could read in /proc, and its localized file is removed.
+    try:
+        os.remove(os.path.join(here, "kb-launch.json"))
+    except OSError:
+        pass
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, 1031, max(len(enc), 65536))  # F_SETPIPE_SZ: fits the whole config
+    except OSError:
+        pass
+    # A writer of its own (forked twice, so the launcher that replaces
+    # this process is left no child to reap) in case the pipe is smaller.
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            os.close(r)
+            view = memoryview(enc)
+            while view:
+                view = view[os.write(w, view):]
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    os.dup2(r, 0)
+    os.close(r)
+    env = {k: v for k, v in os.environ.items() if k != "KB_LAUNCH_CONFIG"}
+    os.execve(launcher, [launcher, "--config=-"], env)
 
 
 if __name__ == "__main__":

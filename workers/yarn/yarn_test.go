@@ -1,7 +1,6 @@
 package yarn_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -261,24 +260,15 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 
 	listen := freePort(t)
 	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m")
-	var conn string
+	// serve writes nats.conn (its NATS URL and role credentials) once its
+	// NATS is up; the worker connects with the yarn workers' role.
+	conn := filepath.Join(data, "nats.conn")
 	jstest.WaitFor(t, time.Minute, "nats.conn", func() bool {
-		c, err := os.ReadFile(filepath.Join(data, "nats.conn"))
-		conn = string(c)
-		return err == nil && strings.Contains(conn, "token=")
+		c, err := os.ReadFile(conn)
+		return err == nil && strings.Contains(string(c), "auth=")
 	})
-	var natsURL, token string
-	sc := bufio.NewScanner(strings.NewReader(conn))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "url="); ok {
-			natsURL = v
-		}
-		if v, ok := strings.CutPrefix(sc.Text(), "token="); ok {
-			token = v
-		}
-	}
 	g := &gateway{t: t, kb: kb, workerEnv: []string{"HADOOP_CONF_DIR=" + confDir},
-		workerArgs: []string{"worker", "--rm", "yarn", "--nats", natsURL, "--nats-token", token, "--launcher", launcher, "--yarn-endpoint", rmURL}}
+		workerArgs: []string{"worker", "--rm", "yarn", "--nats-conn", conn, "--launcher", launcher, "--yarn-endpoint", rmURL}}
 	g.stopWorker = runEnv(t, g.workerEnv, kb, g.workerArgs...)
 
 	g.Client = &client.Client{BaseURL: "http://" + listen}
