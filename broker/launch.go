@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -109,4 +110,98 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// NewLaunchConfig is what a worker hands the launcher of kernel id, owned
+// by user, for spec and the client's filtered env. The kernel's env is the
+// spec's (its ${VAR}s filled from the client's env only, never from this
+// process's, which may hold secrets), the client's filtered env and the
+// KERNEL_* facts JEG kernels rely on. Workers build it themselves from the
+// kernelspec they read: argv and env never come from a request or a
+// record.
+func NewLaunchConfig(spec *KernelSpec, id, user string, env map[string]string, timeout time.Duration) *LaunchConfig {
+	kenv := make(map[string]string, len(spec.Env)+len(env)+4)
+	for name, v := range spec.Env {
+		kenv[name] = expandVars(v, env)
+	}
+	for name, v := range env {
+		kenv[name] = v
+	}
+	kenv[EnvKernelID] = id
+	if user != "" {
+		kenv[EnvUsername] = user
+	}
+	kenv[EnvKernelLanguage] = spec.Language
+	kenv[EnvKernelGateway] = "1"
+	mode := spec.InterruptMode
+	if mode == "" {
+		mode = "signal"
+	}
+	return &LaunchConfig{
+		V: 1, KernelID: id, Spec: spec.Name, User: user, Argv: spec.Argv, Env: kenv,
+		InterruptMode: mode, Language: spec.Language, ResourceDir: spec.Dir,
+		LaunchTimeout: Duration(timeout), RMConfig: spec.RMConfig(),
+	}
+}
+
+// expandVars replaces ${NAME} and $NAME with vars[NAME] and $$ with $,
+// leaving unknown names as written (Python's Template.safe_substitute,
+// which jupyter_client uses).
+func expandVars(s string, vars map[string]string) string {
+	if !strings.Contains(s, "$") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch next := s[i+1]; {
+		case next == '$':
+			b.WriteByte('$')
+			i++
+		case next == '{':
+			end := strings.IndexByte(s[i+2:], '}')
+			if end < 0 {
+				b.WriteByte('$')
+				continue
+			}
+			name := s[i+2 : i+2+end]
+			if v, ok := vars[name]; ok && isIdent(name) {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i : i+3+end])
+			}
+			i += 2 + end
+		case isIdentStart(next):
+			j := i + 1
+			for j < len(s) && (isIdentStart(s[j]) || s[j] >= '0' && s[j] <= '9') {
+				j++
+			}
+			if v, ok := vars[s[i+1:j]]; ok {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i:j])
+			}
+			i = j - 1
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String()
+}
+
+func isIdentStart(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+func isIdent(s string) bool {
+	if s == "" || !isIdentStart(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !isIdentStart(s[i]) && !(s[i] >= '0' && s[i] <= '9') {
+			return false
+		}
+	}
+	return true
 }

@@ -511,17 +511,6 @@ func TestCatalog(t *testing.T) {
 	}
 }
 
-func TestExpandVars(t *testing.T) {
-	vars := map[string]string{"A": "1", "B_2": "two"}
-	for in, want := range map[string]string{
-		"${A}": "1", "$A-$B_2": "1-two", "${C}": "${C}", "$C": "$C", "$$A": "$A", "x$": "x$", "${A": "${A", "plain": "plain",
-	} {
-		if got := expandVars(in, vars); got != want {
-			t.Errorf("expandVars(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestOriginPatterns(t *testing.T) {
 	o, err := parseOrigins("https://*.example.com, http://localhost:8888")
 	if err != nil {
