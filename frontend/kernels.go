@@ -278,7 +278,6 @@ func startFailed(k *broker.Kernel) error {
 	return e
 }
 
-
 // startTimedOut fails a start whose deadline passed (unless it made it
 // after all) and asks the worker pool to kill whatever it started.
 func (s *Server) startTimedOut(k *broker.Kernel, timeout time.Duration, reqID string) (*broker.Kernel, error) {
