@@ -151,24 +151,28 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	feNC, err := roleConn(access.FrontendCreds, "kernelbus-serve-frontend")
+	roleBus := func(file, name string) (*nats.Conn, *kbjs.Bus, error) {
+		c, err := roleConn(file, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := kbjs.Open(ctx, c)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		return c, b, nil
+	}
+	feNC, feBus, err := roleBus(access.FrontendCreds, "kernelbus-serve-frontend")
 	if err != nil {
 		return err
 	}
 	defer feNC.Close()
-	feBus, err := kbjs.Open(ctx, feNC)
-	if err != nil {
-		return err
-	}
-	wNC, err := roleConn(access.WorkerCreds(broker.RMLocal), "kernelbus-serve-worker")
+	wNC, wBus, err := roleBus(access.WorkerCreds(broker.RMLocal), "kernelbus-serve-worker")
 	if err != nil {
 		return err
 	}
 	defer wNC.Close()
-	wBus, err := kbjs.Open(ctx, wNC)
-	if err != nil {
-		return err
-	}
 
 	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher})
 	if err != nil {

@@ -183,7 +183,9 @@ func Permissions(role, rm string) (jwt.Permissions, error) {
 			deny = append(deny, "$JS.API.CONSUMER.CREATE."+broker.StreamRequests+".*."+broker.SubjectRequestsFor(other))
 		}
 		p.Pub.Deny = deny
-		p.Sub.Allow = jwt.StringList{"_INBOX.>", SubjectRenewAll}
+		// Launchers' inboxes too: a worker without a minter hands its
+		// own credentials to its launchers, which reply-subscribe there.
+		p.Sub.Allow = jwt.StringList{"_INBOX.>", InboxPrefix("*") + ".>", SubjectRenewAll}
 	default:
 		return p, fmt.Errorf("no bus role %q", role)
 	}
