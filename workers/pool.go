@@ -38,8 +38,9 @@ type PoolConfig struct {
 	// a kernel's code can reach every other kernel, which is only fit for
 	// a single user's machine.
 	Minter *access.Minter
-	// LauncherCredsTTL is how long minted credentials are valid; a
-	// launcher renews them while its kernel lives. Default 24h.
+	// LauncherCredsTTL is how long minted credentials are valid. Launchers
+	// cannot renew them yet, so a kernel outliving it loses the bus at its
+	// next reconnect. Default 0: no expiry (they reach only their kernel).
 	LauncherCredsTTL time.Duration
 	NATSToken        string
 	NATSCreds        string
@@ -74,9 +75,6 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
-	}
-	if cfg.LauncherCredsTTL <= 0 {
-		cfg.LauncherCredsTTL = 24 * time.Hour
 	}
 	if cfg.NATSURLs == "" {
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
