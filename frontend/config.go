@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a front-end. The zero value is usable.
@@ -73,6 +74,17 @@ type Config struct {
 
 	// Version is reported as gateway_version by GET /api. Default "dev".
 	Version string
+
+	// Metrics is the registry the front-end registers its collectors on
+	// and /metrics serves; a process running several parts passes one
+	// registry to all. Default: a new one with the Go and process
+	// collectors.
+	Metrics *prometheus.Registry
+
+	// MetricsPublic serves /metrics without authentication (for a
+	// Prometheus that cannot send the token). Default false: /metrics
+	// needs the same credentials as the API.
+	MetricsPublic bool
 }
 
 // JupyterServerVersion is what GET /api reports as "version": the

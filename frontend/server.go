@@ -50,6 +50,7 @@ type Server struct {
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
 	releaseSub *nats.Subscription
+	ops        *ops // metrics, health, API description (ops.go)
 	shutOnce   sync.Once
 	shutErr    error
 }
@@ -188,9 +189,11 @@ func (s *Server) routes() *fiber.App {
 		IdleTimeout:       2 * time.Minute,
 		AppName:           "kernelbus",
 	})
+	s.publicOps(app)
 	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
 	g := app.Group(prefix)
+	s.protectedOps(g)
 	g.Get("/api", s.getAPI)
 	g.Get("/api/kernelspecs", s.listSpecs)
 	g.Get("/api/kernelspecs/:name", s.getSpec)
