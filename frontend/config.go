@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -85,6 +86,10 @@ type Config struct {
 	// Prometheus that cannot send the token). Default false: /metrics
 	// needs the same credentials as the API.
 	MetricsPublic bool
+
+	// ReadyChecks are added to /readyz's own (bus, streams, buckets):
+	// serve adds its worker pool's. Default: none.
+	ReadyChecks []metrics.Check
 }
 
 // JupyterServerVersion is what GET /api reports as "version": the

@@ -71,7 +71,7 @@ func newOps(s *Server) (*ops, error) {
 		return nil, err
 	}
 	o.specJSON = js
-	o.ready = metrics.NewReadiness(time.Second,
+	checks := []metrics.Check{
 		metrics.Check{Name: "bus", Fn: func(context.Context) error {
 			if st := s.bus.NC.Status(); st != nats.CONNECTED {
 				return errors.New("NATS connection is " + st.String())
@@ -96,7 +96,8 @@ func newOps(s *Server) (*ops, error) {
 			}
 			return nil
 		}},
-	)
+	}
+	o.ready = metrics.NewReadiness(time.Second, append(checks, s.cfg.ReadyChecks...)...)
 	return o, nil
 }
 
