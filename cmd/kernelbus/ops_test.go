@@ -157,6 +157,25 @@ func TestOperations(t *testing.T) {
 		t.Fatalf("readyz: %+v %v", rep, err)
 	}
 
+	// A worker process beside serve serves its own /metrics (behind its
+	// token) and /readyz, which says ready once its consumer claims.
+	workerURL := startWorker(t, bin, filepath.Join(dir, "data", "nats.conn"), "w-token", filepath.Join(dir, "worker.log"))
+	if resp, err := http.Get(workerURL + "/metrics"); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("worker /metrics without its token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	f, err := scrapeWith(workerURL+"/metrics", "w-token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := f.Value("kernelbus_worker_requests_in_flight", map[string]string{"rm": "local"}); !ok || v != 0 {
+		t.Fatalf("worker in flight: %v %v", v, ok)
+	}
+	if v, _ := f.Value("kernelbus_bus_connected", map[string]string{"part": "worker"}); v != 1 {
+		t.Fatal("worker bus not connected in metrics")
+	}
+
 	// A real Prometheus scrapes serve, with the token, and counts the
 	// running kernels.
 	prom := startPrometheus(t, srv.url, token)
@@ -227,6 +246,63 @@ func startServeWithToken(t *testing.T, bin, dataDir, logPath, token string, args
 		return r.StatusCode == 200
 	})
 	return p
+}
+
+// startWorker runs `kernelbus worker` on serve's bus with --metrics-listen
+// and returns the base URL of its operations endpoints once it is ready.
+func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--metrics-listen", addr, "--metrics-token", token}
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		args = append(args, "--launcher", l)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); f.Close(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("worker log:\n%s", log)
+		}
+	})
+	base := "http://" + addr
+	jstest.WaitFor(t, 60*time.Second, "the worker to be ready", func() bool {
+		select {
+		case <-done:
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("kernelbus worker exited:\n%s", log)
+		default:
+		}
+		var rep metrics.ReadyReport
+		return getJSON(base+"/readyz", &rep) == nil && rep.Ready && rep.Checks["claiming"] == "ok"
+	})
+	if resp, err := http.Get(base + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("worker healthz: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	return base
 }
 
 func scrapeWith(u, token string) (metrics.Families, error) {
