@@ -85,6 +85,11 @@ def _stop(srv: kbprocs.Server, delete_kernels: bool = True) -> None:
             f"{srv.describe()} exited with {srv.proc.returncode} after SIGTERM\n{srv.log_tail()}")
 
 
+def pytest_terminal_summary(terminalreporter):
+    if kbprocs.target() == "kernelbus":
+        terminalreporter.write_line(f"openapi: {openapi_check.checked} kernelbus REST responses checked against frontend/openapi.yaml")
+
+
 @pytest.fixture(autouse=True)
 def openapi_conformance():
     """Every REST answer kernelbus gave during the test matches frontend/openapi.yaml."""

@@ -24,6 +24,7 @@ _bases: set[str] = set()
 _pending: list[tuple[str, str, int, str, bytes]] = []
 _spec: dict | None = None
 _routes: list[tuple[re.Pattern, dict]] = []
+checked = 0  # responses checked so far, for the session summary
 
 
 def watch(base_url: str) -> None:
@@ -98,9 +99,11 @@ def _check(method: str, path: str, status: int, content_type: str, body: bytes) 
 
 def problems() -> list[str]:
     """Checks what was observed since the last call."""
+    global checked
     with _lock:
         todo = list(_pending)
         _pending.clear()
+        checked += len(todo)
     out = []
     for ex in todo:
         p = _check(*ex)
