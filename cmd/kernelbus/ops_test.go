@@ -152,6 +152,7 @@ func TestOperations(t *testing.T) {
 		}
 		return nil
 	})
+	promtoolCheck(t, srv.url+"/metrics", token)
 	var rep metrics.ReadyReport
 	if err := getJSON(srv.url+"/readyz", &rep); err != nil || !rep.Ready || rep.Checks["worker"] != "ok" {
 		t.Fatalf("readyz: %+v %v", rep, err)
@@ -303,6 +304,38 @@ func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
 		resp.Body.Close()
 	}
 	return base
+}
+
+// promtoolCheck lints a scrape with Prometheus' promtool (installed with
+// Prometheus), when there is one. The only finding allowed is the "_total"
+// suffix of kernel_currently_running_total, a gauge whose name is
+// jupyter_server's.
+func promtoolCheck(t *testing.T, u, token string) {
+	t.Helper()
+	bin := "promtool"
+	if p := os.Getenv("PROMETHEUS_BIN"); p != "" {
+		bin = filepath.Join(filepath.Dir(p), "promtool")
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		t.Logf("no promtool (%v): scrape checked with the client library's parser only", err)
+		return
+	}
+	req, _ := http.NewRequest("GET", u, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	cmd := exec.Command(bin, "check", "metrics")
+	cmd.Stdin = strings.NewReader(string(body))
+	out, _ := cmd.CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" && !strings.HasPrefix(line, "kernel_currently_running_total ") {
+			t.Errorf("promtool check metrics: %s", line)
+		}
+	}
 }
 
 func scrapeWith(u, token string) (metrics.Families, error) {
