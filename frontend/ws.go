@@ -721,6 +721,7 @@ func retryBus(ctx context.Context, total time.Duration, op func(context.Context)
 		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
 			return err
 		}
+		kbjs.CountRetry()
 		select {
 		case <-ctx.Done():
 			return err

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -33,7 +34,11 @@ const Namespace = "kernelbus"
 // front-end, worker and duties in one).
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
-	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "bus_retries_total",
+			Help: "Bus operations (publishes, reads, record updates) this process tried again after a failure, such as while NATS elected a stream leader.",
+		}, func() float64 { return float64(kbjs.Retries()) }))
 	return r
 }
 

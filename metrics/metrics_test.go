@@ -78,6 +78,9 @@ func TestRelayAndDuties(t *testing.T) {
 	if _, ok := f.Value("go_goroutines", nil); !ok {
 		t.Error("no Go runtime metrics")
 	}
+	if _, ok := f.Value("kernelbus_bus_retries_total", nil); !ok {
+		t.Error("no kernelbus_bus_retries_total")
+	}
 }
 
 func TestOpsMuxToken(t *testing.T) {
