@@ -87,6 +87,11 @@ type Config struct {
 	// needs the same credentials as the API.
 	MetricsPublic bool
 
+	// MetricsTopUsers, when above 0, adds kernelbus_user_kernels{user}
+	// for that many users with the most kernels. Default 0: no per-user
+	// series (user names come from clients; their number is unbounded).
+	MetricsTopUsers int
+
 	// ReadyChecks are added to /readyz's own (bus, streams, buckets):
 	// serve adds its worker pool's. Default: none.
 	ReadyChecks []metrics.Check

@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"sort"
 	"strconv"
 	"time"
 
@@ -61,7 +62,7 @@ func newOps(s *Server) (*ops, error) {
 		Help:        "Kernel websockets open on this front-end.",
 		ConstLabels: prometheus.Labels{"frontend": s.cfg.FrontendID},
 	}, func() float64 { return float64(s.hub.count()) })
-	for _, c := range []prometheus.Collector{o.httpDur, wsConns, &o.relay, &kernelCollector{st: s.state, specs: s.specs}} {
+	for _, c := range []prometheus.Collector{o.httpDur, wsConns, &o.relay, &kernelCollector{st: s.state, specs: s.specs, topUsers: s.cfg.MetricsTopUsers}} {
 		if err := o.reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -193,8 +194,9 @@ func (s *Server) relayToClient(h nats.Header, subject string, n int) {
 // kernelCollector reports the kernels of the installation from the
 // front-end's mirror of kb_kernels.
 type kernelCollector struct {
-	st    *state
-	specs SpecSource
+	st       *state
+	specs    SpecSource
+	topUsers int
 }
 
 var (
@@ -206,12 +208,16 @@ var (
 		[]string{"type"}, nil)
 	usersDesc = prometheus.NewDesc(metrics.Namespace+"_active_users",
 		"Distinct owners (KERNEL_USERNAME) of kernels starting or alive, across the installation.", nil, nil)
+	userKernelsDesc = prometheus.NewDesc(metrics.Namespace+"_user_kernels",
+		"Kernels starting or alive of the users with the most of them (MetricsTopUsers; off by default).",
+		[]string{"user"}, nil)
 )
 
 func (k *kernelCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- kernelsDesc
 	ch <- runningDesc
 	ch <- usersDesc
+	ch <- userKernelsDesc
 }
 
 func (k *kernelCollector) Collect(ch chan<- prometheus.Metric) {
@@ -223,7 +229,7 @@ func (k *kernelCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, sp := range k.specs.Specs() {
 		running[sp.Name] = 0
 	}
-	users := map[string]struct{}{}
+	users := map[string]int{}
 	k.st.mu.RLock()
 	for _, e := range k.st.kernels {
 		r := e.rec
@@ -234,7 +240,7 @@ func (k *kernelCollector) Collect(ch chan<- prometheus.Metric) {
 		if !r.State.Terminal() {
 			running[r.Spec]++
 			if r.User != "" {
-				users[r.User] = struct{}{}
+				users[r.User]++
 			}
 		}
 	}
@@ -246,4 +252,22 @@ func (k *kernelCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(runningDesc, prometheus.GaugeValue, float64(n), spec)
 	}
 	ch <- prometheus.MustNewConstMetric(usersDesc, prometheus.GaugeValue, float64(len(users)))
+	if k.topUsers <= 0 || len(users) == 0 {
+		return
+	}
+	// Per-user series only for the top N: user names come from clients,
+	// so their number is not ours to bound otherwise.
+	names := make([]string, 0, len(users))
+	for u := range users {
+		names = append(names, u)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if users[names[i]] != users[names[j]] {
+			return users[names[i]] > users[names[j]]
+		}
+		return names[i] < names[j]
+	})
+	for _, u := range names[:min(k.topUsers, len(names))] {
+		ch <- prometheus.MustNewConstMetric(userKernelsDesc, prometheus.GaugeValue, float64(users[u]), u)
+	}
 }

@@ -2,14 +2,17 @@ package frontend
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // scrape fetches /metrics and parses it with the Prometheus client's own
@@ -64,7 +67,7 @@ func TestMetricsNeedTheAPIsAuth(t *testing.T) {
 }
 
 func TestMetricsCountKernelsAndTraffic(t *testing.T) {
-	e := newEnv(t, Config{})
+	e := newEnv(t, Config{MetricsTopUsers: 1})
 	fams := e.scrape(nil)
 	// Every kernelspec has a running series from the start, at 0.
 	if v, ok := fams.Value("kernel_currently_running_total", map[string]string{"type": "python3"}); !ok || v != 0 {
@@ -95,6 +98,7 @@ func TestMetricsCountKernelsAndTraffic(t *testing.T) {
 			{"kernelbus_kernels", map[string]string{"state": "running", "kernelspec": "python3", "rm": "local"}, 2},
 			{"kernelbus_kernels", map[string]string{"state": "failed", "kernelspec": "failing"}, 1},
 			{"kernelbus_active_users", nil, 1},
+			{"kernelbus_user_kernels", map[string]string{"user": "alice"}, 1},
 			{"kernelbus_websocket_connections", nil, 1},
 			{"kernelbus_relayed_messages_total", map[string]string{"channel": "shell", "direction": "to_kernel"}, 1},
 			{"http_request_duration_seconds", map[string]string{"method": "POST", "handler": "/api/kernels", "status_code": "201"}, 2},
@@ -138,6 +142,9 @@ func TestMetricsCountKernelsAndTraffic(t *testing.T) {
 		if v, _ := f.Value("kernelbus_active_users", nil); v != 0 {
 			return fmt.Errorf("active users after alice's kernel went: %v", v)
 		}
+		if _, ok := f.Value("kernelbus_user_kernels", nil); ok {
+			return errors.New("a per-user series is left for a user without kernels")
+		}
 		return nil
 	})
 }
@@ -156,5 +163,41 @@ func TestReadyzFailsWithoutTheBus(t *testing.T) {
 	// Alive all the same: a probe must not restart it for the bus.
 	if resp, _ := e.do("GET", "healthz", nil, nil, nil); resp.StatusCode != 200 {
 		t.Fatal("healthz", resp.StatusCode)
+	}
+}
+
+// A client choosing many user names cannot make many series: only the
+// top users get one.
+func TestMetricsPerUserSeriesAreBounded(t *testing.T) {
+	st := newState()
+	for i := range 50 {
+		user := fmt.Sprintf("user%02d", i)
+		n := 1
+		if i == 7 {
+			n = 3 // the heaviest user
+		}
+		for j := range n {
+			id := fmt.Sprintf("k-%d-%d", i, j)
+			st.putKernel(id, &broker.Kernel{ID: id, Spec: "python3", RM: "local", User: user, State: broker.StateRunning}, 1, true)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&kernelCollector{st: st, specs: &StaticSpecs{}, topUsers: 2})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := metrics.Families{}
+	for _, mf := range mfs {
+		f[mf.GetName()] = mf
+	}
+	if n := len(f["kernelbus_user_kernels"].GetMetric()); n != 2 {
+		t.Fatalf("%d per-user series, want 2", n)
+	}
+	if v, _ := f.Value("kernelbus_user_kernels", map[string]string{"user": "user07"}); v != 3 {
+		t.Fatalf("top user: %v", v)
+	}
+	if v, _ := f.Value("kernelbus_active_users", nil); v != 50 {
+		t.Fatalf("active users %v", v)
 	}
 }

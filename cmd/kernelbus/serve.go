@@ -39,6 +39,7 @@ type frontendFlags struct {
 	maxKernels    int
 	maxPerUser    int
 	metricsPublic bool
+	topUsers      int
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -52,6 +53,7 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
+	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -65,6 +67,7 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		MaxKernels:           f.maxKernels,
 		MaxKernelsPerUser:    f.maxPerUser,
 		MetricsPublic:        f.metricsPublic,
+		MetricsTopUsers:      f.topUsers,
 	}
 }
 
