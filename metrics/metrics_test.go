@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -139,5 +140,23 @@ func BenchmarkCounterVecBaseline(b *testing.B) {
 	for b.Loop() {
 		msgs.WithLabelValues("iopub", "to_client").Inc()
 		bytes.WithLabelValues("iopub", "to_client").Add(512)
+	}
+}
+
+// /readyz is unauthenticated: a flood of probes runs the checks (bus
+// requests) at most once per interval.
+func TestReadinessIsCached(t *testing.T) {
+	var calls atomic.Int64
+	r := NewReadiness(time.Hour, Check{Name: "bus", Fn: func(context.Context) error { calls.Add(1); return nil }})
+	mux := OpsMux(prometheus.NewRegistry(), "", r)
+	for range 100 {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		if rec.Code != 200 {
+			t.Fatalf("readyz %d", rec.Code)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("checks ran %d times for 100 probes", calls.Load())
 	}
 }
