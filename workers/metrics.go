@@ -80,7 +80,7 @@ func register[C prometheus.Collector](r prometheus.Registerer, c C) (C, error) {
 func (p *Pool) countStart(k *broker.Kernel, outcome string) {
 	rm := p.be.Name()
 	p.met.starts.WithLabelValues(rm, outcome).Inc()
-	if outcome == OutcomeStarted && !k.Created.IsZero() {
+	if outcome == OutcomeStarted && k != nil && !k.Created.IsZero() {
 		p.met.duration.WithLabelValues(rm).Observe(max(time.Since(k.Created), 0).Seconds())
 	}
 }

@@ -220,6 +220,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
+		d.Stop()
+		ln.Close()
+		pool.Stop()
 		return err
 	}
 	serveErr := make(chan error, 1)
