@@ -117,8 +117,18 @@ func TestMetricsCountKernelsAndTraffic(t *testing.T) {
 		}
 		return nil
 	})
-	// The route pattern labels requests, never the kernel id.
+	// The route pattern labels requests, never the kernel id, and paths a
+	// client makes up add no series (Fiber refuses unknown methods itself).
 	e.do("GET", "api/kernels/"+m.ID, nil, nil, nil)
+	before := len(e.scrape(nil)["http_request_duration_seconds"].GetMetric())
+	for i := range 20 {
+		e.do("GET", fmt.Sprintf("no/such/path/%d", i), nil, nil, nil)
+		e.do("PUT", fmt.Sprintf("api/kernels/%d", i), nil, nil, nil)
+		e.do("GET", fmt.Sprintf("api/kernels/%d-%s", i, m.ID), nil, nil, nil)
+	}
+	if after := len(e.scrape(nil)["http_request_duration_seconds"].GetMetric()); after > before+4 {
+		t.Fatalf("60 made-up requests added %d series", after-before)
+	}
 	f := e.scrape(nil)
 	if v, _ := f.Value("http_request_duration_seconds", map[string]string{"handler": "/api/kernels/:id"}); v < 1 {
 		t.Fatal("no series for the /api/kernels/:id route")
