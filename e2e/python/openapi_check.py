@@ -97,6 +97,29 @@ def _check(method: str, path: str, status: int, content_type: str, body: bytes) 
     return None
 
 
+def check_log(path: str) -> int:
+    """Checks a JSON Lines log of exchanges (the JS suite's KB_OPENAPI_LOG); exit status."""
+    import json
+
+    n, found = 0, []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            ex = json.loads(line)
+            n += 1
+            p = _check(ex["method"], ex["path"], ex["status"], ex["content_type"], ex["body"].encode())
+            if p:
+                found.append(p)
+    print(f"openapi: {n} kernelbus REST responses of the JS suite checked against frontend/openapi.yaml")
+    if n == 0:
+        print("openapi: the JS suite recorded no responses: its fetch hook is broken")
+        return 1
+    for p in found:
+        print("openapi: " + p)
+    return 1 if found else 0
+
+
 def problems() -> list[str]:
     """Checks what was observed since the last call."""
     global checked
@@ -110,3 +133,9 @@ def problems() -> list[str]:
         if p:
             out.append(p)
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(check_log(sys.argv[1]))
