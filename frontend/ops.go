@@ -109,13 +109,7 @@ func (s *Server) Metrics() *prometheus.Registry { return s.ops.reg }
 // timer (so refused requests are timed too) and the endpoints anyone may
 // call.
 func (s *Server) publicOps(app *fiber.App) {
-	o, err := newOps(s)
-	if err != nil {
-		// Only a registry already holding these collectors gets here: a
-		// programming error of the caller.
-		panic("frontend: metrics: " + err.Error())
-	}
-	s.ops = o
+	o := s.ops
 	app.Use(s.timeRequest)
 	p := app.Group(s.prefix())
 	p.Get("/healthz", func(c *fiber.Ctx) error {

@@ -211,3 +211,14 @@ func TestMetricsPerUserSeriesAreBounded(t *testing.T) {
 		t.Fatalf("active users %v", v)
 	}
 }
+
+// Two front-ends on one registry is a configuration error, reported by
+// New rather than a panic.
+func TestMetricsRegistryConflictIsAnError(t *testing.T) {
+	bus := testBus(t)
+	reg := metrics.NewRegistry()
+	startFrontend(t, bus, Config{Metrics: reg})
+	if _, err := New(Config{Metrics: reg}, bus, testSpecs(t), testLogger(t)); err == nil || !strings.Contains(err.Error(), "metrics") {
+		t.Fatalf("second front-end on the same registry: %v", err)
+	}
+}

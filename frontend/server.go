@@ -100,6 +100,9 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
 		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(cfg.FrontendID), err))
 	}
+	if s.ops, err = newOps(s); err != nil {
+		return fail(fmt.Errorf("frontend: metrics: %w", err))
+	}
 	s.goFunc(s.emitLoop)
 	s.goFunc(s.hub.tickLoop)
 	s.app = s.routes()
