@@ -14,6 +14,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,18 @@ func NewRegistry() *prometheus.Registry {
 			Help: "Bus operations (publishes, reads, record updates) this process tried again after a failure, such as while NATS elected a stream leader.",
 		}, func() float64 { return float64(kbjs.Retries()) }))
 	return r
+}
+
+// RegisterBuildInfo registers kernelbus_build_info{version,goversion} 1,
+// so dashboards can tell the releases of a rolling upgrade apart.
+func RegisterBuildInfo(r prometheus.Registerer, version string) error {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Always 1; the labels name the kernelbus release and its Go version.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return r.Register(g)
 }
 
 // Handler serves g in the Prometheus text format (or OpenMetrics when

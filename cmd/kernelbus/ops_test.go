@@ -145,6 +145,7 @@ func TestOperations(t *testing.T) {
 			{"kernelbus_duties_lease_held", nil, 1},
 			{"kernelbus_bus_connected", map[string]string{"part": "frontend"}, 1},
 			{"kernelbus_bus_connected", map[string]string{"part": "worker"}, 1},
+			{"kernelbus_build_info", nil, 1}, // its version is the binary's -X main.version
 		} {
 			if v, _ := f.Value(c.name, c.labels); v != c.want {
 				return fmt.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)

@@ -146,6 +146,9 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
 	}
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
 	fcfg := ff.config(feID)
 	fcfg.Metrics = reg
 	fe, err := frontend.New(fcfg, bus, ff.catalog(log), log)
@@ -260,6 +263,9 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "worker", bus.NC); err != nil {
+		return err
+	}
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
 		return err
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,

@@ -187,6 +187,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	// One registry for every part of this process, served at /metrics.
 	reg := metrics.NewRegistry()
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
 	for part, c := range map[string]*nats.Conn{"serve": nc, "frontend": feNC, "worker": wNC} {
 		if err := metrics.RegisterBus(reg, part, c); err != nil {
 			return err
