@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,7 +39,11 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}, args...)...)
+	base := []string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}
+	if !slices.Contains(args, "--token") && !slices.Contains(args, "--users-file") {
+		base = append(base, "--insecure-no-auth") // these tests are not about authentication
+	}
+	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

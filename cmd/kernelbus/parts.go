@@ -128,6 +128,15 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := ff.checkAuth("frontend"); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	feID := "fe-" + host + "-" + randomHex(3)
+	feCfg, err := ff.config(feID)
+	if err != nil {
+		return err
+	}
 	if _, err := nf.forRole(access.RoleFrontend, ""); err != nil {
 		return err
 	}
@@ -138,9 +147,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer bus.NC.Close()
-	host, _ := os.Hostname()
-	feID := "fe-" + host + "-" + randomHex(3)
-	fe, err := frontend.New(ff.config(feID), bus, ff.catalog(log), log)
+	fe, err := frontend.New(feCfg, bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
