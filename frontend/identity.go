@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"strings"
@@ -199,4 +200,46 @@ func (l *failLimiter) fail(ip string, now time.Time) {
 		l.m[ip] = f
 	}
 	f.n++
+}
+
+// may reports whether who may see and act on what owner owns: its own
+// kernels and sessions, or everything for an administrator. Records from
+// before identities existed have no owner and are the administrators'.
+func may(who *auth.Identity, owner string) bool {
+	return who.IsAdmin() || who.Name != "" && owner == who.Name
+}
+
+// actorOf names who in events.
+func actorOf(who *auth.Identity) string {
+	if who.Name == "" {
+		return "anonymous"
+	}
+	return who.Name
+}
+
+// ownedKernel is visibleKernel for who: another user's kernel is absent,
+// so that ids cannot be probed.
+func (s *Server) ownedKernel(ctx context.Context, who *auth.Identity, id string) (*broker.Kernel, uint64, error) {
+	k, rev, err := s.visibleKernel(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !may(who, k.Owner) {
+		return nil, 0, kernelNotFound(id)
+	}
+	return k, rev, nil
+}
+
+// kernelUser decides the KERNEL_USERNAME and owner of a kernel who starts:
+// who's own name, unless who may impersonate and the client named another
+// user. A client naming someone else without that role is refused rather
+// than silently renamed, so a misconfigured client notices.
+func kernelUser(who *auth.Identity, asked string) (string, error) {
+	if asked == "" || asked == who.Name {
+		return who.Name, nil
+	}
+	if who.Has(auth.RoleImpersonate) {
+		return asked, nil
+	}
+	return "", broker.Errorf(broker.ErrForbidden, "KERNEL_USERNAME %q is not you (%s): leave it out, or set it to your own name; only an identity with the %s role may start kernels for another user", asked, who.Name, auth.RoleImpersonate)
 }
