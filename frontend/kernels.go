@@ -150,7 +150,7 @@ func (s *Server) postKernel(c *fiber.Ctx) error {
 // start it and waits until the launcher reports it running, it fails, or
 // its launch timeout passes. The kernel belongs to who (or to the user
 // who, impersonating, named in KERNEL_USERNAME).
-func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[string]string, reqID string) (*broker.Kernel, error) {
+func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[string]string, reqID string) (started *broker.Kernel, err error) {
 	if specName == "" {
 		specName = s.specs.Default()
 	}
@@ -176,10 +176,11 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	if err := s.authorize(spec, user); err != nil {
 		return nil, err
 	}
-	if all, mine := s.state.counts(user); s.cfg.MaxKernels > 0 && all >= s.cfg.MaxKernels {
+	// The installation-wide limit counts this front-end's view of the
+	// records, so front-ends starting at once may overshoot it a little;
+	// the per-user limit is exact (userSlots).
+	if all, _ := s.state.counts(user); s.cfg.MaxKernels > 0 && all >= s.cfg.MaxKernels {
 		return nil, broker.Errorf(broker.ErrLimit, "A limit of %d kernels is reached; shut one down first", s.cfg.MaxKernels)
-	} else if s.cfg.MaxKernelsPerUser > 0 && user != "" && mine >= s.cfg.MaxKernelsPerUser {
-		return nil, broker.Errorf(broker.ErrLimit, "User %s has reached the limit of %d kernels; shut one down first", user, s.cfg.MaxKernelsPerUser)
 	}
 	rm, err := spec.RM()
 	if err != nil {
@@ -188,17 +189,32 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
 	defer cancel()
-	now := time.Now().UTC()
-	k := &broker.Kernel{
-		Spec: spec.Name, RM: rm, User: user, Owner: user, State: broker.StateRequested, Env: env,
-		Created: now, Deadline: now.Add(timeout),
-	}
 	// JEG lets a client choose the id (KERNEL_ID, a UUID) of a new kernel.
 	ids := []string{}
 	if want, err := uuid.Parse(env[broker.EnvKernelID]); err == nil && want.Version() == 4 {
 		ids = append(ids, want.String())
 	}
 	ids = append(ids, uuid.NewString())
+	slot := ""
+	if s.slots != nil && user != "" {
+		if slot, err = s.slots.acquire(ctx, user, ids[0]); err != nil {
+			return nil, err
+		}
+		// A start that fails gives its slot back at once (its record,
+		// failed, would free it too, but only when the slots are full).
+		defer func() {
+			if err != nil {
+				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer rcancel()
+				s.slots.releaseKey(rctx, slot, ids...)
+			}
+		}()
+	}
+	now := time.Now().UTC()
+	k := &broker.Kernel{
+		Spec: spec.Name, RM: rm, User: user, Owner: user, State: broker.StateRequested, Env: env,
+		Created: now, Deadline: now.Add(timeout),
+	}
 	var rev uint64
 	for i, id := range ids {
 		k.ID = id
@@ -211,6 +227,9 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 			return nil, broker.Wrap(broker.ErrUnavailable, err, "could not record the new kernel")
 		}
 		s.log.Info().Str("kernel_id", id).Msg("client-chosen KERNEL_ID is taken; using a new id")
+	}
+	if slot != "" && k.ID != ids[0] {
+		s.slots.moved(ctx, slot, k.ID)
 	}
 	s.state.putKernel(k.ID, k, rev, false)
 	log := s.log.With().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("request_id", reqID).Logger()
@@ -474,6 +493,9 @@ func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
 	}
 	if cur == nil {
 		cur = k
+	}
+	if s.slots != nil && k.Owner != "" {
+		s.slots.release(ctx, k.Owner, id)
 	}
 	// Let this front-end's cache know at once that the kernel ended.
 	if k2, rev, err := s.bus.GetKernel(ctx, id); err == nil {

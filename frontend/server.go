@@ -36,6 +36,8 @@ type Server struct {
 	// failures limits failed attempts per remote address.
 	sources  []auth.Source
 	failures *failLimiter
+	// slots enforces MaxKernelsPerUser across front-ends (nil: no limit).
+	slots *userSlots
 
 	// ctx ends at Shutdown; every goroutine the server starts watches it
 	// and is counted in wg.
@@ -109,6 +111,11 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	defer scancel()
 	if s.ioStream, err = bus.JS.Stream(sctx, broker.StreamIO); err != nil {
 		return fail(fmt.Errorf("frontend: stream %s: %w", broker.StreamIO, err))
+	}
+	if cfg.MaxKernelsPerUser > 0 {
+		if s.slots, err = openUserSlots(sctx, s); err != nil {
+			return fail(err)
+		}
 	}
 	if err := s.state.start(sctx, s); err != nil {
 		return fail(err)
