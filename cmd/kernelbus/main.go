@@ -14,6 +14,9 @@ var version = "0.1.0-dev"
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+// stdin is what commands read input from (tests replace it).
+var stdin io.Reader = os.Stdin
+
 const usage = `kernelbus: a Jupyter kernel gateway on a NATS JetStream bus
 
 Usage:
@@ -44,7 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "events":
 		err = cmdEvents(args[1:], stdout, stderr)
 	case "users":
-		err = cmdUsers(args[1:], os.Stdin, stdout, stderr)
+		err = cmdUsers(args[1:], stdin, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kernelbus", version)
 		return 0
