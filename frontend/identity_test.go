@@ -408,3 +408,37 @@ func TestPerUserLimitAcrossFrontends(t *testing.T) {
 		t.Fatalf("after a delete: %d %s", resp.StatusCode, data)
 	}
 }
+
+// TestSpecsFilteredByAuthorization: users see the specs they may start;
+// an administrator sees all, or those of the ?user= it names.
+func TestSpecsFilteredByAuthorization(t *testing.T) {
+	e, toks, _ := newAuthEnv(t, Config{})
+	var list struct {
+		Kernelspecs map[string]any `json:"kernelspecs"`
+	}
+	specs := func(hdr http.Header, q string) int {
+		list.Kernelspecs = nil
+		if resp, data := e.do("GET", "api/kernelspecs"+q, nil, hdr, &list); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", q, resp.StatusCode, data)
+		}
+		return len(list.Kernelspecs)
+	}
+	if n := specs(tokenHdr(adminToken), ""); n != 5 {
+		t.Errorf("admin sees %d specs", n)
+	}
+	if n := specs(tokenHdr(adminToken), "?user=carol"); n != 4 || list.Kernelspecs["authz"] != nil {
+		t.Errorf("admin for carol sees %d specs", n)
+	}
+	if n := specs(tokenHdr(toks["carol"]), "?user=alice"); n != 4 {
+		t.Errorf("carol (naming alice) sees %d specs", n)
+	}
+	if n := specs(tokenHdr(toks["alice"]), ""); n != 5 {
+		t.Errorf("alice sees %d specs", n)
+	}
+	if resp, _ := e.do("GET", "api/kernelspecs/authz", nil, tokenHdr(toks["carol"]), nil); resp.StatusCode != 403 {
+		t.Errorf("carol gets authz: %d", resp.StatusCode)
+	}
+	if resp, _ := e.do("GET", "api/kernelspecs?user=carol/authz", nil, tokenHdr(adminToken), nil); resp.StatusCode != 403 {
+		t.Errorf("jupyter_server's form for carol: %d", resp.StatusCode)
+	}
+}
