@@ -442,3 +442,48 @@ func TestSpecsFilteredByAuthorization(t *testing.T) {
 		t.Errorf("jupyter_server's form for carol: %d", resp.StatusCode)
 	}
 }
+
+// stubSource recognises "Authorization: stub <name>"; "stub down" is a
+// source that cannot decide now.
+type stubSource struct{}
+
+func (stubSource) Name() string { return "stub" }
+func (stubSource) Authenticate(r auth.Request) (*auth.Identity, error) {
+	scheme, name, _ := strings.Cut(r.Header("Authorization"), " ")
+	switch {
+	case scheme != "stub":
+		return nil, nil
+	case name == "down":
+		return nil, fmt.Errorf("%w: the stub service at stub.example does not answer", auth.ErrUnavailable)
+	}
+	return &auth.Identity{Name: name, Roles: []string{auth.RoleUser}}, nil
+}
+
+// TestSourceOrder: sources are asked in order, a rejection by one does not
+// stop the next from accepting, and an unavailable source answers 503
+// naming it.
+func TestSourceOrder(t *testing.T) {
+	path, toks := testUsers(t)
+	users, err := auth.NewUsersSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, Config{Token: adminToken, Identities: []auth.Source{stubSource{}, users}})
+	var eb errBody
+	resp, _ := e.do("GET", "api/kernels", nil, http.Header{"Authorization": {"stub down"}}, &eb)
+	if resp.StatusCode != 503 || !strings.Contains(eb.Message, "stub.example") {
+		t.Fatalf("unavailable source: %d %+v", resp.StatusCode, eb)
+	}
+	// The token source rejects alice's token, the stub ignores it, the
+	// users file accepts it.
+	if resp, data := e.do("GET", "api/kernels", nil, tokenHdr(toks["alice"]), nil); resp.StatusCode != 200 {
+		t.Fatalf("users token behind the token source: %d %s", resp.StatusCode, data)
+	}
+	k, code, eb := e.startAs(http.Header{"Authorization": {"stub dora"}}, "python3", nil)
+	if code != 201 {
+		t.Fatalf("stub identity: %d %+v", code, eb)
+	}
+	if ids := e.kernelIDs(tokenHdr(toks["alice"])); len(ids) != 0 {
+		t.Fatalf("alice sees dora's kernel %s: %v", k.ID, ids)
+	}
+}
