@@ -487,3 +487,40 @@ func TestSourceOrder(t *testing.T) {
 		t.Fatalf("alice sees dora's kernel %s: %v", k.ID, ids)
 	}
 }
+
+// TestPerUserLimitReclaims: a kernel that ended without a front-end's
+// shutdown (it died) frees its slot for the next start; a slot whose
+// record vanished counts until its grace ends.
+func TestPerUserLimitReclaims(t *testing.T) {
+	e, toks, _ := newAuthEnv(t, Config{MaxKernelsPerUser: 1})
+	alice := tokenHdr(toks["alice"])
+	k, code, eb := e.startAs(alice, "python3", nil)
+	if code != 201 {
+		t.Fatalf("first: %d %+v", code, eb)
+	}
+	if _, code, _ := e.startAs(alice, "python3", nil); code != 403 {
+		t.Fatalf("second while the first runs: %d", code)
+	}
+	if _, err := e.bus.UpdateKernel(t.Context(), k.ID, func(k *broker.Kernel) error {
+		k.State, k.Reason = broker.StateDead, "killed by the test"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	k2, code, eb := e.startAs(alice, "python3", nil)
+	if code != 201 {
+		t.Fatalf("after the first died: %d %+v", code, eb)
+	}
+	// The record disappears behind the front-ends' back: within the
+	// grace the slot still counts, after it the slot is taken back.
+	if err := e.bus.Kernels.Delete(t.Context(), k2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, _ := e.startAs(alice, "python3", nil); code != 403 {
+		t.Fatalf("within the grace: %d", code)
+	}
+	e.fe.slots.grace = 0
+	if _, code, eb := e.startAs(alice, "python3", nil); code != 201 {
+		t.Fatalf("after the grace: %d %+v", code, eb)
+	}
+}
