@@ -130,6 +130,15 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := ff.checkAuth("frontend"); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	feID := "fe-" + host + "-" + randomHex(3)
+	feCfg, err := ff.config(feID)
+	if err != nil {
+		return err
+	}
 	if _, err := nf.forRole(access.RoleFrontend, ""); err != nil {
 		return err
 	}
@@ -140,8 +149,6 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer bus.NC.Close()
-	host, _ := os.Hostname()
-	feID := "fe-" + host + "-" + randomHex(3)
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
@@ -149,9 +156,8 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
 		return err
 	}
-	fcfg := ff.config(feID)
-	fcfg.Metrics = reg
-	fe, err := frontend.New(fcfg, bus, ff.catalog(log), log)
+	feCfg.Metrics = reg
+	fe, err := frontend.New(feCfg, bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
