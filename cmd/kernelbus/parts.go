@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,13 +139,20 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	defer bus.NC.Close()
 	host, _ := os.Hostname()
 	feID := "fe-" + host + "-" + randomHex(3)
+	// The identity middleware takes these after the users file and the
+	// shared token; built here so that bad identity flags stop startup.
+	sources, err := identitySources(&ff, log)
+	if err != nil {
+		return err
+	}
+	_ = sources
 	fe, err := frontend.New(ff.config(feID), bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, bus, feID, log)
 	if err != nil {
@@ -156,7 +162,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	defer d.Stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:

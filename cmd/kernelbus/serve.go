@@ -37,6 +37,8 @@ type frontendFlags struct {
 	launchTimeout time.Duration
 	maxKernels    int
 	maxPerUser    int
+	tls           tlsFlags
+	ident         identityFlags
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -49,6 +51,8 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	f.tls.register(fs)
+	f.ident.register(fs)
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -186,15 +190,23 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
+	// The identity middleware takes these after the users file and the
+	// shared token; built here so that bad identity flags stop startup.
+	sources, err := identitySources(&ff, log)
+	if err != nil {
+		pool.Stop()
+		return err
+	}
+	_ = sources
 	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
 		pool.Stop()
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
@@ -204,7 +216,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
 
 	select {
 	case <-ctx.Done():
