@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import ssl
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -88,8 +89,6 @@ def _start_tls_gateway(workdir: Path, certs: Certs, token: str) -> kbprocs.Serve
 
 
 def _wait_ready_tls(srv: kbprocs.Server, certs: Certs) -> None:
-    import time
-
     deadline = time.monotonic() + kbprocs.READY_TIMEOUT
     last = "no answer yet"
     while True:

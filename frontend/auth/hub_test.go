@@ -27,7 +27,7 @@ type fakeHub struct {
 	status  int // forced answer, if set
 }
 
-func newFakeHub(t *testing.T) *fakeHub {
+func newFakeHub(t testing.TB) *fakeHub {
 	h := &fakeHub{models: map[string]map[string]any{
 		"tok-alice": {"kind": "user", "name": "alice", "admin": false, "groups": []string{"ds"}, "scopes": []string{"access:servers!user=alice"}},
 		"tok-root":  {"kind": "user", "name": "root", "admin": true, "groups": []string{}, "scopes": []string{"admin:users"}},
