@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import secrets
 import ssl
-import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ import websocket
 
 import kbprocs
 from kbclient import KernelWS, Rest
+from kbgateway_custom import start_jupyter_server, start_kernelbus
 
 pytestmark = pytest.mark.kernelbus_only
 
@@ -59,62 +57,16 @@ def certs(tmp_path_factory) -> Certs:
     return Certs(tmp_path_factory.mktemp("certs"))
 
 
-def _start_tls_gateway(workdir: Path, certs: Certs, token: str) -> kbprocs.Server:
-    """kernelbus serve over HTTPS with client auth require; ready when GET /api (with a
-    client certificate) answers 200."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = kbprocs.free_port()
-    data = workdir / "data"
-    data.mkdir(exist_ok=True)
-    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", f"127.0.0.1:{port}",
-           "--data-dir", str(data), "--kernelspec-dir", str(kbprocs.KERNELS_DIR),
-           "--launcher", str(kbprocs.launcher_bin()), "--log-level", "info", "--token", token,
-           "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-           "--tls-client-ca", str(certs.ca_file), "--tls-client-auth", "require"]
-    marker = uuid.uuid4().hex
-    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython"), kbprocs.MARKER_VAR: marker})
-    log_path = workdir / "gateway-tls.log"
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(workdir), start_new_session=True)
-    srv = kbprocs.Server(name="gateway-tls", url=f"https://127.0.0.1:{port}", token=token,
-                         log_path=log_path, proc=proc, workdir=workdir, marker=marker, cmd=cmd)
-    kbprocs._STARTED.append(srv)
-    try:
-        _wait_ready_tls(srv, certs)
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
-
-
-def _wait_ready_tls(srv: kbprocs.Server, certs: Certs) -> None:
-    deadline = time.monotonic() + kbprocs.READY_TIMEOUT
-    last = "no answer yet"
-    while True:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {srv.proc.returncode}\n{srv.log_tail()}")
-        try:
-            r = requests.get(srv.url + "/api", headers=srv.headers(), timeout=2,
-                             verify=str(certs.ca_file), cert=(str(certs.client_cert), str(certs.client_key)))
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gateway over HTTPS not ready (last: {last})\n{srv.log_tail()}")
-        try:
-            srv.proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 @pytest.fixture(scope="module")
 def tls_gateway(certs, tmp_path_factory):
     if kbprocs.target() != "kernelbus":
         pytest.skip("HTTPS flags are kernelbus's")
-    srv = _start_tls_gateway(tmp_path_factory.mktemp("gateway-tls"), certs, secrets.token_hex(16))
+    srv = start_kernelbus(
+        tmp_path_factory.mktemp("gateway-tls"),
+        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+         "--tls-client-ca", str(certs.ca_file), "--tls-client-auth", "require"],
+        name="gateway-tls", scheme="https", token=secrets.token_hex(16),
+        verify=str(certs.ca_file), cert=(str(certs.client_cert), str(certs.client_key)))
     yield srv
     srv.stop()
     assert not srv.exit_problem, srv.exit_problem
@@ -122,26 +74,8 @@ def tls_gateway(certs, tmp_path_factory):
 
 def _jupyter_server(workdir: Path, gateway: kbprocs.Server, gateway_client_args: list[str],
                     extra_env: dict | None = None) -> kbprocs.Server:
-    """jupyter_server in gateway mode (plain HTTP on its side) in front of the HTTPS gateway."""
-    root = workdir / "root"
-    root.mkdir(parents=True, exist_ok=True)
-    port = kbprocs.free_port()
-    token = secrets.token_hex(16)
-    cmd = [str(kbprocs.VENV / "bin" / "python"), "-m", "jupyter_server", "--no-browser", "--allow-root",
-           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           f"--gateway-url={gateway.url}", "--GatewayClient.request_timeout=60",
-           *gateway_client_args]
-    extra = kbprocs._jupyter_dirs(workdir, ())
-    extra["JUPYTER_GATEWAY_AUTH_TOKEN"] = gateway.token
-    extra.update(extra_env or {})
-    env = kbprocs.venv_path_env(extra)
-    for k in list(env):
-        if k.startswith("KERNEL_"):
-            del env[k]
-    # Ready on /api: /api/status asks the gateway, which a refused client cannot.
-    return kbprocs._spawn("jupyter-server-tls", cmd, env, workdir, f"http://127.0.0.1:{port}", token,
-                          "/api", uuid.uuid4().hex)
+    return start_jupyter_server(workdir, gateway.url, gateway.token, gateway_client_args,
+                                extra_env=extra_env, name="jupyter-server-tls")
 
 
 @pytest.fixture(scope="module")
