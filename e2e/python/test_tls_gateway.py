@@ -190,3 +190,43 @@ class _TLSKernelWS(KernelWS):
                                               enable_multithread=False, skip_utf8_validation=True,
                                               sslopt=self.sslopt)
         return self
+
+
+@pytest.fixture(scope="module")
+def https_gateway(certs, tmp_path_factory):
+    """HTTPS without client certificates: the token authenticates."""
+    if kbprocs.target() != "kernelbus":
+        pytest.skip("HTTPS flags are kernelbus's")
+    srv = start_kernelbus(
+        tmp_path_factory.mktemp("gateway-https"),
+        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)],
+        name="gateway-https", scheme="https", token=secrets.token_hex(16), verify=str(certs.ca_file))
+    yield srv
+    srv.stop()
+    assert not srv.exit_problem, srv.exit_problem
+
+
+def test_jupyter_server_over_https_without_client_certificate(https_gateway, certs, tmp_path_factory):
+    # GatewayClient.ca_certs is ignored without client_cert (jupyter_server 2.x), so the
+    # test CA is trusted through SSL_CERT_FILE, as an operator with a private CA would.
+    js = _jupyter_server(tmp_path_factory.mktemp("js-https"), https_gateway, [],
+                         extra_env={"SSL_CERT_FILE": str(certs.ca_file)})
+    try:
+        rest = Rest(js.url, js.token)
+        r = rest.post("/api/sessions", json={"path": "h.ipynb", "name": "h.ipynb", "type": "notebook",
+                                             "kernel": {"name": "python3"}})
+        assert r.status_code == 201, f"{r.status_code}: {r.text[:2000]}\n{https_gateway.log_tail()}"
+        session = r.json()
+        ws = KernelWS(js.ws_url, session["kernel"]["id"], token=js.token).connect()
+        try:
+            ws.kernel_info(timeout=60)
+            ws.discard_pending()
+            assert ws.run("print('https')", timeout=60).stdout == "https\n"
+        finally:
+            ws.close(timeout=2)
+        rest.delete(f"/api/sessions/{session['id']}")
+    finally:
+        js.stop()
+    # A client that does not trust the CA refuses the gateway's certificate.
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{https_gateway.url}/api", headers=https_gateway.headers(), timeout=10)
