@@ -119,16 +119,17 @@ func (s *HubSource) Authenticate(r Request) (*Identity, error) {
 	return cloneIdentity(id), nil
 }
 
-// hubRequestToken is the token a request carries in the ways Jupyter clients
-// send one: "Authorization: token T", "Authorization: Bearer T", or the
-// token query parameter (websockets from browsers).
+// hubRequestToken is the token a request carries in the ways Jupyter
+// clients send one: "Authorization: token T", "Authorization: Bearer T",
+// or the token query parameter (websockets from browsers). An empty
+// header token (jupyter_server sends "token " when it has none) is no
+// token.
 func hubRequestToken(r Request) string {
-	if h := r.Header("Authorization"); h != "" {
-		scheme, tok, ok := strings.Cut(h, " ")
-		if ok && (strings.EqualFold(scheme, "token") || strings.EqualFold(scheme, "bearer")) {
-			return strings.TrimSpace(tok)
+	if h := strings.TrimSpace(r.Header("Authorization")); h != "" {
+		scheme, tok, _ := strings.Cut(h, " ")
+		if tok = strings.TrimSpace(tok); tok != "" && (strings.EqualFold(scheme, "token") || strings.EqualFold(scheme, "bearer")) {
+			return tok
 		}
-		return ""
 	}
 	return r.Query("token")
 }

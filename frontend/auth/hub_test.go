@@ -100,6 +100,12 @@ func TestHubSource(t *testing.T) {
 		t.Errorf("alice impersonates: %+v", id)
 	}
 
+	// jupyter_server's empty "token " header with ?token= beside it.
+	q = newSrcReq("", "Authorization", "token ")
+	q.query["token"] = "tok-alice"
+	if id, err := s.Authenticate(q); err != nil || id.Name != "alice" {
+		t.Errorf("empty header token, ?token=: %+v %v", id, err)
+	}
 	// Not this scheme: no token, or basic auth.
 	for _, r := range []*srcReq{newSrcReq(""), newSrcReq("", "Authorization", "Basic YWxpY2U6cHc=")} {
 		if id, err := s.Authenticate(r); id != nil || err != nil {
