@@ -44,17 +44,8 @@ func (r fiberRequest) Query(name string) string  { return r.c.Query(name) }
 // trusts a configured proxy may look further.
 func (r fiberRequest) RemoteIP() string { return r.c.Context().RemoteIP().String() }
 
-func (r fiberRequest) PeerCertificates() [][]byte {
-	st := r.c.Context().TLSConnectionState()
-	if st == nil {
-		return nil
-	}
-	out := make([][]byte, 0, len(st.PeerCertificates))
-	for _, cert := range st.PeerCertificates {
-		out = append(out, cert.Raw)
-	}
-	return out
-}
+// PeerCertificates are only those the TLS handshake verified.
+func (r fiberRequest) PeerCertificates() [][]byte { return TLSPeerCertificates(r.c) }
 
 // authenticate asks the sources in order; the first identity wins. A
 // source that rejects the credentials does not end the search, since two

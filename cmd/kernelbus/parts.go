@@ -135,7 +135,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	host, _ := os.Hostname()
 	feID := "fe-" + host + "-" + randomHex(3)
-	feCfg, err := ff.config(feID)
+	feCfg, err := ff.config(feID, log)
 	if err != nil {
 		return err
 	}
@@ -161,9 +161,9 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, bus, feID, log)
 	if err != nil {
@@ -177,7 +177,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:

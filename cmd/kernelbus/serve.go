@@ -47,6 +47,8 @@ type frontendFlags struct {
 	maxPerUser    int
 	metricsPublic bool
 	topUsers      int
+	tls           tlsFlags
+	ident         identityFlags
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -66,11 +68,13 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
+	f.tls.register(fs)
+	f.ident.register(fs)
 }
 
 // identities returns the identity sources the flags configure, in the
 // order they are asked (the --token comes first, inside frontend.New).
-func (f *frontendFlags) identities() ([]auth.Source, error) {
+func (f *frontendFlags) identities(log zerolog.Logger) ([]auth.Source, error) {
 	var out []auth.Source
 	if f.usersFile != "" {
 		us, err := auth.NewUsersSource(f.usersFile)
@@ -79,11 +83,17 @@ func (f *frontendFlags) identities() ([]auth.Source, error) {
 		}
 		out = append(out, us)
 	}
-	return out, nil
+	more, err := identitySources(f, log)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, more...), nil
 }
 
 // authConfigured reports whether any authentication is configured.
-func (f *frontendFlags) authConfigured() bool { return f.token != "" || f.usersFile != "" }
+func (f *frontendFlags) authConfigured() bool {
+	return f.token != "" || f.usersFile != "" || f.ident.hubURL != "" || len(f.ident.proxyCIDRs) > 0 || f.tls.clientCA != ""
+}
 
 // checkAuth refuses a configuration with no authentication unless
 // --insecure-no-auth says so, and refuses --insecure-no-auth beside
@@ -98,8 +108,8 @@ func (f *frontendFlags) checkAuth(part string) error {
 	return nil
 }
 
-func (f *frontendFlags) config(id string) (frontend.Config, error) {
-	ids, err := f.identities()
+func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, error) {
+	ids, err := f.identities(log)
 	if err != nil {
 		return frontend.Config{}, err
 	}
@@ -155,7 +165,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err := ff.checkAuth("serve"); err != nil {
 		return err
 	}
-	feCfg, err := ff.config("serve-" + randomHex(4))
+	feCfg, err := ff.config("serve-"+randomHex(4), log)
 	if err != nil {
 		return err
 	}
@@ -273,10 +283,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 		pool.Stop()
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
 		pool.Stop()
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
@@ -292,9 +302,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
 	if generated {
-		printGeneratedToken(stderr, "http://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
+		printGeneratedToken(stderr, scheme+"://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
 	}
 
 	select {
