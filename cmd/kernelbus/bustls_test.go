@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/frontend/client"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
+)
+
+// TestServeBusTLS: `kernelbus serve` with its defaults speaks TLS on its
+// NATS port with a certificate of its own private CA; a kernel (whose
+// launcher connects from another process with the CA from its launch
+// config) runs code, the parts' nats.conn names the CA, and a client that
+// does not trust it is refused even with valid credentials.
+func TestServeBusTLS(t *testing.T) {
+	bin := os.Getenv("KERNELBUS_BIN")
+	if bin == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
+		}
+		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
+	}
+	py := jstest.Python(t)
+	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	logPath := filepath.Join(dir, "serve.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("serve log:\n%s", log)
+		}
+	})
+	args := []string{"--kernelspec-dir", specs}
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		args = append(args, "--launcher", l)
+	}
+	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	srv := startServe(t, bin, data, logPath, args...)
+	c := &client.Client{BaseURL: srv.url}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	m, err := c.StartKernel(ctx, "python3", nil)
+	if err != nil {
+		t.Fatalf("start a kernel over a TLS bus: %v", err)
+	}
+	conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r, err := conn.Execute("print(6*7)", 60*time.Second)
+	if err != nil || r.Status != "ok" || strings.TrimSpace(r.Stdout.String()) != "42" {
+		t.Fatalf("execute: %+v, %v", r, err)
+	}
+
+	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cf.ca == "" {
+		t.Fatal("nats.conn names no CA")
+	}
+	creds := filepath.Join(cf.authDir, access.FrontendCreds)
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: creds, CAFile: cf.ca, Name: "with-ca"})
+	if err != nil {
+		t.Fatalf("front-end credentials with the CA: %v", err)
+	}
+	if _, err := nc.TLSConnectionState(); err != nil {
+		t.Errorf("not TLS: %v", err)
+	}
+	nc.Close()
+	if nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: creds, Name: "without-ca"}); err == nil {
+		nc.Close()
+		t.Fatal("a client that does not trust the installation's CA connected")
+	} else if !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without the CA: %v, want a certificate error", err)
+	}
+	// The CLI finds the CA through the data folder.
+	if code, _, errOut := runCLI("events", "--data-dir", data, "--json", "--kernel", m.ID); code != 0 {
+		t.Errorf("kernelbus events over TLS: exit %d: %s", code, errOut)
+	}
+	if err := c.DeleteKernel(ctx, m.ID); err != nil {
+		t.Fatal(err)
+	}
+}
