@@ -21,6 +21,7 @@ Usage:
   kernelbus frontend  [flags]   the Jupyter gateway API on an existing NATS
   kernelbus worker    [flags]   a worker pool of one resource manager on an existing NATS
   kernelbus events    [flags]   replay the audit log of kernel lifecycle events
+  kernelbus nats-auth init [flags]  credentials and TLS files for your own NATS cluster
   kernelbus version
 
 Run 'kernelbus <command> -h' for the flags of a command. Every flag can also
@@ -42,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdWorker(args[1:], stderr)
 	case "events":
 		err = cmdEvents(args[1:], stdout, stderr)
+	case "nats-auth":
+		err = cmdNATSAuth(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kernelbus", version)
 		return 0
