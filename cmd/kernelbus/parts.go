@@ -182,7 +182,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
 	minterFile := fs.String("launcher-minter", "", "file with the installation's launcher signing key (launcher-minter.json), to give each launcher credentials of its own kernel (default: from --nats-conn)")
-	credsTTL := fs.Duration("launcher-creds-ttl", 0, "validity of a launcher's credentials (0: no expiry; launchers cannot renew them yet, so a kernel outliving it loses the bus)")
+	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")

@@ -84,6 +84,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	var tf busTLSFlags
 	tf.register(fs)
+	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -193,7 +194,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter}, wBus, be, log)
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -261,6 +262,9 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 	}
 	wg.Wait()
 }
+
+// launcherCredsTTLUsage documents --launcher-creds-ttl of serve and worker.
+const launcherCredsTTLUsage = "validity of each launcher's own bus credentials: launchers renew them at half-life while their kernel runs, so this is how long they outlive it (negative: no expiry)"
 
 // writeInstallation records how parts and tools reach this installation's
 // NATS (--nats-conn): its URL, the CA of its TLS certificate and the
