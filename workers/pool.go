@@ -62,9 +62,9 @@ type Pool struct {
 	// renewals answers launchers' credential renewals (with a Minter).
 	renewals *nats.Subscription
 	sem      chan struct{}
-	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
+	wg       sync.WaitGroup
+	ctx      context.Context
+	stop     context.CancelFunc
 }
 
 // NewPool validates cfg; nothing runs until Start.
