@@ -59,12 +59,13 @@ type Pool struct {
 	be   Backend
 	log  zerolog.Logger
 	cons jetstream.ConsumeContext
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	ctx  context.Context
+	stop context.CancelFunc
+
 	// renewals answers launchers' credential renewals (with a Minter).
 	renewals *nats.Subscription
-	sem      chan struct{}
-	wg       sync.WaitGroup
-	ctx      context.Context
-	stop     context.CancelFunc
 }
 
 // NewPool validates cfg; nothing runs until Start.
