@@ -56,10 +56,10 @@ func launcherBinary(t *testing.T) string {
 // gateway is a front-end, an ssh pool and a local pool on one NATS that
 // listens where the hosts can reach it.
 type gateway struct {
-	lab                      *lab
-	bus                      *kbjs.Bus
-	be                       *kbssh.Backend
-	c                        *client.Client
+	lab               *lab
+	bus               *kbjs.Bus
+	be                *kbssh.Backend
+	c                 *client.Client
 	natsURL, launcher string
 	// The installation's keys and bus CA: the NATS runs in operator mode
 	// with TLS, as `kernelbus serve` does; each part connects with its
