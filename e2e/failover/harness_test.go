@@ -156,6 +156,8 @@ type Options struct {
 	// PartArgs are extra flags of every front-end and worker (the duties,
 	// which all of them campaign for, must be configured alike).
 	PartArgs []string
+	// WorkerArgs are extra flags of the workers only.
+	WorkerArgs []string
 }
 
 // freePorts reserves n distinct free TCP ports on loopback.
@@ -292,6 +294,7 @@ cluster {
 			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats-conn", c.natsConn, "--launcher-nats", c.launcherURLs,
 				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
 		p.args = append(p.args, o.PartArgs...)
+		p.args = append(p.args, o.WorkerArgs...)
 		c.Workers = append(c.Workers, p)
 		c.WorkerIDs = append(c.WorkerIDs, id)
 		c.procs = append(c.procs, p)

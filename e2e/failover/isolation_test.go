@@ -17,6 +17,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -352,5 +353,85 @@ func attack(t *testing.T, c *Cluster, at *attacker, a, b string) {
 		if strings.Contains(strings.ToLower(e), "\""+strings.ToLower(broker.SubjectControl(a))+"\"") {
 			t.Errorf("A's own control subject was denied: the credentials are not A's (%s)", e)
 		}
+	}
+}
+
+// TestCredentialsRenewedAcrossWorkerKill: launcher credentials valid 4 s
+// are renewed by whichever worker of the resource manager is alive, so a
+// kernel keeps its bus link after the worker that started it is
+// SIGKILLed; once the kernel is deleted, the workers refuse renewals for
+// it and its last credentials stop working.
+func TestCredentialsRenewedAcrossWorkerKill(t *testing.T) {
+	const ttl = 4 * time.Second
+	c := NewCluster(t, Options{WorkerArgs: []string{"--launcher-creds-ttl", ttl.String()}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	m, err := c.StartKernel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.Kernel(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range c.WorkerIDs {
+		if id == k.Worker {
+			c.Workers[i].kill()
+		}
+	}
+	conn, err := c.Connect(ctx, m.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	began := time.Now()
+	for i := 0; time.Since(began) < 3*ttl; i++ {
+		r, err := conn.Execute(fmt.Sprintf("print(%d)", i), 30*time.Second)
+		if err != nil || strings.TrimSpace(r.Stdout.String()) != fmt.Sprint(i) {
+			t.Fatalf("execute %d, %s after its worker died: %+v %v", i, time.Since(began), r, err)
+		}
+	}
+	// The admin asks for a renewal as the launcher would; while the
+	// kernel runs the surviving worker answers.
+	renew := func() access.RenewReply {
+		t.Helper()
+		inbox := broker.InboxPrefix(m.ID) + "." + nats.NewInbox()
+		sub, err := c.Bus.NC.SubscribeSync(inbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		if err := c.Bus.NC.PublishRequest(access.SubjectRenew(m.ID), inbox, nil); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := sub.NextMsg(15 * time.Second)
+		if err != nil {
+			t.Fatalf("renewal: %v", err)
+		}
+		var r access.RenewReply
+		if err := json.Unmarshal(msg.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := renew()
+	if r.Creds == "" {
+		t.Fatalf("renewal while the kernel runs: %+v", r)
+	}
+	info, err := access.ReadCreds([]byte(r.Creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if err := c.LB.Next().DeleteKernel(ctx, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r := renew(); r.Creds != "" || r.Error != access.ErrKernelEnded.Error() {
+		t.Fatalf("renewal after delete: %+v", r)
+	}
+	jstest.WaitFor(t, 2*ttl, "the last credentials to expire", func() bool { return time.Now().After(info.Expires.Add(time.Second)) })
+	if nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: c.URLs(), Creds: []byte(r.Creds), CAFile: c.CAFile(), Name: "ended"}); err == nil {
+		nc.Close()
+		t.Fatal("credentials issued to a deleted kernel still connect")
 	}
 }
