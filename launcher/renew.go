@@ -83,5 +83,11 @@ func (l *launcher) renewOnce(ctx context.Context) error {
 	l.creds.info.Store(&info)
 	// The live connection keeps the old credentials until it reconnects:
 	// reconnect now, on our schedule, rather than be cut at their expiry.
+	// What was published so far reaches the server first, so the
+	// reconnect drops nothing in flight (a lost publish would wait for its
+	// ack to time out before being sent again).
+	if err := l.nc.FlushTimeout(5 * time.Second); err != nil {
+		l.log.Warn().Err(err).Msg("flush before reconnecting with renewed credentials")
+	}
 	return l.nc.ForceReconnect()
 }
