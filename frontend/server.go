@@ -50,6 +50,7 @@ type Server struct {
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
 	releaseSub *nats.Subscription
+	ops        *ops // metrics, health, API description (ops.go)
 	shutOnce   sync.Once
 	shutErr    error
 }
@@ -98,6 +99,9 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	}
 	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
 		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(cfg.FrontendID), err))
+	}
+	if s.ops, err = newOps(s); err != nil {
+		return fail(fmt.Errorf("frontend: metrics: %w", err))
 	}
 	s.goFunc(s.emitLoop)
 	s.goFunc(s.hub.tickLoop)
@@ -188,9 +192,11 @@ func (s *Server) routes() *fiber.App {
 		IdleTimeout:       2 * time.Minute,
 		AppName:           "kernelbus",
 	})
+	s.publicOps(app)
 	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
 	g := app.Group(prefix)
+	s.protectedOps(g)
 	g.Get("/api", s.getAPI)
 	g.Get("/api/kernelspecs", s.listSpecs)
 	g.Get("/api/kernelspecs/:name", s.getSpec)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,6 +15,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -49,6 +51,9 @@ type PoolConfig struct {
 	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
+	// Metrics is where the pool registers its collectors (metrics.go);
+	// nil: nowhere.
+	Metrics prometheus.Registerer
 }
 
 // Pool claims requests of one resource manager and runs them through its
@@ -63,6 +68,9 @@ type Pool struct {
 	wg   sync.WaitGroup
 	ctx  context.Context
 	stop context.CancelFunc
+	met  *poolMetrics
+	// claiming is set once the consumer runs (Ready).
+	claiming atomic.Bool
 
 	// renewals answers launchers' credential renewals (with a Minter).
 	renewals *nats.Subscription
@@ -94,8 +102,15 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
-		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, stop: cancel}, nil
+	p := &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
+		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, stop: cancel}
+	met, err := newPoolMetrics(cfg.Metrics, p)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("worker pool: metrics: %w", err)
+	}
+	p.met = met
+	return p, nil
 }
 
 // ID is the worker's id.
@@ -131,6 +146,7 @@ func (p *Pool) Start(ctx context.Context) error {
 			return fmt.Errorf("worker pool %s: credential renewals: %w", rm, err)
 		}
 	}
+	p.claiming.Store(true)
 	p.wg.Add(1)
 	go p.presence()
 	if f, ok := p.be.(Follower); ok {
@@ -149,6 +165,7 @@ func (p *Pool) Start(ctx context.Context) error {
 // Stop stops claiming and waits for handlers in flight to return. Launchers
 // already started keep running: they do not depend on the worker.
 func (p *Pool) Stop() {
+	p.claiming.Store(false)
 	if p.cons != nil {
 		p.cons.Stop()
 	}
@@ -284,9 +301,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		ev.ID, ev.Source, ev.RequestID = broker.EventID(r.KernelID, broker.EvClaimed, p.cfg.ID), "worker", r.RequestID
 		p.emit(ev)
 		if time.Now().After(k.Deadline) && !k.Deadline.IsZero() {
+			p.countStart(k, OutcomeTimeout)
 			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
 		}
 		if k.Launch == nil {
+			p.countStart(k, OutcomeFailed)
 			return p.fail(k, nil, "the kernel record has no launch configuration")
 		}
 		cfg := *k.Launch
@@ -299,6 +318,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		h, err := p.be.Start(ctx, &cfg)
 		if err != nil {
+			if RefusedStatus(err) != 0 {
+				p.countStart(k, OutcomeRefused)
+			} else {
+				p.countStart(k, OutcomeFailed)
+			}
 			return p.failStatus(k, nil, RefusedStatus(err), fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
 		// submitted goes to the log before the record says so: the
@@ -311,6 +335,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if err := p.saveHandle(ctx, r.KernelID, h); err != nil {
 			log.Warn().Err(err).Msg("could not record the trusted handle: stopping the launcher")
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
 			return p.fail(k, nil, "the worker could not record what it started: "+err.Error())
 		}
 		k, err = p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
@@ -326,6 +351,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if err != nil {
 			// Cancelled or deleted meanwhile: do not leave it running.
 			log.Info().Err(err).Msg("kernel went away during submission; stopping it")
+			p.countStart(k, OutcomeCancelled)
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
 			return nil
 		}
@@ -387,6 +413,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
+				p.countStart(k, OutcomeCancelled)
 				return nil // deleted: the front-end gave up on it
 			}
 			var cur broker.Kernel
@@ -395,8 +422,10 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 			}
 			switch {
 			case cur.State == broker.StateRunning:
+				p.countStart(k, OutcomeStarted)
 				return nil
 			case cur.State.Terminal():
+				p.countStart(k, endOutcome(&cur))
 				// Failed or cancelled: make sure nothing is left behind.
 				_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
 				return nil
@@ -408,7 +437,11 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				// exits; give that a moment to land, then fill in ours.
 				cur, _, gerr := p.bus.GetKernel(p.ctx, k.ID)
 				if gerr == nil && cur.State.Starting() {
+					p.countStart(k, OutcomeFailed)
 					return p.fail(cur, &h, "the launcher exited before the kernel was ready: "+st.Reason)
+				}
+				if gerr == nil {
+					p.countStart(k, endOutcome(cur))
 				}
 				return nil
 			}
@@ -417,6 +450,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 		case <-timer.C:
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {
+				p.countStart(k, OutcomeTimeout)
 				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", time.Duration(k.Launch.LaunchTimeout).Round(time.Second)))
 			}
 			return nil

@@ -21,6 +21,7 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -37,6 +38,8 @@ type frontendFlags struct {
 	launchTimeout time.Duration
 	maxKernels    int
 	maxPerUser    int
+	metricsPublic bool
+	topUsers      int
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -49,6 +52,8 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
+	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -61,6 +66,8 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		FrontendID:           id,
 		MaxKernels:           f.maxKernels,
 		MaxKernelsPerUser:    f.maxPerUser,
+		MetricsPublic:        f.metricsPublic,
+		MetricsTopUsers:      f.topUsers,
 	}
 }
 
@@ -194,7 +201,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL}, wBus, be, log)
+	// One registry for every part of this process, served at /metrics.
+	reg := metrics.NewRegistry()
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
+	for part, c := range map[string]*nats.Conn{"serve": nc, "frontend": feNC, "worker": wNC} {
+		if err := metrics.RegisterBus(reg, part, c); err != nil {
+			return err
+		}
+	}
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -202,7 +219,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
+	fcfg := ff.config("serve-" + randomHex(4))
+	fcfg.Metrics = reg
+	fcfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
+	fe, err := frontend.New(fcfg, feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
@@ -214,6 +234,12 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
+		ln.Close()
+		pool.Stop()
+		return err
+	}
+	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
+		d.Stop()
 		ln.Close()
 		pool.Stop()
 		return err

@@ -18,9 +18,11 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -94,6 +96,7 @@ type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
 	be   *local.Backend
+	reg  *prometheus.Registry
 }
 
 func setup(t *testing.T) *env {
@@ -114,7 +117,8 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second}, wbus, be, zerolog.Nop())
+	reg := prometheus.NewRegistry()
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +126,32 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Stop)
-	return &env{bus: bus, pool: pool, be: be}
+	return &env{bus: bus, pool: pool, be: be, reg: reg}
+}
+
+// waitStarts polls the pool's kernelbus_kernel_starts_total for outcome
+// until it reaches want.
+func (e *env) waitStarts(t *testing.T, outcome string, want float64) {
+	t.Helper()
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		mfs, err := e.reg.Gather()
+		if err != nil {
+			return err
+		}
+		f := metrics.Families{}
+		for _, mf := range mfs {
+			f[mf.GetName()] = mf
+		}
+		if v, _ := f.Value("kernelbus_kernel_starts_total", map[string]string{"rm": "local", "outcome": outcome}); v != want {
+			return fmt.Errorf("starts %s = %v, want %v", outcome, v, want)
+		}
+		if outcome == workers.OutcomeStarted {
+			if v, _ := f.Value("kernelbus_kernel_start_duration_seconds", map[string]string{"rm": "local"}); v != want {
+				return fmt.Errorf("start duration samples = %v, want %v", v, want)
+			}
+		}
+		return nil
+	})
 }
 
 func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) string {
@@ -223,6 +252,7 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 	if k.Worker != e.pool.ID() || k.Host == "" {
 		t.Fatalf("record lacks worker or host: %+v", k)
 	}
+	e.waitStarts(t, workers.OutcomeStarted, 1)
 	if data, _ := os.ReadFile(pidfile); strings.Count(string(data), "\n") != 1 {
 		t.Fatalf("want exactly one launcher started, got pids %q", data)
 	}
@@ -255,6 +285,7 @@ func TestLauncherExitFailsStartWithReason(t *testing.T) {
 	if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
 		t.Fatalf("want one start_failed event, got %d", n)
 	}
+	e.waitStarts(t, workers.OutcomeFailed, 1)
 }
 
 func TestLaunchTimeoutStopsLauncher(t *testing.T) {
@@ -265,6 +296,7 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 	if k.State != broker.StateFailed || !strings.Contains(k.Reason, "did not start within") {
 		t.Fatalf("want a timeout failure, got %s: %q", k.State, k.Reason)
 	}
+	e.waitStarts(t, workers.OutcomeTimeout, 1)
 	pid := pidOf(t, k)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
