@@ -227,9 +227,11 @@ func (s *KernelSpec) Environment() *EnvRef {
 func (c *LaunchConfig) FillEnvPrefix(dir string) {
 	vars := map[string]string{EnvPrefixVar: dir}
 	c.Argv = SubstituteArgv(c.Argv, vars)
+	env := make(map[string]string, len(c.Env))
 	for k, v := range c.Env {
-		c.Env[k] = SubstituteArgv([]string{v}, vars)[0]
+		env[k] = SubstituteArgv([]string{v}, vars)[0]
 	}
+	c.Env = env
 }
 
 func toAnyList(ss []string) []any {
