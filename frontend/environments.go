@@ -506,9 +506,9 @@ func (s *Server) getEnvironment(c *fiber.Ctx) error {
 	return c.JSON(s.envModel(env))
 }
 
-// deleteEnvironment removes the spec (no new kernel can start from it),
-// the record and the archive. Running kernels keep running: their worker
-// unpacked the archive into its own cache.
+// deleteEnvironment removes the spec (no new kernel can start from it)
+// and the record. Running kernels keep running: their worker unpacked the
+// archive into its own cache.
 func (s *Server) deleteEnvironment(c *fiber.Ctx) error {
 	who := identityOf(c)
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
@@ -526,11 +526,10 @@ func (s *Server) deleteEnvironment(c *fiber.Ctx) error {
 	if err := s.envs.Records.Delete(ctx, env.Name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return broker.Wrap(broker.ErrUnavailable, err, "could not remove environment %s", env.Name)
 	}
-	if env.Digest != "" {
-		if err := s.envs.Archives.Delete(ctx, env.Digest); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			s.log.Warn().Err(err).Str("env", env.Name).Msg("could not remove the archive")
-		}
-	}
+	// The archive stays in kb_env_archives: removing an object purges
+	// its chunks, which only the bus administrator may do (no front-end
+	// or worker role may purge a stream), and a start claimed a moment
+	// ago may still fetch it. `kernelbus` has no pruning command yet.
 	s.log.Info().Str("env", env.Name).Str("by", actorOf(who)).Msg("environment deleted")
 	return c.SendStatus(fiber.StatusNoContent)
 }
