@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,36 @@ type PoolConfig struct {
 	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
+	// Specs is where the worker reads kernelspecs: it builds every launch
+	// from the spec the record names and never from the record's argv or
+	// launch configuration, which others write (a forged record would
+	// otherwise run any command as the worker's user). It must hold the
+	// same specs as the front-ends' (the same --kernelspec-dir). Required.
+	Specs SpecSource
+	// Env is the policy the worker filters the client's env with again,
+	// as the front-ends do (the same --allowed-env), so a record written
+	// past a front-end cannot hand a kernel LD_PRELOAD or PATH. Its
+	// MaxLaunchTimeout also caps the launch time a record asks for.
+	Env broker.EnvPolicy
+}
+
+// SpecSource finds kernelspecs by name; frontend.Catalog is one.
+type SpecSource interface {
+	Spec(name string) (*broker.KernelSpec, bool)
+}
+
+// SpecList is a fixed SpecSource.
+type SpecList []*broker.KernelSpec
+
+// Spec implements SpecSource.
+func (l SpecList) Spec(name string) (*broker.KernelSpec, bool) {
+	name = strings.ToLower(name)
+	for _, s := range l {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return nil, false
 }
 
 // Pool claims requests of one resource manager and runs them through its
@@ -78,6 +109,9 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.NATSURLs == "" {
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
+	}
+	if cfg.Specs == nil {
+		return nil, errors.New("worker pool: kernelspecs are required (the worker builds each launch from the spec itself)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
@@ -263,18 +297,18 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if time.Now().After(k.Deadline) && !k.Deadline.IsZero() {
 			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
 		}
-		if k.Launch == nil {
-			return p.fail(k, nil, "the kernel record has no launch configuration")
+		cfg, status, err := p.resolveLaunch(k)
+		if err != nil {
+			return p.failStatus(k, nil, status, err.Error())
 		}
-		cfg := *k.Launch
-		if err := p.launchAccess(ctx, &cfg, r.KernelID); err != nil {
+		if err := p.launchAccess(ctx, cfg, r.KernelID); err != nil {
 			return err
 		}
 		cfg.Attempt = k.Attempt
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
-		h, err := p.be.Start(ctx, &cfg)
+		h, err := p.be.Start(ctx, cfg)
 		if err != nil {
 			return p.failStatus(k, nil, RefusedStatus(err), fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
@@ -394,7 +428,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 		case <-timer.C:
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {
-				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", time.Duration(k.Launch.LaunchTimeout).Round(time.Second)))
+				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", k.Deadline.Sub(k.Created).Round(time.Second)))
 			}
 			return nil
 		}
@@ -551,6 +585,51 @@ func (pk poolKernels) Ended(ctx context.Context, id string) (bool, error) {
 		return false, err
 	}
 	return k.State.Terminal(), nil
+}
+
+// resolveLaunch builds the launch of kernel k from what this worker checks
+// itself: the kernelspec the record names, read from the worker's own
+// catalog and meant for its resource manager, and the client's env filtered
+// again by the worker's policy. The record's own launch configuration is
+// never used: whoever can write a record (a front-end, an administrator, a
+// forged request) must not choose the command a worker runs. A refusal
+// comes with the HTTP status the client's start answers with (0: 500).
+func (p *Pool) resolveLaunch(k *broker.Kernel) (*broker.LaunchConfig, int, error) {
+	rm := p.be.Name()
+	spec, ok := p.cfg.Specs.Spec(k.Spec)
+	if !ok {
+		return nil, 0, fmt.Errorf("the %s worker has no kernelspec %q (workers must read the same kernelspec folders as the front-ends: --kernelspec-dir)", rm, k.Spec)
+	}
+	specRM, err := spec.RM()
+	if err != nil {
+		return nil, 400, err
+	}
+	if specRM != rm || (k.RM != "" && k.RM != rm) {
+		return nil, 400, fmt.Errorf("kernelspec %s is for the %s resource manager; the %s worker refuses it", spec.Name, specRM, rm)
+	}
+	env, err := p.cfg.Env.Filter(k.Env)
+	if err != nil {
+		return nil, 400, err
+	}
+	// The record's deadline carries the launch time the front-end granted
+	// (its default or the client's KERNEL_LAUNCH_TIMEOUT); the worker's
+	// own cap still applies.
+	timeout, err := p.cfg.Env.LaunchTimeout(env)
+	if err != nil {
+		return nil, 400, err
+	}
+	if !k.Deadline.IsZero() && k.Deadline.After(k.Created) {
+		timeout = k.Deadline.Sub(k.Created)
+	}
+	maxT := p.cfg.Env.MaxLaunchTimeout
+	if maxT <= 0 {
+		maxT = 10 * time.Minute
+	}
+	timeout = min(timeout, maxT)
+	// KERNEL_USERNAME is the record's owner: the front-end decides who
+	// that is; a client value that differs does not reach the kernel.
+	delete(env, broker.EnvUsername)
+	return broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout), 0, nil
 }
 
 // launchAccess gives a launch its way onto the bus: the kernel's input

@@ -183,6 +183,9 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var specDirs, allowedEnv listFlag
+	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
+	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
 	sshOpts := sshFlags(fs)
 	k8sOpts := k8sFlags(fs)
 	yarnOpts := yarnFlags(fs)
@@ -245,7 +248,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		lurls = nf.urls
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
-		Minter: minter, LauncherCredsTTL: *credsTTL}
+		Minter: minter, LauncherCredsTTL: *credsTTL,
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv}}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {

@@ -64,9 +64,14 @@ func (f *frontendFlags) config(id string) frontend.Config {
 	}
 }
 
-func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
-	dirs := append(append([]string{}, f.specDirs...), frontend.DefaultKernelDirs()...)
-	return frontend.NewCatalog(dirs, log)
+func (f *frontendFlags) catalog(log zerolog.Logger) *frontend.Catalog {
+	return specCatalog(f.specDirs, log)
+}
+
+// specCatalog reads the kernelspecs of dirs and then Jupyter's folders, as
+// front-ends and workers both do.
+func specCatalog(dirs []string, log zerolog.Logger) *frontend.Catalog {
+	return frontend.NewCatalog(append(append([]string{}, dirs...), frontend.DefaultKernelDirs()...), log)
 }
 
 func cmdServe(args []string, stderr io.Writer) error {
@@ -178,7 +183,11 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter}, wBus, be, log)
+	// One catalog for both: the worker resolves the very specs the
+	// front-end offers.
+	specs := ff.catalog(log)
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter,
+		Specs: specs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv}}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -186,7 +195,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
+	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, specs, log)
 	if err != nil {
 		pool.Stop()
 		return err

@@ -264,7 +264,7 @@ cluster {
 	for i := range 2 {
 		id := fmt.Sprintf("w%d", i)
 		p := &proc{name: "worker-" + id, log: filepath.Join(c.dir, id+".log"), env: []string{pathEnv, "KERNELBUS_LAUNCHER=" + os.Getenv("KERNELBUS_LAUNCHER_BIN")},
-			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats", urls, "--launcher-nats", c.launcherURLs,
+			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats", urls, "--launcher-nats", c.launcherURLs, "--kernelspec-dir", specs,
 				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
 		p.args = append(p.args, o.PartArgs...)
 		c.Workers = append(c.Workers, p)

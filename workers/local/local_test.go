@@ -52,6 +52,15 @@ func fakeLauncher(enc string) int {
 		time.Sleep(time.Hour)
 		return 0
 	}
+	if f := cfg.Env["ARGVFILE"]; f != "" {
+		// What the worker asked the launcher to run, for the tests of
+		// forged records.
+		b, _ := json.Marshal(map[string]any{"argv": cfg.Argv, "env": cfg.Env})
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	if f := cfg.Env["PIDFILE"]; f != "" {
 		// Every launcher started for the kernel leaves its pid here, so
 		// tests can count them.
@@ -90,6 +99,14 @@ func fakeLauncher(enc string) int {
 	return 0
 }
 
+// testSpecs are the worker's kernelspecs: the fake launcher ignores argv,
+// the forged-record tests read it back.
+var testSpecs = workers.SpecList{
+	{Name: "fake", Argv: []string{"fake-kernel", "-f", "{connection_file}"}, Language: "python", Env: map[string]string{"FROM_SPEC": "yes"}},
+	{Name: "remote", Argv: []string{"python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"}, Language: "python",
+		Metadata: map[string]any{"kernelbus": map[string]any{"rm": broker.RMSSH}}},
+}
+
 type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
@@ -114,7 +131,8 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second}, wbus, be, zerolog.Nop())
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second,
+		Specs: testSpecs, Env: broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,17 +155,23 @@ func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) stri
 			}
 		}
 	})
+	now := time.Now().UTC()
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
+		Created: now, Deadline: now.Add(timeout), Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}})
+	return pidfile
+}
+
+// submit writes record k and a start request for it, as a front-end does;
+// the tests of forged records write what no front-end would.
+func (e *env) submit(t *testing.T, k *broker.Kernel) {
+	t.Helper()
 	ctx := context.Background()
-	k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
-		Created: time.Now().UTC(), Deadline: time.Now().Add(timeout),
-		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(timeout)}}
 	if _, err := e.bus.CreateKernel(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, id, broker.StartRequest{KernelID: id}); err != nil {
+	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, k.ID, broker.StartRequest{KernelID: k.ID}); err != nil {
 		t.Fatal(err)
 	}
-	return pidfile
 }
 
 // waitFor polls the record until cond holds.
@@ -286,5 +310,92 @@ func TestReadableLogLine(t *testing.T) {
 	}
 	if got := local.ReadableLogLine("plain text"); got != "plain text" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// A record written past the front-ends (here with the admin credentials
+// the bus test environment connects with) names a spec, but carries an
+// evil launch configuration and env: the worker runs the spec's argv with
+// the env filtered again, never what the record says.
+func TestForgedRecordRunsTheSpecNotItsArgv(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000010"
+	dir := t.TempDir()
+	argvFile, pwned := filepath.Join(dir, "argv.json"), filepath.Join(dir, "pwned")
+	now := time.Now().UTC()
+	evil := []string{"/bin/sh", "-c", "touch " + pwned}
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested, User: "alice",
+		Created: now, Deadline: now.Add(20 * time.Second),
+		Env: map[string]string{"FAKE": "ok", "ARGVFILE": argvFile, "PIDFILE": filepath.Join(dir, "pids"),
+			"LD_PRELOAD": "/tmp/evil.so", "PATH": dir, "KERNEL_USERNAME": "mallory"},
+		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: evil, Env: map[string]string{"LD_PRELOAD": "/tmp/evil.so"},
+			LaunchTimeout: broker.Duration(time.Hour)}})
+	t.Cleanup(func() {
+		_ = e.bus.Request(context.Background(), broker.VerbStop, broker.RMLocal, id+":stop", broker.StopRequest{KernelID: id})
+	})
+	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
+	data, err := os.ReadFile(argvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Argv []string
+		Env  map[string]string
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got.Argv, " ") != strings.Join(testSpecs[0].Argv, " ") {
+		t.Fatalf("launcher was given argv %q, want the spec's %q", got.Argv, testSpecs[0].Argv)
+	}
+	if _, bad := got.Env["LD_PRELOAD"]; bad || got.Env["PATH"] != "" {
+		t.Fatalf("env the worker's policy does not allow reached the kernel: %v", got.Env)
+	}
+	if got.Env["FROM_SPEC"] != "yes" || got.Env["KERNEL_USERNAME"] != "alice" || got.Env["KERNEL_ID"] != id {
+		t.Fatalf("want the spec's env and the record's owner, got %v", got.Env)
+	}
+	if _, err := os.Stat(pwned); err == nil {
+		t.Fatal("the forged argv ran")
+	}
+}
+
+// A forged start of a spec that is not the worker's resource manager's, of
+// a spec the worker does not know, or with env no front-end would pass,
+// fails with a reason that says so, and nothing is started.
+func TestForgedRecordRefused(t *testing.T) {
+	e := setup(t)
+	for i, c := range []struct {
+		spec   string
+		env    map[string]string
+		status int
+		reason string
+	}{
+		{"remote", nil, 400, "is for the ssh resource manager"},
+		{"nosuch", nil, 0, `has no kernelspec "nosuch"`},
+		{"fake", map[string]string{"KERNEL_EXTRA": "a\nb"}, 400, "line feed"},
+	} {
+		id := fmt.Sprintf("00000000-0000-4000-8000-00000000002%d", i)
+		argvFile := filepath.Join(t.TempDir(), "argv.json")
+		env := map[string]string{"ARGVFILE": argvFile}
+		for k, v := range c.env {
+			env[k] = v
+		}
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: c.spec, RM: broker.RMLocal, State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: env,
+			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"/bin/true"}}})
+		k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+		if k.State != broker.StateFailed || !strings.Contains(k.Reason, c.reason) || k.FailStatus != c.status {
+			t.Errorf("spec %s env %v: want failed (%d) with %q, got %s (%d): %q", c.spec, c.env, c.status, c.reason, k.State, k.FailStatus, k.Reason)
+		}
+		if len(k.Handle) > 0 {
+			t.Errorf("spec %s: something was started: %s", c.spec, k.Handle)
+		}
+		if _, err := os.Stat(argvFile); err == nil {
+			t.Errorf("spec %s: a launcher ran", c.spec)
+		}
+		if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
+			t.Errorf("spec %s: want one start_failed event, got %d", c.spec, n)
+		}
 	}
 }

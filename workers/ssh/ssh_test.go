@@ -58,6 +58,7 @@ type gateway struct {
 	be                       *kbssh.Backend
 	c                        *client.Client
 	natsURL, token, launcher string
+	specs                    workers.SpecSource
 }
 
 // jegSpec is a JEG kernelspec, as JEG ships them, for the lab's hosts.
@@ -106,14 +107,6 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.be = g.newBackend(t, cfg)
-	g.startPool(t, g.be)
-	lbe, err := local.New(g.launcher, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.startPool(t, lbe)
-
 	var addrs []string
 	for _, h := range l.Hosts {
 		addrs = append(addrs, h.Addr)
@@ -125,6 +118,16 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		jegSpec("py-lc", py, addrs, map[string]any{"load_balancing_algorithm": "least-connection"}),
 		jegSpec("py-rr", py, addrs, nil),
 	}}
+	// The workers read the same specs as the front-end.
+	g.specs = specs
+	g.be = g.newBackend(t, cfg)
+	g.startPool(t, g.be)
+	lbe, err := local.New(g.launcher, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.startPool(t, lbe)
+
 	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, g.bus, specs, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +172,7 @@ func (g *gateway) newBackend(t *testing.T, cfg kbssh.Config) *kbssh.Backend {
 
 func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	t.Helper()
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSToken: g.token, StopGrace: 3 * time.Second}, g.bus, be, testLogger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSToken: g.token, StopGrace: 3 * time.Second, Specs: g.specs}, g.bus, be, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
