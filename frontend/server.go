@@ -49,6 +49,7 @@ type Server struct {
 	// draining is set when Shutdown starts: websockets that complete
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
+	wsCount    *wsCounter // open websockets per caller (guard.go)
 	releaseSub *nats.Subscription
 	shutOnce   sync.Once
 	shutErr    error
@@ -188,7 +189,8 @@ func (s *Server) routes() *fiber.App {
 		IdleTimeout:       2 * time.Minute,
 		AppName:           "kernelbus",
 	})
-	app.Use(s.cors, s.auth)
+	s.guardServer(app)
+	app.Use(s.guard, s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
 	g := app.Group(prefix)
 	g.Get("/api", s.getAPI)
@@ -202,7 +204,7 @@ func (s *Server) routes() *fiber.App {
 	g.Delete("/api/kernels/:id", s.deleteKernel)
 	g.Post("/api/kernels/:id/interrupt", s.interruptKernel)
 	g.Post("/api/kernels/:id/restart", s.restartKernel)
-	g.Get("/api/kernels/:id/channels", s.wsPrecheck, s.wsHandler())
+	g.Get("/api/kernels/:id/channels", s.wsLimit, s.wsPrecheck, s.wsHandler())
 	g.Get("/api/sessions", s.listSessions)
 	g.Post("/api/sessions", s.postSession)
 	g.Get("/api/sessions/:id", s.getSession)

@@ -265,6 +265,7 @@ func (s *Server) serveWS(w *websocket.Conn) {
 	streamEnd, _ := w.Locals(localsStart).(uint64)
 	streamFirst, _ := w.Locals(localsFirst).(uint64)
 	resumeAfter, _ := w.Locals(localsResume).(string)
+	defer holdWSSlot(w.Locals(localsWSSlot))()
 	if rec == nil {
 		_ = w.Close()
 		return

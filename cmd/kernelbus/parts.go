@@ -185,6 +185,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var specDirs, allowedEnv listFlag
 	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
+	maxEnvBytes := fs.Int("max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values: the front-ends' limit, applied again here")
 	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
 	sshOpts := sshFlags(fs)
 	k8sOpts := k8sFlags(fs)
@@ -249,7 +250,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
 		Minter: minter, LauncherCredsTTL: *credsTTL,
-		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv}}
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {

@@ -37,6 +37,9 @@ type frontendFlags struct {
 	launchTimeout time.Duration
 	maxKernels    int
 	maxPerUser    int
+	allowHost     listFlag
+	maxEnvBytes   int
+	maxWS         int
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -49,6 +52,9 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	fs.Var(&f.allowHost, "allow-host", "Host names (comma separated; *.example.com, * for any) accepted on loopback connections besides localhost and 127.0.0.1 (DNS rebinding protection)")
+	fs.IntVar(&f.maxEnvBytes, "max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values (400 beyond)")
+	fs.IntVar(&f.maxWS, "max-websockets-per-caller", 256, "most kernel websockets open at once per client address (429 beyond; -1: no limit)")
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -61,6 +67,7 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		FrontendID:           id,
 		MaxKernels:           f.maxKernels,
 		MaxKernelsPerUser:    f.maxPerUser,
+		Guard:                frontend.GuardConfig{AllowHost: f.allowHost, MaxEnvBytes: f.maxEnvBytes, MaxWebsocketsPerCaller: f.maxWS},
 	}
 }
 
@@ -187,7 +194,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	// front-end offers.
 	specs := ff.catalog(log)
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter,
-		Specs: specs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv}}, wBus, be, log)
+		Specs: specs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
 	if err != nil {
 		return err
 	}
