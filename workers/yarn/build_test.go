@@ -1,6 +1,7 @@
 package yarn
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -61,5 +62,63 @@ func TestBuildJEGSparkOpts(t *testing.T) {
 	}
 	if slices.Contains(sub.Args, "ERROR") || strings.Count(args, "--master") != 1 || strings.Count(args, "--deploy-mode") != 1 {
 		t.Errorf("JEG's master/deploy-mode/name not replaced:\n%s", args)
+	}
+}
+
+// JEG's advisories as regression tests for spark-submit: the client's
+// KERNEL_EXTRA_SPARK_OPTS never go through a shell, so metacharacters are
+// passed inertly as argument text; options that would change the Hadoop
+// identity or ship the worker's files into the kernel's container are
+// refused with 400, naming the option.
+func TestClientSparkOptsInjection(t *testing.T) {
+	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := func(extra string) ([]string, error) {
+		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+			Env: map[string]string{"KERNEL_USERNAME": "alice", "KERNEL_EXTRA_SPARK_OPTS": extra}}
+		sub, err := b.Build(cfg, filepath.Join(t.TempDir(), "launch.json"))
+		if err != nil {
+			return nil, err
+		}
+		return sub.Args, nil
+	}
+	// Inert: each stays one argument, exactly as written.
+	for _, v := range []string{"x;touch /tmp/pwned", "x|id", "x&&id", "$(id)", "`id`", "x>/etc/passwd"} {
+		args, err := build("--conf 'spark.app.note=" + v + "'")
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if !slices.Contains(args, "spark.app.note="+v) {
+			t.Errorf("%q did not arrive as one argument: %q", v, args)
+		}
+	}
+	for _, ok := range []string{"--conf spark.executor.instances=2", "--conf=spark.yarn.queue=q1", "--driver-memory 2g --queue q1"} {
+		if _, err := build(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"--proxy-user hdfs", "--conf spark.x=1 --proxy-user=hdfs", "--principal hdfs@REALM", "--keytab /etc/krb5.keytab",
+		"--files /var/lib/kernelbus/auth/launcher-minter.json", "--py-files /etc/shadow", "--jars /etc/shadow",
+		"--archives /etc/shadow", "--properties-file /etc/kernelbus/kernelbus.env", "--master local[*]",
+		"--conf spark.yarn.dist.files=/etc/shadow", "--conf spark.files=/etc/shadow", "--conf spark.jars.packages=evil:evil:1",
+		"--conf spark.kerberos.keytab=/k", "--conf spark.yarn.submit.waitAppCompletion=true", "--conf SPARK.FILES=/etc/shadow",
+		"--conf spark.yarn.tags=other", "--conf", "spark.app.x=1",
+	} {
+		_, err := build(bad)
+		if !errors.Is(err, broker.ErrBadEnv) || !strings.Contains(err.Error(), "KERNEL_EXTRA_SPARK_OPTS") {
+			t.Errorf("%q: want a 400 naming KERNEL_EXTRA_SPARK_OPTS, got %v", bad, err)
+		}
+	}
+	// The proxy user is the kernel's owner, once.
+	args, _ := build("")
+	if i := slices.Index(args, "--proxy-user"); i < 0 || args[i+1] != "alice" || strings.Count(strings.Join(args, " "), "--proxy-user") != 1 {
+		t.Errorf("proxy user: %q", args)
 	}
 }
