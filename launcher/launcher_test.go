@@ -484,7 +484,7 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 		const n = 20_000_000
 		id := k.execute(fmt.Sprintf("print('x'*%d)", n), false)
 		total, chunked := 0, false
-		k.waitMsg(60*time.Second, "all 20 MB of stream output", func(m *outMsg) bool {
+		k.waitMsg(3*time.Minute, "all 20 MB of stream output", func(m *outMsg) bool {
 			if m.parentID == id && m.msgType == "stream" {
 				text := contentField(m, "text")
 				total += strings.Count(text, "x")
