@@ -188,6 +188,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	maxEnvBytes := fs.Int("max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values: the front-ends' limit, applied again here")
 	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
 	sshOpts := sshFlags(fs)
+	localOpts := localFlags(fs)
 	k8sOpts := k8sFlags(fs)
 	yarnOpts := yarnFlags(fs)
 	if err := parse(fs.FlagSet, args); err != nil {
@@ -209,6 +210,9 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	if *rm == broker.RMYarn {
 		opts = yarnOpts()
+	}
+	if *rm == broker.RMLocal {
+		opts = localOpts()
 	}
 	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher, Options: opts})
 	if err != nil {
@@ -310,4 +314,14 @@ func readConnFile(path string) (url, authDir string, err error) {
 		return "", "", fmt.Errorf("%s: no url= line", path)
 	}
 	return url, authDir, nil
+}
+
+// localFlags are the local resource manager's: which OS accounts run
+// kernels when the worker runs as root.
+func localFlags(fs *flagSet) func() map[string]string {
+	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: the worker's own)")
+	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as")
+	return func() map[string]string {
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners}
+	}
 }

@@ -93,6 +93,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	localOpts := localFlags(fs)
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -186,7 +187,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	defer wNC.Close()
 
-	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher})
+	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher, Options: localOpts()})
 	if err != nil {
 		return err
 	}

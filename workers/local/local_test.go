@@ -35,6 +35,10 @@ func TestMain(m *testing.M) {
 		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		os.Exit(fakeLauncher(strings.TrimSpace(line)))
 	}
+	if len(os.Args) == 3 && strings.HasPrefix(os.Args[1], "--probe-") {
+		// Run as another OS user by the run-as tests: what can it do?
+		os.Exit(probe(os.Args[1], os.Args[2]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -51,6 +55,21 @@ func fakeLauncher(enc string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 0
+	}
+	if cfg.Env["FAKE"] == "connfile" {
+		// As the real launcher: a connection file in a private folder of
+		// the temp dir, 0600 in a 0700 folder, owned by whoever runs it.
+		dir, err := os.MkdirTemp("", "kernelbus-"+cfg.KernelID+"-")
+		if err == nil {
+			err = os.Chmod(dir, 0o700)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "kernel-"+cfg.KernelID+".json"), []byte(`{"key":"secret-of-`+cfg.KernelID+`"}`), 0o600)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	if f := cfg.Env["ARGVFILE"]; f != "" {
 		// What the worker asked the launcher to run, for the tests of
@@ -115,8 +134,6 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	js := jstest.Start(t, jstest.Options{Auth: true})
-	bus := js.Bus
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +142,13 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return setupWith(t, be)
+}
+
+func setupWith(t *testing.T, be *local.Backend) *env {
+	t.Helper()
+	js := jstest.Start(t, jstest.Options{Auth: true})
+	bus := js.Bus
 	// The pool runs with a worker's role credentials and mints each
 	// launcher its own, as under `kernelbus serve`.
 	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
