@@ -185,6 +185,18 @@ func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) stri
 	return pidfile
 }
 
+// killAtCleanup kills what the worker started for kernel id when the test
+// ends, whatever its outcome: no launcher outlives a test.
+func (e *env) killAtCleanup(t *testing.T, id string) {
+	t.Cleanup(func() {
+		k, _, err := e.bus.GetKernel(context.Background(), id)
+		var h struct{ PGID int }
+		if err == nil && json.Unmarshal(k.Handle, &h) == nil && h.PGID > 0 {
+			_ = syscall.Kill(-h.PGID, syscall.SIGKILL)
+		}
+	})
+}
+
 // submit writes record k and a start request for it, as a front-end does;
 // the tests of forged records write what no front-end would.
 func (e *env) submit(t *testing.T, k *broker.Kernel) {
@@ -354,9 +366,7 @@ func TestForgedRecordRunsTheSpecNotItsArgv(t *testing.T) {
 			"LD_PRELOAD": "/tmp/evil.so", "PATH": dir, "KERNEL_USERNAME": "mallory"},
 		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: evil, Env: map[string]string{"LD_PRELOAD": "/tmp/evil.so"},
 			LaunchTimeout: broker.Duration(time.Hour)}})
-	t.Cleanup(func() {
-		_ = e.bus.Request(context.Background(), broker.VerbStop, broker.RMLocal, id+":stop", broker.StopRequest{KernelID: id})
-	})
+	e.killAtCleanup(t, id)
 	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
 	data, err := os.ReadFile(argvFile)
 	if err != nil {
@@ -408,6 +418,7 @@ func TestForgedRecordRefused(t *testing.T) {
 		e.submit(t, &broker.Kernel{ID: id, Spec: c.spec, RM: broker.RMLocal, State: broker.StateRequested,
 			Created: now, Deadline: now.Add(20 * time.Second), Env: env,
 			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"/bin/true"}}})
+		e.killAtCleanup(t, id)
 		k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
 		if k.State != broker.StateFailed || !strings.Contains(k.Reason, c.reason) || k.FailStatus != c.status {
 			t.Errorf("spec %s env %v: want failed (%d) with %q, got %s (%d): %q", c.spec, c.env, c.status, c.reason, k.State, k.FailStatus, k.Reason)

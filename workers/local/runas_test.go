@@ -1,7 +1,6 @@
 package local_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -53,7 +52,7 @@ func testUser(t *testing.T, name string) *user.User {
 	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
 		t.Skipf("cannot create OS user %s (useradd: %v %s)", name, err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("userdel", name).Run() })
+	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
 	u, err := user.Lookup(name)
 	if err != nil {
 		t.Fatal(err)
@@ -135,9 +134,8 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 		now := time.Now().UTC()
 		e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, User: owner, State: broker.StateRequested,
 			Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
-		t.Cleanup(func() {
-			_ = e.bus.Request(context.Background(), broker.VerbStop, broker.RMLocal, id+":stop", broker.StopRequest{KernelID: id})
-		})
+		// Nor may a launcher keep its OS user from being removed.
+		e.killAtCleanup(t, id)
 	}
 	ida, idb := "00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000b1"
 	start(ida, alice.Username)
