@@ -155,6 +155,14 @@ func TestGuardEnvBytes(t *testing.T) {
 	if resp.StatusCode != 400 || !strings.Contains(string(data), "the limit is 1000") {
 		t.Fatalf("large env: got %d %s", resp.StatusCode, data)
 	}
+	// Control characters and Unicode line breaks (NEL, LS) are refused at
+	// the edge, naming the variable.
+	for _, v := range []string{"a\u0085b", "a\u2028b", "a\x1b[31mb"} {
+		resp, data = e.do("POST", "api/kernels", map[string]any{"name": "python3", "env": map[string]string{"KERNEL_X": v}}, nil, nil)
+		if resp.StatusCode != 400 || !strings.Contains(string(data), "KERNEL_X") {
+			t.Errorf("env value %q: got %d %s", v, resp.StatusCode, data)
+		}
+	}
 	resp, data = e.do("POST", "api/kernels", map[string]any{"name": "python3", "env": map[string]string{"KERNEL_X": "ok"}}, nil, nil)
 	if resp.StatusCode != 201 {
 		t.Fatalf("small env: got %d %s", resp.StatusCode, data)

@@ -2,6 +2,7 @@ package ssh
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +83,18 @@ func TestStartRefusesHostileUserHostAndID(t *testing.T) {
 	cfg := Config{Hosts: []string{"h1:22"}, Impersonate: true, User: "kb", Placement: RoundRobin}
 	b := &Backend{cfg: cfg, hosts: newHosts(time.Minute), log: zerolog.Nop(), installed: map[connKey]bool{}}
 	mark := filepath.Join(t.TempDir(), "pwned")
+	// What a client chooses is refused as its mistake: 400, not 500.
+	for _, c := range []broker.LaunchConfig{
+		{KernelID: "k1", User: "a;id"},
+		{KernelID: "k1", Env: map[string]string{EnvRemoteHost: "h1;id"}},
+		{KernelID: "k1", Env: map[string]string{EnvRemoteHost: "h2"}},
+	} {
+		_, err := b.Start(context.Background(), &c)
+		var be *broker.Error
+		if !errors.As(err, &be) || be.Status != 400 {
+			t.Errorf("%+v: want a 400, got %v", c, err)
+		}
+	}
 	for _, v := range hostile(mark) {
 		for _, c := range []struct {
 			name string

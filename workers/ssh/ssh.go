@@ -128,7 +128,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	user := b.cfg.User
 	if b.cfg.Impersonate && cfg.User != "" {
 		if !validUser(cfg.User) {
-			return workers.Handle{}, fmt.Errorf("ssh: KERNEL_USERNAME %q is not a valid user name on the hosts", cfg.User)
+			return workers.Handle{}, broker.Errorf(broker.ErrBadRequest, "ssh: KERNEL_USERNAME %q is not a valid user name on the hosts", cfg.User)
 		}
 		user = cfg.User
 	}
@@ -218,11 +218,11 @@ func (b *Backend) pool(cfg *broker.LaunchConfig) ([]string, string, error) {
 	}
 	if want := strings.TrimSpace(cfg.Env[EnvRemoteHost]); want != "" {
 		if b.cfg.ForbidRemoteHost {
-			return nil, "", fmt.Errorf("ssh: %s is not allowed by this worker", EnvRemoteHost)
+			return nil, "", broker.Errorf(broker.ErrForbidden, "ssh: %s is not allowed by this worker", EnvRemoteHost)
 		}
 		wa, err := hostAddr(want)
 		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", EnvRemoteHost, err)
+			return nil, "", broker.Errorf(broker.ErrBadRequest, "%s: %v", EnvRemoteHost, err)
 		}
 		for _, h := range hosts {
 			if h == wa {
@@ -233,7 +233,7 @@ func (b *Backend) pool(cfg *broker.LaunchConfig) ([]string, string, error) {
 		for i, h := range hosts {
 			names[i] = displayHost(h)
 		}
-		return nil, "", fmt.Errorf("ssh: %s=%s is not one of %s: %s", EnvRemoteHost, want, source, strings.Join(names, ", "))
+		return nil, "", broker.Errorf(broker.ErrBadRequest, "ssh: %s=%s is not one of %s: %s", EnvRemoteHost, want, source, strings.Join(names, ", "))
 	}
 	return hosts, placement, nil
 }
