@@ -320,7 +320,7 @@ func readConnFile(path string) (url, authDir string, err error) {
 // kernels when the worker runs as root.
 func localFlags(fs *flagSet) func() map[string]string {
 	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: the worker's own)")
-	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as")
+	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
 	return func() map[string]string {
 		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners}
 	}

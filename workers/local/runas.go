@@ -26,6 +26,9 @@ type RunAs struct {
 	// the front-end set) that run as the OS account of the same name;
 	// "*" maps every owner that has an account. An owner mapped to uid 0
 	// is refused, as is an owner without an account when User is empty.
+	// The owner is the record's: only as trustworthy as the front-end's
+	// identities. Without authentication it is the client's
+	// KERNEL_USERNAME, and any client could pick any listed account.
 	Owners []string
 }
 
