@@ -38,8 +38,10 @@ type GuardConfig struct {
 	MaxWebsocketsPerCaller int
 
 	// CallerKey names who a request comes from for MaxWebsocketsPerCaller.
-	// Default: the remote IP address. An identity middleware sets it to
-	// the identity, so one proxy's users do not share a cap.
+	// Default: what an earlier middleware stored in Locals under
+	// LocalsCaller (the authenticated identity), else the remote IP
+	// address, so one proxy's users do not share a cap once identities
+	// exist.
 	CallerKey func(c *fiber.Ctx) string
 
 	// MaxEnvBytes caps the env of a start request (names and values):
@@ -72,7 +74,7 @@ func (g GuardConfig) withDefaults() (GuardConfig, error) {
 		g.MaxEnvBytes = broker.DefaultMaxEnvBytes
 	}
 	if g.CallerKey == nil {
-		g.CallerKey = func(c *fiber.Ctx) string { return c.IP() }
+		g.CallerKey = defaultCallerKey
 	}
 	hosts := make([]string, 0, len(g.AllowHost))
 	for _, h := range g.AllowHost {
@@ -85,6 +87,17 @@ func (g GuardConfig) withDefaults() (GuardConfig, error) {
 	}
 	g.AllowHost = hosts
 	return g, nil
+}
+
+// LocalsCaller is the Locals key under which an authentication middleware
+// names the caller (its identity) for per-caller limits.
+const LocalsCaller = "kb.caller"
+
+func defaultCallerKey(c *fiber.Ctx) string {
+	if id, ok := c.Locals(LocalsCaller).(string); ok && id != "" {
+		return "id:" + id
+	}
+	return c.IP()
 }
 
 // errTooManyWebsockets is the 429 of MaxWebsocketsPerCaller.

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/valyala/fasthttp"
 )
 
 // A page whose name an attacker re-points at 127.0.0.1 (DNS rebinding)
@@ -131,6 +134,10 @@ func TestGuardWebsocketsPerCaller(t *testing.T) {
 	if err == nil || resp == nil || resp.StatusCode != 429 {
 		t.Fatalf("third websocket: err %v, response %v", err, resp)
 	}
+	// Once identities exist, the cap is per identity, not per address.
+	if got := defaultCallerKey(newCtxWithCaller(e.fe, "alice")); got != "id:alice" {
+		t.Fatalf("caller key with an identity: %q", got)
+	}
 	_ = a.c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -167,4 +174,10 @@ func TestGuardEnvBytes(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("small env: got %d %s", resp.StatusCode, data)
 	}
+}
+
+func newCtxWithCaller(s *Server, id string) *fiber.Ctx {
+	c := s.app.AcquireCtx(&fasthttp.RequestCtx{})
+	c.Locals(LocalsCaller, id)
+	return c
 }
