@@ -49,12 +49,12 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.Var(&f.allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all)")
 	fs.StringVar(&f.allowOrigin, "allow-origin", "", "Origin allowed for browsers (CORS and websockets); * for any; empty: same origin only")
 	fs.StringVar(&f.baseURL, "base-url", "/", "URL prefix of every route")
-	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
-	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
-	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
 	fs.Var(&f.allowHost, "allow-host", "Host names (comma separated; *.example.com, * for any) accepted on loopback connections besides localhost and 127.0.0.1 (DNS rebinding protection)")
 	fs.IntVar(&f.maxEnvBytes, "max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values (400 beyond)")
 	fs.IntVar(&f.maxWS, "max-websockets-per-caller", 256, "most kernel websockets open at once per client address (429 beyond; -1: no limit)")
+	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
+	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
+	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -62,17 +62,18 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		Token:                f.token,
 		AllowedEnv:           f.allowedEnv,
 		AllowOrigin:          f.allowOrigin,
+		Guard:                frontend.GuardConfig{AllowHost: f.allowHost, MaxEnvBytes: f.maxEnvBytes, MaxWebsocketsPerCaller: f.maxWS},
 		BaseURL:              f.baseURL,
 		DefaultLaunchTimeout: f.launchTimeout,
 		FrontendID:           id,
 		MaxKernels:           f.maxKernels,
 		MaxKernelsPerUser:    f.maxPerUser,
-		Guard:                frontend.GuardConfig{AllowHost: f.allowHost, MaxEnvBytes: f.maxEnvBytes, MaxWebsocketsPerCaller: f.maxWS},
 	}
 }
 
-func (f *frontendFlags) catalog(log zerolog.Logger) *frontend.Catalog {
-	return specCatalog(f.specDirs, log)
+func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
+	dirs := append(append([]string{}, f.specDirs...), frontend.DefaultKernelDirs()...)
+	return frontend.NewCatalog(dirs, log)
 }
 
 // specCatalog reads the kernelspecs of dirs and then Jupyter's folders, as
@@ -191,11 +192,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// One catalog for both: the worker resolves the very specs the
-	// front-end offers.
-	specs := ff.catalog(log)
+	// The worker reads the front-end's folders and applies its env
+	// policy: it resolves the very specs the front-end offers.
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter,
-		Specs: specs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
+		Specs: specCatalog(ff.specDirs, log), Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, specs, log)
+	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
