@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a front-end. The zero value is usable.
@@ -77,6 +79,26 @@ type Config struct {
 
 	// Version is reported as gateway_version by GET /api. Default "dev".
 	Version string
+
+	// Metrics is the registry the front-end registers its collectors on
+	// and /metrics serves; a process running several parts passes one
+	// registry to all. Default: a new one with the Go and process
+	// collectors.
+	Metrics *prometheus.Registry
+
+	// MetricsPublic serves /metrics without authentication (for a
+	// Prometheus that cannot send the token). Default false: /metrics
+	// needs the same credentials as the API.
+	MetricsPublic bool
+
+	// MetricsTopUsers, when above 0, adds kernelbus_user_kernels{user}
+	// for that many users with the most kernels. Default 0: no per-user
+	// series (user names come from clients; their number is unbounded).
+	MetricsTopUsers int
+
+	// ReadyChecks are added to /readyz's own (bus, streams, buckets):
+	// serve adds its worker pool's. Default: none.
+	ReadyChecks []metrics.Check
 }
 
 // JupyterServerVersion is what GET /api reports as "version": the

@@ -166,6 +166,7 @@ func doHTTP(t testing.TB, method, u string, body any, hdr http.Header, out any) 
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
+	checkOpenAPI(t, req, resp, data)
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
 			t.Fatalf("%s %s: %d %s: %v", method, u, resp.StatusCode, data, err)

@@ -51,6 +51,7 @@ type Server struct {
 	draining   atomic.Bool
 	wsCount    *wsCounter // open websockets per caller (guard.go)
 	releaseSub *nats.Subscription
+	ops        *ops // metrics, health, API description (ops.go)
 	shutOnce   sync.Once
 	shutErr    error
 }
@@ -99,6 +100,9 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	}
 	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
 		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(cfg.FrontendID), err))
+	}
+	if s.ops, err = newOps(s); err != nil {
+		return fail(fmt.Errorf("frontend: metrics: %w", err))
 	}
 	s.goFunc(s.emitLoop)
 	s.goFunc(s.hub.tickLoop)
@@ -190,9 +194,12 @@ func (s *Server) routes() *fiber.App {
 		AppName:           "kernelbus",
 	})
 	s.guardServer(app)
-	app.Use(s.guard, s.cors, s.auth)
+	app.Use(s.guard) // before everything, the public endpoints too (guard.go)
+	s.publicOps(app)
+	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
 	g := app.Group(prefix)
+	s.protectedOps(g)
 	g.Get("/api", s.getAPI)
 	g.Get("/api/kernelspecs", s.listSpecs)
 	g.Get("/api/kernelspecs/:name", s.getSpec)

@@ -16,6 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -467,6 +468,7 @@ func (c *conn) deliver(m jetstream.Msg) {
 			return
 		}
 		wrote = true
+		c.s.relayToClient(h, m.Subject(), len(data))
 	}
 	// Replayed chunks may complete messages behind the saved cursor; the
 	// cursor never moves back for them.
@@ -695,6 +697,7 @@ func (c *conn) handleInput(typ int, data []byte) {
 			return
 		}
 	}
+	c.s.ops.relay.Add(metrics.ToKernel, f.Channel, len(body))
 }
 
 const (
@@ -719,6 +722,7 @@ func retryBus(ctx context.Context, total time.Duration, op func(context.Context)
 		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
 			return err
 		}
+		kbjs.CountRetry()
 		select {
 		case <-ctx.Done():
 			return err

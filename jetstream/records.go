@@ -81,6 +81,7 @@ func retryBus(ctx context.Context, op func(ctx context.Context, try int) error) 
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
+		retries.Add(1)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

@@ -2,8 +2,20 @@ package jetstream
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
+
+// retries counts, process-wide, the bus operations tried again after a
+// failure (kernelbus_bus_retries_total): a rising rate means the cluster
+// is electing leaders or losing nodes.
+var retries atomic.Uint64
+
+// Retries returns how many times this process tried a bus operation again.
+func Retries() uint64 { return retries.Load() }
+
+// CountRetry counts one retry of a caller's own retry loop.
+func CountRetry() { retries.Add(1) }
 
 // Retry runs try until it succeeds, it returns an error final reports as
 // final (final may be nil), ctx ends or window has passed, and returns
@@ -18,6 +30,7 @@ func Retry(ctx context.Context, window time.Duration, try func() error, final fu
 		if err == nil || (final != nil && final(err)) || ctx.Err() != nil || time.Now().Add(wait).After(giveUp) {
 			return err
 		}
+		retries.Add(1)
 		if onRetry != nil {
 			onRetry(err, wait)
 		}

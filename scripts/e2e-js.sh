@@ -14,4 +14,14 @@ py=$cache/venv/bin/python
 [ -d "$repo/e2e/js/node_modules" ] || { echo "e2e-js: run scripts/setup-node.sh first" >&2; exit 1; }
 
 cd "$repo/e2e/js"
-exec "$py" "$repo/e2e/python/kbprocs.py" run -- node --test --test-force-exit --test-reporter=spec "$@" services.test.mjs
+# kernelbus' answers are checked against its OpenAPI document after the suite.
+log=""
+if [ "${KB_TEST_TARGET:-kernelbus}" = kernelbus ]; then
+  log=$(mktemp "${TMPDIR:-/tmp}/kb-openapi.XXXXXX")
+  export KB_OPENAPI_LOG=$log
+  trap 'rm -f "$log"' EXIT
+fi
+"$py" "$repo/e2e/python/kbprocs.py" run -- node --test --test-force-exit --test-reporter=spec "$@" services.test.mjs
+if [ -n "$log" ]; then
+  "$py" "$repo/e2e/python/openapi_check.py" "$log"
+fi

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,6 +15,7 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -58,6 +60,9 @@ type PoolConfig struct {
 	// past a front-end cannot hand a kernel LD_PRELOAD or PATH. Its
 	// MaxLaunchTimeout also caps the launch time a record asks for.
 	Env broker.EnvPolicy
+	// Metrics is where the pool registers its collectors (metrics.go);
+	// nil: nowhere.
+	Metrics prometheus.Registerer
 }
 
 // SpecSource finds kernelspecs by name; frontend.Catalog is one.
@@ -91,6 +96,9 @@ type Pool struct {
 	wg   sync.WaitGroup
 	ctx  context.Context
 	stop context.CancelFunc
+	met  *poolMetrics
+	// claiming is set once the consumer runs (Ready).
+	claiming atomic.Bool
 }
 
 // NewPool validates cfg; nothing runs until Start.
@@ -114,8 +122,15 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 		return nil, errors.New("worker pool: kernelspecs are required (the worker builds each launch from the spec itself)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
-		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, stop: cancel}, nil
+	p := &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
+		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, stop: cancel}
+	met, err := newPoolMetrics(cfg.Metrics, p)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("worker pool: metrics: %w", err)
+	}
+	p.met = met
+	return p, nil
 }
 
 // ID is the worker's id.
@@ -145,6 +160,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		return fmt.Errorf("worker pool %s: consume: %w", rm, err)
 	}
 	p.cons = cc
+	p.claiming.Store(true)
 	p.wg.Add(1)
 	go p.presence()
 	if f, ok := p.be.(Follower); ok {
@@ -163,6 +179,7 @@ func (p *Pool) Start(ctx context.Context) error {
 // Stop stops claiming and waits for handlers in flight to return. Launchers
 // already started keep running: they do not depend on the worker.
 func (p *Pool) Stop() {
+	p.claiming.Store(false)
 	if p.cons != nil {
 		p.cons.Stop()
 	}
@@ -295,10 +312,16 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		ev.ID, ev.Source, ev.RequestID = broker.EventID(r.KernelID, broker.EvClaimed, p.cfg.ID), "worker", r.RequestID
 		p.emit(ev)
 		if time.Now().After(k.Deadline) && !k.Deadline.IsZero() {
+			p.countStart(k, OutcomeTimeout)
 			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
 		}
 		cfg, status, err := p.resolveLaunch(k)
 		if err != nil {
+			if status != 0 {
+				p.countStart(k, OutcomeRefused)
+			} else {
+				p.countStart(k, OutcomeFailed)
+			}
 			return p.failStatus(k, nil, status, err.Error())
 		}
 		if err := p.launchAccess(ctx, cfg, r.KernelID); err != nil {
@@ -310,6 +333,11 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		h, err := p.be.Start(ctx, cfg)
 		if err != nil {
+			if RefusedStatus(err) != 0 {
+				p.countStart(k, OutcomeRefused)
+			} else {
+				p.countStart(k, OutcomeFailed)
+			}
 			return p.failStatus(k, nil, RefusedStatus(err), fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
 		// submitted goes to the log before the record says so: the
@@ -322,6 +350,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if err := p.saveHandle(ctx, r.KernelID, h); err != nil {
 			log.Warn().Err(err).Msg("could not record the trusted handle: stopping the launcher")
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
 			return p.fail(k, nil, "the worker could not record what it started: "+err.Error())
 		}
 		k, err = p.bus.UpdateKernel(ctx, r.KernelID, func(k *broker.Kernel) error {
@@ -337,6 +366,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		if err != nil {
 			// Cancelled or deleted meanwhile: do not leave it running.
 			log.Info().Err(err).Msg("kernel went away during submission; stopping it")
+			p.countStart(k, OutcomeCancelled)
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
 			return nil
 		}
@@ -398,6 +428,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
+				p.countStart(k, OutcomeCancelled)
 				return nil // deleted: the front-end gave up on it
 			}
 			var cur broker.Kernel
@@ -406,8 +437,10 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 			}
 			switch {
 			case cur.State == broker.StateRunning:
+				p.countStart(k, OutcomeStarted)
 				return nil
 			case cur.State.Terminal():
+				p.countStart(k, endOutcome(&cur))
 				// Failed or cancelled: make sure nothing is left behind.
 				_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
 				return nil
@@ -419,7 +452,11 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				// exits; give that a moment to land, then fill in ours.
 				cur, _, gerr := p.bus.GetKernel(p.ctx, k.ID)
 				if gerr == nil && cur.State.Starting() {
+					p.countStart(k, OutcomeFailed)
 					return p.fail(cur, &h, "the launcher exited before the kernel was ready: "+st.Reason)
+				}
+				if gerr == nil {
+					p.countStart(k, endOutcome(cur))
 				}
 				return nil
 			}
@@ -428,6 +465,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 		case <-timer.C:
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {
+				p.countStart(k, OutcomeTimeout)
 				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", k.Deadline.Sub(k.Created).Round(time.Second)))
 			}
 			return nil

@@ -14,7 +14,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
-var errUsage = errors.New("usage")
+// errUsage ends a command whose flags were wrong (exit 2, usage printed);
+// errHelp one asked for its help (-h, exit 0).
+var (
+	errUsage = errors.New("usage")
+	errHelp  = errors.New("help")
+)
 
 // newFlagSet returns a flag set whose defaults can come from KB_* env vars.
 func newFlagSet(name string, stderr io.Writer) *flagSet {
@@ -42,7 +47,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return errUsage
+			return errHelp
 		}
 		return errUsage
 	}

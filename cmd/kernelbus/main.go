@@ -21,6 +21,8 @@ Usage:
   kernelbus frontend  [flags]   the Jupyter gateway API on an existing NATS
   kernelbus worker    [flags]   a worker pool of one resource manager on an existing NATS
   kernelbus events    [flags]   replay the audit log of kernel lifecycle events
+  kernelbus kernels   list|show|interrupt|restart|delete [ID...] [flags]
+                                operate kernels through a front-end's REST API
   kernelbus version
 
 Run 'kernelbus <command> -h' for the flags of a command. Every flag can also
@@ -42,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdWorker(args[1:], stderr)
 	case "events":
 		err = cmdEvents(args[1:], stdout, stderr)
+	case "kernels":
+		err = cmdKernels(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kernelbus", version)
 		return 0
@@ -55,6 +59,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		if err == errUsage {
 			return 2
+		}
+		if err == errHelp {
+			return 0
 		}
 		fmt.Fprintln(stderr, "kernelbus:", err)
 		return 1

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"
@@ -140,7 +142,16 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	defer bus.NC.Close()
 	host, _ := os.Hostname()
 	feID := "fe-" + host + "-" + randomHex(3)
-	fe, err := frontend.New(ff.config(feID), bus, ff.catalog(log), log)
+	reg := metrics.NewRegistry()
+	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
+		return err
+	}
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
+	fcfg := ff.config(feID)
+	fcfg.Metrics = reg
+	fe, err := frontend.New(fcfg, bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
@@ -154,6 +165,10 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer d.Stop()
+	if err := metrics.RegisterDuties(reg, feID, d); err != nil {
+		ln.Close()
+		return err
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
 	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
@@ -182,6 +197,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
+	metricsListen := fs.String("metrics-listen", "", "address serving /metrics, /healthz and /readyz (empty: none)")
+	metricsToken := fs.String("metrics-token", "", "token Prometheus must send to /metrics (Authorization: Bearer T); empty: none (keep --metrics-listen on a private address then)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var specDirs, allowedEnv listFlag
 	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
@@ -252,8 +269,15 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if lurls == "" {
 		lurls = nf.urls
 	}
+	reg := metrics.NewRegistry()
+	if err := metrics.RegisterBus(reg, "worker", bus.NC); err != nil {
+		return err
+	}
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
-		Minter: minter, LauncherCredsTTL: *credsTTL,
+		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
 		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
@@ -269,6 +293,20 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var opsSrv *http.Server
+	if *metricsListen != "" {
+		ln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", *metricsListen, err)
+		}
+		if *metricsToken == "" {
+			log.Warn().Str("addr", ln.Addr().String()).Msg("/metrics needs no token: set --metrics-token unless the address is private")
+		}
+		ready := metrics.NewReadiness(time.Second, metrics.Check{Name: "claiming", Fn: pool.Ready})
+		opsSrv = &http.Server{Handler: metrics.OpsMux(reg, *metricsToken, ready), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = opsSrv.Serve(ln) }()
+		log.Info().Str("addr", ln.Addr().String()).Msg("worker metrics and health serving")
+	}
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
@@ -277,9 +315,17 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		pool.Stop()
 		return err
 	}
+	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
+		d.Stop()
+		pool.Stop()
+		return err
+	}
 	<-ctx.Done()
 	d.Stop()
 	pool.Stop()
+	if opsSrv != nil {
+		_ = opsSrv.Close()
+	}
 	_ = bus.NC.Drain()
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -40,6 +41,8 @@ type frontendFlags struct {
 	allowHost     listFlag
 	maxEnvBytes   int
 	maxWS         int
+	metricsPublic bool
+	topUsers      int
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -55,6 +58,8 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
+	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 }
 
 func (f *frontendFlags) config(id string) frontend.Config {
@@ -68,6 +73,8 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		FrontendID:           id,
 		MaxKernels:           f.maxKernels,
 		MaxKernelsPerUser:    f.maxPerUser,
+		MetricsPublic:        f.metricsPublic,
+		MetricsTopUsers:      f.topUsers,
 	}
 }
 
@@ -192,9 +199,19 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// One registry for every part of this process, served at /metrics.
+	reg := metrics.NewRegistry()
+	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
+		return err
+	}
+	for part, c := range map[string]*nats.Conn{"serve": nc, "frontend": feNC, "worker": wNC} {
+		if err := metrics.RegisterBus(reg, part, c); err != nil {
+			return err
+		}
+	}
 	// The worker reads the front-end's folders and applies its env
 	// policy: it resolves the very specs the front-end offers.
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter,
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg,
 		Specs: specCatalog(ff.specDirs, log), Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
 	if err != nil {
 		return err
@@ -203,7 +220,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fe, err := frontend.New(ff.config("serve-"+randomHex(4)), feBus, ff.catalog(log), log)
+	fcfg := ff.config("serve-" + randomHex(4))
+	fcfg.Metrics = reg
+	fcfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
+	fe, err := frontend.New(fcfg, feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
@@ -215,6 +235,12 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
+		ln.Close()
+		pool.Stop()
+		return err
+	}
+	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
+		d.Stop()
 		ln.Close()
 		pool.Stop()
 		return err

@@ -8,6 +8,7 @@
 //   KB_TOKEN        the gateway's token ('' for none)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { appendFileSync } from 'node:fs';
 import { WebSocket as WS } from 'ws';
 import services from '@jupyterlab/services';
 
@@ -28,6 +29,26 @@ class RecordingWebSocket extends WS {
       rec.protocol = this.protocol;
     });
   }
+}
+
+// Every REST answer, as JSON Lines in KB_OPENAPI_LOG when set: scripts/e2e-js.sh checks
+// them against frontend/openapi.yaml after the suite (e2e/python/openapi_check.py).
+const openapiLog = process.env.KB_OPENAPI_LOG;
+async function recordingFetch(input, init) {
+  const resp = await globalThis.fetch(input, init);
+  if (openapiLog) {
+    const isReq = input instanceof globalThis.Request;
+    const url = new URL(isReq ? input.url : String(input));
+    const base = new URL(baseUrl).pathname.replace(/\/$/, '');
+    appendFileSync(openapiLog, JSON.stringify({
+      method: (init?.method ?? (isReq ? input.method : 'GET')).toUpperCase(),
+      path: url.pathname.startsWith(base) ? url.pathname.slice(base.length) : url.pathname,
+      status: resp.status,
+      content_type: resp.headers.get('content-type') ?? '',
+      body: await resp.clone().text(),
+    }) + '\n');
+  }
+  return resp;
 }
 
 let settings;
@@ -73,7 +94,7 @@ before(async () => {
     token,
     appendToken: true,
     WebSocket: RecordingWebSocket,
-    fetch: globalThis.fetch,
+    fetch: recordingFetch,
     Request: globalThis.Request,
     Headers: globalThis.Headers,
   });

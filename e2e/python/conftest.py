@@ -27,8 +27,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import kbclient  # noqa: E402
 import kbprocs  # noqa: E402
+import openapi_check  # noqa: E402
 from kbclient import Rest  # noqa: E402
+
+kbclient.RESPONSE_HOOKS.append(openapi_check.observe)
 
 # Servers alive right now, so a failing test can show their log tails.
 _LIVE: list[kbprocs.Server] = []
@@ -59,10 +63,13 @@ def _start(starter, *args, **kw) -> kbprocs.Server:
     if error is not None:
         pytest.fail(error, pytrace=False)
     _LIVE.append(srv)
+    if kbprocs.target() == "kernelbus" and srv.name.startswith("gateway"):
+        openapi_check.watch(srv.url)
     return srv
 
 
 def _stop(srv: kbprocs.Server, delete_kernels: bool = True) -> None:
+    openapi_check.unwatch(srv.url)
     try:
         if delete_kernels and srv.proc.poll() is None:
             srv.delete_all_kernels()
@@ -76,6 +83,20 @@ def _stop(srv: kbprocs.Server, delete_kernels: bool = True) -> None:
         # SIGTERM must end kernelbus cleanly.
         assert srv.proc.returncode in (0, -15, 143), (
             f"{srv.describe()} exited with {srv.proc.returncode} after SIGTERM\n{srv.log_tail()}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if kbprocs.target() == "kernelbus":
+        terminalreporter.write_line(f"openapi: {openapi_check.checked} kernelbus REST responses checked against frontend/openapi.yaml")
+
+
+@pytest.fixture(autouse=True)
+def openapi_conformance():
+    """Every REST answer kernelbus gave during the test matches frontend/openapi.yaml."""
+    yield
+    found = openapi_check.problems()
+    if found:
+        pytest.fail("responses that do not match frontend/openapi.yaml:\n" + "\n".join(found), pytrace=False)
 
 
 @pytest.fixture(scope="session")

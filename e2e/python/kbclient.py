@@ -22,6 +22,10 @@ import websocket
 
 V1 = "v1.kernel.websocket.jupyter.org"
 
+# Called with (method, url, status, content type, body) after every REST response
+# (conftest checks kernelbus' answers against its OpenAPI document).
+RESPONSE_HOOKS: list[Callable[[str, str, int, str, bytes], None]] = []
+
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -53,7 +57,10 @@ class Rest:
     def request(self, method: str, path: str, **kw) -> requests.Response:
         kw.setdefault("timeout", self.timeout)
         kw["headers"] = self.headers(kw.get("headers"))
-        return self.s.request(method, self.base + path, **kw)
+        r = self.s.request(method, self.base + path, **kw)
+        for hook in RESPONSE_HOOKS:
+            hook(method, r.url, r.status_code, r.headers.get("Content-Type", ""), r.content)
+        return r
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -113,6 +114,9 @@ type Duties struct {
 	// silent maps a kernel id to when its launcher first failed to answer,
 	// in the current leadership term.
 	silent map[string]time.Time
+
+	// culled and lost count what this process did as holder, for metrics.
+	culled, lost atomic.Uint64
 }
 
 // New validates cfg and binds the lease bucket; nothing runs until Start.
@@ -163,6 +167,12 @@ func (d *Duties) Leader() bool {
 	defer d.mu.Unlock()
 	return d.leader
 }
+
+// Culled counts the kernels this process culled.
+func (d *Duties) Culled() uint64 { return d.culled.Load() }
+
+// Lost counts the kernels this process declared lost.
+func (d *Duties) Lost() uint64 { return d.lost.Load() }
 
 // lead runs the duties while the lease is held; ctx ends when it is lost.
 func (d *Duties) lead(ctx context.Context) {
@@ -281,6 +291,8 @@ func (d *Duties) CullOnce(ctx context.Context) error {
 		reason += ")"
 		if err := d.cull(ctx, &k, reason); err != nil {
 			d.log.Warn().Err(err).Str("kernel_id", id).Msg("cull kernel")
+		} else {
+			d.culled.Add(1)
 		}
 	}
 	return nil
@@ -463,6 +475,7 @@ func (d *Duties) markLost(ctx context.Context, id string, silentFor time.Duratio
 	if k.State != broker.StateDead || !strings.HasPrefix(k.Reason, "lost: ") {
 		return nil // it changed meanwhile: not ours to end
 	}
+	d.lost.Add(1)
 	reqID := "lost-" + uuid.NewString()
 	ev := broker.NewEvent(broker.EvLost, k)
 	ev.ID, ev.Source, ev.Reason, ev.RequestID = id+":lost", SourceWatchdog, reason, reqID

@@ -137,6 +137,9 @@ func TestCullerFollowsJupyterRules(t *testing.T) {
 	if len(evs) != 1 {
 		t.Fatalf("culled events: %+v", evs)
 	}
+	if d.Culled() != 1 {
+		t.Fatalf("Culled() = %d, want 1 (kernelbus_kernels_culled_total)", d.Culled())
+	}
 	e := evs[0]
 	if e.Kernel != idle.ID || e.User != "alice" || e.Spec != "python3" || e.Host != "node1" || string(e.Handle) != `{"pid":42}` ||
 		e.Source != duties.SourceCuller || e.RequestID != shut[0].RequestID || e.Reason != shut[0].Reason {
@@ -157,6 +160,9 @@ func TestCullerFollowsJupyterRules(t *testing.T) {
 	}
 	if n := len(events(t, bus, broker.EventFilter{Types: []string{broker.EvCulled}})); n != 3 {
 		t.Fatalf("%d culled events, want 3", n)
+	}
+	if d2.Culled() != 2 {
+		t.Fatalf("second culler's Culled() = %d, want 2", d2.Culled())
 	}
 }
 
@@ -197,6 +203,9 @@ func TestLostDetector(t *testing.T) {
 	evs := events(t, bus, broker.EventFilter{Types: []string{broker.EvLost}})
 	if len(evs) != 1 || evs[0].Kernel != silent.ID || evs[0].User != "erin" || evs[0].Host != "node1" || evs[0].Source != duties.SourceWatchdog {
 		t.Fatalf("lost events %+v", evs)
+	}
+	if d.Lost() != 1 {
+		t.Fatalf("Lost() = %d, want 1 (kernelbus_kernels_lost_total)", d.Lost())
 	}
 	// The kernel's pool is asked to stop what is left.
 	st, err := bus.JS.Stream(ctx, broker.StreamRequests)

@@ -18,9 +18,11 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -130,6 +132,7 @@ type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
 	be   *local.Backend
+	reg  *prometheus.Registry
 }
 
 func setup(t *testing.T) *env {
@@ -155,7 +158,8 @@ func setupWith(t *testing.T, be *local.Backend) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second,
+	reg := prometheus.NewRegistry()
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg,
 		Specs: testSpecs, Env: broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +168,32 @@ func setupWith(t *testing.T, be *local.Backend) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Stop)
-	return &env{bus: bus, pool: pool, be: be}
+	return &env{bus: bus, pool: pool, be: be, reg: reg}
+}
+
+// waitStarts polls the pool's kernelbus_kernel_starts_total for outcome
+// until it reaches want.
+func (e *env) waitStarts(t *testing.T, outcome string, want float64) {
+	t.Helper()
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		mfs, err := e.reg.Gather()
+		if err != nil {
+			return err
+		}
+		f := metrics.Families{}
+		for _, mf := range mfs {
+			f[mf.GetName()] = mf
+		}
+		if v, _ := f.Value("kernelbus_kernel_starts_total", map[string]string{"rm": "local", "outcome": outcome}); v != want {
+			return fmt.Errorf("starts %s = %v, want %v", outcome, v, want)
+		}
+		if outcome == workers.OutcomeStarted {
+			if v, _ := f.Value("kernelbus_kernel_start_duration_seconds", map[string]string{"rm": "local"}); v != want {
+				return fmt.Errorf("start duration samples = %v, want %v", v, want)
+			}
+		}
+		return nil
+	})
 }
 
 func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) string {
@@ -283,6 +312,7 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 	if k.Worker != e.pool.ID() || k.Host == "" {
 		t.Fatalf("record lacks worker or host: %+v", k)
 	}
+	e.waitStarts(t, workers.OutcomeStarted, 1)
 	if data, _ := os.ReadFile(pidfile); strings.Count(string(data), "\n") != 1 {
 		t.Fatalf("want exactly one launcher started, got pids %q", data)
 	}
@@ -315,6 +345,7 @@ func TestLauncherExitFailsStartWithReason(t *testing.T) {
 	if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
 		t.Fatalf("want one start_failed event, got %d", n)
 	}
+	e.waitStarts(t, workers.OutcomeFailed, 1)
 }
 
 func TestLaunchTimeoutStopsLauncher(t *testing.T) {
@@ -325,6 +356,7 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 	if k.State != broker.StateFailed || !strings.Contains(k.Reason, "did not start within") {
 		t.Fatalf("want a timeout failure, got %s: %q", k.State, k.Reason)
 	}
+	e.waitStarts(t, workers.OutcomeTimeout, 1)
 	pid := pidOf(t, k)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
