@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,6 +116,9 @@ func (s *Server) guardServer(app *fiber.App) {
 		return fasthttp.RequestConfig{ReadTimeout: g.ReadTimeout}
 	}
 	s.policy.MaxTotalBytes = g.MaxEnvBytes
+	if h, err := os.Hostname(); err == nil {
+		s.hostName = strings.ToLower(h)
+	}
 	s.wsCount = &wsCounter{counts: map[string]int{}}
 }
 
@@ -158,8 +162,10 @@ func (s *Server) checkHost(c *fiber.Ctx) error {
 		if ip.IsLoopback() {
 			return nil
 		}
-	} else if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		// Browsers resolve these to loopback themselves, never by DNS.
+	} else if host == "localhost" || strings.HasSuffix(host, ".localhost") || host == s.hostName {
+		// Browsers resolve these to loopback themselves, never by DNS;
+		// this machine's own name (Debian maps it to 127.0.1.1) is no
+		// name an attacker's page can have.
 		return nil
 	}
 	for _, a := range s.cfg.Guard.AllowHost {

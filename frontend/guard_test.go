@@ -36,6 +36,7 @@ func TestGuardDNSRebinding(t *testing.T) {
 		{"GW.example.com", 200},
 		{"a.lab.test", 200},
 		{"lab.test.evil.example", 403},
+		{e.fe.hostName + ":" + port, 200},
 	} {
 		req, _ := http.NewRequest("GET", e.base+"api/kernels", nil)
 		req.Host = c.host

@@ -50,6 +50,7 @@ type Server struct {
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
 	wsCount    *wsCounter // open websockets per caller (guard.go)
+	hostName   string     // this machine's, a Host always allowed (guard.go)
 	releaseSub *nats.Subscription
 	ops        *ops // metrics, health, API description (ops.go)
 	shutOnce   sync.Once
