@@ -162,7 +162,7 @@ func (s *Server) checkHost(c *fiber.Ctx) error {
 		if ip.IsLoopback() {
 			return nil
 		}
-	} else if host == "localhost" || strings.HasSuffix(host, ".localhost") || host == s.hostName {
+	} else if host == "localhost" || strings.HasSuffix(host, ".localhost") || host != "" && host == s.hostName {
 		// Browsers resolve these to loopback themselves, never by DNS;
 		// this machine's own name (Debian maps it to 127.0.1.1) is no
 		// name an attacker's page can have.
