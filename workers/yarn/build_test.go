@@ -122,3 +122,55 @@ func TestClientSparkOptsInjection(t *testing.T) {
 		t.Errorf("proxy user: %q", args)
 	}
 }
+
+// FuzzClientSparkOpts: whatever a client writes in KERNEL_EXTRA_SPARK_OPTS,
+// the spark-submit command kernelbus builds keeps its own identity and
+// files: one --proxy-user (the owner), one --files (kernelbus's), the
+// master and deploy mode it chose, no properties file.
+func FuzzClientSparkOpts(f *testing.F) {
+	for _, s := range []string{"--conf spark.x=1", "--proxy-user hdfs", "--conf=spark.files=/etc/shadow", "--driver-memory 2g --queue q",
+		"'--files' /x", "--conf \"spark.yarn.dist.files=/x\"", "--conf spark.app.note='a;b'", "--conf\\ spark.files=/x"} {
+		f.Add(s)
+	}
+	launcher := filepath.Join(f.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		f.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
+	if err != nil {
+		f.Fatal(err)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, extra string) {
+		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+			Env: map[string]string{"KERNEL_USERNAME": "alice", "KERNEL_EXTRA_SPARK_OPTS": extra}}
+		sub, err := b.Build(cfg, filepath.Join(dir, "launch.json"))
+		if err != nil {
+			return
+		}
+		count := func(flag string) int {
+			n := 0
+			for _, a := range sub.Args {
+				if a == flag || strings.HasPrefix(a, flag+"=") {
+					n++
+				}
+			}
+			return n
+		}
+		if i := slices.Index(sub.Args, "--proxy-user"); count("--proxy-user") != 1 || sub.Args[i+1] != "alice" {
+			t.Fatalf("%q: proxy user changed: %q", extra, sub.Args)
+		}
+		if count("--files") != 1 || count("--master") != 1 || count("--deploy-mode") != 1 || count("--properties-file") != 0 ||
+			count("--py-files") != 0 || count("--jars") != 0 || count("--keytab") != 0 || count("--principal") != 0 {
+			t.Fatalf("%q: the command's own options changed: %q", extra, sub.Args)
+		}
+		for i, a := range sub.Args {
+			if a == "--conf" && i+1 < len(sub.Args) {
+				k := strings.ToLower(strings.SplitN(sub.Args[i+1], "=", 2)[0])
+				if strings.HasPrefix(k, "spark.yarn.dist.") && k != "spark.yarn.dist.archives" || k == "spark.files" || strings.HasPrefix(k, "spark.kerberos.") {
+					t.Fatalf("%q: a client set %s: %q", extra, k, sub.Args)
+				}
+			}
+		}
+	})
+}
