@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"net"
+	"strings"
 	"testing"
 
 	"github.com/gofiber/fiber/v2"
@@ -54,4 +55,44 @@ func BenchmarkGuard(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzGuardHost: whatever Host a request on a loopback connection names,
+// the guard serves it only when it is a loopback address, a localhost
+// name, this machine's name or an allowed one.
+func FuzzGuardHost(f *testing.F) {
+	for _, h := range []string{"localhost:8888", "evil.example", "127.0.0.1", "[::1]:1", "127.1", "0x7f.1", "gw.example.com.", "a.localhost.evil", "localhost.", "LOCALHOST", "::1", "[::ffff:127.0.0.1]"} {
+		f.Add(h)
+	}
+	cfg, err := Config{Guard: GuardConfig{AllowHost: []string{"gw.example.com"}}}.withDefaults()
+	if err != nil {
+		f.Fatal(err)
+	}
+	s := &Server{cfg: cfg, hostName: "thishost"}
+	app := fiber.New(fiber.Config{DisableStartupMessage: true})
+	app.Use(s.guard)
+	app.Get("/api", func(c *fiber.Ctx) error { return c.SendStatus(204) })
+	h := app.Handler()
+	f.Fuzz(func(t *testing.T, host string) {
+		var ctx fasthttp.RequestCtx
+		ctx.Init2(loopConn{}, nil, false)
+		ctx.Request.Header.SetMethod("GET")
+		ctx.Request.SetRequestURI("/api")
+		ctx.Request.Header.SetHost(host)
+		h(&ctx)
+		if ctx.Response.StatusCode() != 204 {
+			return
+		}
+		raw := string(ctx.Request.Host())
+		name := raw
+		if hh, _, err := net.SplitHostPort(raw); err == nil {
+			name = hh
+		}
+		name = strings.ToLower(strings.Trim(name, "[]"))
+		ip := net.ParseIP(name)
+		if raw != "" && !(ip != nil && ip.IsLoopback()) && name != "localhost" && !strings.HasSuffix(name, ".localhost") &&
+			name != "thishost" && name != "gw.example.com" {
+			t.Fatalf("Host %q (parsed %q) was served on a loopback connection", host, raw)
+		}
+	})
 }
