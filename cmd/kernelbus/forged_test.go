@@ -51,11 +51,11 @@ func TestForgedStartRunsTheSpec(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	url, authDir, err := readConnFile(filepath.Join(data, "nats.conn"))
+	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: url, CredsFile: filepath.Join(authDir, access.AdminCreds), Name: "forger"})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: "forger"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,7 +92,7 @@ func fakeLauncher(enc string) int {
 		}
 	}
 	// The kernel's own credentials, as the real launcher uses them.
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Creds: []byte(cfg.NATSCreds), InboxPrefix: broker.InboxPrefix(cfg.KernelID)})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Creds: []byte(cfg.NATSCreds), CA: []byte(cfg.NATSCA), InboxPrefix: broker.InboxPrefix(cfg.KernelID)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -128,6 +128,9 @@ var testSpecs = workers.SpecList{
 		Metadata: map[string]any{"kernelbus": map[string]any{"rm": broker.RMSSH}}},
 }
 
+// testPolicy lets through the variables the stand-in launcher obeys.
+var testPolicy = broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}
+
 type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
@@ -160,7 +163,7 @@ func setupWith(t *testing.T, be *local.Backend) *env {
 	}
 	reg := prometheus.NewRegistry()
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg,
-		Specs: testSpecs, Env: broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}}, wbus, be, zerolog.Nop())
+		Specs: testSpecs, Env: testPolicy}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
