@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/valyala/fasthttp"
 )
 
@@ -39,10 +40,10 @@ type GuardConfig struct {
 	MaxWebsocketsPerCaller int
 
 	// CallerKey names who a request comes from for MaxWebsocketsPerCaller.
-	// Default: what an earlier middleware stored in Locals under
-	// LocalsCaller (the authenticated identity), else the remote IP
-	// address, so one proxy's users do not share a cap once identities
-	// exist.
+	// Default: the caller's identity (set by the auth middleware, which
+	// runs first), so one proxy's users do not share a cap; the remote IP
+	// address for the anonymous identity and the shared --token one,
+	// which many clients hold.
 	CallerKey func(c *fiber.Ctx) string
 
 	// MaxEnvBytes caps the env of a start request (names and values):
@@ -90,19 +91,12 @@ func (g GuardConfig) withDefaults() (GuardConfig, error) {
 	return g, nil
 }
 
-// LocalsCaller is the Locals key under which an authentication middleware
-// names the caller (its identity) for per-caller limits.
-const LocalsCaller = "kb.caller"
-
 func defaultCallerKey(c *fiber.Ctx) string {
-	if id, ok := c.Locals(LocalsCaller).(string); ok && id != "" {
-		return "id:" + id
+	if id, ok := c.Locals(localsIdentity).(*auth.Identity); ok && id != nil && id.Name != "" && id.Source != "token" {
+		return "user " + id.Name
 	}
 	return c.IP()
 }
-
-// errTooManyWebsockets is the 429 of MaxWebsocketsPerCaller.
-var errTooManyWebsockets = &broker.Error{Status: 429, Code: "too_many_websockets", Message: "too many websockets"}
 
 // guardServer applies the timeouts to the HTTP server beneath app. fasthttp
 // applies its ReadTimeout from the first byte of a request; the header
@@ -210,7 +204,7 @@ func (s *Server) wsLimit(c *fiber.Ctx) error {
 	key := s.cfg.Guard.CallerKey(c)
 	slot, ok := s.wsCount.acquire(key, max)
 	if !ok {
-		return broker.Errorf(errTooManyWebsockets, "Too many websockets: %s has %d open, the limit is %d; close some (each notebook holds one per kernel)", key, max, max)
+		return broker.Errorf(broker.ErrTooManyRequests, "Too many websockets: %s has %d open, the limit is %d; close some (each notebook holds one per kernel)", key, max, max)
 	}
 	c.Locals(localsWSSlot, slot)
 	err := c.Next()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/valyala/fasthttp"
 )
 
@@ -136,8 +137,11 @@ func TestGuardWebsocketsPerCaller(t *testing.T) {
 		t.Fatalf("third websocket: err %v, response %v", err, resp)
 	}
 	// Once identities exist, the cap is per identity, not per address.
-	if got := defaultCallerKey(newCtxWithCaller(e.fe, "alice")); got != "id:alice" {
+	if got := defaultCallerKey(newCtxWithCaller(e.fe, &auth.Identity{Name: "alice", Source: "users"})); got != "user alice" {
 		t.Fatalf("caller key with an identity: %q", got)
+	}
+	if got := defaultCallerKey(newCtxWithCaller(e.fe, &auth.Identity{Name: "admin", Source: "token"})); strings.HasPrefix(got, "user") {
+		t.Fatalf("the shared token's holders share one cap: %q", got)
 	}
 	_ = a.c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -177,8 +181,8 @@ func TestGuardEnvBytes(t *testing.T) {
 	}
 }
 
-func newCtxWithCaller(s *Server, id string) *fiber.Ctx {
+func newCtxWithCaller(s *Server, id *auth.Identity) *fiber.Ctx {
 	c := s.app.AcquireCtx(&fasthttp.RequestCtx{})
-	c.Locals(LocalsCaller, id)
+	c.Locals(localsIdentity, id)
 	return c
 }
