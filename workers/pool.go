@@ -588,7 +588,9 @@ func (p *Pool) handleStop(r broker.StopRequest) error {
 
 func (p *Pool) emit(ev broker.Event) {
 	ev.Worker = p.cfg.ID
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Long enough for KB_EVENTS to elect a new leader on a loaded cluster
+	// (a 5 s budget lost audit records in the failover suite).
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p.bus.Emit(ctx, ev); err != nil {
 		p.log.Warn().Err(err).Str("event", ev.Type).Msg("emit event")
