@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -40,54 +39,23 @@ import (
 // all; another user's environment is absent (404), as kernels are.
 
 // envSpecs is a SpecSource that adds the specs of built environments
-// (kb_specs, kept by a watcher) to the front-end's own. A name the base
-// already has is never shadowed.
+// (kbjs.EnvSpecs) to the front-end's own.
 type envSpecs struct {
 	base SpecSource
-	mu   sync.RWMutex
-	env  map[string]*broker.KernelSpec
+	*kbjs.EnvSpecs
 }
 
 func (e *envSpecs) Specs() []*broker.KernelSpec {
-	base := e.base.Specs()
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	if len(e.env) == 0 {
-		return base
+	env := e.Env()
+	if len(env) == 0 {
+		return e.base.Specs()
 	}
-	out := slices.Clone(base)
-	for name, k := range e.env {
-		if _, dup := e.base.Spec(name); !dup {
-			out = append(out, k)
-		}
-	}
+	out := append(slices.Clone(e.base.Specs()), env...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-func (e *envSpecs) Spec(name string) (*broker.KernelSpec, bool) {
-	if k, ok := e.base.Spec(name); ok {
-		return k, ok
-	}
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	k, ok := e.env[strings.ToLower(name)]
-	return k, ok
-}
-
 func (e *envSpecs) Default() string { return e.base.Default() }
-
-func (e *envSpecs) put(k *broker.KernelSpec) {
-	e.mu.Lock()
-	e.env[k.Name] = k
-	e.mu.Unlock()
-}
-
-func (e *envSpecs) remove(name string) {
-	e.mu.Lock()
-	delete(e.env, name)
-	e.mu.Unlock()
-}
 
 // startEnvironments binds the environment buckets and keeps the specs of
 // built environments in s.specs.
@@ -103,45 +71,14 @@ func (s *Server) startEnvironments(ctx context.Context) error {
 		return fmt.Errorf("frontend: environments: %w", err)
 	}
 	s.envs = envs
-	es := &envSpecs{base: s.specs, env: map[string]*broker.KernelSpec{}}
-	s.specs = es
-	w, err := envs.Specs.WatchAll(s.ctx)
+	// The watcher lives as long as the server (s.ctx); the first values
+	// arrive before New returns, so a front-end serves every built
+	// environment from its first request.
+	es, err := kbjs.WatchEnvSpecs(s.ctx, envs.Specs, s.specs, s.log)
 	if err != nil {
-		return fmt.Errorf("frontend: watch %s: %w", broker.BucketSpecs, err)
+		return fmt.Errorf("frontend: %w", err)
 	}
-	// The first values arrive before New returns, so a front-end serves
-	// every built environment from its first request.
-	initial := make(chan struct{})
-	s.goFunc(func() {
-		defer func() { _ = w.Stop() }()
-		first := true
-		for e := range w.Updates() {
-			if e == nil {
-				if first {
-					close(initial)
-					first = false
-				}
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				es.remove(e.Key())
-				continue
-			}
-			var sp broker.EnvSpec
-			if json.Unmarshal(e.Value(), &sp) != nil || sp.Name != e.Key() || !broker.ValidEnvName(sp.Name) || !broker.ValidDigest(sp.Digest) {
-				s.log.Warn().Str("key", e.Key()).Msg("ignoring a malformed environment spec")
-				continue
-			}
-			es.put(sp.KernelSpec())
-		}
-		if first {
-			close(initial)
-		}
-	})
-	select {
-	case <-initial:
-	case <-ctx.Done():
-	}
+	s.specs = &envSpecs{base: s.specs, EnvSpecs: es}
 	return nil
 }
 
@@ -521,7 +458,7 @@ func (s *Server) deleteEnvironment(c *fiber.Ctx) error {
 		return broker.Wrap(broker.ErrUnavailable, err, "could not remove the kernelspec %s", env.Name)
 	}
 	if es, ok := s.specs.(*envSpecs); ok {
-		es.remove(env.Name)
+		es.Remove(env.Name)
 	}
 	if err := s.envs.Records.Delete(ctx, env.Name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return broker.Wrap(broker.ErrUnavailable, err, "could not remove environment %s", env.Name)

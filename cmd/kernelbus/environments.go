@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/envs"
 	"github.com/rs/zerolog"
 )
@@ -95,18 +95,22 @@ func (e *envFlags) cacheDir() string {
 	return filepath.Join(os.TempDir(), "kernelbus-envs")
 }
 
-// localCache binds the archive store and the unpack folder of a local
-// worker.
-func (e *envFlags) localCache(ctx context.Context, bus *kbjs.Bus) (*envs.Cache, error) {
+// localEnvironments binds the archive store and the unpack folder of a
+// local worker, and adds the specs of built environments to its own.
+func (e *envFlags) localEnvironments(ctx context.Context, bus *kbjs.Bus, specs workers.SpecSource, log zerolog.Logger) (*envs.Cache, workers.SpecSource, error) {
 	ev, err := kbjs.OpenEnvs(ctx, bus.JS, 1)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := envs.NewCache(e.cacheDir(), ev.Archives)
 	if err != nil {
-		return nil, fmt.Errorf("--env-cache: %w", err)
+		return nil, nil, fmt.Errorf("--env-cache: %w", err)
 	}
-	return c, nil
+	es, err := kbjs.WatchEnvSpecs(ctx, ev.Specs, specs, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, es, nil
 }
 
 // builder starts a build worker on bus.
@@ -139,5 +143,3 @@ func runBuilder(ctx context.Context, e *envFlags, id string, bus *kbjs.Bus, log 
 	b.Stop()
 	return nil
 }
-
-var _ = broker.RMBuild

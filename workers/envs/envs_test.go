@@ -110,11 +110,17 @@ func start(t *testing.T) *installation {
 	if err != nil {
 		t.Fatal(err)
 	}
+	wctx, wcancel := context.WithCancel(ctx)
+	t.Cleanup(wcancel)
+	specs, err := kbjs.WatchEnvSpecs(wctx, ev.Specs, workers.SpecList{}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	be, err := local.New(launcherBinary(t), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: in.env.URL, Minter: in.env.Minter, StopGrace: 3 * time.Second, Environments: cache}, wbus, be, testLogger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: in.env.URL, Minter: in.env.Minter, StopGrace: 3 * time.Second, Environments: cache, Specs: specs}, wbus, be, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
