@@ -302,15 +302,25 @@ func TestEnvironmentBuiltAndUsed(t *testing.T) {
 
 	// Alice's kernel runs in the environment and imports tabulate.
 	c = &client.Client{BaseURL: in.fe2, Token: "u-alice"}
+	startAt := time.Now()
 	m, err := c.StartKernel(ctx, "tab", nil)
 	if err != nil {
 		t.Fatalf("start a kernel of the environment: %v", err)
 	}
+	first := time.Since(startAt)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		_ = c.DeleteKernel(ctx, m.ID)
 	})
+	// A second kernel finds the environment unpacked (cached by digest).
+	startAt = time.Now()
+	m2, err := c.StartKernel(ctx, "tab", nil)
+	if err != nil {
+		t.Fatalf("second start: %v", err)
+	}
+	t.Logf("kernel start with download and unpack %s, from the cache %s", first.Round(time.Millisecond), time.Since(startAt).Round(time.Millisecond))
+	_ = c.DeleteKernel(ctx, m2.ID)
 	conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
 	if err != nil {
 		t.Fatal(err)
