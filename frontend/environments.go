@@ -356,6 +356,11 @@ func (s *Server) postEnvironment(c *fiber.Ctx) error {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 3*time.Minute)
 	defer cancel()
+	if !who.IsAdmin() {
+		if err := s.checkAdminLimits(ctx, who.Name, &req); err != nil {
+			return err
+		}
+	}
 	if _, err := s.envs.Records.Get(ctx, req.Name); err == nil {
 		return broker.Errorf(broker.ErrConflict, "name: an environment named %s exists already; delete it first or choose another name", req.Name)
 	}

@@ -233,6 +233,23 @@ func TestEnvironmentRefusals(t *testing.T) {
 			}
 		})
 	}
+	// The admin panel's per-user limits (kb_limits, limit.default or
+	// limit.user.<user>) bind users, not administrators' own checks.
+	kv, err := in.env.Bus.JS.KeyValue(context.Background(), broker.BucketLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(context.Background(), "limit.default", []byte(`{"driver_memory_mb":512,"gpus":1,"allowed_rms":["local"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	status, body := call(t, "POST", in.fe2+"/api/environments", "u-alice", map[string]any{"name": "mem", "python": v, "resources": map[string]any{"memory_mb": 1024}}, nil)
+	if status != 400 || !strings.Contains(body, "resources.memory_mb") || !strings.Contains(body, "limit of 512") || !strings.Contains(body, "driver_memory_mb") {
+		t.Fatalf("over the admin limit: %d %s", status, body)
+	}
+	status, body = call(t, "POST", in.fe2+"/api/environments", "u-alice", map[string]any{"name": "gpu", "python": v, "resources": map[string]any{"gpus": 2}}, nil)
+	if status != 400 || !strings.Contains(body, "resources.gpus") || !strings.Contains(body, "limit of 1") {
+		t.Fatalf("over the admin GPU limit: %d %s", status, body)
+	}
 	var list []map[string]any
 	call(t, "GET", in.fe1+"/api/environments", "a-root", nil, &list)
 	if len(list) != 0 {
