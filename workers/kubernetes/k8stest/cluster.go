@@ -155,7 +155,7 @@ current-context: test
 		return err
 	}
 	if err := c.run(bin, "kube-controller-manager", "--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0",
-		"--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller",
+		"--controllers=namespace-controller,serviceaccount-controller,deployment-controller,replicaset-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller",
 		"--service-account-private-key-file="+f("sa.key"), "--root-ca-file="+f("ca.crt"),
 		"--concurrent-namespace-syncs=5", "--concurrent-gc-syncs=20"); err != nil {
 		return err

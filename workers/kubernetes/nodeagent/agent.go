@@ -1,9 +1,10 @@
 // Package nodeagent is a stand-in kubelet for tests against a real API
 // server where no kubelet can run containers. It registers a Node, watches
 // the pods bound to it, runs each pod's first container command with its
-// env as a local process (the "image" is whatever is installed here), and
-// reports phase, pod IP and container state back through the API, as a
-// kubelet would. Deleting a pod sends SIGTERM to its process group, SIGKILL
+// env as a local process (the "image" is whatever is installed here, or an
+// unpacked image root the process is chrooted into, with the pod's volumes
+// written inside it), and reports phase, pod IP and container state back
+// through the API, as a kubelet would. Deleting a pod sends SIGTERM to its process group, SIGKILL
 // after the grace period, then finalizes the deletion.
 package nodeagent
 
@@ -55,8 +56,32 @@ type Config struct {
 	// LogDir receives each container's output as <namespace>_<pod>.log.
 	// Default: discarded.
 	LogDir string
+	// Rootfs are unpacked images by image name. A pod of one of them runs
+	// chrooted into a copy of the image's files with its volumes (Secrets,
+	// ConfigMaps, emptyDirs, the projected service account token) written at
+	// their mount paths, as the image's user or the pod's runAsUser, and
+	// with the image's entrypoint when the container names no command: what
+	// the kernelbus chart's pods need. Other images run on the host as
+	// before, volumes ignored. Needs root.
+	Rootfs map[string]Rootfs
+	// PodsDir holds the pods' roots (default: a temporary folder).
+	PodsDir string
+	// KubernetesService is the API server's host:port given to every
+	// container as KUBERNETES_SERVICE_HOST/PORT, as a kubelet does with the
+	// kubernetes Service's address (unroutable here), so that in-cluster
+	// clients find the API server. Empty: not set.
+	KubernetesService string
 	// Log for the agent's own messages.
 	Log zerolog.Logger
+}
+
+// Rootfs is an image unpacked in a folder (ociimage.Unpack).
+type Rootfs struct {
+	Dir                  string
+	Entrypoint, Cmd, Env []string
+	WorkingDir           string
+	// UID and GID the image's config names (its USER).
+	UID, GID int
 }
 
 // IP every pod of the agent gets: processes run on this machine.
@@ -77,6 +102,7 @@ type Agent struct {
 
 type proc struct {
 	key     string
+	root    string // the pod's root folder, removed when the pod goes
 	cmd     *exec.Cmd
 	started time.Time
 	done    chan struct{}
@@ -108,6 +134,13 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 				cfg.BaseEnv = append(cfg.BaseEnv, k+"="+v)
 			}
 		}
+	}
+	if len(cfg.Rootfs) > 0 && cfg.PodsDir == "" {
+		d, err := os.MkdirTemp("", "kb-nodeagent-pods-")
+		if err != nil {
+			return nil, err
+		}
+		cfg.PodsDir = d
 	}
 	a := &Agent{cfg: cfg, client: cfg.Client, procs: map[types.UID]*proc{}}
 	if err := a.register(ctx); err != nil {
@@ -326,6 +359,9 @@ func (a *Agent) forget(uid types.UID) {
 		if p.killer != nil {
 			p.killer.Stop()
 		}
+		if p.root != "" {
+			_ = os.RemoveAll(filepath.Dir(p.root))
+		}
 		delete(a.procs, uid)
 	}
 }
@@ -339,18 +375,54 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	if len(a.cfg.Images) > 0 && !slices.Contains(a.cfg.Images, c.Image) {
 		return a.setWaiting(ctx, pod, "ErrImagePull", fmt.Sprintf("failed to pull image %q: not found on this node", c.Image))
 	}
-	if len(c.Command) == 0 {
-		return a.setWaiting(ctx, pod, "CreateContainerError", "the test node agent runs only containers with a command")
+	img, inRoot := a.cfg.Rootfs[c.Image]
+	argv := append(append([]string{}, c.Command...), c.Args...)
+	if inRoot && len(c.Command) == 0 {
+		args := c.Args
+		if len(args) == 0 {
+			args = img.Cmd
+		}
+		argv = append(append([]string{}, img.Entrypoint...), args...)
+	}
+	if len(argv) == 0 || (!inRoot && len(c.Command) == 0) {
+		return a.setWaiting(ctx, pod, "CreateContainerError", "the test node agent runs only containers with a command (or an image it has unpacked)")
 	}
 	env, err := a.env(ctx, pod, c)
 	if err != nil {
 		_ = a.setWaiting(ctx, pod, "CreateContainerConfigError", err.Error())
 		return err // retried, as a kubelet does
 	}
-	cmd := exec.Command(c.Command[0], append(c.Command[1:], c.Args...)...)
-	cmd.Env = append(append([]string{}, a.cfg.BaseEnv...), env...)
-	cmd.Dir = c.WorkingDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if host, port, ok := strings.Cut(a.cfg.KubernetesService, ":"); ok {
+		env = append([]string{"KUBERNETES_SERVICE_HOST=" + host, "KUBERNETES_SERVICE_PORT=" + port}, env...)
+	}
+	base := a.cfg.BaseEnv
+	var root string
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	dir := c.WorkingDir
+	if inRoot {
+		uid, gid := podUser(pod, c, img)
+		if root, err = a.podRoot(ctx, pod, c, img, uid, gid); err != nil {
+			_ = a.setWaiting(ctx, pod, "CreateContainerConfigError", err.Error())
+			return err
+		}
+		base = img.Env
+		attr.Chroot = root
+		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if dir == "" {
+			dir = img.WorkingDir
+		}
+		if dir == "" {
+			dir = "/"
+		}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if inRoot {
+		cmd.Path = argv[0] // resolved inside the chroot, not on the host
+		cmd.Err = nil
+	}
+	cmd.Env = append(append([]string{}, base...), env...)
+	cmd.Dir = dir
+	cmd.SysProcAttr = attr
 	var logf *os.File
 	if a.cfg.LogDir != "" {
 		logf, err = os.OpenFile(filepath.Join(a.cfg.LogDir, pod.Namespace+"_"+pod.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -362,9 +434,12 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 		if logf != nil {
 			logf.Close()
 		}
+		if root != "" {
+			_ = os.RemoveAll(filepath.Dir(root))
+		}
 		return a.setWaiting(ctx, pod, "RunContainerError", err.Error())
 	}
-	p := &proc{key: pod.Namespace + "/" + pod.Name, cmd: cmd, started: time.Now(), done: make(chan struct{})}
+	p := &proc{key: pod.Namespace + "/" + pod.Name, root: root, cmd: cmd, started: time.Now(), done: make(chan struct{})}
 	a.mu.Lock()
 	a.procs[pod.UID] = p
 	a.mu.Unlock()
