@@ -3,6 +3,8 @@ package helm_test
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -88,7 +90,7 @@ func TestChartInstall(t *testing.T) {
 	t.Logf("images built and unpacked in %s", time.Since(t0).Round(time.Millisecond))
 
 	// The bus and its credentials Secret.
-	bus := jstest.Start(t, jstest.Options{Auth: true})
+	bus := jstest.Start(t, jstest.Options{Auth: true, TLS: true})
 	authDir := filepath.Join(work, "auth")
 	if err := access.WriteFiles(authDir, bus.Auth); err != nil {
 		t.Fatal(err)
@@ -104,8 +106,24 @@ func TestChartInstall(t *testing.T) {
 		}
 	}
 	token := randomHex(16)
-	for name, data := range map[string]map[string][]byte{"kernelbus-nats-auth": authData, "gw-token": {"token": []byte(token)}} {
-		if _, err := cs.CoreV1().Secrets(gwNamespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}, metav1.CreateOptions{}); err != nil {
+	// The front-end's HTTPS certificate, from a private CA the client trusts.
+	feTLS, err := access.WriteTLS(filepath.Join(work, "fe-tls"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feCert, _ := os.ReadFile(feTLS.Cert)
+	feKey, _ := os.ReadFile(feTLS.Key)
+	feCA, _ := os.ReadFile(feTLS.CA)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(feCA)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for name, data := range map[string]map[string][]byte{"kernelbus-nats-auth": authData, "gw-token": {"token": []byte(token)},
+		"nats-ca": {"ca.crt": bus.CA}, "gw-tls": {"tls.crt": feCert, "tls.key": feKey}} {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}
+		if name == "gw-tls" {
+			sec.Type = corev1.SecretTypeTLS
+		}
+		if _, err := cs.CoreV1().Secrets(gwNamespace).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -144,8 +162,9 @@ func TestChartInstall(t *testing.T) {
 	})
 	values := map[string]any{
 		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
-		"nats":  map[string]any{"url": bus.URL},
+		"nats":  map[string]any{"url": bus.URL, "caSecret": "nats-ca"},
 		"frontend": map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token", "key": "token"},
+			"tls":       map[string]any{"secretName": "gw-tls"},
 			"extraArgs": []string{"--launch-timeout=90s"}},
 		"kernelspecs": map[string]any{"python3-k8s": map[string]string{
 			"kernel.json": string(kernelJSON),
@@ -170,8 +189,15 @@ func TestChartInstall(t *testing.T) {
 	}
 	t.Logf("helm install --wait took %s", time.Since(t1).Round(time.Millisecond))
 
-	base := fmt.Sprintf("http://127.0.0.1:%d", fePort)
-	jstest.WaitForNil(t, 90*time.Second, func() error { return httpStatus(base+"/readyz", "", 200) })
+	// --wait waited for the pods' readiness probes (/readyz over HTTPS for
+	// the front-end): the front-end answers now.
+	base := fmt.Sprintf("https://127.0.0.1:%d", fePort)
+	if err := httpStatus(hc, base+"/readyz", "", 200); err != nil {
+		t.Fatal(err)
+	}
+	if err := httpStatus(http.DefaultClient, "http"+strings.TrimPrefix(base, "https")+"/readyz", "", 200); err == nil {
+		t.Error("the front-end answers plain HTTP though the chart gave it a certificate")
+	}
 
 	t.Run("pods run the image", func(t *testing.T) {
 		pods, err := cs.CoreV1().Pods(gwNamespace).List(ctx, metav1.ListOptions{})
@@ -205,17 +231,17 @@ func TestChartInstall(t *testing.T) {
 	})
 
 	t.Run("the API wants the token from the Secret", func(t *testing.T) {
-		if err := httpStatus(base+"/api/kernels", "", http.StatusUnauthorized); err != nil {
-			if err2 := httpStatus(base+"/api/kernels", "", http.StatusForbidden); err2 != nil {
+		if err := httpStatus(hc, base+"/api/kernels", "", http.StatusUnauthorized); err != nil {
+			if err2 := httpStatus(hc, base+"/api/kernels", "", http.StatusForbidden); err2 != nil {
 				t.Error(err)
 			}
 		}
-		if err := httpStatus(base+"/api/kernels", "wrong", http.StatusUnauthorized); err != nil {
-			if err2 := httpStatus(base+"/api/kernels", "wrong", http.StatusForbidden); err2 != nil {
+		if err := httpStatus(hc, base+"/api/kernels", "wrong", http.StatusUnauthorized); err != nil {
+			if err2 := httpStatus(hc, base+"/api/kernels", "wrong", http.StatusForbidden); err2 != nil {
 				t.Error(err)
 			}
 		}
-		if err := httpStatus(base+"/api/kernels", token, 200); err != nil {
+		if err := httpStatus(hc, base+"/api/kernels", token, 200); err != nil {
 			t.Error(err)
 		}
 	})
@@ -256,7 +282,7 @@ func TestChartInstall(t *testing.T) {
 	})
 
 	t.Run("a kernel through the installed front-end", func(t *testing.T) {
-		c := &client.Client{BaseURL: base, Token: token}
+		c := &client.Client{BaseURL: base, Token: token, HTTP: hc}
 		start := time.Now()
 		m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "alice"})
 		if err != nil {
@@ -323,12 +349,12 @@ func imageUser(t *testing.T, user string) (int, int) {
 	return uid, gid
 }
 
-func httpStatus(u, token string, want int) error {
+func httpStatus(hc *http.Client, u, token string, want int) error {
 	req, _ := http.NewRequest(http.MethodGet, u, nil)
 	if token != "" {
 		req.Header.Set("Authorization", "token "+token)
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

@@ -10,8 +10,10 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	k8s "k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -93,6 +96,7 @@ type Agent struct {
 	client k8s.Interface
 	pods   corelisters.PodLister
 	q      workqueue.TypedRateLimitingInterface[string]
+	ctx    context.Context // until Stop
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -147,7 +151,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	actx, cancel := context.WithCancel(context.Background())
-	a.stop = cancel
+	a.ctx, a.stop = actx, cancel
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
 	}))
@@ -453,17 +457,90 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	}()
 	a.cfg.Log.Info().Str("pod", p.key).Int("pid", cmd.Process.Pid).Msg("nodeagent: container started")
 	started := metav1.NewTime(p.started)
-	return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+	// A container with an HTTP readiness probe is ready once the probe
+	// answers 2xx/3xx (probed until then); any other at once.
+	probe := c.ReadinessProbe
+	ready := probe == nil || probe.HTTPGet == nil
+	err = a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
 		s.Phase, s.PodIP, s.HostIP = corev1.PodRunning, IP, IP
 		s.PodIPs, s.HostIPs = []corev1.PodIP{{IP: IP}}, []corev1.HostIP{{IP: IP}}
 		s.StartTime = &started
-		for _, t := range []corev1.PodConditionType{corev1.PodInitialized, corev1.PodReady, corev1.ContainersReady, corev1.PodScheduled} {
+		for _, t := range []corev1.PodConditionType{corev1.PodInitialized, corev1.PodScheduled} {
 			setCondition(s, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: started})
 		}
+		setReady(s, ready, started)
 		yes := true
-		s.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: &yes,
+		s.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: ready, Started: &yes,
 			ContainerID: fmt.Sprintf("local://%d", cmd.Process.Pid), State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}}}}
 	})
+	if err == nil && !ready {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.probeReady(pod, c, p)
+		}()
+	}
+	return err
+}
+
+func setReady(s *corev1.PodStatus, ready bool, at metav1.Time) {
+	st := corev1.ConditionFalse
+	if ready {
+		st = corev1.ConditionTrue
+	}
+	for _, t := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
+		setCondition(s, corev1.PodCondition{Type: t, Status: st, LastTransitionTime: at})
+	}
+	for i := range s.ContainerStatuses {
+		s.ContainerStatuses[i].Ready = ready
+	}
+}
+
+// probeReady runs c's HTTP readiness probe until it passes, then marks the
+// pod ready; it gives up when the process ends or the agent stops. Unlike a
+// kubelet it probes only until the first success, every 200ms at most.
+func (a *Agent) probeReady(pod *corev1.Pod, c corev1.Container, p *proc) {
+	g := c.ReadinessProbe.HTTPGet
+	port := g.Port.IntValue()
+	if g.Port.Type == intstr.String {
+		for _, cp := range c.Ports {
+			if cp.Name == g.Port.StrVal {
+				port = int(cp.ContainerPort)
+			}
+		}
+	}
+	scheme := "http"
+	if g.Scheme == corev1.URISchemeHTTPS {
+		scheme = "https"
+	}
+	u := fmt.Sprintf("%s://%s:%d%s", scheme, IP, port, g.Path)
+	// A kubelet does not verify a probed pod's certificate either.
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer hc.CloseIdleConnections()
+	period := time.Duration(c.ReadinessProbe.PeriodSeconds) * time.Second
+	period = min(max(period, 50*time.Millisecond), 200*time.Millisecond)
+	for {
+		req, _ := http.NewRequestWithContext(a.ctx, http.MethodGet, u, nil)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+				break
+			}
+		}
+		select {
+		case <-p.done:
+			return
+		case <-a.ctx.Done():
+			return
+		case <-time.After(period):
+		}
+	}
+	now := metav1.Now()
+	if err := a.updateStatus(a.ctx, pod, func(s *corev1.PodStatus) { setReady(s, true, now) }); err != nil {
+		a.cfg.Log.Warn().Err(err).Str("pod", p.key).Msg("nodeagent: marking the pod ready")
+		return
+	}
+	a.cfg.Log.Info().Str("pod", p.key).Str("probe", u).Msg("nodeagent: container ready")
 }
 
 // reportExit writes the final phase of a pod whose process ended.
