@@ -116,7 +116,7 @@ func TestChart(t *testing.T) {
 	}
 
 	t.Run("existing NATS, shared kernel namespace", func(t *testing.T) {
-		objs := render(t, `nats.url=nats://n1:4222\,nats://n2:4222`, "frontend.tokenSecret.name=gw-token", "workers[0].rm=kubernetes", "workers[0].kubernetes.namespace=kernels")
+		objs := render(t, `nats.url=nats://n1:4222\,nats://n2:4222`, "frontend.tokenSecret.name=gw-token", "workers[0].rm=kubernetes", "workers[0].kubernetes.namespace=kernels", "workers[0].metricsTokenSecret.name=prom")
 		fe := objs["Deployment/kb-kernelbus-frontend"].(*appsv1.Deployment)
 		ps := fe.Spec.Template.Spec
 		// Each part sees its own credentials only: a front-end holding the
@@ -143,6 +143,9 @@ func TestChart(t *testing.T) {
 		w := objs["Deployment/kb-kernelbus-worker-kubernetes"].(*appsv1.Deployment)
 		if got := secretKeys(w.Spec.Template.Spec, "nats-auth"); strings.Join(got, ",") != "worker-kubernetes.creds,launcher-minter.json" {
 			t.Errorf("worker mounts %v of the auth Secret", got)
+		}
+		if env := w.Spec.Template.Spec.Containers[0].Env; len(env) != 2 || env[1].Name != "KB_METRICS_TOKEN" || env[1].ValueFrom.SecretKeyRef.Name != "prom" {
+			t.Errorf("worker env %+v: want KB_ID and the metrics token from its Secret", env)
 		}
 		if !strings.Contains(strings.Join(w.Spec.Template.Spec.Containers[0].Args, " "), "--k8s-namespace=kernels") {
 			t.Errorf("worker args: %v", w.Spec.Template.Spec.Containers[0].Args)

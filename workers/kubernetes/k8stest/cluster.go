@@ -1,10 +1,10 @@
 // Package k8stest starts a real Kubernetes control plane for tests: etcd,
 // kube-apiserver, kube-controller-manager (namespaces, service accounts,
 // deployments, replica sets, garbage collection) and kube-scheduler, built
-// from the Go module proxy by
-// scripts/k8s-build.sh and found through $KB_K8S_BIN. No kubelet runs; a
-// nodeagent.Agent plays one. Everything listens on free loopback ports and
-// is killed when the test ends, also when it fails.
+// from the Go module proxy by scripts/k8s-build.sh and found through
+// $KB_K8S_BIN. No kubelet runs; a nodeagent.Agent plays one. Everything
+// listens on free loopback ports and is killed when the test ends, also when
+// it fails.
 package k8stest
 
 import (
