@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -199,6 +200,48 @@ func TestChart(t *testing.T) {
 		}
 		if strings.Join(bind, ",") != "edit" {
 			t.Errorf("the worker may bind %v, want only the kernels' role edit", bind)
+		}
+	})
+
+	// The chart's nats.conf, with the trust nats-auth init writes, as a
+	// real nats-server reads it (-t: check the configuration and exit).
+	t.Run("nats-server accepts the chart's configuration", func(t *testing.T) {
+		bin := os.Getenv("KB_NATS_SERVER_BIN")
+		if bin == "" {
+			if os.Getenv(EnvHelmRequired) != "" {
+				t.Fatal("KB_NATS_SERVER_BIN is not set")
+			}
+			t.Skip("KB_NATS_SERVER_BIN is not set (task test:helm sets it)")
+		}
+		dir := t.TempDir()
+		inst, err := access.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := access.WriteFiles(filepath.Join(dir, "auth"), inst); err != nil {
+			t.Fatal(err)
+		}
+		tf, err := access.WriteTLS(filepath.Join(dir, "tls"), []string{"kb-kernelbus-nats-0.kb-kernelbus-nats.gw.svc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tlsOn := range []bool{false, true} {
+			sets := []string{"nats.cluster.enabled=true"}
+			if tlsOn {
+				sets = append(sets, "nats.cluster.tlsSecret=nats-tls")
+			}
+			conf := render(t, sets...)["ConfigMap/kb-kernelbus-nats"].(*corev1.ConfigMap).Data["nats.conf"]
+			// Where the StatefulSet mounts the TLS Secret's keys.
+			conf = strings.NewReplacer("/etc/nats/tls/tls.crt", tf.Cert, "/etc/nats/tls/tls.key", tf.Key, "/etc/nats/tls/ca.crt", tf.CA).Replace(conf)
+			cf := filepath.Join(dir, "nats.conf")
+			if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "-c", cf, "-t")
+			cmd.Env = append(os.Environ(), "POD_NAME=kb-kernelbus-nats-0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("nats-server -t (TLS %v): %v\n%s\n%s", tlsOn, err, out, conf)
+			}
 		}
 	})
 
