@@ -100,6 +100,9 @@ type Agent struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
+	// ownDir is PodsDir when the agent made it (removed by Stop).
+	ownDir string
+
 	mu    sync.Mutex
 	procs map[types.UID]*proc
 }
@@ -139,14 +142,15 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			}
 		}
 	}
+	ownDir := ""
 	if len(cfg.Rootfs) > 0 && cfg.PodsDir == "" {
 		d, err := os.MkdirTemp("", "kb-nodeagent-pods-")
 		if err != nil {
 			return nil, err
 		}
-		cfg.PodsDir = d
+		cfg.PodsDir, ownDir = d, d
 	}
-	a := &Agent{cfg: cfg, client: cfg.Client, procs: map[types.UID]*proc{}}
+	a := &Agent{cfg: cfg, client: cfg.Client, procs: map[types.UID]*proc{}, ownDir: ownDir}
 	if err := a.register(ctx); err != nil {
 		return nil, err
 	}
@@ -208,6 +212,9 @@ func (a *Agent) Stop() {
 	for _, p := range procs {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
+	}
+	if a.ownDir != "" {
+		_ = os.RemoveAll(a.ownDir)
 	}
 }
 
