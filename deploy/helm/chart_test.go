@@ -104,7 +104,7 @@ func secretKeys(spec corev1.PodSpec, volume string) []string {
 func TestChart(t *testing.T) {
 	for _, sets := range [][]string{
 		{"nats.url=nats://nats:4222"},
-		{"nats.cluster.enabled=true", "nats.replicas=3", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca"},
+		{"nats.cluster.enabled=true", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca"},
 		{"nats.url=nats://nats:4222", "workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true"},
 	} {
 		args := []string{"lint", "--strict", chartDir()}
@@ -130,7 +130,7 @@ func TestChart(t *testing.T) {
 		}
 		c := ps.Containers[0]
 		args := strings.Join(c.Args, " ")
-		for _, want := range []string{"frontend", "--nats=nats://n1:4222,nats://n2:4222", "--nats-creds=/etc/kernelbus/nats/frontend.creds"} {
+		for _, want := range []string{"frontend", "--nats=nats://n1:4222,nats://n2:4222", "--nats-creds=/etc/kernelbus/nats/frontend.creds", "--replicas=1"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("front-end args %q lack %q", args, want)
 			}
@@ -164,7 +164,7 @@ func TestChart(t *testing.T) {
 	})
 
 	t.Run("the chart's NATS cluster, TLS, per-user namespaces", func(t *testing.T) {
-		objs := render(t, "nats.cluster.enabled=true", "nats.replicas=3", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca",
+		objs := render(t, "nats.cluster.enabled=true", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca",
 			"workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true")
 		ss := objs["StatefulSet/kb-kernelbus-nats"].(*appsv1.StatefulSet)
 		if *ss.Spec.Replicas != 3 {

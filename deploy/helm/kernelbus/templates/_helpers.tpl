@@ -32,7 +32,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- define "kernelbus.natsArgs" -}}
 - --nats={{ include "kernelbus.natsURL" . }}
-- --replicas={{ .Values.nats.replicas }}
+- --replicas={{ .Values.nats.replicas | default (ternary .Values.nats.cluster.replicas 1 (and .Values.nats.cluster.enabled (not .Values.nats.url))) }}
 {{- if .Values.nats.caSecret }}
 - --nats-ca=/etc/kernelbus/nats-ca/ca.crt
 {{- end }}
