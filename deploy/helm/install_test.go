@@ -29,8 +29,11 @@ import (
 	"github.com/rs/zerolog"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 )
 
@@ -280,6 +283,45 @@ func TestChartInstall(t *testing.T) {
 				t.Errorf("the front-end pod has an API token volume %s", v.Name)
 			}
 		}
+		const saDir = "var/run/secrets/kubernetes.io/serviceaccount"
+		if _, err := os.Stat(filepath.Join(work, "pods", string(fe.Items[0].UID), "root", saDir)); !os.IsNotExist(err) {
+			t.Errorf("the front-end's root holds a service account folder (%v)", err)
+		}
+
+		// A compromised worker, with the token its pod holds, tries to
+		// make itself cluster admin.
+		w, err := cs.CoreV1().Pods(gwNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=worker-kubernetes"})
+		if err != nil || len(w.Items) != 1 {
+			t.Fatalf("worker pods: %v %d", err, len(w.Items))
+		}
+		tok, err := os.ReadFile(filepath.Join(work, "pods", string(w.Items[0].UID), "root", saDir, "token"))
+		if err != nil {
+			t.Fatalf("the worker's token: %v", err)
+		}
+		wc := rest.CopyConfig(cl.Config)
+		wc.BearerToken = string(tok)
+		wcs, err := k8s.NewForConfig(wc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wcs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kb-mallory"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("the worker cannot make a user namespace, its job: %v", err)
+		}
+		subj := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "kb-kernelbus-worker-kubernetes", Namespace: gwNamespace}}
+		admin := rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"}
+		_, err = wcs.RbacV1().RoleBindings("kb-mallory").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "x"}, RoleRef: admin, Subjects: subj}, metav1.CreateOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("the worker bound cluster-admin in a namespace it made: %v", err)
+		}
+		_, err = wcs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "x"}, RoleRef: admin, Subjects: subj}, metav1.CreateOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("the worker made a cluster role binding: %v", err)
+		}
+		_, err = wcs.AppsV1().Deployments(gwNamespace).Get(ctx, "kb-kernelbus-frontend", metav1.GetOptions{})
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("the worker read the front-end's Deployment: %v", err)
+		}
+		_ = cs.CoreV1().Namespaces().Delete(ctx, "kb-mallory", metav1.DeleteOptions{})
 	})
 
 	t.Run("a kernel through the installed front-end", func(t *testing.T) {
