@@ -22,7 +22,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $n := include "kernelbus.fullname" . -}}
 {{- $urls := list -}}
 {{- range $i := until (int .Values.nats.cluster.replicas) -}}
-{{- $urls = append $urls (printf "nats://%s-nats-%d.%s-nats.%s.svc:4222" $n $i $n $.Release.Namespace) -}}
+{{- $urls = append $urls (printf "nats://%s-nats-%d.%s-nats.%s.svc:%d" $n $i $n $.Release.Namespace (int $.Values.nats.cluster.ports.client)) -}}
 {{- end -}}
 {{ join "," $urls }}
 {{- else -}}
