@@ -103,9 +103,9 @@ func secretKeys(spec corev1.PodSpec, volume string) []string {
 
 func TestChart(t *testing.T) {
 	for _, sets := range [][]string{
-		{"nats.url=nats://nats:4222"},
-		{"nats.cluster.enabled=true", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca"},
-		{"nats.url=nats://nats:4222", "workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true"},
+		{"nats.url=nats://nats:4222", "frontend.tokenSecret.name=t"},
+		{"nats.cluster.enabled=true", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca", "frontend.usersSecret.name=u"},
+		{"nats.url=nats://nats:4222", "workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true", "frontend.insecureNoAuth=true"},
 	} {
 		args := []string{"lint", "--strict", chartDir()}
 		for _, s := range sets {
@@ -165,7 +165,7 @@ func TestChart(t *testing.T) {
 
 	t.Run("the chart's NATS cluster, TLS, per-user namespaces", func(t *testing.T) {
 		objs := render(t, "nats.cluster.enabled=true", "frontend.tls.secretName=gw-tls", "nats.caSecret=nats-ca",
-			"workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true")
+			"workers[0].rm=kubernetes", "workers[0].kubernetes.perUserNamespaces=true", "frontend.usersSecret.name=gw-users")
 		ss := objs["StatefulSet/kb-kernelbus-nats"].(*appsv1.StatefulSet)
 		if *ss.Spec.Replicas != 3 {
 			t.Errorf("NATS replicas %d", *ss.Spec.Replicas)
@@ -183,6 +183,7 @@ func TestChart(t *testing.T) {
 		c := fe.Spec.Template.Spec.Containers[0]
 		args := strings.Join(c.Args, " ")
 		for _, want := range []string{"--tls-cert=/etc/kernelbus/tls/tls.crt", "--nats-ca=/etc/kernelbus/nats-ca/ca.crt", "--replicas=3",
+			"--users-file=/etc/kernelbus/users/users.json",
 			"--nats=nats://kb-kernelbus-nats-0.kb-kernelbus-nats.gw.svc:4222,"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("front-end args %q lack %q", args, want)
@@ -225,10 +226,10 @@ func TestChart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, tlsOn := range []bool{false, true} {
-			sets := []string{"nats.cluster.enabled=true"}
-			if tlsOn {
-				sets = append(sets, "nats.cluster.tlsSecret=nats-tls")
+		for _, extra := range []string{"", "nats.cluster.tlsSecret=nats-tls", "nats.cluster.replicas=1"} {
+			sets := []string{"nats.cluster.enabled=true", "frontend.tokenSecret.name=t"}
+			if extra != "" {
+				sets = append(sets, extra)
 			}
 			conf := render(t, sets...)["ConfigMap/kb-kernelbus-nats"].(*corev1.ConfigMap).Data["nats.conf"]
 			// Where the StatefulSet mounts the TLS Secret's keys.
@@ -240,15 +241,24 @@ func TestChart(t *testing.T) {
 			cmd := exec.Command(bin, "-c", cf, "-t")
 			cmd.Env = append(os.Environ(), "POD_NAME=kb-kernelbus-nats-0")
 			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Errorf("nats-server -t (TLS %v): %v\n%s\n%s", tlsOn, err, out, conf)
+				t.Errorf("nats-server -t (%s): %v\n%s\n%s", extra, err, out, conf)
 			}
 		}
 	})
 
 	t.Run("no NATS", func(t *testing.T) {
-		out, err := helm(t, "template", "kb", chartDir())
+		out, err := helm(t, "template", "kb", chartDir(), "--set", "frontend.tokenSecret.name=t")
 		if err == nil || !strings.Contains(out, "nats.url is required") {
 			t.Fatalf("helm template without a NATS: %v\n%s", err, out)
+		}
+	})
+
+	// A front-end without authentication refuses to start; the chart says
+	// so at install rather than leaving pods crash-looping.
+	t.Run("no authentication", func(t *testing.T) {
+		out, err := helm(t, "template", "kb", chartDir(), "--set", "nats.url=nats://n:4222")
+		if err == nil || !strings.Contains(out, "the front-end needs authentication") {
+			t.Fatalf("helm template without authentication: %v\n%s", err, out)
 		}
 	})
 }

@@ -41,6 +41,7 @@ const (
 	gwImage     = "kernelbus/kernelbus:test"
 	kernelImage = "kernelbus/kernel-python:test"
 	gwNamespace = "kernelbus"
+	natsImage   = "kernelbus-test/nats-server:1"
 )
 
 func need(t *testing.T, name string) string {
@@ -94,6 +95,10 @@ func TestChartInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	uid, gid := imageUser(t, icfg.User)
+	// The chart's NATS image: nats-server at go.mod's version, static, as
+	// the only file of a root (the agent adds /etc/hosts).
+	natsRoot := filepath.Join(work, "nats-root")
+	run(t, root, []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-o", filepath.Join(natsRoot, "usr", "local", "bin", "nats-server"), "github.com/nats-io/nats-server/v2")
 	t.Logf("images built and unpacked in %s", time.Since(t0).Round(time.Millisecond))
 
 	// The bus and its credentials Secret.
@@ -141,9 +146,10 @@ func TestChartInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cs, Node: "node-1", CPU: "8", Memory: "16Gi",
-		Images: []string{gwImage, kernelImage}, LogDir: cl.Dir, KubernetesService: api.Host, PodsDir: filepath.Join(work, "pods"),
+		Images: []string{gwImage, kernelImage, natsImage}, LogDir: cl.Dir, KubernetesService: api.Host, PodsDir: filepath.Join(work, "pods"),
 		Rootfs: map[string]nodeagent.Rootfs{gwImage: {Dir: rootfs, Entrypoint: icfg.Entrypoint, Cmd: icfg.Cmd, Env: icfg.Env,
-			WorkingDir: icfg.WorkingDir, UID: uid, GID: gid}},
+			WorkingDir: icfg.WorkingDir, UID: uid, GID: gid},
+			natsImage: {Dir: natsRoot, Entrypoint: []string{"/usr/local/bin/nats-server"}}},
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	if err != nil {
 		t.Fatal(err)
@@ -374,6 +380,97 @@ func TestChartInstall(t *testing.T) {
 		}
 		return nil
 	})
+
+	t.Run("with the chart's own NATS", func(t *testing.T) {
+		installWithNATS(t, ctx, cl, py, launcher)
+	})
+}
+
+// installWithNATS installs a second release whose bus is the chart's NATS
+// StatefulSet (one node: every pod here shares one address, so three would
+// need the same ports) and whose Kubernetes pool uses a shared kernel
+// namespace, and starts a kernel through it.
+func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py, launcher string) {
+	cs := cl.Client
+	const ns, kernels = "kb2", "kb2-kernels"
+	for _, n := range []string{ns, kernels} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inst, err := access.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	authDir := t.TempDir()
+	if err := access.WriteFiles(authDir, inst); err != nil {
+		t.Fatal(err)
+	}
+	authData := map[string][]byte{}
+	for _, f := range []string{access.FrontendCreds, access.WorkerCreds("kubernetes"), access.MinterFileName, access.ServerConfFile} {
+		if authData[f], err = os.ReadFile(filepath.Join(authDir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	token := randomHex(16)
+	for name, data := range map[string]map[string][]byte{"kernelbus-nats-auth": authData, "gw-token": {"token": []byte(token)}} {
+		if _, err := cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client1, cluster, monitor, fePort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	kernelJSON, _ := json.Marshal(map[string]any{
+		"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, "display_name": "Python on Kubernetes", "language": "python",
+		"metadata": map[string]any{"process_proxy": map[string]any{
+			"class_name": "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy",
+			"config":     map[string]any{"image_name": kernelImage},
+		}},
+	})
+	values := map[string]any{
+		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
+		"nats": map[string]any{"cluster": map[string]any{"enabled": true, "replicas": 1, "image": natsImage, "storage": "",
+			"ports": map[string]any{"client": client1, "cluster": cluster, "monitor": monitor}},
+			// Kernel pods run on the host here, outside the pods' /etc/hosts.
+			"launcherURL": fmt.Sprintf("nats://127.0.0.1:%d", client1)},
+		"frontend":    map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token"}},
+		"kernelspecs": map[string]any{"python3-k8s": map[string]string{"kernel.json": string(kernelJSON)}},
+		"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort,
+			"kubernetes": map[string]any{"namespace": kernels, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
+	}
+	vb, _ := yaml.Marshal(values)
+	vf := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(vf, vb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	if out, err := helm(t, "install", "kb2", chartDir(), "--namespace", ns, "--kubeconfig", cl.Kubeconfig,
+		"--values", vf, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", time.Since(t1).Round(time.Millisecond))
+	c := &client.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", fePort), Token: token}
+	m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "erin"})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if _, err := cs.CoreV1().Pods(kernels).Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{}); err != nil {
+		t.Fatalf("kernel pod in the shared namespace: %v", err)
+	}
+	conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := conn.Execute("print(6*7)", 60*time.Second)
+	conn.Close()
+	if err != nil || strings.TrimSpace(r.Stdout.String()) != "42" {
+		t.Fatalf("execute: %v %+v", err, r)
+	}
+	if err := c.DeleteKernel(ctx, m.ID); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if out, err := helm(t, "uninstall", "kb2", "--namespace", ns, "--kubeconfig", cl.Kubeconfig, "--wait", "--timeout", "2m"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
 }
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) {

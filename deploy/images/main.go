@@ -95,6 +95,8 @@ func baseFiles(caFile string) ([]ociimage.File, error) {
 	files := []ociimage.File{
 		{Path: "etc/passwd", Mode: 0o644, Data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nkernelbus:x:%d:%d:kernelbus:/home/kernelbus:/sbin/nologin\n", uid, uid)},
 		{Path: "etc/group", Mode: 0o644, Data: fmt.Appendf(nil, "root:x:0:\nkernelbus:x:%d:\n", uid)},
+		// Go's resolver reads this: /etc/hosts before DNS, as in distroless.
+		{Path: "etc/nsswitch.conf", Mode: 0o644, Data: []byte("hosts: files dns\n")},
 		{Path: "tmp/", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
 		{Path: "home/kernelbus/", Mode: fs.ModeDir | 0o755, UID: uid, GID: uid},
 	}

@@ -114,8 +114,11 @@ type proc struct {
 	started time.Time
 	done    chan struct{}
 	exit    error
-	termed  bool
-	killer  *time.Timer
+	exited  time.Time
+	// restarts counts the container's earlier runs in this pod.
+	restarts int
+	termed   bool
+	killer   *time.Timer
 }
 
 // Start registers the node and starts following its pods.
@@ -320,6 +323,24 @@ func (a *Agent) sync(ctx context.Context, key string) error {
 	if p != nil {
 		select {
 		case <-p.done:
+			if restarts(pod, p) {
+				// As a kubelet's crash loop: the same pod, its
+				// container started again after a growing back-off.
+				wait := time.Duration(1<<min(p.restarts, 5))*time.Second - time.Since(p.exited)
+				if wait > 0 {
+					a.q.AddAfter(key, wait)
+					now := metav1.Now()
+					return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+						setReady(s, false, now)
+						for i := range s.ContainerStatuses {
+							s.ContainerStatuses[i].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
+								Message: "back-off restarting the failed container"}}
+						}
+					})
+				}
+				a.forget(pod.UID)
+				return a.runRestarted(ctx, pod, p.restarts+1)
+			}
 			return a.reportExit(ctx, pod, p)
 		default:
 			return nil
@@ -329,6 +350,35 @@ func (a *Agent) sync(ctx context.Context, key string) error {
 		return nil
 	}
 	return a.run(ctx, pod)
+}
+
+// restarts says whether the pod's restart policy starts its container again
+// after this exit (Always, the default, or OnFailure after a failure).
+func restarts(pod *corev1.Pod, p *proc) bool {
+	switch pod.Spec.RestartPolicy {
+	case corev1.RestartPolicyNever:
+		return false
+	case corev1.RestartPolicyOnFailure:
+		return p.exit != nil
+	}
+	return true
+}
+
+// runRestarted starts a restarted container and records its restart count.
+func (a *Agent) runRestarted(ctx context.Context, pod *corev1.Pod, n int) error {
+	if err := a.run(ctx, pod); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if p := a.procs[pod.UID]; p != nil {
+		p.restarts = n
+	}
+	a.mu.Unlock()
+	return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+		for i := range s.ContainerStatuses {
+			s.ContainerStatuses[i].RestartCount = int32(n)
+		}
+	})
 }
 
 // terminate handles a pod being deleted: SIGTERM, SIGKILL after its grace
@@ -456,6 +506,7 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	a.mu.Unlock()
 	go func() {
 		p.exit = cmd.Wait()
+		p.exited = time.Now()
 		if logf != nil {
 			logf.Close()
 		}

@@ -49,6 +49,9 @@ func (a *Agent) podRoot(ctx context.Context, pod *corev1.Pod, c corev1.Container
 	if err := linkTree(img.Dir, root); err != nil {
 		return "", fmt.Errorf("image %s: %w", c.Image, err)
 	}
+	if err := a.writeHosts(ctx, pod, root); err != nil {
+		return "", err
+	}
 	vols := map[string]corev1.Volume{}
 	for _, v := range pod.Spec.Volumes {
 		vols[v.Name] = v
@@ -87,6 +90,10 @@ func (a *Agent) podRoot(ctx context.Context, pod *corev1.Pod, c corev1.Container
 		for rel, f := range files {
 			p := filepath.Join(target, filepath.FromSlash(rel))
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return "", err
+			}
+			// Never write through a hard link into the image store.
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return "", err
 			}
 			if err := os.WriteFile(p, f.data, f.mode); err != nil {
@@ -275,4 +282,47 @@ func linkTree(src, dst string) error {
 		}
 		return os.Link(p, t)
 	})
+}
+
+// writeHosts gives the pod an /etc/hosts that stands in for cluster DNS:
+// every pod of this node has the address IP, so the names of the
+// namespace's Services and of its StatefulSets' pods
+// (<pod>.<service>.<namespace>.svc) all resolve to it. It replaces the
+// image's file, which is a hard link to the image store, rather than
+// writing through it.
+func (a *Agent) writeHosts(ctx context.Context, pod *corev1.Pod, root string) error {
+	ns := pod.Namespace
+	names := []string{"localhost", pod.Name}
+	add := func(short string) {
+		names = append(names, short+"."+ns+".svc", short+"."+ns+".svc.cluster.local")
+	}
+	svcs, err := a.client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, s := range svcs.Items {
+		names = append(names, s.Name, s.Name+"."+ns)
+		add(s.Name)
+	}
+	sets, err := a.client.AppsV1().StatefulSets(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, s := range sets.Items {
+		n := 1
+		if s.Spec.Replicas != nil {
+			n = int(*s.Spec.Replicas)
+		}
+		for i := range n {
+			add(fmt.Sprintf("%s-%d.%s", s.Name, i, s.Spec.ServiceName))
+		}
+	}
+	p := filepath.Join(root, "etc", "hosts")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return os.WriteFile(p, []byte(IP+" "+strings.Join(names, " ")+"\n"), 0o644)
 }
