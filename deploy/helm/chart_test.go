@@ -117,7 +117,8 @@ func TestChart(t *testing.T) {
 	}
 
 	t.Run("existing NATS, shared kernel namespace", func(t *testing.T) {
-		objs := render(t, `nats.url=nats://n1:4222\,nats://n2:4222`, "frontend.tokenSecret.name=gw-token", "workers[0].rm=kubernetes", "workers[0].kubernetes.namespace=kernels", "workers[0].metricsTokenSecret.name=prom")
+		objs := render(t, `nats.url=nats://n1:4222\,nats://n2:4222`, "frontend.tokenSecret.name=gw-token", "workers[0].rm=kubernetes", "workers[0].kubernetes.namespace=kernels", "workers[0].metricsTokenSecret.name=prom",
+			`allowedEnv=SPARK_OPTS\,FOO`, "maxEnvBytes=4096", `kernelspecs.k1.kernel\.json={}`)
 		fe := objs["Deployment/kb-kernelbus-frontend"].(*appsv1.Deployment)
 		ps := fe.Spec.Template.Spec
 		// Each part sees its own credentials only: a front-end holding the
@@ -147,6 +148,16 @@ func TestChart(t *testing.T) {
 		}
 		if env := w.Spec.Template.Spec.Containers[0].Env; len(env) != 2 || env[1].Name != "KB_METRICS_TOKEN" || env[1].ValueFrom.SecretKeyRef.Name != "prom" {
 			t.Errorf("worker env %+v: want KB_ID and the metrics token from its Secret", env)
+		}
+		// Workers build launches from the spec and apply the front-ends'
+		// policy again: both get the same.
+		for _, d := range []*appsv1.Deployment{fe, w} {
+			args := strings.Join(d.Spec.Template.Spec.Containers[0].Args, " ")
+			for _, want := range []string{"--kernelspec-dir=/etc/kernelbus/kernelspecs", "--allowed-env=SPARK_OPTS,FOO", "--max-env-bytes=4096"} {
+				if !strings.Contains(args, want) {
+					t.Errorf("%s args %q lack %q", d.Name, args, want)
+				}
+			}
 		}
 		if !strings.Contains(strings.Join(w.Spec.Template.Spec.Containers[0].Args, " "), "--k8s-namespace=kernels") {
 			t.Errorf("worker args: %v", w.Spec.Template.Spec.Containers[0].Args)

@@ -72,3 +72,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - {name: kernelspecs, mountPath: /etc/kernelbus/kernelspecs, readOnly: true}
 {{- end }}
 {{- end -}}
+
+{{/* What front-ends and workers must agree on: the kernelspecs and the
+start-request policy (workers apply it again). */}}
+{{- define "kernelbus.specArgs" -}}
+{{- if .Values.kernelspecs }}
+- --kernelspec-dir=/etc/kernelbus/kernelspecs
+{{- end }}
+{{- with .Values.allowedEnv }}
+- --allowed-env={{ . }}
+{{- end }}
+{{- with .Values.maxEnvBytes }}
+- --max-env-bytes={{ . }}
+{{- end }}
+{{- end -}}
