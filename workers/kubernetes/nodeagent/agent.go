@@ -478,8 +478,9 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if inRoot {
-		cmd.Path = argv[0] // resolved inside the chroot, not on the host
-		cmd.Err = nil
+		// The path is the image's, resolved after the chroot: whatever
+		// exec.Command found (or failed to find) on the host does not count.
+		cmd.Path, cmd.Err = argv[0], nil
 	}
 	cmd.Env = append(append([]string{}, base...), env...)
 	cmd.Dir = dir
