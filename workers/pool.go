@@ -51,6 +51,11 @@ type PoolConfig struct {
 	// Metrics is where the pool registers its collectors (metrics.go);
 	// nil: nowhere.
 	Metrics prometheus.Registerer
+	// Warm lists the warm pools of this resource manager (warm.go); the
+	// worker holding the warm lease keeps them, reading kernelspecs
+	// through Specs.
+	Warm  []WarmPool
+	Specs SpecLookup
 }
 
 // Pool claims requests of one resource manager and runs them through its
@@ -137,6 +142,10 @@ func (p *Pool) Start(ctx context.Context) error {
 				p.log.Error().Err(err).Msg("following the resource manager stopped")
 			}
 		}()
+	}
+	if len(p.cfg.Warm) > 0 && p.cfg.Specs != nil {
+		p.wg.Add(1)
+		go p.runWarm()
 	}
 	p.log.Info().Msg("worker pool claiming requests")
 	return nil
@@ -229,6 +238,7 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 
 // handleStart is idempotent on the kernel id: a redelivered request finds
 // the record and resumes or cleans up instead of starting a second kernel.
+// m is nil for a warm kernel's start, which no request carries.
 func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 	ctx := p.ctx
 	log := p.log.With().Str("kernel_id", r.KernelID).Logger()
@@ -264,6 +274,9 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 	if errors.Is(err, errInProgress) {
 		// Ask again later: if the claimer dies before it records a
 		// handle, its presence expires and a later delivery takes over.
+		if m == nil {
+			return err
+		}
 		_ = m.NakWithDelay(5 * time.Second)
 		return errNakked
 	}
@@ -423,7 +436,9 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				return nil
 			}
 		case <-progress.C:
-			_ = m.InProgress()
+			if m != nil {
+				_ = m.InProgress()
+			}
 		case <-timer.C:
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {

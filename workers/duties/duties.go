@@ -263,7 +263,9 @@ func (d *Duties) CullOnce(ctx context.Context) error {
 	now := time.Now()
 	for id, v := range recs {
 		var k broker.Kernel
-		if json.Unmarshal(v, &k) != nil || k.State != broker.StateRunning {
+		// A warm kernel waits idle on purpose; its pool's keeper ends it
+		// when its idle lifetime passes.
+		if json.Unmarshal(v, &k) != nil || k.State != broker.StateRunning || k.WarmIdle() {
 			continue
 		}
 		var a broker.Activity
