@@ -86,7 +86,13 @@ func (s *Server) readKernel(ctx context.Context, id string) (*broker.Kernel, uin
 	if !validKernelID(id) {
 		return nil, 0, kernelNotFound(id)
 	}
-	return s.bus.GetKernel(ctx, id)
+	k, rev, err := s.bus.GetKernel(ctx, id)
+	if err == nil && k.WarmIdle() {
+		// A warm kernel belongs to no one until a start request takes
+		// it: nobody may connect to, restart or stop it by its id.
+		return nil, 0, kernelNotFound(id)
+	}
+	return k, rev, err
 }
 
 // validKernelID accepts what can be one token of a subject and a KV key.
@@ -170,6 +176,10 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 	rm, err := spec.RM()
 	if err != nil {
 		return nil, broker.Wrap(broker.ErrBadRequest, err, "Kernel spec %s cannot be started", spec.Name)
+	}
+
+	if k := s.claimWarm(spec, rm, env, user, reqID); k != nil {
+		return k, nil
 	}
 
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
@@ -491,5 +501,75 @@ func (s *Server) shutdownKernel(id, reqID string) error {
 	}
 	s.state.putKernel(id, nil, s.state.rev(id)+1, false)
 	s.log.Info().Str("kernel_id", id).Bool("launcher_confirmed", stopped).Msg("kernel shut down")
+	return nil
+}
+
+// warmServes says why a warm kernel of resource manager rm cannot serve a
+// request with the client's filtered env exactly as asked, or "" when it
+// can. A warm kernel was started with the spec's env and no user: what a
+// request adds at launch (custom env, a chosen id, a working directory,
+// the user a YARN or SSH kernel is impersonated as) cannot be applied to a
+// process that already runs. Only its owner and launch timeout can.
+func warmServes(rm string, env map[string]string) string {
+	for name := range env {
+		switch name {
+		case broker.EnvLaunchTimeout:
+		case broker.EnvUsername:
+			if rm != broker.RMLocal {
+				// Remote kernels run as KERNEL_USERNAME; local ones as
+				// the worker's user whoever asks.
+				return "the kernel must run as " + name
+			}
+		default:
+			return "the request sets " + name
+		}
+	}
+	return ""
+}
+
+// claimWarm hands the request a warm kernel of spec if one can serve it
+// exactly, or returns nil (then the start is a cold one). The record is
+// taken by compare-and-swap on its still being idle, so two front-ends
+// never hand out the same kernel and a keeper never reaps a taken one.
+func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string) *broker.Kernel {
+	pool := broker.WarmPoolKey(rm, spec.Name)
+	cands := s.state.warmIdle(pool)
+	if len(cands) == 0 {
+		return nil
+	}
+	if why := warmServes(rm, env); why != "" {
+		s.log.Debug().Str("spec", spec.Name).Str("why", why).Msg("cold start: no warm kernel can serve the request")
+		return nil
+	}
+	digest := spec.Digest()
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	errTaken := errors.New("taken")
+	for _, c := range cands {
+		if c.Warm.Digest != digest {
+			continue
+		}
+		k, err := s.bus.UpdateKernel(ctx, c.ID, func(k *broker.Kernel) error {
+			if !k.WarmIdle() || k.State != broker.StateRunning || k.Warm.Digest != digest || k.Warm.Pool != pool {
+				return errTaken
+			}
+			k.User, k.Warm.Claimed = user, time.Now().UTC()
+			return nil
+		})
+		if err != nil {
+			continue
+		}
+		s.state.putKernel(k.ID, k, s.state.rev(k.ID)+1, false)
+		ev := broker.NewEvent(broker.EvWarmClaimed, k)
+		who := user
+		if who == "" {
+			who = "an anonymous client"
+		}
+		ev.ID, ev.Source, ev.RequestID = broker.EventID(k.ID, broker.EvWarmClaimed), "frontend", reqID
+		ev.Reason = "warm kernel handed to " + who
+		s.emit(ev)
+		s.log.Info().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("user", user).Str("request_id", reqID).Msg("warm kernel handed out")
+		return k
+	}
 	return nil
 }

@@ -227,7 +227,7 @@ func (st *state) listKernels() []*broker.Kernel {
 	st.mu.RLock()
 	out := make([]*broker.Kernel, 0, len(st.kernels))
 	for _, e := range st.kernels {
-		if e.rec != nil && e.rec.State != broker.StateFailed && e.rec.State != broker.StateTerminated {
+		if e.rec != nil && e.rec.State != broker.StateFailed && e.rec.State != broker.StateTerminated && !e.rec.WarmIdle() {
 			out = append(out, e.rec)
 		}
 	}
@@ -247,7 +247,9 @@ func (st *state) counts(user string) (all, mine int) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	for _, e := range st.kernels {
-		if e.rec == nil || e.rec.State.Terminal() {
+		// Warm kernels nobody took count against the cluster's
+		// capacity (their pool's ceiling), not against users' limits.
+		if e.rec == nil || e.rec.State.Terminal() || e.rec.WarmIdle() {
 			continue
 		}
 		all++
@@ -288,4 +290,19 @@ func (st *state) sessionKeys(id string) []string {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// warmIdle returns the running warm kernels of warm pool key nobody took
+// yet, oldest first: the longest started are the most likely warmed up.
+func (st *state) warmIdle(pool string) []*broker.Kernel {
+	st.mu.RLock()
+	var out []*broker.Kernel
+	for _, e := range st.kernels {
+		if e.rec != nil && e.rec.WarmIdle() && e.rec.State == broker.StateRunning && e.rec.Warm.Pool == pool {
+			out = append(out, e.rec)
+		}
+	}
+	st.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Warm.Since.Before(out[j].Warm.Since) })
+	return out
 }

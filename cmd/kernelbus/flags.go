@@ -9,8 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend"
+	"github.com/kernelbus/kernelbus/workers"
 	"github.com/rs/zerolog"
 )
 
@@ -69,6 +73,40 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// warmFlag is the repeatable --warm SPEC=COUNT[,ceiling=N][,idle=D][,timeout=D].
+type warmFlag []workers.WarmPool
+
+func (w *warmFlag) String() string { return fmt.Sprint(len(*w), " warm pools") }
+
+func (w *warmFlag) Set(v string) error {
+	p, err := workers.ParseWarmPool(v)
+	if err != nil {
+		return err
+	}
+	*w = append(*w, p)
+	return nil
+}
+
+const warmUsage = "keep warm kernels of a kernelspec of this resource manager: SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION] (repeatable); ceiling caps the spec's live kernels, idle is how long one waits before it is replaced (default 1h)"
+
+// warmSpecs is the kernelspec lookup of a warm keeper: the folders are
+// read again at most every 10 s, so a changed or removed spec has its
+// warm kernels reaped.
+func warmSpecs(dirs []string, log zerolog.Logger) workers.SpecLookup {
+	cat := frontend.NewCatalog(dirs, log)
+	var mu sync.Mutex
+	last := time.Now()
+	return func(name string) (*broker.KernelSpec, bool) {
+		mu.Lock()
+		if time.Since(last) > 10*time.Second {
+			cat.Reload()
+			last = time.Now()
+		}
+		mu.Unlock()
+		return cat.Spec(name)
+	}
 }
 
 func newLogger(level string, w io.Writer) (zerolog.Logger, error) {

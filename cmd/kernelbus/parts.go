@@ -200,6 +200,10 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	metricsListen := fs.String("metrics-listen", "", "address serving /metrics, /healthz and /readyz (empty: none)")
 	metricsToken := fs.String("metrics-token", "", "token Prometheus must send to /metrics (Authorization: Bearer T); empty: none (keep --metrics-listen on a private address then)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var warm warmFlag
+	var specDirs listFlag
+	fs.Var(&warm, "warm", warmUsage)
+	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs for --warm (repeatable; searched before the Jupyter folders)")
 	sshOpts := sshFlags(fs)
 	k8sOpts := k8sFlags(fs)
 	yarnOpts := yarnFlags(fs)
@@ -269,7 +273,10 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		return err
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
-		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg}
+		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg, Warm: warm}
+	if len(warm) > 0 {
+		pcfg.Specs = warmSpecs(append(append([]string{}, specDirs...), frontend.DefaultKernelDirs()...), log)
+	}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {

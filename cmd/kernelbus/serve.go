@@ -88,6 +88,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var warm warmFlag
+	fs.Var(&warm, "warm", warmUsage)
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -195,7 +197,11 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg}, wBus, be, log)
+	pcfg := workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg, Warm: warm}
+	if len(warm) > 0 {
+		pcfg.Specs = warmSpecs(append(append([]string{}, ff.specDirs...), frontend.DefaultKernelDirs()...), log)
+	}
+	pool, err := workers.NewPool(pcfg, wBus, be, log)
 	if err != nil {
 		return err
 	}
