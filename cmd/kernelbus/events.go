@@ -99,7 +99,7 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 		print = func(e broker.Event) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"),
 				e.Type, e.Kernel, dash(e.Spec), dash(e.User), dash(e.RM), dash(e.Host), dash(compactJSON(e.Handle)),
-				dash(e.Source), dash(oneLine(e.Reason)))
+				dash(by(e)), dash(oneLine(e.Reason)))
 			if *follow {
 				_ = tw.Flush()
 				return w.Flush()
@@ -224,4 +224,13 @@ func compactJSON(b json.RawMessage) string {
 		return ""
 	}
 	return string(b)
+}
+
+// by names who caused an event: the part that wrote it, and the identity
+// whose request it served when there was one ("alice@frontend").
+func by(e broker.Event) string {
+	if e.Actor != "" {
+		return e.Actor + "@" + e.Source
+	}
+	return e.Source
 }

@@ -130,6 +130,15 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := ff.checkAuth("frontend"); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	feID := "fe-" + host + "-" + randomHex(3)
+	feCfg, err := ff.config(feID, log)
+	if err != nil {
+		return err
+	}
 	if _, err := nf.forRole(access.RoleFrontend, ""); err != nil {
 		return err
 	}
@@ -140,8 +149,6 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer bus.NC.Close()
-	host, _ := os.Hostname()
-	feID := "fe-" + host + "-" + randomHex(3)
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
@@ -149,15 +156,14 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
 		return err
 	}
-	fcfg := ff.config(feID)
-	fcfg.Metrics = reg
-	fe, err := frontend.New(fcfg, bus, ff.catalog(log), log)
+	feCfg.Metrics = reg
+	fe, err := frontend.New(feCfg, bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, bus, feID, log)
 	if err != nil {
@@ -171,7 +177,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:

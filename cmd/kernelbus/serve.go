@@ -12,12 +12,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
@@ -31,6 +33,11 @@ import (
 type frontendFlags struct {
 	listen        string
 	token         string
+	tokenUser     string
+	usersFile     string
+	noAuth        bool
+	authorized    listFlag
+	unauthorized  listFlag
 	specDirs      listFlag
 	allowedEnv    listFlag
 	allowOrigin   string
@@ -40,25 +47,78 @@ type frontendFlags struct {
 	maxPerUser    int
 	metricsPublic bool
 	topUsers      int
+	tls           tlsFlags
+	ident         identityFlags
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8888", "address of the Jupyter gateway API")
-	fs.StringVar(&f.token, "token", "", "token clients must send (Authorization: token T or ?token=T); empty: none")
+	fs.StringVar(&f.token, "token", "", "shared token clients may send (Authorization: token T or ?token=T); its holder is an administrator (serve: one is generated when no authentication is configured)")
+	fs.StringVar(&f.tokenUser, "token-user", "admin", "user name of the --token identity")
+	fs.StringVar(&f.usersFile, "users-file", "", "users file with per-user tokens and passwords (`kernelbus users`)")
+	fs.BoolVar(&f.noAuth, "insecure-no-auth", false, "no authentication: every caller is an anonymous administrator (tests and trusted networks only)")
+	fs.Var(&f.authorized, "authorized-users", "KERNEL_USERNAMEs that may start kernels whose spec names no authorized_users (comma separated; empty: any)")
+	fs.Var(&f.unauthorized, "unauthorized-users", "KERNEL_USERNAMEs that may start no kernel (comma separated)")
 	fs.Var(&f.specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders)")
 	fs.Var(&f.allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all)")
 	fs.StringVar(&f.allowOrigin, "allow-origin", "", "Origin allowed for browsers (CORS and websockets); * for any; empty: same origin only")
 	fs.StringVar(&f.baseURL, "base-url", "/", "URL prefix of every route")
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
-	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
+	f.tls.register(fs)
+	f.ident.register(fs)
 }
 
-func (f *frontendFlags) config(id string) frontend.Config {
+// identities returns the identity sources the flags configure, in the
+// order they are asked (the --token comes first, inside frontend.New).
+func (f *frontendFlags) identities(log zerolog.Logger) ([]auth.Source, error) {
+	var out []auth.Source
+	if f.usersFile != "" {
+		us, err := auth.NewUsersSource(f.usersFile)
+		if err != nil {
+			return nil, fmt.Errorf("--users-file: %w", err)
+		}
+		out = append(out, us)
+	}
+	more, err := identitySources(f, log)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, more...), nil
+}
+
+// authConfigured reports whether any authentication is configured.
+func (f *frontendFlags) authConfigured() bool {
+	return f.token != "" || f.usersFile != "" || f.ident.hubURL != "" || len(f.ident.proxyCIDRs) > 0 || f.tls.clientCA != ""
+}
+
+// checkAuth refuses a configuration with no authentication unless
+// --insecure-no-auth says so, and refuses --insecure-no-auth beside
+// authentication (one of them is a mistake).
+func (f *frontendFlags) checkAuth(part string) error {
+	if f.noAuth && f.authConfigured() {
+		return errors.New("--insecure-no-auth cannot go with --token or --users-file: drop one")
+	}
+	if !f.noAuth && !f.authConfigured() {
+		return fmt.Errorf("kernelbus %s needs authentication: pass --token (shared by every front-end), --users-file, or --insecure-no-auth to let anyone who reaches %s act as an administrator", part, f.listen)
+	}
+	return nil
+}
+
+func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, error) {
+	ids, err := f.identities(log)
+	if err != nil {
+		return frontend.Config{}, err
+	}
 	return frontend.Config{
 		Token:                f.token,
+		TokenUser:            f.tokenUser,
+		Identities:           ids,
+		AuthorizedUsers:      f.authorized,
+		UnauthorizedUsers:    f.unauthorized,
 		AllowedEnv:           f.allowedEnv,
 		AllowOrigin:          f.allowOrigin,
 		BaseURL:              f.baseURL,
@@ -68,7 +128,7 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		MaxKernelsPerUser:    f.maxPerUser,
 		MetricsPublic:        f.metricsPublic,
 		MetricsTopUsers:      f.topUsers,
-	}
+	}, nil
 }
 
 func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
@@ -95,6 +155,19 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	// Like jupyter_server: with no authentication configured, a token for
+	// this run, shown once below.
+	generated := false
+	if !ff.noAuth && !ff.authConfigured() {
+		ff.token, generated = randomHex(24), true
+	}
+	if err := ff.checkAuth("serve"); err != nil {
+		return err
+	}
+	feCfg, err := ff.config("serve-"+randomHex(4), log)
 	if err != nil {
 		return err
 	}
@@ -209,18 +282,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fcfg := ff.config("serve-" + randomHex(4))
-	fcfg.Metrics = reg
-	fcfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
-	fe, err := frontend.New(fcfg, feBus, ff.catalog(log), log)
+	feCfg.Metrics = reg
+	feCfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
+	fe, err := frontend.New(feCfg, feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
 		pool.Stop()
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
@@ -236,7 +308,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	if generated {
+		printGeneratedToken(stderr, scheme+"://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -256,6 +331,19 @@ func cmdServe(args []string, stderr io.Writer) error {
 	_ = feNC.Drain()
 	_ = nc.Drain()
 	return err
+}
+
+// printGeneratedToken shows the token generated for this run, once, with
+// what a client needs to use it (as jupyter_server prints its token URL).
+func printGeneratedToken(w io.Writer, url, token string) {
+	fmt.Fprintf(w, `
+    No --token or --users-file was given, so kernelbus generated a token for this run.
+    Clients send it as "Authorization: token <token>" or ?token=<token>:
+
+        %s/api/kernelspecs?token=%s
+        jupyter lab --gateway-url=%s --GatewayClient.auth_token=%s
+
+`, url, token, url, token)
 }
 
 // stopAllKernels asks every launcher on the bus to shut its kernel down,
