@@ -193,8 +193,8 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 		return nil, broker.Wrap(broker.ErrBadRequest, err, "Kernel spec %s cannot be started", spec.Name)
 	}
 
-	if k := s.claimWarm(spec, rm, env, user, reqID); k != nil {
-		return k, nil
+	if k, err := s.claimWarm(spec, rm, env, user, reqID); k != nil || err != nil {
+		return k, err
 	}
 
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
@@ -567,33 +567,47 @@ func warmServes(rm string, env map[string]string) string {
 // exactly, or returns nil (then the start is a cold one). The record is
 // taken by compare-and-swap on its still being idle, so two front-ends
 // never hand out the same kernel and a keeper never reaps a taken one.
-func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string) *broker.Kernel {
+func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string) (*broker.Kernel, error) {
 	pool := broker.WarmPoolKey(rm, spec.Name)
-	cands := s.state.warmIdle(pool)
+	digest := spec.Digest()
+	var cands []*broker.Kernel
+	for _, c := range s.state.warmIdle(pool) {
+		if c.Warm.Digest == digest {
+			cands = append(cands, c)
+		}
+	}
 	if len(cands) == 0 {
-		return nil
+		return nil, nil
 	}
 	if why := warmServes(rm, env); why != "" {
 		s.log.Debug().Str("spec", spec.Name).Str("why", why).Msg("cold start: no warm kernel can serve the request")
-		return nil
+		return nil, nil
 	}
-	digest := spec.Digest()
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
+	// A warm kernel handed to a user is that user's kernel: it takes one
+	// of their slots like a cold start, before it is taken.
+	slot := ""
+	if s.slots != nil && user != "" {
+		var err error
+		if slot, err = s.slots.acquire(ctx, user, cands[0].ID); err != nil {
+			return nil, err
+		}
+	}
 	errTaken := errors.New("taken")
 	for _, c := range cands {
-		if c.Warm.Digest != digest {
-			continue
-		}
 		k, err := s.bus.UpdateKernel(ctx, c.ID, func(k *broker.Kernel) error {
 			if !k.WarmIdle() || k.State != broker.StateRunning || k.Warm.Digest != digest || k.Warm.Pool != pool {
 				return errTaken
 			}
-			k.User, k.Warm.Claimed = user, time.Now().UTC()
+			k.User, k.Owner, k.Warm.Claimed = user, user, time.Now().UTC()
 			return nil
 		})
 		if err != nil {
 			continue
+		}
+		if slot != "" && k.ID != cands[0].ID {
+			s.slots.moved(ctx, slot, k.ID)
 		}
 		s.state.putKernel(k.ID, k, s.state.rev(k.ID)+1, false)
 		ev := broker.NewEvent(broker.EvWarmClaimed, k)
@@ -605,7 +619,34 @@ func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]st
 		ev.Reason = "warm kernel handed to " + who
 		s.emit(ev)
 		s.log.Info().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("user", user).Str("request_id", reqID).Msg("warm kernel handed out")
-		return k
+		return k, nil
 	}
-	return nil
+	if slot != "" {
+		s.slots.releaseKey(ctx, slot, cands[0].ID)
+	}
+	return nil, nil
+}
+
+// WarmModel is a warm kernel nobody took, as GET /api/warm shows it to
+// administrators.
+type WarmModel struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Pool   string `json:"pool"`
+	Keeper string `json:"keeper"`
+	Since  string `json:"since"`
+	State  string `json:"state"`
+}
+
+// listWarm shows administrators the warm kernels that wait for a request.
+func (s *Server) listWarm(c *fiber.Ctx) error {
+	if !identityOf(c).IsAdmin() {
+		return broker.Errorf(broker.ErrForbidden, "only administrators may list warm kernels")
+	}
+	out := []WarmModel{}
+	for _, k := range s.state.warmAll() {
+		out = append(out, WarmModel{ID: k.ID, Name: k.Spec, Pool: k.Warm.Pool, Keeper: k.Warm.Keeper,
+			Since: k.Warm.Since.UTC().Format(lastActivityLayout), State: string(k.State)})
+	}
+	return c.JSON(out)
 }

@@ -239,6 +239,7 @@ func (s *Server) routes() *fiber.App {
 	g.Patch("/api/sessions/:id", s.patchSession)
 	g.Delete("/api/sessions/:id", s.deleteSession)
 	g.Get("/api/events", s.listEvents)
+	g.Get("/api/warm", s.listWarm)
 	g.Get("/api/events/stream", s.streamEvents)
 	app.Use(func(c *fiber.Ctx) error {
 		return broker.Errorf(broker.ErrNotFound, "%s %s: no such endpoint", c.Method(), c.Path())

@@ -306,3 +306,17 @@ func (st *state) warmIdle(pool string) []*broker.Kernel {
 	sort.Slice(out, func(i, j int) bool { return out[i].Warm.Since.Before(out[j].Warm.Since) })
 	return out
 }
+
+// warmAll returns every warm kernel nobody took that has not ended.
+func (st *state) warmAll() []*broker.Kernel {
+	st.mu.RLock()
+	var out []*broker.Kernel
+	for _, e := range st.kernels {
+		if e.rec != nil && e.rec.WarmIdle() && !e.rec.State.Terminal() {
+			out = append(out, e.rec)
+		}
+	}
+	st.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Warm.Since.Before(out[j].Warm.Since) })
+	return out
+}

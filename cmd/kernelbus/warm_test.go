@@ -193,6 +193,17 @@ func TestWarmPool(t *testing.T) {
 		}
 	}
 
+	// The operator sees them (serve without a token: everyone is).
+	var warm []struct{ ID, Pool, Keeper string }
+	if err := getJSON(srv.url+"/api/warm", &warm); err != nil || len(warm) != 2 || warm[0].Pool != "local/python3" || warm[0].Keeper != "warm-w1" {
+		t.Fatalf("GET /api/warm: %+v %v", warm, err)
+	}
+	for _, w := range warm {
+		if _, ok := first[w.ID]; !ok {
+			t.Fatalf("GET /api/warm shows %s, not one of %v", w.ID, first)
+		}
+	}
+
 	// A request a warm kernel can serve takes one, and a real client
 	// uses it.
 	m, err := c.StartKernel(ctx, "python3", map[string]string{"KERNEL_USERNAME": "alice"})
