@@ -46,7 +46,7 @@ func httpClient() *http.Client {
 
 // startKernelbus runs `kernelbus serve` on a free port with the bench's
 // kernelspecs.
-func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway, error) {
+func startKernelbus(ctx context.Context, cfg *config, specDir string, extra ...string) (*gateway, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -55,10 +55,11 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway,
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve",
-		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
+	argv := append([]string{cfg.kernelbusBin, "serve",
+		"--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
-		"--launch-timeout", "120s", "--insecure-no-auth")
+		"--launch-timeout", "120s", "--insecure-no-auth"}, extra...)
+	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
 	if err != nil {
 		return nil, err
 	}
