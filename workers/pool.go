@@ -162,6 +162,13 @@ func (p *Pool) Stop() {
 	p.wg.Wait()
 }
 
+// releaser returns the function that gives a launch slot back, once
+// however often it is called.
+func (p *Pool) releaser() func() {
+	var once sync.Once
+	return func() { once.Do(func() { <-p.sem }) }
+}
+
 // presence keeps this worker's key alive in kb_workers, renewing it three
 // times per TTL of the bucket so one lost renewal does not make it look dead.
 func (p *Pool) presence() {
@@ -202,13 +209,14 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		defer func() { <-p.sem }()
+		release := p.releaser()
+		defer release()
 		var err error
 		switch m.Headers().Get(broker.HeaderType) {
 		case broker.TypeStartRequest:
 			var r broker.StartRequest
 			if err = json.Unmarshal(m.Data(), &r); err == nil {
-				err = p.handleStart(m, r)
+				err = p.handleStart(m, r, release)
 			}
 		case broker.TypeStopRequest:
 			var r broker.StopRequest
@@ -238,8 +246,11 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 
 // handleStart is idempotent on the kernel id: a redelivered request finds
 // the record and resumes or cleans up instead of starting a second kernel.
-// m is nil for a warm kernel's start, which no request carries.
-func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
+// m is nil for a warm kernel's start, which no request carries. release
+// gives the launch slot back once the launcher is submitted: following a
+// kernel until it runs costs a watch, not a launch, and holding the slot
+// meanwhile capped starts in flight at Concurrency whatever their speed.
+func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func()) error {
 	ctx := p.ctx
 	log := p.log.With().Str("kernel_id", r.KernelID).Logger()
 	var resumed bool
@@ -347,6 +358,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
 	}
+	release()
 	return p.follow(m, k, log)
 }
 

@@ -296,8 +296,9 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 		case <-p.ctx.Done():
 			return
 		}
-		defer func() { <-p.sem }()
-		if err := p.handleStart(nil, broker.StartRequest{KernelID: r.ID, RequestID: "warm"}); err != nil && p.ctx.Err() == nil {
+		release := p.releaser()
+		defer release()
+		if err := p.handleStart(nil, broker.StartRequest{KernelID: r.ID, RequestID: "warm"}, release); err != nil && p.ctx.Err() == nil {
 			p.log.Warn().Err(err).Str("kernel_id", r.ID).Msg("warm start failed")
 		}
 	}()
