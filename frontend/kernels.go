@@ -249,13 +249,13 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	if err := s.bus.Emit(ctx, ev); err != nil {
 		log.Warn().Err(err).Msg("emit requested event")
 	}
-	// Watch before asking, so no transition can slip by.
-	w, err := s.watchKernel(ctx, k.ID)
-	if err != nil {
-		s.failStart(k.ID, "the front-end could not watch the kernel record: "+err.Error(), reqID, actorOf(who))
-		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not watch the new kernel")
-	}
-	defer func() { _ = w.Stop() }()
+	// Listen before asking, so no transition can slip by. The state's
+	// watcher of every record tells this start about its own: a watch
+	// per start was a consumer per start, created through the JetStream
+	// API, which capped concurrent starts. A slow poll covers a watcher
+	// that is catching up after the bus lost a node.
+	changed, unlisten := s.state.listen(k.ID)
+	defer unlisten()
 	if err := s.bus.Request(ctx, broker.VerbStart, rm, k.ID, broker.StartRequest{KernelID: k.ID, RequestID: reqID}); err != nil {
 		s.failStart(k.ID, "the start request could not be queued: "+err.Error(), reqID, actorOf(who))
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not queue the start of kernel %s", k.ID)
@@ -264,33 +264,38 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 
 	timer := time.NewTimer(time.Until(k.Deadline))
 	defer timer.Stop()
+	poll := time.NewTicker(2 * time.Second)
+	defer poll.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil, broker.Errorf(broker.ErrUnavailable, "front-end shutting down while kernel %s starts", k.ID)
 		case <-timer.C:
 			return s.startTimedOut(k, timeout, reqID, actorOf(who))
-		case e, ok := <-w.Updates():
-			if !ok {
-				return s.startTimedOut(k, timeout, reqID, actorOf(who))
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
+		case <-poll.C:
+			if cur, rev, err := s.bus.GetKernel(ctx, k.ID); err == nil {
+				s.state.putKernel(cur.ID, cur, rev, false)
+			} else if errors.Is(err, broker.ErrKernelNotFound) {
 				return nil, broker.Errorf(broker.ErrStartFailed, "Kernel %s was removed while it started", k.ID)
 			}
-			var cur broker.Kernel
-			if json.Unmarshal(e.Value(), &cur) != nil {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		case <-changed:
+			cur, deleted := s.state.record(k.ID)
+			if deleted {
+				return nil, broker.Errorf(broker.ErrStartFailed, "Kernel %s was removed while it started", k.ID)
+			}
+			if cur == nil {
 				continue
 			}
-			s.state.putKernel(cur.ID, &cur, e.Revision(), false)
 			switch {
 			case cur.State == broker.StateRunning || cur.State == broker.StateRestarting:
 				log.Info().Str("host", cur.Host).Msg("kernel running")
-				return &cur, nil
+				return cur, nil
 			case cur.State.Terminal():
-				return nil, startFailed(&cur)
+				return nil, startFailed(cur)
 			}
 		}
 	}

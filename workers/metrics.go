@@ -86,12 +86,19 @@ func register[C prometheus.Collector](r prometheus.Registerer, c C) (C, error) {
 	return c, nil
 }
 
-// countStart records the outcome of a start of k.
-func (p *Pool) countStart(k *broker.Kernel, outcome string) {
+// countStart records the outcome of a start of k, as of now.
+func (p *Pool) countStart(k *broker.Kernel, outcome string) { p.countStartAt(k, outcome, time.Now()) }
+
+// countStartAt records the outcome of a start of k that ended at end (the
+// record's update time when the worker polled it).
+func (p *Pool) countStartAt(k *broker.Kernel, outcome string, end time.Time) {
 	rm := p.be.Name()
 	p.met.starts.WithLabelValues(rm, outcome).Inc()
 	if outcome == OutcomeStarted && k != nil && !k.Created.IsZero() {
-		p.met.duration.WithLabelValues(rm).Observe(max(time.Since(k.Created), 0).Seconds())
+		if end.IsZero() || end.After(time.Now()) {
+			end = time.Now()
+		}
+		p.met.duration.WithLabelValues(rm).Observe(max(end.Sub(k.Created), 0).Seconds())
 	}
 }
 

@@ -386,11 +386,10 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 	if err != nil {
 		return err
 	}
-	w, err := p.bus.Kernels.Watch(p.ctx, k.ID)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = w.Stop() }()
+	// The record is read on each poll rather than watched: a watch is a
+	// consumer created through the JetStream API, and one per start in
+	// flight capped how fast kernels could start. The client does not
+	// wait for this: its front-end sees the record change itself.
 	progress := time.NewTicker(p.cfg.AckWait / 3)
 	defer progress.Stop()
 	poll := time.NewTicker(250 * time.Millisecond)
@@ -403,36 +402,38 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 	// more precise reason first.
 	timer := time.NewTimer(time.Until(deadline) + 2*time.Second)
 	defer timer.Stop()
+	// ended reports whether the record says the start is over, and deals
+	// with it.
+	ended := func() bool {
+		cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
+		switch {
+		case errors.Is(err, broker.ErrKernelNotFound):
+			p.countStart(k, OutcomeCancelled)
+			return true // deleted: the front-end gave up on it
+		case err != nil:
+			return false
+		case cur.State == broker.StateRunning || cur.State == broker.StateRestarting:
+			p.countStartAt(k, OutcomeStarted, cur.Updated)
+			return true
+		case cur.State.Terminal():
+			p.countStart(k, endOutcome(cur))
+			// Failed or cancelled: make sure nothing is left behind.
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			return true
+		}
+		return false
+	}
+	if ended() {
+		return nil
+	}
 	for {
 		select {
 		case <-p.ctx.Done():
 			return p.ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("kernel record watch closed")
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				p.countStart(k, OutcomeCancelled)
-				return nil // deleted: the front-end gave up on it
-			}
-			var cur broker.Kernel
-			if json.Unmarshal(e.Value(), &cur) != nil {
-				continue
-			}
-			switch {
-			case cur.State == broker.StateRunning:
-				p.countStart(k, OutcomeStarted)
-				return nil
-			case cur.State.Terminal():
-				p.countStart(k, endOutcome(&cur))
-				// Failed or cancelled: make sure nothing is left behind.
-				_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
-				return nil
-			}
 		case <-poll.C:
+			if ended() {
+				return nil
+			}
 			st, err := p.be.Poll(p.ctx, h)
 			if err == nil && st.Exited {
 				// The launcher writes its own failure reason before it
