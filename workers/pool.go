@@ -310,7 +310,16 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			return p.fail(k, nil, "the kernel record has no launch configuration")
 		}
 		cfg := *k.Launch
-		if err := p.launchAccess(ctx, &cfg, r.KernelID); err != nil {
+		// The kernel's input consumer is created while the launcher
+		// starts (a consumer is a JetStream API call that queues behind
+		// every other start's): the launcher binds it only once its
+		// kernel runs, and tries again until it exists.
+		input := make(chan error, 1)
+		go func() {
+			input <- kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, r.KernelID) }, nil, nil)
+		}()
+		if err := p.launchCreds(&cfg, r.KernelID); err != nil {
+			<-input
 			return err
 		}
 		cfg.Attempt = k.Attempt
@@ -318,6 +327,12 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, &cfg)
+		inputErr := <-input
+		if err == nil && inputErr != nil {
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
+			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
+		}
 		if err != nil {
 			if RefusedStatus(err) != 0 {
 				p.countStart(k, OutcomeRefused)
@@ -615,20 +630,17 @@ func (pk poolKernels) Ended(ctx context.Context, id string) (bool, error) {
 	return k.State.Terminal(), nil
 }
 
-// launchAccess gives a launch its way onto the bus: the kernel's input
-// consumer, created here because a launcher may create none, and
-// credentials scoped to the kernel when the pool has a minter.
-func (p *Pool) launchAccess(ctx context.Context, cfg *broker.LaunchConfig, id string) error {
-	err := kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, id) }, nil, nil)
-	if err != nil {
-		return err
-	}
+// launchCreds gives a launch its way onto the bus: credentials scoped to
+// the kernel when the pool has a minter. (Its input consumer, which a
+// launcher may not create, is the worker's too: see handleStart.)
+func (p *Pool) launchCreds(cfg *broker.LaunchConfig, id string) error {
 	cfg.NATSURLs, cfg.NATSCA = p.cfg.NATSURLs, p.cfg.NATSCA
 	if p.cfg.Minter == nil {
 		cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSToken, p.cfg.NATSCreds
 		return nil
 	}
 	cfg.NATSToken = ""
+	var err error
 	cfg.NATSCreds, err = p.cfg.Minter.LauncherCreds(id, p.cfg.LauncherCredsTTL)
 	return err
 }
