@@ -50,6 +50,7 @@ Usage:
   kernelbus kernels   list|show|interrupt|restart|delete [ID...] [flags]
                                 operate kernels through a front-end's REST API
   kernelbus users     add|token|passwd|list|remove   manage a users file
+  kernelbus nats-auth init [flags]  credentials and TLS files for your own NATS cluster
   kernelbus version
 
 Run 'kernelbus <command> -h' for the flags of a command. Every flag can also
@@ -75,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdKernels(args[1:], stdout, stderr)
 	case "users":
 		err = cmdUsers(args[1:], stdin, stdout, stderr)
+	case "nats-auth":
+		err = cmdNATSAuth(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kernelbus", version)
 		return 0

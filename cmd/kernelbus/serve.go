@@ -151,6 +151,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 	var warm warmFlag
 	fs.Var(&warm, "warm", warmUsage)
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
+	var tf busTLSFlags
+	tf.register(fs)
+	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -203,7 +206,20 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Auth: inst})
+	tlsFiles, err := tf.files(filepath.Join(authDir, "tls"), host)
+	if err != nil {
+		return err
+	}
+	var natsCA string
+	if tlsFiles.CA != "" {
+		b, err := os.ReadFile(tlsFiles.CA)
+		if err != nil {
+			return fmt.Errorf("--nats-ca: %w", err)
+		}
+		natsCA = string(b)
+	}
+	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Auth: inst,
+		TLSCert: tlsFiles.Cert, TLSKey: tlsFiles.Key})
 	if err != nil {
 		return err
 	}
@@ -211,8 +227,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Shutdown()
-	log.Info().Str("nats", srv.ClientURL()).Str("data_dir", *dataDir).Msg("embedded NATS ready")
-	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir); err != nil {
+	log.Info().Str("nats", srv.ClientURL()).Bool("tls", tlsFiles.Cert != "").Str("data_dir", *dataDir).Msg("embedded NATS ready")
+	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir, tlsFiles.CA); err != nil {
 		return err
 	}
 	roleConn := func(file, name string) (*nats.Conn, error) {
@@ -270,7 +286,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	pcfg := workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg, Warm: warm}
+	pcfg := workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg, Warm: warm}
 	if len(warm) > 0 {
 		pcfg.Specs = warmSpecs(append(append([]string{}, ff.specDirs...), frontend.DefaultKernelDirs()...), log)
 	}
@@ -367,11 +383,102 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 	wg.Wait()
 }
 
+// launcherCredsTTLUsage documents --launcher-creds-ttl of serve and worker.
+const launcherCredsTTLUsage = "validity of each launcher's own bus credentials: launchers renew them at half-life while their kernel runs, so this is how long they outlive it (negative: no expiry)"
+
 // writeInstallation records how parts and tools reach this installation's
-// NATS: its URL and the folder of role credentials (--nats-conn).
-func writeInstallation(dir, url, authDir string) error {
-	data := []byte("url=" + url + "\nauth=" + authDir + "\n")
-	return os.WriteFile(filepath.Join(dir, "nats.conn"), data, 0o600)
+// NATS (--nats-conn): its URL, the CA of its TLS certificate and the
+// folder of role credentials. The file appears whole (rename), since
+// harnesses poll for it.
+func writeInstallation(dir, url, authDir, ca string) error {
+	data := "url=" + url + "\n"
+	if ca != "" {
+		data += "ca=" + ca + "\n"
+	}
+	data += "auth=" + authDir + "\n"
+	p := filepath.Join(dir, "nats.conn")
+	if err := os.WriteFile(p+".tmp", []byte(data), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
+}
+
+// busTLSFlags say how the embedded NATS serves TLS.
+type busTLSFlags struct {
+	on        bool
+	cert, key string
+	ca        string
+	hosts     listFlag
+}
+
+func (f *busTLSFlags) register(fs *flagSet) {
+	fs.BoolVar(&f.on, "nats-tls", true, "serve the embedded NATS over TLS only; without --nats-tls-cert, with a certificate from a private CA kept in <data-dir>/auth/tls")
+	fs.StringVar(&f.cert, "nats-tls-cert", "", "TLS certificate (PEM) of the embedded NATS, instead of the generated one")
+	fs.StringVar(&f.key, "nats-tls-key", "", "key (PEM) of --nats-tls-cert")
+	fs.StringVar(&f.ca, "nats-ca", "", "CA certificate (PEM) that --nats-tls-cert chains to, given to every part and launcher (empty: the system's roots)")
+	fs.Var(&f.hosts, "nats-tls-hosts", "extra names and addresses of the generated NATS certificate (comma separated), for launchers that reach the bus by another name than --nats-listen's host")
+}
+
+// files returns the certificate, key and CA the embedded server and its
+// clients use (all empty: no TLS), generating them in dir when asked.
+func (f *busTLSFlags) files(dir, listenHost string) (access.TLSFiles, error) {
+	if (f.cert == "") != (f.key == "") {
+		return access.TLSFiles{}, errors.New("--nats-tls-cert and --nats-tls-key go together")
+	}
+	if f.cert != "" {
+		if !f.on {
+			return access.TLSFiles{}, errors.New("--nats-tls-cert with --nats-tls=false: drop one of them")
+		}
+		out := access.TLSFiles{Cert: f.cert, Key: f.key, CA: f.ca}
+		for _, p := range []*string{&out.Cert, &out.Key, &out.CA} {
+			if *p == "" {
+				continue
+			}
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return out, err
+			}
+			if _, err := os.Stat(abs); err != nil {
+				return out, fmt.Errorf("bus TLS: %w", err)
+			}
+			*p = abs
+		}
+		return out, nil
+	}
+	if !f.on {
+		return access.TLSFiles{}, nil
+	}
+	if f.ca != "" {
+		return access.TLSFiles{}, errors.New("--nats-ca without --nats-tls-cert: the generated certificate has its own CA")
+	}
+	hosts := append([]string{}, f.hosts...)
+	if ip := net.ParseIP(listenHost); listenHost == "" || (ip != nil && ip.IsUnspecified()) {
+		// Listening everywhere: name this host and its addresses, which
+		// is how remote launchers are likely to reach it.
+		hosts = append(hosts, localNames()...)
+	} else {
+		hosts = append(hosts, listenHost)
+	}
+	files, err := access.WriteTLS(dir, hosts)
+	if err != nil {
+		return files, fmt.Errorf("bus TLS: %w", err)
+	}
+	return files, nil
+}
+
+// localNames are this host's name and interface addresses.
+func localNames() []string {
+	var out []string
+	if h, err := os.Hostname(); err == nil {
+		out = append(out, h)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			out = append(out, n.IP.String())
+		}
+	}
+	return out
 }
 
 func defaultDataDir() string {
