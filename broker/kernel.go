@@ -97,6 +97,9 @@ type Warm struct {
 	// Digest identifies the kernelspec it was started from, so a kernel
 	// of a changed spec is reaped rather than handed out.
 	Digest string `json:"digest,omitempty"`
+	// Accept names client env variables a request may set and still take
+	// it (the operator's warm pool setting); the kernel does not have them.
+	Accept []string `json:"accept,omitempty"`
 }
 
 // WarmIdle reports whether k is a warm kernel no request has taken yet:

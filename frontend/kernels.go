@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -545,17 +546,18 @@ func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
 	return nil
 }
 
-// warmServes says why a warm kernel of resource manager rm cannot serve a
+// warmServes says why warm kernel k of resource manager rm cannot serve a
 // request with the client's filtered env exactly as asked, or "" when it
 // can. A warm kernel was started with the spec's env and no user: what a
-// request adds at launch (custom env, a chosen id, a working directory,
-// the user a YARN or SSH kernel is impersonated as) cannot be applied to a
-// process that already runs. Only its owner and launch timeout can.
-func warmServes(rm string, env map[string]string) string {
+// request adds at launch (custom env, a chosen id, the user a YARN or SSH
+// kernel is impersonated as) cannot be applied to a process that already
+// runs. Only its owner and launch timeout can, and what the operator's
+// warm pool accepts (Warm.Accept) is let through.
+func warmServes(k *broker.Kernel, rm string, env map[string]string) string {
 	for name := range env {
-		switch name {
-		case broker.EnvLaunchTimeout:
-		case broker.EnvUsername:
+		switch {
+		case name == broker.EnvLaunchTimeout, slices.Contains(k.Warm.Accept, name):
+		case name == broker.EnvUsername:
 			if rm != broker.RMLocal {
 				// Remote kernels run as KERNEL_USERNAME; local ones as
 				// the worker's user whoever asks.
@@ -576,16 +578,19 @@ func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]st
 	pool := broker.WarmPoolKey(rm, spec.Name)
 	digest := spec.Digest()
 	var cands []*broker.Kernel
+	why := ""
 	for _, c := range s.state.warmIdle(pool) {
-		if c.Warm.Digest == digest {
+		if c.Warm.Digest != digest {
+			continue
+		}
+		if why = warmServes(c, rm, env); why == "" {
 			cands = append(cands, c)
 		}
 	}
 	if len(cands) == 0 {
-		return nil, nil
-	}
-	if why := warmServes(rm, env); why != "" {
-		s.log.Debug().Str("spec", spec.Name).Str("why", why).Msg("cold start: no warm kernel can serve the request")
+		if why != "" {
+			s.log.Debug().Str("spec", spec.Name).Str("why", why).Msg("cold start: no warm kernel can serve the request")
+		}
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)

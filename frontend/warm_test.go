@@ -14,11 +14,11 @@ import (
 
 // putWarm writes a running warm kernel of python3 as a worker's warm
 // keeper would once its launcher reported it running.
-func (e *testEnv) putWarm(id, digest string) {
+func (e *testEnv) putWarm(id, digest string, accept ...string) {
 	e.t.Helper()
 	now := time.Now().UTC()
 	k := &broker.Kernel{ID: id, Spec: "python3", RM: broker.RMLocal, State: broker.StateRunning, Created: now, Deadline: now.Add(time.Minute),
-		Warm: &broker.Warm{Pool: broker.WarmPoolKey(broker.RMLocal, "python3"), Keeper: "w-test", Since: now, Digest: digest}}
+		Warm: &broker.Warm{Pool: broker.WarmPoolKey(broker.RMLocal, "python3"), Keeper: "w-test", Since: now, Digest: digest, Accept: accept}}
 	if _, err := e.bus.CreateKernel(context.Background(), k); err != nil {
 		e.t.Fatal(err)
 	}
@@ -107,6 +107,20 @@ func TestWarmClaim(t *testing.T) {
 			}
 		}
 	}
+
+	// What the operator's pool accepts does not force a cold start.
+	if err := e.bus.Kernels.Delete(t.Context(), w1); err != nil {
+		t.Fatal(err)
+	}
+	const w3 = "00000000-0000-4000-8000-0000000000a3"
+	e.putWarm(w3, e.pythonDigest(), "KERNEL_WORKING_DIR")
+	if k, code, eb := e.startAs(bob, "python3", map[string]string{"KERNEL_WORKING_DIR": "/tmp", "KERNEL_FAVOURITE": "tea"}); code != 201 || k.ID == w3 {
+		t.Fatalf("a request with env the pool does not accept got warm kernel: %d %+v %v", code, eb, k.ID == w3)
+	}
+	if k, code, eb := e.startAs(bob, "python3", map[string]string{"KERNEL_WORKING_DIR": "/tmp"}); code != 201 || k.ID != w3 {
+		t.Fatalf("a request with env the pool accepts did not get the warm kernel: %d %+v %s", code, eb, k.ID)
+	}
+	e.putWarm(w1, e.pythonDigest())
 
 	// Two warm kernels, three starts at once: each warm kernel goes to
 	// exactly one of them, the third starts cold.

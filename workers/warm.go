@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,14 +36,20 @@ type WarmPool struct {
 	Idle time.Duration
 	// LaunchTimeout bounds a warm kernel's start. Default 120s.
 	LaunchTimeout time.Duration
+	// Accept names client env variables a request may set and still take
+	// a warm kernel, which then lacks them in its environment: the
+	// operator's judgement that they do not matter to these kernels (say
+	// KERNEL_WORKING_DIR, which kernelbus does not apply to local kernels
+	// anyway, and which jupyter_server sends with every session).
+	Accept []string
 }
 
-// ParseWarmPool reads "SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION]".
+// ParseWarmPool reads "SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION][,accept=NAME:NAME...]".
 func ParseWarmPool(s string) (WarmPool, error) {
 	parts := strings.Split(s, ",")
 	name, count, ok := strings.Cut(parts[0], "=")
 	if !ok || !broker.ValidSpecName(name) {
-		return WarmPool{}, fmt.Errorf("warm pool %q: want SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION]", s)
+		return WarmPool{}, fmt.Errorf("warm pool %q: want SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION][,accept=NAME:NAME...]", s)
 	}
 	w := WarmPool{Spec: name}
 	var err error
@@ -64,12 +71,21 @@ func ParseWarmPool(s string) (WarmPool, error) {
 			if w.LaunchTimeout, err = time.ParseDuration(v); err != nil || w.LaunchTimeout <= 0 {
 				return WarmPool{}, fmt.Errorf("warm pool %q: timeout must be a positive duration such as 60s", s)
 			}
+		case "accept":
+			for _, name := range strings.Split(v, ":") {
+				if !envName.MatchString(name) {
+					return WarmPool{}, fmt.Errorf("warm pool %q: accept wants env names separated by colons, not %q", s, name)
+				}
+				w.Accept = append(w.Accept, name)
+			}
 		default:
-			return WarmPool{}, fmt.Errorf("warm pool %q: unknown setting %q (ceiling, idle, timeout)", s, k)
+			return WarmPool{}, fmt.Errorf("warm pool %q: unknown setting %q (ceiling, idle, timeout, accept)", s, k)
 		}
 	}
 	return w, nil
 }
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 
 func (w WarmPool) withDefaults() WarmPool {
 	if w.Idle <= 0 {
@@ -276,7 +292,7 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 	r := &broker.Kernel{
 		ID: uuid.NewString(), Spec: spec.Name, RM: p.be.Name(), State: broker.StateRequested,
 		Created: now, Deadline: now.Add(w.LaunchTimeout),
-		Warm: &broker.Warm{Pool: broker.WarmPoolKey(p.be.Name(), spec.Name), Keeper: p.cfg.ID, Since: now, Digest: spec.Digest()},
+		Warm: &broker.Warm{Pool: broker.WarmPoolKey(p.be.Name(), spec.Name), Keeper: p.cfg.ID, Since: now, Digest: spec.Digest(), Accept: w.Accept},
 	}
 	// No user and no client env: only what every request of the spec
 	// would get, which is what lets any of them take it.

@@ -75,7 +75,7 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-// warmFlag is the repeatable --warm SPEC=COUNT[,ceiling=N][,idle=D][,timeout=D].
+// warmFlag is the repeatable --warm SPEC=COUNT[,ceiling=N][,idle=D][,timeout=D][,accept=N:N].
 type warmFlag []workers.WarmPool
 
 func (w *warmFlag) String() string { return fmt.Sprint(len(*w), " warm pools") }
@@ -89,7 +89,7 @@ func (w *warmFlag) Set(v string) error {
 	return nil
 }
 
-const warmUsage = "keep warm kernels of a kernelspec of this resource manager: SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION] (repeatable); ceiling caps the spec's live kernels, idle is how long one waits before it is replaced (default 1h)"
+const warmUsage = "keep warm kernels of a kernelspec of this resource manager: SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION][,accept=NAME:NAME] (repeatable); ceiling caps the spec's live kernels, idle is how long one waits before it is replaced (default 1h), accept names client env a request may set and still get a warm kernel (which lacks it)"
 
 // warmSpecs is the kernelspec lookup of a warm keeper: the folders are
 // read again at most every 10 s, so a changed or removed spec has its
