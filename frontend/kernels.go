@@ -46,6 +46,9 @@ func (s *Server) model(k *broker.Kernel) KernelModel {
 	if hasActivity && !a.LastActivity.IsZero() {
 		last = a.LastActivity
 	}
+	if k.Warm != nil && last.Before(k.Warm.Claimed) {
+		last = k.Warm.Claimed // a warm kernel is new to whoever took it
+	}
 	m.LastActivity = last.UTC().Format(lastActivityLayout)
 	switch {
 	case k.State.Starting():

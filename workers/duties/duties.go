@@ -274,6 +274,11 @@ func (d *Duties) CullOnce(ctx context.Context) error {
 		if last.Before(k.Created) {
 			last = k.Created
 		}
+		// A warm kernel's idle time starts when a request took it, not
+		// when it started waiting for one.
+		if k.Warm != nil && last.Before(k.Warm.Claimed) {
+			last = k.Warm.Claimed
+		}
 		idle := now.Sub(last)
 		switch {
 		case idle <= d.cfg.CullIdleTimeout:
