@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -402,11 +403,34 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 // startThroughput: scenario 5, s concurrent starts.
 func (b *bench) startThroughput(ctx context.Context, t target, s int) {
 	scn := fmt.Sprintf("5 concurrent starts: S=%d (synthetic)", s)
+	g, isGateway := t.(*gateway)
+	var gw0 float64
+	var before map[int]bool
+	if isGateway {
+		gw0, before = gatewayCPU(g), pidSet(descendants(g.main.pid()))
+	}
 	t0 := time.Now()
 	ss, failed, err := startMany(ctx, t, specSynth, s, s, false)
 	d := time.Since(t0)
 	b.res.set(scn, "starts/s", "1/s", "higher", t.Name(), float64(len(ss))/d.Seconds())
 	b.res.set(scn, "failures", "", "", t.Name(), float64(failed))
+	if isGateway && len(ss) > 0 {
+		// What a start costs in CPU, whatever else the machine runs: the
+		// gateway's and the new launchers' and kernels' (still running,
+		// so their CPU is their own), not the client's. Cores over it is
+		// the rate a quiet machine allows.
+		server := gatewayCPU(g) - gw0
+		for _, pid := range descendants(g.main.pid()) {
+			if !before[pid] {
+				server += cpuSeconds(pid)
+			}
+		}
+		per := server * 1000 / float64(len(ss))
+		b.res.set(scn, "server CPU per start", "ms", "lower", t.Name(), per)
+		if per > 0 {
+			b.res.set(scn, "CPU-bound starts/s on this machine's cores", "1/s", "higher", t.Name(), float64(runtime.NumCPU())*1000/per)
+		}
+	}
 	b.log("%s %s: %d ok, %d failed in %v (%.1f/s)", t.Name(), scn, len(ss), failed, d.Round(time.Millisecond), float64(len(ss))/d.Seconds())
 	if failed > 0 {
 		b.res.note(scn, "failures", "", "", t.Name(), short(err))
@@ -608,4 +632,21 @@ func getJSON(ctx context.Context, c *http.Client, u string, out any) error {
 		return fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// gatewayCPU is the CPU seconds a gateway's own processes used so far.
+func gatewayCPU(g *gateway) float64 {
+	c := cpuSeconds(g.main.pid())
+	if g.fe != nil {
+		c += cpuSeconds(g.fe.pid())
+	}
+	return c
+}
+
+func pidSet(pids []int) map[int]bool {
+	m := make(map[int]bool, len(pids))
+	for _, p := range pids {
+		m[p] = true
+	}
+	return m
 }
