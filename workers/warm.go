@@ -113,6 +113,10 @@ type keeper struct {
 	pools map[string]WarmPool // by broker.WarmPoolKey
 	recs  map[string]*broker.Kernel
 	poke  chan struct{}
+	// warned rate-limits the warning about a pool that cannot start
+	// kernels (its spec is missing or names another resource manager),
+	// which reconcile would otherwise repeat every second.
+	warned map[string]time.Time
 }
 
 // runWarm campaigns for the warm lease until the pool stops.
@@ -123,7 +127,7 @@ func (p *Pool) runWarm() {
 		p.log.Error().Err(err).Msg("warm pools: no lease bucket; warm pools are off")
 		return
 	}
-	k := &keeper{p: p, pools: map[string]WarmPool{}, poke: make(chan struct{}, 1)}
+	k := &keeper{p: p, pools: map[string]WarmPool{}, poke: make(chan struct{}, 1), warned: map[string]time.Time{}}
 	for _, w := range p.cfg.Warm {
 		k.pools[broker.WarmPoolKey(p.be.Name(), w.Spec)] = w.withDefaults()
 	}
@@ -267,7 +271,10 @@ func (k *keeper) reconcile(ctx context.Context) {
 		for range need {
 			r, err := k.startWarm(ctx, w)
 			if err != nil {
-				p.log.Warn().Err(err).Str("spec", w.Spec).Msg("warm keeper: could not start a warm kernel")
+				if time.Since(k.warned[key]) > time.Minute {
+					k.warned[key] = time.Now()
+					p.log.Warn().Err(err).Str("spec", w.Spec).Msg("warm keeper: could not start a warm kernel")
+				}
 				break
 			}
 			k.recs[r.ID] = r
