@@ -464,6 +464,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 	if ended() {
 		return nil
 	}
+	polls := 0
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -471,6 +472,13 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 		case <-poll.C:
 			if ended() {
 				return nil
+			}
+			// The resource manager is asked less often once a start takes
+			// a while (a YARN poll is a REST call, and starts in flight
+			// are not bounded by Concurrency any more).
+			polls++
+			if polls > 8 && polls%4 != 0 {
+				continue
 			}
 			st, err := p.be.Poll(p.ctx, h)
 			if err == nil && st.Exited {
