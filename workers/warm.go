@@ -97,9 +97,6 @@ func (w WarmPool) withDefaults() WarmPool {
 	return w
 }
 
-// SpecLookup finds a kernelspec by name, as the worker reads it now.
-type SpecLookup func(name string) (*broker.KernelSpec, bool)
-
 // WarmLeaseName is the kb_leases key that the warm keeper of resource
 // manager rm holds: one worker of a pool fills its warm pools at a time, so
 // two workers never both fill the same gap.
@@ -236,7 +233,7 @@ func (k *keeper) reconcile(ctx context.Context) {
 		case r.State == broker.StateRunning && now.Sub(r.Warm.Since) > w.Idle:
 			why = "its idle lifetime of " + w.Idle.String() + " passed"
 		default:
-			spec, ok := p.cfg.Specs(w.Spec)
+			spec, ok := p.cfg.Specs.Spec(w.Spec)
 			if !ok {
 				why = "its kernelspec " + w.Spec + " is gone"
 			} else if spec.Digest() != r.Warm.Digest {
@@ -288,7 +285,7 @@ func (k *keeper) reconcile(ctx context.Context) {
 // before reconcile returns.
 func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, error) {
 	p := k.p
-	spec, ok := p.cfg.Specs(w.Spec)
+	spec, ok := p.cfg.Specs.Spec(w.Spec)
 	if !ok {
 		return nil, fmt.Errorf("kernelspec %s not found", w.Spec)
 	}

@@ -91,22 +91,27 @@ func (w *warmFlag) Set(v string) error {
 
 const warmUsage = "keep warm kernels of a kernelspec of this resource manager: SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION][,accept=NAME:NAME] (repeatable); ceiling caps the spec's live kernels, idle is how long one waits before it is replaced (default 1h), accept names client env a request may set and still get a warm kernel (which lacks it)"
 
-// warmSpecs is the kernelspec lookup of a warm keeper: the folders are
-// read again at most every 10 s, so a changed or removed spec has its
-// warm kernels reaped.
-func warmSpecs(dirs []string, log zerolog.Logger) workers.SpecLookup {
-	cat := frontend.NewCatalog(dirs, log)
-	var mu sync.Mutex
-	last := time.Now()
-	return func(name string) (*broker.KernelSpec, bool) {
-		mu.Lock()
-		if time.Since(last) > 10*time.Second {
-			cat.Reload()
-			last = time.Now()
-		}
-		mu.Unlock()
-		return cat.Spec(name)
+// warmSpecs is the kernelspecs of a worker that keeps warm pools: the
+// folders are read again at most every 10 s, so that the warm kernels of a
+// changed or removed spec are reaped (and new starts use the new spec).
+func warmSpecs(cat *frontend.Catalog) workers.SpecSource {
+	return &reloadingSpecs{cat: cat, last: time.Now()}
+}
+
+type reloadingSpecs struct {
+	cat  *frontend.Catalog
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *reloadingSpecs) Spec(name string) (*broker.KernelSpec, bool) {
+	r.mu.Lock()
+	if time.Since(r.last) > 10*time.Second {
+		r.cat.Reload()
+		r.last = time.Now()
 	}
+	r.mu.Unlock()
+	return r.cat.Spec(name)
 }
 
 func newLogger(level string, w io.Writer) (zerolog.Logger, error) {
