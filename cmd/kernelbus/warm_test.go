@@ -257,7 +257,32 @@ func TestWarmPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-w1.done
-	startWarmWorker(t, bin, natsConn, w2Log, "--id", "warm-w2", "--warm", "python3=2,idle=10m", "--kernelspec-dir", specs)
+	// The new worker reads its own copy of the kernelspec (found before
+	// the venv's), which the test changes below.
+	own := filepath.Join(dir, "specs")
+	if err := os.MkdirAll(filepath.Join(own, "python3"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	specJSON, err := os.ReadFile(filepath.Join(specs, "python3", "kernel.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(specJSON, &spec); err != nil {
+		t.Fatal(err)
+	}
+	// The same kernel as the venv's spec, whose "python" the catalog
+	// resolves to the venv's own: the same digest, until it changes.
+	argv, _ := spec["argv"].([]any)
+	if len(argv) == 0 {
+		t.Fatalf("kernelspec argv: %s", specJSON)
+	}
+	argv[0] = filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(specs))), "bin", "python")
+	specJSON, _ = json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(own, "python3", "kernel.json"), specJSON, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startWarmWorker(t, bin, natsConn, w2Log, "--id", "warm-w2", "--warm", "python3=2,idle=10m", "--kernelspec-dir", own, "--kernelspec-dir", specs)
 	waitIdle("the new worker's warm kernels", 2, func(v warmView) bool {
 		for id := range held {
 			if _, ok := v.reaped[id]; !ok {
@@ -281,4 +306,28 @@ func TestWarmPool(t *testing.T) {
 			t.Fatalf("kernel %s after the worker died: %+v %v", id, k, err)
 		}
 	}
+
+	// A changed kernelspec: the warm kernels of the old one are reaped
+	// and replaced (the worker reads its folders again within 10 s).
+	waitIdle("the new worker's warm kernels", 2, nil)
+	old := v.idle
+	env, _ := spec["env"].(map[string]any)
+	if env == nil {
+		env = map[string]any{}
+	}
+	env["KB_WARM_TEST"] = "changed"
+	spec["env"] = env
+	changed, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(own, "python3", "kernel.json"), changed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	jstest.WaitFor(t, 60*time.Second, "the old spec's warm kernels to be reaped", func() bool {
+		v = readWarm(history(t, data))
+		for id := range old {
+			if !strings.Contains(v.reaped[id], "kernelspec python3 changed") {
+				return false
+			}
+		}
+		return true
+	})
 }
