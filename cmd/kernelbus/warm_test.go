@@ -133,7 +133,8 @@ func processGroupAlive(pgid int) bool {
 // runs code in it) and the pool refills; a request with env a warm kernel
 // cannot have gets a cold start with that env; warm kernels are hidden
 // from the Jupyter API; killing the worker that holds the warm kernels
-// leaves no process behind once another worker keeps the pool.
+// leaves no process behind once another worker keeps the pool; a changed
+// kernelspec has its warm kernels reaped and replaced.
 func TestWarmPool(t *testing.T) {
 	bin := os.Getenv("KERNELBUS_BIN")
 	if bin == "" {
