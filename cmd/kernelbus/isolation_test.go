@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -213,6 +216,155 @@ func TestServeKernelIsolation(t *testing.T) {
 	for _, s := range []string{broker.StreamEvents, broker.StreamIO, "KV_" + broker.BucketKernels} {
 		if _, err := js.Stream(ctx, s); err != nil {
 			t.Errorf("stream %s after the attacks: %v", s, err)
+		}
+	}
+}
+
+// osUser creates an OS account for the test and removes it afterwards.
+func osUser(t *testing.T, name string) string {
+	t.Helper()
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil && !strings.Contains(string(out), "already exists") {
+		t.Fatalf("useradd %s: %v %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Uid
+}
+
+// kernelProc finds kernel id's ipykernel process and connection file.
+func kernelProc(t *testing.T, id string) (pid int, connFile string) {
+	t.Helper()
+	jstest.WaitFor(t, 30*time.Second, "kernel "+id+"'s process", func() bool {
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			n, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n))
+			args := strings.Split(string(cmd), "\x00")
+			for _, a := range args {
+				if strings.HasSuffix(a, "kernel-"+id+".json") && strings.Contains(string(cmd), "ipykernel") {
+					pid, connFile = n, a
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return pid, connFile
+}
+
+// probeCell tries to read a connection file and to signal a process.
+const probeCell = `
+import os, json
+res = {"uid": os.getuid()}
+try:
+    open(%[1]q).read(); res["read"] = "ok"
+except Exception as e:
+    res["read"] = type(e).__name__
+try:
+    os.kill(%[2]d, 0); res["signal"] = "ok"
+except Exception as e:
+    res["signal"] = type(e).__name__
+print("PROBE" + json.dumps(res))
+`
+
+// TestServeRunAsOwners: serve as root with --run-as-owners and two OS
+// accounts of the same names as two users: each user's real ipykernel runs
+// as that user's account, and neither kernel can read the other's
+// connection file or signal the other's kernel; each can read its own.
+func TestServeRunAsOwners(t *testing.T) {
+	bin := os.Getenv("KERNELBUS_BIN")
+	if bin == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
+		}
+		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" || os.Getenv("KB_CI") != "" {
+			t.Fatal("this test needs root (it creates two OS users and serve switches to them); CI runs as root")
+		}
+		t.Skip("needs root: it creates two OS users")
+	}
+	names := []string{"kbiso-alice", "kbiso-bob"}
+	uids := []string{osUser(t, names[0]), osUser(t, names[1])}
+	py := jstest.Python(t)
+	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	logPath := filepath.Join(dir, "serve.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("serve log:\n%s", log)
+		}
+	})
+	users := filepath.Join(dir, "users.json")
+	var clients []*client.Client
+	args := []string{"--kernelspec-dir", specs, "--users-file", users, "--run-as-owners", strings.Join(names, ",")}
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		args = append(args, "--launcher", l)
+	}
+	for _, n := range names {
+		code, tok, errOut := runCLI("users", "add", "--file", users, n)
+		if code != 0 {
+			t.Fatalf("users add %s: %s", n, errOut)
+		}
+		clients = append(clients, &client.Client{Token: strings.TrimSpace(tok)})
+	}
+	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	srv := startServe(t, bin, data, logPath, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	type kernel struct {
+		conn     *client.Conn
+		pid      int
+		connFile string
+	}
+	var ks []kernel
+	for i, c := range clients {
+		c.BaseURL = srv.url
+		m, err := c.StartKernel(ctx, "python3", nil)
+		if err != nil {
+			t.Fatalf("%s's kernel: %v", names[i], err)
+		}
+		conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		pid, cf := kernelProc(t, m.ID)
+		ks = append(ks, kernel{conn, pid, cf})
+	}
+	probe := func(from int, file string, pid int) map[string]any {
+		t.Helper()
+		r, err := ks[from].conn.Execute(fmt.Sprintf(probeCell, file, pid), time.Minute)
+		if err != nil || r.Status != "ok" {
+			t.Fatalf("probe from %s: %+v %v", names[from], r, err)
+		}
+		out := r.Stdout.String()
+		i := strings.Index(out, "PROBE")
+		res := map[string]any{}
+		if i < 0 || json.Unmarshal([]byte(strings.TrimSpace(out[i+len("PROBE"):])), &res) != nil {
+			t.Fatalf("probe printed %q", out)
+		}
+		return res
+	}
+	for i := range ks {
+		other := 1 - i
+		own := probe(i, ks[i].connFile, ks[i].pid)
+		if fmt.Sprint(own["uid"]) != uids[i] || own["read"] != "ok" || own["signal"] != "ok" {
+			t.Errorf("%s's kernel on its own (want uid %s, ok, ok): %v", names[i], uids[i], own)
+		}
+		res := probe(i, ks[other].connFile, ks[other].pid)
+		t.Logf("%s's kernel against %s's: %v", names[i], names[other], res)
+		if res["read"] != "PermissionError" || res["signal"] != "PermissionError" {
+			t.Errorf("%s's kernel read %s's connection file or signalled its kernel: %v", names[i], names[other], res)
 		}
 	}
 }
