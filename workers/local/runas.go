@@ -21,8 +21,9 @@ import (
 // signing key) and signal it; kernels that share one uid can read each
 // other's connection files and drive each other over ZMQ.
 type RunAs struct {
-	// User runs every kernel no owner mapping applies to; "" keeps the
-	// worker's own account. It must not be root.
+	// User runs every kernel no owner mapping applies to. It must not be
+	// root. "" with no Owners means DefaultAccount when the worker runs as
+	// root (unless Self), else the worker's own account.
 	User string
 	// Owners lists the kernel owners (KERNEL_USERNAME, or the identity
 	// the front-end set) that run as the OS account of the same name;
