@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -425,9 +426,10 @@ func readConnFile(path string) (connFile, error) {
 // localFlags are the local resource manager's: which OS accounts run
 // kernels when the worker runs as root.
 func localFlags(fs *flagSet) func() map[string]string {
-	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: the worker's own)")
+	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: "+local.DefaultAccount+" when root, else the worker's own)")
+	self := fs.Bool("run-as-gateway-user", false, "local kernels: run them as the worker's own account even when it is root (they can then read the bus data folder and signal the gateway; only where every kernel is trusted)")
 	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
 	return func() map[string]string {
-		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners}
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsSelf: strconv.FormatBool(*self)}
 	}
 }

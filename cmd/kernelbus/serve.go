@@ -213,6 +213,13 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
+	// The folder holds the signing keys, every part's credentials and
+	// every kernel's traffic in the stream files: closed to everyone
+	// else, the accounts local kernels run as included, even when it
+	// existed before with a wider mode.
+	if err := os.Chmod(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
 
 	// The embedded NATS trusts this installation's keys only: every part
 	// connects with credentials of its role, and each launcher with its
