@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -150,12 +151,13 @@ func (p EnvPolicy) LaunchTimeout(env map[string]string) (time.Duration, error) {
 		return def, nil
 	}
 	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || f <= 0 {
-		return 0, Errorf(ErrBadEnv, "env %s: %q is not a positive number of seconds", EnvLaunchTimeout, s)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
+		return 0, Errorf(ErrBadEnv, "env %s: %q is not a positive, finite number of seconds", EnvLaunchTimeout, s)
 	}
-	d := time.Duration(f * float64(time.Second))
-	if d > max {
-		d = max
+	// Clamp before converting: a float beyond int64 nanoseconds would
+	// wrap to a negative duration.
+	if f >= max.Seconds() {
+		return max, nil
 	}
-	return d, nil
+	return time.Duration(f * float64(time.Second)), nil
 }

@@ -76,3 +76,21 @@ func TestEnvTotalBytes(t *testing.T) {
 		t.Fatalf("no cap: %v", err)
 	}
 }
+
+// KERNEL_LAUNCH_TIMEOUT values that are not positive finite numbers are
+// refused with a message; huge ones are capped, never wrapped negative.
+func TestLaunchTimeoutBadValues(t *testing.T) {
+	var p EnvPolicy
+	for _, v := range []string{"nan", "NaN", "inf", "-inf", "+Inf", "0", "-1", "ten", "1e-400x", "1e400"} {
+		if d, err := p.LaunchTimeout(map[string]string{EnvLaunchTimeout: v}); err == nil {
+			t.Errorf("%q: got %s, want an error", v, d)
+		} else if !strings.Contains(err.Error(), "positive, finite number of seconds") {
+			t.Errorf("%q: error %q does not say what to send", v, err)
+		}
+	}
+	for v, want := range map[string]time.Duration{"1e300": 10 * time.Minute, "9.3e9": 10 * time.Minute, "2.5": 2500 * time.Millisecond} {
+		if d, err := p.LaunchTimeout(map[string]string{EnvLaunchTimeout: v}); err != nil || d != want {
+			t.Errorf("%q: got %s %v, want %s", v, d, err, want)
+		}
+	}
+}
