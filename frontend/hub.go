@@ -314,5 +314,5 @@ func (c *conn) sendSynthetic(m *synthetic) {
 	if c.finished || c.broken {
 		return
 	}
-	_ = c.write(m.data, m.h)
+	_ = c.writeFrames([]outItem{{data: m.data, h: m.h, subject: broker.SubjectOut(c.kernel, "iopub"), write: true}})
 }

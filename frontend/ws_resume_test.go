@@ -273,3 +273,36 @@ func TestWSResumeAfterBadParam(t *testing.T) {
 		t.Fatalf("got %+v", msgs)
 	}
 }
+
+// TestWSResumeAfterInFlightWrite: the front-end died during one socket
+// write of several messages, having recorded the write's window
+// (InFlight) but not its end. A client that received a prefix of the
+// write and sends resume_after gets the rest of it and what followed,
+// once; a client that received none of it gets all of it.
+func TestWSResumeAfterInFlightWrite(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	c := e.dial(k.ID, "S", true)
+	sent := publishStreams(t, e.bus, k.ID, "w", 6)
+	sameTexts(t, "live", readTexts(t, c, "w-5"), textsOf(sent))
+	closeWS(t, e, c, k.ID)
+	setWindow := func(cursor, inFlight uint64) {
+		t.Helper()
+		cs := sessionRecord(t, e, k.ID, "S")
+		cs.Cursor, cs.InFlight, cs.ReplayFrom = cursor, inFlight, 0
+		data, _ := json.Marshal(cs)
+		if _, err := e.bus.Sessions.Put(context.Background(), sessionKVKey(k.ID, "S"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The write carried w-2..w-4; the client got w-2 and w-3.
+	setWindow(sent[1].seq, sent[4].seq)
+	c = e.dialResume(k.ID, "S", sent[3].id, true)
+	sameTexts(t, "resumed inside the window", readTexts(t, c, "w-5"), textsOf(sent[4:]))
+	closeWS(t, e, c, k.ID)
+
+	// The same window, and the client got nothing of it.
+	setWindow(sent[1].seq, sent[4].seq)
+	c = e.dialResume(k.ID, "S", sent[1].id, true)
+	sameTexts(t, "resumed before the window", readTexts(t, c, "w-5"), textsOf(sent[2:]))
+}
