@@ -11,6 +11,7 @@ package frontend
 import (
 	"encoding/binary"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,10 @@ type outItem struct {
 	h       nats.Header
 	subject string
 	write   bool
+	// last is false for all but the last message of a batch: the items
+	// of one bus message share its sequence, and the cursor passes it
+	// only once all of them are written.
+	last bool
 }
 
 var errConnClosed = errors.New("connection closed")
@@ -92,13 +97,26 @@ func (c *conn) deliver(m jetstream.Msg) {
 	if chunkID != "" {
 		delete(c.partial, chunkID)
 	}
-	it := outItem{seq: seq, data: data, h: h, subject: m.Subject()}
-	// Replayed chunks may complete messages behind the saved cursor; they
-	// are not written, and the cursor never moves back for them.
-	it.write = seq > c.skipUpTo && c.routed(h, it.subject)
-	items := []outItem{it}
-	if c.seekID != "" {
-		items = c.seek(it)
+	frames := [][]byte{data}
+	if nb := h.Get(broker.HeaderBatch); nb != "" {
+		n, _ := strconv.Atoi(nb)
+		if frames, err = broker.SplitBatch(data, n); err != nil {
+			c.log.Warn().Err(err).Uint64("seq", seq).Msg("dropping a malformed batch of output")
+			c.mu.Unlock()
+			return
+		}
+	}
+	items := make([]outItem, 0, len(frames))
+	for i, f := range frames {
+		it := outItem{seq: seq, data: f, h: h, subject: m.Subject(), last: i == len(frames)-1}
+		// Replayed chunks may complete messages behind the saved cursor;
+		// they are not written, and the cursor never moves back for them.
+		it.write = seq > c.skipUpTo && c.routed(h, it.subject)
+		if c.seekID != "" {
+			items = append(items, c.seek(it)...)
+		} else {
+			items = append(items, it)
+		}
 	}
 	c.qmu.Lock()
 	c.pending += len(items)
@@ -120,25 +138,30 @@ func (c *conn) routed(h nats.Header, subject string) bool {
 	return h.Get(broker.HeaderSession) == c.session
 }
 
-// enqueue hands items to the writer in order, waiting while the queue is
-// full (or until the connection ends).
+// enqueue hands the items of one bus message to the writer, together,
+// waiting while the queue is full (or until the connection ends).
 func (c *conn) enqueue(items []outItem) {
+	if len(items) == 0 {
+		return
+	}
+	n := 0
 	for _, it := range items {
-		for {
-			c.qmu.Lock()
-			if len(c.q) == 0 || c.qBytes+len(it.data) <= maxQueuedBytes {
-				c.q = append(c.q, it)
-				c.qBytes += len(it.data)
-				c.qmu.Unlock()
-				poke(c.qwake)
-				break
-			}
+		n += len(it.data)
+	}
+	for {
+		c.qmu.Lock()
+		if len(c.q) == 0 || c.qBytes+n <= maxQueuedBytes {
+			c.q = append(c.q, items...)
+			c.qBytes += n
 			c.qmu.Unlock()
-			select {
-			case <-c.qspace:
-			case <-c.quit:
-				return
-			}
+			poke(c.qwake)
+			return
+		}
+		c.qmu.Unlock()
+		select {
+		case <-c.qspace:
+		case <-c.quit:
+			return
 		}
 	}
 }
@@ -174,7 +197,8 @@ func (c *conn) writeLoop() {
 }
 
 // take removes the next batch from the queue: messages in order up to
-// maxBatchBytes and maxBatchFrames of writes (one larger message alone).
+// maxBatchBytes and maxBatchFrames of writes (one larger message alone),
+// never splitting the messages of one bus message.
 func (c *conn) take() []outItem {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -182,7 +206,8 @@ func (c *conn) take() []outItem {
 	for ; n < len(c.q); n++ {
 		it := &c.q[n]
 		if it.write {
-			if frames > 0 && (bytes+len(it.data) > maxBatchBytes || frames == maxBatchFrames) {
+			full := bytes+len(it.data) > maxBatchBytes || frames >= maxBatchFrames
+			if frames > 0 && full && c.q[n-1].seq != it.seq {
 				break
 			}
 			bytes += len(it.data)

@@ -120,7 +120,12 @@ func (c *conn) seek(it outItem) []outItem {
 			c.log.Debug().Str("resume_after", c.seekID).Uint64("seq", it.seq).Uint64("saved_cursor", c.skipUpTo).
 				Msg("resume_after found at or before the saved cursor: delivering from right after it")
 			c.seekID = ""
-			c.skipUpTo, c.cursor, c.dirty = it.seq, it.seq, true
+			// Inside a batch, the rest of the batch is still to come.
+			upTo := it.seq
+			if !it.last {
+				upTo--
+			}
+			c.skipUpTo, c.cursor, c.dirty = upTo, upTo, true
 		}
 		return nil
 	}
