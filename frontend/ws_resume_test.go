@@ -306,3 +306,63 @@ func TestWSResumeAfterInFlightWrite(t *testing.T) {
 	c = e.dialResume(k.ID, "S", sent[1].id, true)
 	sameTexts(t, "resumed before the window", readTexts(t, c, "w-5"), textsOf(sent[2:]))
 }
+
+// publishBatch publishes the stream messages named texts as one batch, as
+// a launcher does with iopub output that queued up, and returns them
+// (all with the batch's sequence).
+func publishBatch(t *testing.T, bus *kbjs.Bus, kernel string, texts ...string) []sentMsg {
+	t.Helper()
+	var body []byte
+	var out []sentMsg
+	for _, text := range texts {
+		id := uuid.NewString()
+		hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": "stream", "session": "kernel", "username": "k", "version": "5.3"})
+		content, _ := json.Marshal(map[string]string{"name": "stdout", "text": text})
+		f := broker.Frame{Channel: "iopub", Header: hdr, ParentHeader: []byte("{}"), Metadata: []byte("{}"), Content: content}
+		body = broker.AppendBatch(body, f.V1())
+		out = append(out, sentMsg{text: text, id: id})
+	}
+	m := &nats.Msg{Subject: broker.SubjectOut(kernel, "iopub"), Data: body, Header: nats.Header{
+		broker.HeaderChannel: {"iopub"}, broker.HeaderVersion: {broker.EnvelopeVersion},
+		broker.HeaderBatch: {fmt.Sprint(len(texts))},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := kbjs.Publish(ctx, bus.NC, bus.JS, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range out {
+		out[i].seq = ack.Sequence
+	}
+	return out
+}
+
+// TestWSBatchedOutput: a batch of kernel messages in one bus message
+// reaches v1 and legacy clients as separate messages, in order; a client
+// that resumes with resume_after pointing inside the batch gets the rest
+// of it once, whether the batch was recorded as written or not.
+func TestWSBatchedOutput(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	v1 := e.dial(k.ID, "V", true)
+	legacy := e.dial(k.ID, "L", false)
+	sent := publishStreams(t, e.bus, k.ID, "a", 1)
+	sent = append(sent, publishBatch(t, e.bus, k.ID, "b-0", "b-1", "b-2")...)
+	sent = append(sent, publishStreams(t, e.bus, k.ID, "c", 1)...)
+	for _, c := range []*wsClient{v1, legacy} {
+		sameTexts(t, c.session+" live", readTexts(t, c, "c-0"), textsOf(sent))
+	}
+	closeWS(t, e, v1, k.ID)
+
+	// Not recorded as written; the client got b-0 and b-1.
+	setCursor(t, e, k.ID, "V", sent[0].seq)
+	v1 = e.dialResume(k.ID, "V", sent[2].id, true)
+	sameTexts(t, "resumed inside an unrecorded batch", readTexts(t, v1, "c-0"), textsOf(sent[3:]))
+	closeWS(t, e, v1, k.ID)
+
+	// Recorded as written; the client got only b-0.
+	setCursor(t, e, k.ID, "V", sent[4].seq)
+	v1 = e.dialResume(k.ID, "V", sent[1].id, true)
+	sameTexts(t, "resumed inside a written batch", readTexts(t, v1, "c-0"), textsOf(sent[2:]))
+}

@@ -142,8 +142,8 @@ func (c *conn) seek(it outItem) []outItem {
 	}
 	c.held = append(c.held, it)
 	c.heldRouted = c.heldRouted || routed
-	if it.seq < c.seekEnd {
-		return nil
+	if it.seq < c.seekEnd || !it.last {
+		return nil // the rest of the window (or of the batch) may hold it
 	}
 	out := c.held
 	c.held = nil
