@@ -278,7 +278,11 @@ func (l *launcher) run(ctx context.Context) (err error) {
 		_ = sub.Unsubscribe()
 	}()
 
-	if l.ci, err = newConnInfo(l.cfg.IP, l.cfg.Spec); err != nil {
+	ports, err := broker.ParsePortRange(l.cfg.PortRange)
+	if err != nil {
+		return err
+	}
+	if l.ci, err = newConnInfo(l.cfg.IP, l.cfg.Spec, ports); err != nil {
 		return err
 	}
 	if err := l.ci.write(l.connPath); err != nil {

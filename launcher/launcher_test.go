@@ -937,3 +937,40 @@ func TestBusRestart(t *testing.T) {
 		t.Fatalf("shutdown %+v", r)
 	}
 }
+
+// TestLauncherPortRange: with a port range, the kernel's five ports come
+// from it (the kernel here reports them on stderr and exits, which the
+// record's reason carries).
+func TestLauncherPortRange(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	const lo, hi = 47100, 47139
+	script := "import json,sys; c=json.load(open(sys.argv[1])); " +
+		"p=[c[k] for k in ('shell_port','iopub_port','stdin_port','control_port','hb_port')]; " +
+		"sys.stderr.write('ports=%s\\n' % ','.join(map(str, p))); sys.exit(3)"
+	k := launch(t, tb, []string{py, "-c", script, "{connection_file}"}, func(c *broker.LaunchConfig) {
+		c.PortRange = fmt.Sprintf("%d..%d", lo, hi)
+	})
+	select {
+	case err := <-k.done:
+		k.done <- err
+	case <-time.After(30 * time.Second):
+		t.Fatal("launcher did not give up")
+	}
+	reason := k.record().Reason
+	i := strings.Index(reason, "ports=")
+	if i < 0 {
+		t.Fatalf("no ports in %q", reason)
+	}
+	seen := map[int]bool{}
+	for _, f := range strings.SplitN(strings.Fields(reason[i+len("ports="):])[0], ",", 5) {
+		p, err := strconv.Atoi(strings.TrimRight(f, ".;\"'"))
+		if err != nil || p < lo || p > hi || seen[p] {
+			t.Fatalf("port %q (of %q) not a distinct port of %d..%d", f, reason, lo, hi)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 5 {
+		t.Fatalf("%d ports in %q", len(seen), reason)
+	}
+}

@@ -100,7 +100,7 @@ func TestRelayPerformance(t *testing.T) {
 // directRoundTrip is the floor: execute round trips from a zmq4 client
 // straight to a fake kernel, without bus or launcher.
 func directRoundTrip(t *testing.T) time.Duration {
-	ci, err := newConnInfo("127.0.0.1", "fake")
+	ci, err := newConnInfo("127.0.0.1", "fake", broker.PortRange{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,10 @@ type PoolConfig struct {
 	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
+	// PortRange, "lower..upper", is where the kernels this worker starts
+	// take their ports (JEG's port_range); empty: the OS's ephemeral
+	// ports, which other processes' connections take too.
+	PortRange string
 	// Metrics is where the pool registers its collectors (metrics.go);
 	// nil: nowhere.
 	Metrics prometheus.Registerer
@@ -80,6 +84,9 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 15 * time.Second
+	}
+	if _, err := broker.ParsePortRange(cfg.PortRange); err != nil {
+		return nil, err
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
@@ -290,6 +297,9 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			return err
 		}
 		cfg.Attempt = k.Attempt
+		if p.cfg.PortRange != "" {
+			cfg.PortRange = p.cfg.PortRange
+		}
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}

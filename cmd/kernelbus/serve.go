@@ -88,6 +88,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	portRange := fs.String("port-range", "", "ports of the kernels, lower..upper (JEG's port_range), best outside the OS's ephemeral ports; empty: any free port")
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -195,7 +196,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg}, wBus, be, log)
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg, PortRange: *portRange}, wBus, be, log)
 	if err != nil {
 		return err
 	}
