@@ -58,7 +58,9 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway,
 	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve",
 		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
-		"--launch-timeout", "120s")
+		// Kernel ports below Linux's ephemeral range (32768-60999), which
+		// the launchers' and clients' own connections take from.
+		"--launch-timeout", "120s", "--port-range", "20000..31999")
 	if err != nil {
 		return nil, err
 	}
