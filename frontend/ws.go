@@ -14,7 +14,6 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/metrics"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -89,7 +88,7 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	// While the stream's leader moves (a NATS node died) this fails for
 	// a few seconds: retry rather than refuse the client.
 	var info *jetstream.StreamInfo
-	err = retryBus(s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+	err = kbjs.RetryCtx(s.ctx, busRetryFor, func(ctx context.Context) (err error) {
 		info, err = s.ioStream.Info(ctx)
 		return err
 	})
@@ -210,7 +209,7 @@ type conn struct {
 	// finished under mu once the writer has stopped, so nothing more is
 	// delivered or counted after it.
 	mu       sync.Mutex
-	cc       jetstream.ConsumeContext
+	cc       *kbjs.Output
 	finished bool
 	broken   bool   // a write failed: deliver nothing more
 	seen     uint64 // stream sequence of the last message received
@@ -313,32 +312,16 @@ func (s *Server) serveWS(w *websocket.Conn) {
 // before the first client message is read, so no reply can be missed.
 func (c *conn) start() error {
 	var start uint64
-	err := retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+	err := kbjs.RetryCtx(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
 		start, err = c.resumePoint(ctx)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	var cons jetstream.Consumer
-	err = retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
-		cons, err = c.s.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{broker.SubjectOutAll(c.kernel)},
-			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:    start,
-		})
-		return err
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, busRetryFor, c.deliver, func(err error) {
+		c.log.Debug().Err(err).Msg("output consumer")
 	})
-	if err != nil {
-		return err
-	}
-	// The pull may hold a few whole chunks, never more: chunks are up
-	// to max_payload each.
-	maxBytes := max(16<<20, 3*int(c.s.bus.NC.MaxPayload()))
-	cc, err := cons.Consume(c.deliver, jetstream.PullMaxBytes(maxBytes),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			c.log.Debug().Err(err).Msg("output consumer")
-		}))
 	if err != nil {
 		return err
 	}
@@ -420,31 +403,14 @@ func (c *conn) handleInput(typ int, data []byte) {
 	if body == nil {
 		body = f.V1()
 	}
-	m := &nats.Msg{Subject: c.inSubj, Data: body, Header: nats.Header{
-		broker.HeaderChannel: {f.Channel},
-		broker.HeaderMsgType: {hdr.MsgType},
-		broker.HeaderMsgID:   {hdr.MsgID},
-		broker.HeaderSession: {c.session},
-		broker.HeaderVersion: {broker.EnvelopeVersion},
-	}}
-	if hdr.MsgID != "" {
-		// A client resending the same message (or a retried publish)
-		// reaches the kernel once.
-		m.Header[jetstream.MsgIDHeader] = []string{c.kernel + ":" + hdr.MsgID}
-	}
-	// Split once, so that a retried chunk keeps its chunk id; each is
-	// retried with its own Nats-Msg-Id while the stream has no leader (a
-	// NATS node died), so nothing the client sent is lost or doubled, and
-	// the read loop waits meanwhile, which keeps the client's order.
-	for _, part := range kbjs.Split(c.s.bus.NC, m) {
-		err := retryBus(c.s.ctx, inputRetryFor, func(ctx context.Context) error {
-			_, err := c.s.bus.JS.PublishMsg(ctx, part)
-			return err
-		})
-		if err != nil {
-			c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
-			return
-		}
+	// Retried while the stream has no leader (a NATS node died), so
+	// nothing the client sent is lost or doubled; the read loop waits
+	// meanwhile, which keeps the client's order.
+	err = c.s.bus.SendInput(c.s.ctx, kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
+		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}, inputRetryFor)
+	if err != nil {
+		c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
+		return
 	}
 	c.s.ops.relay.Add(metrics.ToKernel, f.Channel, len(body))
 }
@@ -457,29 +423,6 @@ const (
 	// time a client waits for a reply.
 	inputRetryFor = 60 * time.Second
 )
-
-// retryBus runs op, each try bounded by 10 s, until it succeeds, ctx ends
-// or total has passed, backing off from 100 ms to 2 s between tries. An
-// op is idempotent (reads, or publishes with a Nats-Msg-Id).
-func retryBus(ctx context.Context, total time.Duration, op func(context.Context) error) error {
-	deadline := time.Now().Add(total)
-	wait := 100 * time.Millisecond
-	for {
-		tctx, cancel := context.WithTimeout(ctx, min(10*time.Second, max(time.Until(deadline), time.Second)))
-		err := op(tctx)
-		cancel()
-		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		kbjs.CountRetry()
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
-}
 
 // ping is called by the hub's ticker. A connection busy writing is alive
 // enough and skipped, so one slow client never stalls the ticker.

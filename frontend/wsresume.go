@@ -185,18 +185,8 @@ func msgIDOf(data []byte, h nats.Header) string {
 // held, which keeps every write of the record in cursor order on the
 // connection.
 func (c *conn) persistLocked() {
-	data, _ := json.Marshal(c.recordLocked(true))
-	nc := c.s.bus.NC
-	if err := nc.PublishMsg(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data}); err != nil {
-		return // the periodic save retries
-	}
-	// Flush in place: a ping written by this goroutine pushes the buffered
-	// record out with it. Its pong is not waited for.
-	_ = nc.FlushTimeout(time.Nanosecond)
+	_ = c.s.bus.SaveCursor(c.key, c.recordLocked(true)) // on error the periodic save retries
 }
-
-// kvSubject is the subject a KV bucket stores key under.
-func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 func (c *conn) saveIfDirty() {
 	c.mu.Lock()
@@ -228,9 +218,8 @@ func (c *conn) save(connected, final bool) {
 	// The record is published under mu, like persistWritten's, so the
 	// bucket receives cursors in order: an older one never lands last.
 	c.mu.Lock()
-	data, _ := json.Marshal(c.recordLocked(connected))
 	c.dirty = false
-	fut, err := c.s.bus.JS.PublishMsgAsync(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data})
+	fut, err := c.s.bus.SaveCursorAsync(c.key, c.recordLocked(connected))
 	c.mu.Unlock()
 	var rev uint64
 	if err == nil {
