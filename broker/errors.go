@@ -46,6 +46,7 @@ var (
 	ErrUnauthorized    = &Error{Status: 401, Code: "unauthorized", Message: "a valid token is required"}
 	ErrForbidden       = &Error{Status: 403, Code: "forbidden", Message: "forbidden"}
 	ErrLimit           = &Error{Status: 403, Code: "resource_limit", Message: "resource limit reached"}
+	ErrTooManyRequests = &Error{Status: 429, Code: "too_many_requests", Message: "too many requests"}
 	ErrConflict        = &Error{Status: 409, Code: "conflict", Message: "conflict"}
 	ErrStartFailed     = &Error{Status: 500, Code: "start_failed", Message: "kernel failed to start"}
 	ErrStartTimeout    = &Error{Status: 504, Code: "start_timeout", Message: "kernel did not start in time"}

@@ -45,7 +45,10 @@ type Event struct {
 	RequestID string          `json:"request_id,omitempty"`
 	Session   string          `json:"session,omitempty"`
 	Source    string          `json:"source,omitempty"` // frontend, worker, launcher
-	Reason    string          `json:"reason,omitempty"`
+	// Actor is the identity whose request caused the event (the kernel's
+	// owner is User); empty for what parts do on their own.
+	Actor  string `json:"actor,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // NewEvent fills the common fields from a kernel record.

@@ -46,10 +46,15 @@ func (s State) Starting() bool {
 // Kernel is the record of one kernel in the kb_kernels bucket, keyed by id.
 // Writers update it by compare-and-swap on the KV revision.
 type Kernel struct {
-	ID       string            `json:"id"`
-	Spec     string            `json:"spec"`
-	RM       string            `json:"rm"`
-	User     string            `json:"user,omitempty"`
+	ID   string `json:"id"`
+	Spec string `json:"spec"`
+	RM   string `json:"rm"`
+	User string `json:"user,omitempty"`
+	// Owner is the identity the kernel belongs to: who started it, or
+	// the user an identity with the impersonate role started it for. It
+	// is set by the front-end from the authenticated caller, never from a
+	// request body; only the owner and administrators see the kernel.
+	Owner    string            `json:"owner,omitempty"`
 	State    State             `json:"state"`
 	Env      map[string]string `json:"env,omitempty"`
 	Created  time.Time         `json:"created"`
@@ -79,12 +84,14 @@ type Kernel struct {
 
 // NotebookSession is a Jupyter /api/sessions entry, in kb_nbsessions.
 type NotebookSession struct {
-	ID       string    `json:"id"`
-	Path     string    `json:"path"`
-	Name     string    `json:"name"`
-	Type     string    `json:"type"`
-	KernelID string    `json:"kernel_id"`
-	Created  time.Time `json:"created"`
+	ID       string `json:"id"`
+	Path     string `json:"path"`
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	KernelID string `json:"kernel_id"`
+	// Owner is the identity that created the session (see Kernel.Owner).
+	Owner   string    `json:"owner,omitempty"`
+	Created time.Time `json:"created"`
 }
 
 // Activity is what a kernel is doing, kept in kb_activity and written only

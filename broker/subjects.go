@@ -37,6 +37,10 @@ const (
 	// launcher may write its own kernel record, so stops never act on a
 	// handle read from the record.
 	BucketHandles = "kb_handles"
+	// BucketLimits holds per-user kernel slots ("u.<user>.<n>" -> the
+	// kernel holding it): taking one is an atomic create, so a per-user
+	// limit holds across front-ends that start kernels at once.
+	BucketLimits = "kb_limits"
 )
 
 // Subject wildcards, for stream definitions and subscriptions.

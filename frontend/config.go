@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,10 +21,41 @@ import (
 
 // Config configures a front-end. The zero value is usable.
 type Config struct {
-	// Token is the shared secret clients send as "Authorization: token T",
-	// "Authorization: Bearer T", Basic auth with T as the password, or
-	// ?token=T. Empty disables authentication. Default "".
+	// Token is the legacy shared secret clients send as "Authorization:
+	// token T", "Authorization: Bearer T", Basic auth with T as the
+	// password, or ?token=T. Its holder is the identity TokenUser, an
+	// administrator that may start kernels for any KERNEL_USERNAME. It is
+	// asked before Identities. Default "".
 	Token string
+
+	// TokenUser names the identity of Token. Default "admin".
+	TokenUser string
+
+	// Identities are the sources that prove who calls, asked in order
+	// (after Token); the first that returns an identity wins. With no
+	// source and no Token, every caller is an anonymous administrator:
+	// the command line allows that only with --insecure-no-auth.
+	// Default: none.
+	Identities []auth.Source
+
+	// AuthFailLimit is how many failed authentications one remote
+	// address may make in AuthFailWindow before it gets 429 until the
+	// window ends; negative: no limit. Default 30.
+	AuthFailLimit int
+
+	// AuthFailWindow is the window of AuthFailLimit. Default 1m.
+	AuthFailWindow time.Duration
+
+	// AuthorizedUsers, when not empty, are the only KERNEL_USERNAMEs
+	// that may start kernels of specs whose process_proxy.config has no
+	// authorized_users of its own (JEG's authorized_users). Default: any.
+	AuthorizedUsers []string
+
+	// UnauthorizedUsers may start no kernel at all; a spec's
+	// unauthorized_users add to them (JEG's unauthorized_users, whose
+	// default "root" is not copied: kernelbus never runs kernels as the
+	// user name). Default: none.
+	UnauthorizedUsers []string
 
 	// AllowedEnv names the variables besides KERNEL_* that clients may pass
 	// in a start request's env; "*" allows all. Others are dropped.
@@ -69,8 +101,9 @@ type Config struct {
 	// installation (403 beyond). 0 means unlimited. Default 0.
 	MaxKernels int
 
-	// MaxKernelsPerUser limits them per KERNEL_USERNAME. 0 means
-	// unlimited. Default 0.
+	// MaxKernelsPerUser limits them per owner (the identity that
+	// started them, or the user an impersonating identity named), across
+	// every front-end of the installation. 0 means unlimited. Default 0.
 	MaxKernelsPerUser int
 
 	// Version is reported as gateway_version by GET /api. Default "dev".
@@ -103,10 +136,12 @@ type Config struct {
 const JupyterServerVersion = "2.14.2"
 
 const (
-	defaultLaunchTimeout = 40 * time.Second
-	defaultMaxLaunch     = 10 * time.Minute
-	defaultWSReadLimit   = 64 << 20
-	defaultPingInterval  = 25 * time.Second
+	defaultLaunchTimeout  = 40 * time.Second
+	defaultMaxLaunch      = 10 * time.Minute
+	defaultWSReadLimit    = 64 << 20
+	defaultPingInterval   = 25 * time.Second
+	defaultAuthFailLimit  = 30
+	defaultAuthFailWindow = time.Minute
 )
 
 // withDefaults validates c and fills in defaults.
@@ -137,6 +172,12 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		return '_'
 	}, c.FrontendID)
+	if c.AuthFailLimit == 0 {
+		c.AuthFailLimit = defaultAuthFailLimit
+	}
+	if c.AuthFailWindow <= 0 {
+		c.AuthFailWindow = defaultAuthFailWindow
+	}
 	if c.MaxKernels < 0 || c.MaxKernelsPerUser < 0 {
 		return c, errors.New("frontend: MaxKernels and MaxKernelsPerUser must not be negative")
 	}

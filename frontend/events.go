@@ -25,7 +25,8 @@ import (
 //	    the events written from now on.
 //
 // Filters read like `kernelbus events` flags and fail alike, naming the
-// parameter. They sit behind the gateway's token like every route.
+// parameter. Administrators read every event, other users their own
+// kernels' only.
 
 const (
 	defaultEventPage = 100
@@ -48,9 +49,17 @@ func (s *Server) emitNow(ev broker.Event) {
 	}
 }
 
-// eventFilter reads the filter query parameters.
+// eventFilter reads the filter query parameters. A user who is not an
+// administrator reads the events of their own kernels only (events carry
+// the kernel's owner as user).
 func eventFilter(c *fiber.Ctx, now time.Time) (broker.EventFilter, error) {
 	f := broker.EventFilter{Kernel: strings.TrimSpace(c.Query("kernel")), User: c.Query("user")}
+	if who := identityOf(c); !who.IsAdmin() {
+		if f.User != "" && f.User != who.Name {
+			return f, broker.Errorf(broker.ErrForbidden, "user: you may read the events of your own kernels only; leave user out or pass %q", who.Name)
+		}
+		f.User = who.Name
+	}
 	if f.Kernel != "" && strings.ContainsAny(f.Kernel, ".*> \t") {
 		return f, broker.Errorf(broker.ErrBadRequest, "kernel: %q is not a kernel id", f.Kernel)
 	}

@@ -88,6 +88,11 @@ func testSpecs(t testing.TB) *StaticSpecs {
 	return &StaticSpecs{List: []*broker.KernelSpec{
 		mk("failing", nil), py, mk("slow", nil),
 		mk("remote", map[string]any{"kernelbus": map[string]any{"rm": "ssh"}}),
+		// JEG's itests authorization spec: bad_guy is both allowed and
+		// refused, and refusal wins.
+		mk("authz", map[string]any{"process_proxy": map[string]any{"config": map[string]any{
+			"authorized_users": []any{"alice", "bob", "bad_guy"}, "unauthorized_users": []any{"bad_guy"},
+		}}}),
 	}, DefaultName: "python3"}
 }
 

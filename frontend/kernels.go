@@ -11,6 +11,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -104,16 +105,19 @@ func validKernelID(id string) bool {
 }
 
 func (s *Server) listKernels(c *fiber.Ctx) error {
+	who := identityOf(c)
 	ks := s.state.listKernels()
 	out := make([]KernelModel, 0, len(ks))
 	for _, k := range ks {
-		out = append(out, s.model(k))
+		if may(who, k.Owner) {
+			out = append(out, s.model(k))
+		}
 	}
 	return c.JSON(out)
 }
 
 func (s *Server) getKernel(c *fiber.Ctx) error {
-	k, _, err := s.visibleKernel(s.ctx, c.Params("id"))
+	k, _, err := s.ownedKernel(s.ctx, identityOf(c), c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -134,7 +138,7 @@ func (s *Server) postKernel(c *fiber.Ctx) error {
 			return broker.Errorf(broker.ErrBadRequest, "request body is not valid JSON {name, env}: %v", err)
 		}
 	}
-	k, err := s.startKernel(b.Name, b.Env, requestID(c))
+	k, err := s.startKernel(identityOf(c), b.Name, b.Env, requestID(c))
 	if err != nil {
 		return err
 	}
@@ -144,8 +148,9 @@ func (s *Server) postKernel(c *fiber.Ctx) error {
 
 // startKernel creates the kernel record, asks the spec's worker pool to
 // start it and waits until the launcher reports it running, it fails, or
-// its launch timeout passes.
-func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID string) (*broker.Kernel, error) {
+// its launch timeout passes. The kernel belongs to who (or to the user
+// who, impersonating, named in KERNEL_USERNAME).
+func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[string]string, reqID string) (started *broker.Kernel, err error) {
 	if specName == "" {
 		specName = s.specs.Default()
 	}
@@ -161,11 +166,21 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 	if err != nil {
 		return nil, err
 	}
-	user := env[broker.EnvUsername]
-	if all, mine := s.state.counts(user); s.cfg.MaxKernels > 0 && all >= s.cfg.MaxKernels {
+	user, err := kernelUser(who, env[broker.EnvUsername])
+	if err != nil {
+		return nil, err
+	}
+	if user != "" {
+		env[broker.EnvUsername] = user
+	}
+	if err := s.authorize(spec, user); err != nil {
+		return nil, err
+	}
+	// The installation-wide limit counts this front-end's view of the
+	// records, so front-ends starting at once may overshoot it a little;
+	// the per-user limit is exact (userSlots).
+	if all, _ := s.state.counts(user); s.cfg.MaxKernels > 0 && all >= s.cfg.MaxKernels {
 		return nil, broker.Errorf(broker.ErrLimit, "A limit of %d kernels is reached; shut one down first", s.cfg.MaxKernels)
-	} else if s.cfg.MaxKernelsPerUser > 0 && user != "" && mine >= s.cfg.MaxKernelsPerUser {
-		return nil, broker.Errorf(broker.ErrLimit, "User %s has reached the limit of %d kernels; shut one down first", user, s.cfg.MaxKernelsPerUser)
 	}
 	rm, err := spec.RM()
 	if err != nil {
@@ -174,17 +189,32 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
 	defer cancel()
-	now := time.Now().UTC()
-	k := &broker.Kernel{
-		Spec: spec.Name, RM: rm, User: user, State: broker.StateRequested, Env: env,
-		Created: now, Deadline: now.Add(timeout),
-	}
 	// JEG lets a client choose the id (KERNEL_ID, a UUID) of a new kernel.
 	ids := []string{}
 	if want, err := uuid.Parse(env[broker.EnvKernelID]); err == nil && want.Version() == 4 {
 		ids = append(ids, want.String())
 	}
 	ids = append(ids, uuid.NewString())
+	slot := ""
+	if s.slots != nil && user != "" {
+		if slot, err = s.slots.acquire(ctx, user, ids[0]); err != nil {
+			return nil, err
+		}
+		// A start that fails gives its slot back at once (its record,
+		// failed, would free it too, but only when the slots are full).
+		defer func() {
+			if err != nil {
+				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer rcancel()
+				s.slots.releaseKey(rctx, slot, ids...)
+			}
+		}()
+	}
+	now := time.Now().UTC()
+	k := &broker.Kernel{
+		Spec: spec.Name, RM: rm, User: user, Owner: user, State: broker.StateRequested, Env: env,
+		Created: now, Deadline: now.Add(timeout),
+	}
 	var rev uint64
 	for i, id := range ids {
 		k.ID = id
@@ -198,23 +228,26 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 		}
 		s.log.Info().Str("kernel_id", id).Msg("client-chosen KERNEL_ID is taken; using a new id")
 	}
+	if slot != "" && k.ID != ids[0] {
+		s.slots.moved(ctx, slot, k.ID)
+	}
 	s.state.putKernel(k.ID, k, rev, false)
 	log := s.log.With().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("request_id", reqID).Logger()
 
 	ev := broker.NewEvent(broker.EvRequested, k)
-	ev.ID, ev.Source, ev.RequestID = broker.EventID(k.ID, broker.EvRequested), "frontend", reqID
+	ev.ID, ev.Source, ev.RequestID, ev.Actor = broker.EventID(k.ID, broker.EvRequested), "frontend", reqID, actorOf(who)
 	if err := s.bus.Emit(ctx, ev); err != nil {
 		log.Warn().Err(err).Msg("emit requested event")
 	}
 	// Watch before asking, so no transition can slip by.
 	w, err := s.watchKernel(ctx, k.ID)
 	if err != nil {
-		s.failStart(k.ID, "the front-end could not watch the kernel record: "+err.Error(), reqID)
+		s.failStart(k.ID, "the front-end could not watch the kernel record: "+err.Error(), reqID, actorOf(who))
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not watch the new kernel")
 	}
 	defer func() { _ = w.Stop() }()
 	if err := s.bus.Request(ctx, broker.VerbStart, rm, k.ID, broker.StartRequest{KernelID: k.ID, RequestID: reqID}); err != nil {
-		s.failStart(k.ID, "the start request could not be queued: "+err.Error(), reqID)
+		s.failStart(k.ID, "the start request could not be queued: "+err.Error(), reqID, actorOf(who))
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not queue the start of kernel %s", k.ID)
 	}
 	log.Info().Dur("timeout", timeout).Str("rm", rm).Msg("kernel requested")
@@ -226,10 +259,10 @@ func (s *Server) startKernel(specName string, clientEnv map[string]string, reqID
 		case <-s.ctx.Done():
 			return nil, broker.Errorf(broker.ErrUnavailable, "front-end shutting down while kernel %s starts", k.ID)
 		case <-timer.C:
-			return s.startTimedOut(k, timeout, reqID)
+			return s.startTimedOut(k, timeout, reqID, actorOf(who))
 		case e, ok := <-w.Updates():
 			if !ok {
-				return s.startTimedOut(k, timeout, reqID)
+				return s.startTimedOut(k, timeout, reqID, actorOf(who))
 			}
 			if e == nil {
 				continue
@@ -280,10 +313,10 @@ func startFailed(k *broker.Kernel) error {
 
 // startTimedOut fails a start whose deadline passed (unless it made it
 // after all) and asks the worker pool to kill whatever it started.
-func (s *Server) startTimedOut(k *broker.Kernel, timeout time.Duration, reqID string) (*broker.Kernel, error) {
+func (s *Server) startTimedOut(k *broker.Kernel, timeout time.Duration, reqID, actor string) (*broker.Kernel, error) {
 	secs := strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64)
 	reason := "timeout: the kernel did not start within " + secs + "s (KERNEL_LAUNCH_TIMEOUT)"
-	cur, err := s.failStart(k.ID, reason, reqID)
+	cur, err := s.failStart(k.ID, reason, reqID, actor)
 	if err == nil && cur != nil && (cur.State == broker.StateRunning || cur.State == broker.StateRestarting) {
 		return cur, nil // it made it while we gave up
 	}
@@ -295,7 +328,7 @@ func (s *Server) startTimedOut(k *broker.Kernel, timeout time.Duration, reqID st
 
 // failStart marks a starting kernel failed and sends a stop request to
 // its pool. It returns the record as it is afterwards.
-func (s *Server) failStart(id, reason, reqID string) (*broker.Kernel, error) {
+func (s *Server) failStart(id, reason, reqID, actor string) (*broker.Kernel, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	changed := false
@@ -320,7 +353,7 @@ func (s *Server) failStart(id, reason, reqID string) (*broker.Kernel, error) {
 		s.log.Warn().Err(err).Str("kernel_id", id).Msg("could not queue the stop of a failed start")
 	}
 	ev := broker.NewEvent(broker.EvStartFailed, cur)
-	ev.ID, ev.RequestID, ev.Reason = id+":start_failed", reqID, reason
+	ev.ID, ev.RequestID, ev.Reason, ev.Actor = id+":start_failed", reqID, reason, actor
 	s.emit(ev)
 	return cur, nil
 }
@@ -355,8 +388,8 @@ func controlError(k *broker.Kernel, op string, err error) error {
 }
 
 // liveKernel returns a kernel that can take interrupt and restart.
-func (s *Server) liveKernel(id string) (*broker.Kernel, error) {
-	k, _, err := s.visibleKernel(s.ctx, id)
+func (s *Server) liveKernel(who *auth.Identity, id string) (*broker.Kernel, error) {
+	k, _, err := s.ownedKernel(s.ctx, who, id)
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +403,7 @@ func (s *Server) liveKernel(id string) (*broker.Kernel, error) {
 }
 
 func (s *Server) interruptKernel(c *fiber.Ctx) error {
-	k, err := s.liveKernel(c.Params("id"))
+	k, err := s.liveKernel(identityOf(c), c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -385,7 +418,7 @@ func (s *Server) interruptKernel(c *fiber.Ctx) error {
 }
 
 func (s *Server) restartKernel(c *fiber.Ctx) error {
-	k, err := s.liveKernel(c.Params("id"))
+	k, err := s.liveKernel(identityOf(c), c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -393,7 +426,7 @@ func (s *Server) restartKernel(c *fiber.Ctx) error {
 	// Written before the launcher is asked, so it precedes what the
 	// launcher reports; the launcher emits the same id, stored once.
 	ev := broker.NewEvent(broker.EvRestartRequested, k)
-	ev.ID, ev.RequestID = broker.EventID(k.ID, broker.EvRestartRequested, reqID), reqID
+	ev.ID, ev.RequestID, ev.Actor = broker.EventID(k.ID, broker.EvRestartRequested, reqID), reqID, actorOf(identityOf(c))
 	s.emitNow(ev)
 	timeout := s.cfg.DefaultLaunchTimeout
 	if k.Launch != nil && k.Launch.LaunchTimeout > 0 {
@@ -413,7 +446,7 @@ func (s *Server) restartKernel(c *fiber.Ctx) error {
 }
 
 func (s *Server) deleteKernel(c *fiber.Ctx) error {
-	if err := s.shutdownKernel(c.Params("id"), requestID(c)); err != nil {
+	if err := s.shutdownKernel(identityOf(c), c.Params("id"), requestID(c)); err != nil {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
@@ -422,14 +455,14 @@ func (s *Server) deleteKernel(c *fiber.Ctx) error {
 // shutdownKernel asks the launcher to shut the kernel down (its pool to
 // kill it when the launcher does not answer), then removes the kernel's
 // record, activity and sessions and closes its websockets here.
-func (s *Server) shutdownKernel(id, reqID string) error {
-	k, _, err := s.visibleKernel(s.ctx, id)
+func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
+	k, _, err := s.ownedKernel(s.ctx, who, id)
 	if err != nil {
 		return err
 	}
 	// Written before the launcher is asked, so it precedes terminated.
 	ev := broker.NewEvent(broker.EvShutdownRequest, k)
-	ev.ID, ev.RequestID = broker.EventID(k.ID, broker.EvShutdownRequest, reqID), reqID
+	ev.ID, ev.RequestID, ev.Actor = broker.EventID(k.ID, broker.EvShutdownRequest, reqID), reqID, actorOf(who)
 	s.emitNow(ev)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -460,6 +493,9 @@ func (s *Server) shutdownKernel(id, reqID string) error {
 	}
 	if cur == nil {
 		cur = k
+	}
+	if s.slots != nil && k.Owner != "" {
+		s.slots.release(ctx, k.Owner, id)
 	}
 	// Let this front-end's cache know at once that the kernel ended.
 	if k2, rev, err := s.bus.GetKernel(ctx, id); err == nil {

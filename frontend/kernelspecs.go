@@ -11,6 +11,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 )
 
 // specModel is one entry of GET /api/kernelspecs, in the shape
@@ -60,16 +61,32 @@ func (s *Server) specModel(k *broker.KernelSpec) specModel {
 	return m
 }
 
+// specUser is the user whose authorization (JEG's authorized_users)
+// filters the specs shown: the caller itself, or for an identity that may
+// act for others the ?user= it names, as JEG's apply_user_filter does.
+// An administrator naming nobody sees every spec.
+func specUser(c *fiber.Ctx, user string) (string, bool) {
+	who := identityOf(c)
+	if who.Has(auth.RoleImpersonate) || who.IsAdmin() {
+		return user, user != ""
+	}
+	return who.Name, true
+}
+
 func (s *Server) listSpecs(c *fiber.Ctx) error {
 	// jupyter_server with KERNEL_USERNAME set asks for one spec as
 	// /api/kernelspecs?user=alice/python3; answer the spec it means.
 	if u := c.Query("user"); strings.Contains(u, "/") {
-		return s.oneSpec(c, u[strings.LastIndex(u, "/")+1:])
+		return s.oneSpec(c, u[strings.LastIndex(u, "/")+1:], u[:strings.LastIndex(u, "/")])
 	}
+	user, filter := specUser(c, c.Query("user"))
 	specs := s.specs.Specs()
 	out := make(map[string]specModel, len(specs))
 	names := make([]string, 0, len(specs))
 	for _, k := range specs {
+		if filter && s.authorize(k, user) != nil {
+			continue
+		}
 		out[k.Name] = s.specModel(k)
 		names = append(names, k.Name)
 	}
@@ -81,12 +98,20 @@ func (s *Server) listSpecs(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"default": def, "kernelspecs": out})
 }
 
-func (s *Server) getSpec(c *fiber.Ctx) error { return s.oneSpec(c, c.Params("name")) }
+func (s *Server) getSpec(c *fiber.Ctx) error {
+	return s.oneSpec(c, c.Params("name"), c.Query("user"))
+}
 
-func (s *Server) oneSpec(c *fiber.Ctx, name string) error {
+// oneSpec answers one spec; one the user may not start is 403, as in JEG.
+func (s *Server) oneSpec(c *fiber.Ctx, name, user string) error {
 	k, ok := s.specs.Spec(name)
 	if !ok {
 		return broker.Errorf(broker.ErrSpecNotFound, "Kernel spec %s not found", name)
+	}
+	if user, filter := specUser(c, user); filter {
+		if err := s.authorize(k, user); err != nil {
+			return err
+		}
 	}
 	return c.JSON(s.specModel(k))
 }

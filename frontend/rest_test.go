@@ -40,7 +40,7 @@ func TestAPIAndKernelspecs(t *testing.T) {
 		Kernelspecs map[string]map[string]any `json:"kernelspecs"`
 	}
 	resp, _ = e.do("GET", "api/kernelspecs?user=alice", nil, nil, &list)
-	if resp.StatusCode != 200 || list.Default != "python3" || len(list.Kernelspecs) != 4 {
+	if resp.StatusCode != 200 || list.Default != "python3" || len(list.Kernelspecs) != 5 {
 		t.Fatalf("kernelspecs: %d %+v", resp.StatusCode, list)
 	}
 	py := list.Kernelspecs["python3"]

@@ -2,8 +2,6 @@ package frontend
 
 import (
 	"context"
-	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -33,6 +32,12 @@ type Server struct {
 	origins  originSet
 	policy   broker.EnvPolicy
 	ioStream jetstream.Stream
+	// sources prove identities (Config.Token first, then Identities);
+	// failures limits failed attempts per remote address.
+	sources  []auth.Source
+	failures *failLimiter
+	// slots enforces MaxKernelsPerUser across front-ends (nil: no limit).
+	slots *userSlots
 
 	// ctx ends at Shutdown; every goroutine the server starts watches it
 	// and is counted in wg.
@@ -75,6 +80,20 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 		ctx:    ctx, cancel: cancel,
 		events: make(chan broker.Event, 1024),
 	}
+	if cfg.Token != "" {
+		ts, err := auth.NewTokenSource(cfg.Token, cfg.TokenUser)
+		if err != nil {
+			return nil, err
+		}
+		s.sources = append(s.sources, ts)
+	}
+	for _, src := range cfg.Identities {
+		if src == nil {
+			return nil, errors.New("frontend: an identity source is nil")
+		}
+		s.sources = append(s.sources, src)
+	}
+	s.failures = newFailLimiter(cfg.AuthFailLimit, cfg.AuthFailWindow)
 	s.state = newState()
 	s.hub = newHub(s)
 	// Clean up a partial start: everything started so far hangs off ctx.
@@ -93,6 +112,11 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	defer scancel()
 	if s.ioStream, err = bus.JS.Stream(sctx, broker.StreamIO); err != nil {
 		return fail(fmt.Errorf("frontend: stream %s: %w", broker.StreamIO, err))
+	}
+	if cfg.MaxKernelsPerUser > 0 {
+		if s.slots, err = openUserSlots(sctx, s); err != nil {
+			return fail(err)
+		}
 	}
 	if err := s.state.start(sctx, s); err != nil {
 		return fail(err)
@@ -246,45 +270,6 @@ func (s *Server) renderError(c *fiber.Ctx, err error) error {
 	ev.Int("status", status).Str("method", c.Method()).Str("path", c.Path()).Msg(msg)
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	return c.Status(status).JSON(fiber.Map{"reason": reason, "message": msg})
-}
-
-// auth checks the shared token on every request but CORS preflights,
-// which browsers send without credentials.
-func (s *Server) auth(c *fiber.Ctx) error {
-	if s.cfg.Token == "" || c.Method() == fiber.MethodOptions {
-		return c.Next()
-	}
-	if tok, ok := requestToken(c); ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1 {
-		return c.Next()
-	}
-	return broker.ErrUnauthorized
-}
-
-// requestToken finds the token a client sent. jupyter_server sends the
-// literal header "token " when it has none, which counts as no token.
-func requestToken(c *fiber.Ctx) (string, bool) {
-	if h := strings.TrimSpace(c.Get(fiber.HeaderAuthorization)); h != "" {
-		scheme, rest, _ := strings.Cut(h, " ")
-		rest = strings.TrimSpace(rest)
-		switch strings.ToLower(scheme) {
-		case "token", "bearer":
-			if rest != "" {
-				return rest, true
-			}
-		case "basic":
-			// jupyter_server replaces the header with Basic auth when
-			// http_user/http_pwd are set: the password carries the token.
-			if raw, err := base64.StdEncoding.DecodeString(rest); err == nil {
-				if _, pwd, ok := strings.Cut(string(raw), ":"); ok && pwd != "" {
-					return pwd, true
-				}
-			}
-		}
-	}
-	if t := c.Query("token"); t != "" {
-		return t, true
-	}
-	return "", false
 }
 
 // cors answers preflights and labels responses for allowed browser

@@ -11,6 +11,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -98,9 +99,9 @@ func (s *Server) writeSession(ctx context.Context, ns *broker.NotebookSession) e
 	return nil
 }
 
-// allSessions returns the sessions whose kernel still exists, dropping
-// the others as jupyter_server does.
-func (s *Server) allSessions(ctx context.Context) ([]SessionModel, error) {
+// allSessions returns who's sessions whose kernel still exists, dropping
+// sessions whose kernel is gone as jupyter_server does.
+func (s *Server) allSessions(ctx context.Context, who *auth.Identity) ([]SessionModel, error) {
 	kl, err := s.bus.NotebookSessions.ListKeys(ctx)
 	if err != nil {
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not list sessions")
@@ -108,7 +109,7 @@ func (s *Server) allSessions(ctx context.Context) ([]SessionModel, error) {
 	var out []SessionModel
 	for id := range kl.Keys() {
 		ns, _, err := s.readSession(ctx, id)
-		if err != nil {
+		if err != nil || !may(who, ns.Owner) {
 			continue
 		}
 		k, _, err := s.visibleKernel(ctx, ns.KernelID)
@@ -125,7 +126,7 @@ func (s *Server) allSessions(ctx context.Context) ([]SessionModel, error) {
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
-	out, err := s.allSessions(s.ctx)
+	out, err := s.allSessions(s.ctx, identityOf(c))
 	if err != nil {
 		return err
 	}
@@ -135,12 +136,25 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 	return c.JSON(out)
 }
 
+// ownedSession reads a session of who's; another user's answers 404.
+func (s *Server) ownedSession(who *auth.Identity, id string) (*broker.NotebookSession, error) {
+	ns, _, err := s.readSession(s.ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !may(who, ns.Owner) {
+		return nil, sessionNotFound(id)
+	}
+	return ns, nil
+}
+
 func (s *Server) getSession(c *fiber.Ctx) error {
-	ns, _, err := s.readSession(s.ctx, c.Params("id"))
+	who := identityOf(c)
+	ns, err := s.ownedSession(who, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	k, _, err := s.visibleKernel(s.ctx, ns.KernelID)
+	k, _, err := s.ownedKernel(s.ctx, who, ns.KernelID)
 	if err != nil {
 		return sessionNotFound(ns.ID)
 	}
@@ -151,6 +165,7 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 // client env, like JEG) or attaching an existing one. A path that already
 // has a session gets that session back, as in jupyter_server.
 func (s *Server) postSession(c *fiber.Ctx) error {
+	who := identityOf(c)
 	b, err := parseSessionBody(c)
 	if err != nil {
 		return err
@@ -158,7 +173,9 @@ func (s *Server) postSession(c *fiber.Ctx) error {
 	if b.Path == nil {
 		return broker.Errorf(broker.ErrBadRequest, "Missing field in JSON data: path")
 	}
-	all, err := s.allSessions(s.ctx)
+	// Paths are per user: another user's notebook of the same name is
+	// theirs.
+	all, err := s.allSessions(s.ctx, who)
 	if err != nil {
 		return err
 	}
@@ -168,14 +185,14 @@ func (s *Server) postSession(c *fiber.Ctx) error {
 			return c.Status(fiber.StatusCreated).JSON(m)
 		}
 	}
-	ns := &broker.NotebookSession{ID: uuid.NewString(), Path: *b.Path, Type: "notebook", Created: time.Now().UTC()}
+	ns := &broker.NotebookSession{ID: uuid.NewString(), Path: *b.Path, Type: "notebook", Owner: who.Name, Created: time.Now().UTC()}
 	if b.Name != nil {
 		ns.Name = *b.Name
 	}
 	if b.Type != nil && *b.Type != "" {
 		ns.Type = *b.Type
 	}
-	k, err := s.sessionKernel(b, "", requestID(c))
+	k, err := s.sessionKernel(who, b, "", requestID(c))
 	if err != nil {
 		return err
 	}
@@ -190,28 +207,29 @@ func (s *Server) postSession(c *fiber.Ctx) error {
 // sessionKernel returns the kernel a session body asks for: an existing
 // one by id, or a new one by name (the default spec when it names none).
 // current is the session's kernel, kept when the body names none.
-func (s *Server) sessionKernel(b sessionBody, current, reqID string) (*broker.Kernel, error) {
+func (s *Server) sessionKernel(who *auth.Identity, b sessionBody, current, reqID string) (*broker.Kernel, error) {
 	switch {
 	case b.Kernel != nil && b.Kernel.ID != "":
-		k, _, err := s.visibleKernel(s.ctx, b.Kernel.ID)
+		k, _, err := s.ownedKernel(s.ctx, who, b.Kernel.ID)
 		if err != nil {
 			return nil, broker.Errorf(broker.ErrBadRequest, "No such kernel: %s", b.Kernel.ID)
 		}
 		return k, nil
 	case current != "" && (b.Kernel == nil || b.Kernel.Name == ""):
-		k, _, err := s.visibleKernel(s.ctx, current)
+		k, _, err := s.ownedKernel(s.ctx, who, current)
 		return k, err
 	default:
 		name := ""
 		if b.Kernel != nil {
 			name = b.Kernel.Name
 		}
-		return s.startKernel(name, nil, reqID)
+		return s.startKernel(who, name, nil, reqID)
 	}
 }
 
 func (s *Server) patchSession(c *fiber.Ctx) error {
-	ns, _, err := s.readSession(s.ctx, c.Params("id"))
+	who := identityOf(c)
+	ns, err := s.ownedSession(who, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -231,11 +249,11 @@ func (s *Server) patchSession(c *fiber.Ctx) error {
 	old := ns.KernelID
 	var k *broker.Kernel
 	if b.Kernel != nil {
-		if k, err = s.sessionKernel(b, "", requestID(c)); err != nil {
+		if k, err = s.sessionKernel(who, b, "", requestID(c)); err != nil {
 			return err
 		}
 		ns.KernelID = k.ID
-	} else if k, _, err = s.visibleKernel(s.ctx, ns.KernelID); err != nil {
+	} else if k, _, err = s.ownedKernel(s.ctx, who, ns.KernelID); err != nil {
 		return sessionNotFound(ns.ID)
 	}
 	if err := s.writeSession(s.ctx, ns); err != nil {
@@ -244,16 +262,16 @@ func (s *Server) patchSession(c *fiber.Ctx) error {
 	// A kernel the session no longer uses, and no other session does,
 	// is shut down, as jupyter_server does.
 	if old != ns.KernelID && !s.kernelInUse(old) {
-		if err := s.shutdownKernel(old, requestID(c)); err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
+		if err := s.shutdownKernel(who, old, requestID(c)); err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
 			s.log.Warn().Err(err).Str("kernel_id", old).Msg("could not shut down the session's previous kernel")
 		}
 	}
 	return c.JSON(s.sessionModel(ns, k))
 }
 
-// kernelInUse reports whether any session uses kernel id.
+// kernelInUse reports whether any session (anyone's) uses kernel id.
 func (s *Server) kernelInUse(id string) bool {
-	all, err := s.allSessions(s.ctx)
+	all, err := s.allSessions(s.ctx, anonymous)
 	if err != nil {
 		return true // when unsure, keep the kernel
 	}
@@ -266,14 +284,15 @@ func (s *Server) kernelInUse(id string) bool {
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
-	ns, _, err := s.readSession(s.ctx, c.Params("id"))
+	who := identityOf(c)
+	ns, err := s.ownedSession(who, c.Params("id"))
 	if err != nil {
 		return err
 	}
 	if err := s.bus.NotebookSessions.Delete(s.ctx, ns.ID); err != nil {
 		return broker.Wrap(broker.ErrUnavailable, err, "could not delete session %s", ns.ID)
 	}
-	if err := s.shutdownKernel(ns.KernelID, requestID(c)); err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
+	if err := s.shutdownKernel(who, ns.KernelID, requestID(c)); err != nil && !errors.Is(err, broker.ErrKernelNotFound) {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)

@@ -251,7 +251,7 @@ func (st *state) counts(user string) (all, mine int) {
 			continue
 		}
 		all++
-		if user != "" && e.rec.User == user {
+		if user != "" && e.rec.Owner == user {
 			mine++
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,6 +32,7 @@ const (
 
 const (
 	localsKernel  = "kb.kernel"
+	localsActor   = "kb.actor"
 	localsSession = "kb.session"
 	localsStart   = "kb.start"
 	localsFirst   = "kb.first"
@@ -73,7 +75,8 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 		return err
 	}
 	id := c.Params("id")
-	rec, err := s.waitStarted(id)
+	who := identityOf(c)
+	rec, err := s.waitStarted(who, id)
 	if err != nil {
 		return err
 	}
@@ -100,6 +103,7 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	c.Locals(localsStart, info.State.LastSeq)
 	c.Locals(localsFirst, info.State.FirstSeq)
 	c.Locals(localsResume, resumeAfter)
+	c.Locals(localsActor, actorOf(who))
 	return c.Next()
 }
 
@@ -120,10 +124,14 @@ func resumeAfterParam(c *fiber.Ctx) (string, error) {
 
 // waitStarted returns the record of a kernel that is running (or
 // restarting), waiting while it starts.
-func (s *Server) waitStarted(id string) (*broker.Kernel, error) {
+func (s *Server) waitStarted(who *auth.Identity, id string) (*broker.Kernel, error) {
 	rec, _, err := s.readKernel(s.ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	// Another user's kernel is absent, before anything else is revealed.
+	if !may(who, rec.Owner) {
+		return nil, kernelNotFound(id)
 	}
 	if !rec.State.Starting() {
 		return rec, liveErr(rec)
@@ -194,6 +202,7 @@ type conn struct {
 	rec     *broker.Kernel
 	kernel  string
 	session string
+	actor   string // the identity that opened it, for events
 	key     string // kb_sessions key
 	v1      bool
 	log     zerolog.Logger
@@ -264,12 +273,13 @@ func (s *Server) serveWS(w *websocket.Conn) {
 	streamEnd, _ := w.Locals(localsStart).(uint64)
 	streamFirst, _ := w.Locals(localsFirst).(uint64)
 	resumeAfter, _ := w.Locals(localsResume).(string)
+	actor, _ := w.Locals(localsActor).(string)
 	if rec == nil {
 		_ = w.Close()
 		return
 	}
 	c := &conn{
-		s: s, ws: w.Conn, rec: rec, kernel: rec.ID, session: session,
+		s: s, ws: w.Conn, rec: rec, kernel: rec.ID, session: session, actor: actor,
 		key: sessionKVKey(rec.ID, session), v1: w.Subprotocol() == SubprotocolV1,
 		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
 		streamFirst: streamFirst, resumeAfter: resumeAfter,
@@ -299,7 +309,7 @@ func (s *Server) serveWS(w *websocket.Conn) {
 		s.hub.kernelEnded(c.kernel)
 	}
 	ev := broker.NewEvent(broker.EvClientConnected, rec)
-	ev.Session = session
+	ev.Session, ev.Actor = session, actor
 	s.emit(ev)
 	c.log.Debug().Bool("v1", c.v1).Msg("websocket connected")
 	c.readLoop()
@@ -460,7 +470,7 @@ func (c *conn) finish(code int, text string) {
 		c.save(false, true)
 		c.s.hub.unregister(c)
 		ev := broker.NewEvent(broker.EvClientLeft, c.rec)
-		ev.Session, ev.Reason = c.session, text
+		ev.Session, ev.Reason, ev.Actor = c.session, text, c.actor
 		c.s.emit(ev)
 		c.log.Debug().Int("code", code).Str("why", text).Msg("websocket closed")
 		close(c.done)

@@ -87,6 +87,7 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 		{Bucket: broker.BucketWorkers, Description: "worker presence", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.PresenceTTL},
 		{Bucket: broker.BucketHandles, Description: "what each kernel's worker started (written by workers only)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 		{Bucket: broker.BucketLeases, Description: "leases of duties that run in one process at a time", History: 1, Storage: jetstream.MemoryStorage, Replicas: l.Replicas, TTL: l.LeaseTTL},
+		{Bucket: broker.BucketLimits, Description: "per-user kernel slots (front-ends only)", History: 1, Storage: jetstream.FileStorage, Replicas: l.Replicas},
 	}
 	for _, bc := range buckets {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, bc); err != nil {

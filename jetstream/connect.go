@@ -28,6 +28,10 @@ type ConnectOptions struct {
 	// Creds are a credentials file's contents, kept in memory (a
 	// launcher's: a file would be readable by its kernel). Optional.
 	Creds []byte
+	// CredsFunc, instead of Creds, returns the credentials to present at
+	// each (re)connect, so that credentials renewed while connected are
+	// the ones the next connection uses. Optional.
+	CredsFunc func() []byte
 	// CA is the PEM of a CA to verify the server's TLS certificate with,
 	// besides CAFile. Optional.
 	CA []byte
@@ -75,6 +79,18 @@ func Connect(opts ConnectOptions) (*nats.Conn, error) {
 			return nil, fmt.Errorf("NATS credentials: %w", err)
 		}
 		o = append(o, nats.UserJWTAndSeed(userJWT, string(seed)))
+	}
+	if f := opts.CredsFunc; f != nil {
+		o = append(o, nats.UserJWT(func() (string, error) {
+			return jwt.ParseDecoratedJWT(f())
+		}, func(nonce []byte) ([]byte, error) {
+			kp, err := jwt.ParseDecoratedNKey(f())
+			if err != nil {
+				return nil, err
+			}
+			defer kp.Wipe()
+			return kp.Sign(nonce)
+		}))
 	}
 	if opts.Token != "" {
 		o = append(o, nats.Token(opts.Token))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -194,6 +195,7 @@ type launcher struct {
 
 	bg      sync.WaitGroup // input forwarder, publisher, activity writer
 	closing atomic.Bool    // the launcher is leaving: bus disconnects are expected
+	creds   credentials    // own bus credentials, renewed (renew.go)
 }
 
 type command struct {
@@ -232,7 +234,13 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	if err := l.connect(ctx); err != nil {
 		return err
 	}
+	// Not in l.bg: that group is waited for before this defer runs.
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); l.renewCredentials(renewCtx) }()
 	defer func() {
+		stopRenew()
+		<-renewDone
 		l.closing.Store(true)
 		l.nc.Close()
 	}()
@@ -382,7 +390,6 @@ func (l *launcher) connect(ctx context.Context) error {
 	opts := kbjs.ConnectOptions{
 		URLs:        l.cfg.NATSURLs,
 		Token:       l.cfg.NATSToken,
-		Creds:       []byte(l.cfg.NATSCreds),
 		CA:          []byte(l.cfg.NATSCA),
 		InboxPrefix: broker.InboxPrefix(l.id),
 		Name:        "kernelbus-launcher " + l.id,
@@ -392,6 +399,16 @@ func (l *launcher) connect(ctx context.Context) error {
 			}
 			l.log.Warn().Err(err).Str("bus", ev).Msg("bus connection")
 		},
+	}
+	if l.cfg.NATSCreds != "" {
+		creds := []byte(l.cfg.NATSCreds)
+		info, err := access.ReadCreds(creds)
+		if err != nil {
+			return err
+		}
+		l.creds.cur.Store(&creds)
+		l.creds.info.Store(&info)
+		opts.CredsFunc = l.creds.get
 	}
 	nc, err := kbjs.Connect(opts)
 	if err != nil {

@@ -81,7 +81,7 @@ type testKernel struct {
 	mu   sync.Mutex
 	msgs []*outMsg
 	more chan struct{}
-	sub  *nats.Subscription
+	sub  jetstream.ConsumeContext
 }
 
 func newKernelID() string { return newUUID() }
@@ -143,11 +143,23 @@ func launchRecord(t *testing.T, tb *testBus, argv []string, mutate func(*broker.
 }
 
 // subscribe collects every output message of the kernel, reassembling
-// chunks as a front-end would.
+// chunks as a front-end would. It reads KB_IO with a flow-controlled
+// consumer, as front-ends do: a core subscription is cut off by the server
+// as a slow consumer when a 20 MB output meets a busy machine, losing chunks.
 func (k *testKernel) subscribe() {
 	var re kbjs.Reassembler
 	parts := 0
-	sub, err := k.tb.nc.Subscribe(broker.SubjectOutAll(k.id), func(m *nats.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := k.tb.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{broker.SubjectOutAll(k.id)},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	sub, err := cons.Consume(func(jm jetstream.Msg) {
+		m := &nats.Msg{Subject: jm.Subject(), Header: jm.Headers(), Data: jm.Data()}
 		parts++
 		data, ok, err := re.Feed(m)
 		if err != nil {
@@ -216,14 +228,13 @@ func (k *testKernel) subscribe() {
 	if err != nil {
 		k.t.Fatal(err)
 	}
-	_ = sub.SetPendingLimits(-1, -1)
 	k.sub = sub
-	k.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	k.t.Cleanup(sub.Stop)
 }
 
 // stopCollecting ends the collecting subscription, for measurements where
 // its decoding would compete for the CPU.
-func (k *testKernel) stopCollecting() { _ = k.sub.Unsubscribe() }
+func (k *testKernel) stopCollecting() { k.sub.Stop() }
 
 // waitMsg waits for the first message that matches. match sees each
 // message once, in order.

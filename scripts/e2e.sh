@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The end-to-end suites: real Jupyter clients against a running kernelbus.
-#   1. scripts/setup-python.sh, scripts/setup-node.sh (cached; fast the second time)
+#   1. scripts/setup-python.sh, scripts/setup-node.sh, scripts/setup-jupyterhub.sh (cached; fast the second time)
 #   2. go build bin/kernelbus and bin/kernelbus-launcher (skipped when KERNELBUS_BIN is set,
 #      KB_NO_BUILD=1, or KB_TEST_TARGET names a reference gateway)
 #   3. pytest e2e/python, then the @jupyterlab/services suite (scripts/e2e-js.sh)
@@ -16,6 +16,9 @@ export KB_CACHE=$cache
 
 "$repo/scripts/setup-python.sh" || exit 1
 "$repo/scripts/setup-node.sh" || exit 1
+# The identity suites run a real JupyterHub from its own venv.
+KB_JUPYTERHUB_VENV=$("$repo/scripts/setup-jupyterhub.sh") || exit 1
+export KB_JUPYTERHUB_VENV
 
 target=${KB_TEST_TARGET:-kernelbus}
 if [ "$target" = kernelbus ] && [ -z "${KERNELBUS_BIN:-}" ] && [ "${KB_NO_BUILD:-0}" != 1 ]; then

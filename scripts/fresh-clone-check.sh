@@ -34,21 +34,29 @@ setsid bash -c "$run_cmd -- --listen 127.0.0.1:$port --data-dir $work/data" >"$w
 pid=$!
 
 url=http://127.0.0.1:$port
+# With no token configured, kernelbus prints one it generated (as jupyter_server does);
+# a user copies it from there, and so does this check.
+token=""
 for i in $(seq 1 600); do
-  if curl -fsS "$url/api/kernelspecs" >"$work/specs.json" 2>/dev/null; then break; fi
+  [ -n "$token" ] || token=$(grep -o 'auth_token=[0-9a-f]*' "$work/run.log" 2>/dev/null | head -1 | cut -d= -f2 || true)
+  if [ -n "$token" ] && curl -fsS -H "Authorization: token $token" "$url/api/kernelspecs" >"$work/specs.json" 2>/dev/null; then break; fi
   kill -0 "$pid" 2>/dev/null || { echo "fresh-clone-check: kernelbus exited:" >&2; tail -30 "$work/run.log" >&2; exit 1; }
   sleep 0.5
 done
-python3 - "$url" "$work/specs.json" <<'PY'
+[ -n "$token" ] || { echo "fresh-clone-check: kernelbus printed no token:" >&2; tail -30 "$work/run.log" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' "$url/api/kernels")
+[ "$code" = 401 ] || { echo "fresh-clone-check: GET /api/kernels without the token answered $code, not 401" >&2; exit 1; }
+python3 - "$url" "$work/specs.json" "$token" <<'PY'
 import json, sys, urllib.request
-url, specs = sys.argv[1], json.load(open(sys.argv[2]))
+url, specs, token = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+auth = {"Authorization": "token " + token}
 assert "python3" in specs["kernelspecs"], f"no python3 kernelspec: {list(specs['kernelspecs'])}"
 req = urllib.request.Request(url + "/api/kernels", data=b'{"name":"python3"}', method="POST",
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json", **auth})
 with urllib.request.urlopen(req, timeout=60) as r:
     assert r.status == 201, r.status
     kid = json.load(r)["id"]
-req = urllib.request.Request(f"{url}/api/kernels/{kid}", method="DELETE")
+req = urllib.request.Request(f"{url}/api/kernels/{kid}", method="DELETE", headers=auth)
 with urllib.request.urlopen(req, timeout=30) as r:
     assert r.status == 204, r.status
 print(f"fresh-clone-check: ok, started and stopped python3 kernel {kid}")

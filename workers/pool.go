@@ -13,6 +13,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -40,9 +41,11 @@ type PoolConfig struct {
 	// a kernel's code can reach every other kernel, which is only fit for
 	// a single user's machine.
 	Minter *access.Minter
-	// LauncherCredsTTL is how long minted credentials are valid. Launchers
-	// cannot renew them yet, so a kernel outliving it loses the bus at its
-	// next reconnect. Default 0: no expiry (they reach only their kernel).
+	// LauncherCredsTTL is how long minted credentials are valid, and so
+	// how long they outlive their kernel: launchers renew them at
+	// half-life from the workers, which renew only while the kernel runs
+	// (renew.go). Default access.DefaultLauncherCredsTTL; negative: no
+	// expiry.
 	LauncherCredsTTL time.Duration
 	NATSToken        string
 	NATSCreds        string
@@ -72,6 +75,9 @@ type Pool struct {
 	met  *poolMetrics
 	// claiming is set once the consumer runs (Ready).
 	claiming atomic.Bool
+
+	// renewals answers launchers' credential renewals (with a Minter).
+	renewals *nats.Subscription
 }
 
 // NewPool validates cfg; nothing runs until Start.
@@ -90,6 +96,14 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
+	}
+	switch {
+	case cfg.LauncherCredsTTL == 0:
+		cfg.LauncherCredsTTL = access.DefaultLauncherCredsTTL
+	case cfg.LauncherCredsTTL < 0:
+		cfg.LauncherCredsTTL = 0
+	case cfg.LauncherCredsTTL < 2*time.Second:
+		return nil, errors.New("worker pool: launcher credentials must be valid 2s or more, to be renewed in time")
 	}
 	if cfg.NATSURLs == "" {
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
@@ -133,6 +147,12 @@ func (p *Pool) Start(ctx context.Context) error {
 		return fmt.Errorf("worker pool %s: consume: %w", rm, err)
 	}
 	p.cons = cc
+	if p.cfg.Minter != nil {
+		if p.renewals, err = p.serveRenewals(); err != nil {
+			cc.Stop()
+			return fmt.Errorf("worker pool %s: credential renewals: %w", rm, err)
+		}
+	}
 	p.claiming.Store(true)
 	p.wg.Add(1)
 	go p.presence()
@@ -155,6 +175,9 @@ func (p *Pool) Stop() {
 	p.claiming.Store(false)
 	if p.cons != nil {
 		p.cons.Stop()
+	}
+	if p.renewals != nil {
+		_ = p.renewals.Unsubscribe()
 	}
 	p.stop()
 	p.wg.Wait()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,6 +28,16 @@ type serveProc struct {
 }
 
 func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
+	t.Helper()
+	if !slices.Contains(args, "--token") && !slices.Contains(args, "--users-file") {
+		args = append(args, "--insecure-no-auth") // these tests are not about authentication
+	}
+	return launchServe(t, bin, dataDir, logPath, args...)
+}
+
+// launchServe starts serve with exactly args (and a listen address and
+// data dir) and waits until it answers.
+func launchServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -64,7 +75,7 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 			return false
 		}
 		r.Body.Close()
-		return r.StatusCode == 200
+		return r.StatusCode == 200 || r.StatusCode == 401 // up, with or without authentication
 	})
 	return p
 }

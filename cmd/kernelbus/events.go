@@ -32,6 +32,7 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 	natsURL := fs.String("nats", "", "NATS URLs of the installation (default: the one `kernelbus serve --data-dir` recorded)")
 	natsToken := fs.String("nats-token", "", "NATS token")
 	natsCreds := fs.String("nats-creds", "", "NATS credentials file")
+	natsCA := fs.String("nats-ca", "", "CA certificate (PEM) that signed the NATS servers' TLS certificates (default: the one `kernelbus serve --data-dir` recorded)")
 	dataDir := fs.String("data-dir", defaultDataDir(), "data folder of a `kernelbus serve` installation")
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
@@ -51,18 +52,21 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 	if *summary && *follow {
 		return errors.New("--summary and --follow do not go together: a summary needs the end of the log")
 	}
-	url, creds := *natsURL, *natsCreds
+	url, creds, ca := *natsURL, *natsCreds, *natsCA
 	if url == "" {
-		var installCreds string
-		url, installCreds, err = readInstallation(*dataDir)
+		var installCreds, installCA string
+		url, installCreds, installCA, err = readInstallation(*dataDir)
 		if err != nil {
 			return err
 		}
 		if creds == "" {
 			creds = installCreds
 		}
+		if ca == "" {
+			ca = installCA
+		}
 	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: url, Token: *natsToken, CredsFile: creds, Name: "kernelbus-events"})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: url, Token: *natsToken, CredsFile: creds, CAFile: ca, Name: "kernelbus-events"})
 	if err != nil {
 		return fmt.Errorf("%w (is kernelbus running? point --nats at its NATS servers)", err)
 	}
@@ -99,7 +103,7 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 		print = func(e broker.Event) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"),
 				e.Type, e.Kernel, dash(e.Spec), dash(e.User), dash(e.RM), dash(e.Host), dash(compactJSON(e.Handle)),
-				dash(e.Source), dash(oneLine(e.Reason)))
+				dash(by(e)), dash(oneLine(e.Reason)))
 			if *follow {
 				_ = tw.Flush()
 				return w.Flush()
@@ -122,19 +126,19 @@ func cmdEvents(args []string, stdout, stderr io.Writer) error {
 }
 
 // readInstallation reads how `kernelbus serve --data-dir dir` can be
-// reached: its NATS URL and the admin's credentials file.
-func readInstallation(dir string) (url, creds string, err error) {
-	url, authDir, err := readConnFile(filepath.Join(dir, "nats.conn"))
+// reached: its NATS URL, the admin's credentials file and the bus CA.
+func readInstallation(dir string) (url, creds, ca string, err error) {
+	cf, err := readConnFile(filepath.Join(dir, "nats.conn"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return "", "", fmt.Errorf("no kernelbus installation found in %s: pass --data-dir of a running `kernelbus serve`, or --nats URL (and --nats-creds) of the installation's NATS", dir)
+			return "", "", "", fmt.Errorf("no kernelbus installation found in %s: pass --data-dir of a running `kernelbus serve`, or --nats URL (and --nats-creds) of the installation's NATS", dir)
 		}
-		return "", "", err
+		return "", "", "", err
 	}
-	if authDir != "" {
-		creds = filepath.Join(authDir, access.AdminCreds)
+	if cf.authDir != "" {
+		creds = filepath.Join(cf.authDir, access.AdminCreds)
 	}
-	return url, creds, nil
+	return cf.url, creds, cf.ca, nil
 }
 
 type kernelSummary struct {
@@ -224,4 +228,13 @@ func compactJSON(b json.RawMessage) string {
 		return ""
 	}
 	return string(b)
+}
+
+// by names who caused an event: the part that wrote it, and the identity
+// whose request it served when there was one ("alice@frontend").
+func by(e broker.Event) string {
+	if e.Actor != "" {
+		return e.Actor + "@" + e.Source
+	}
+	return e.Source
 }

@@ -28,13 +28,19 @@ func runCLI(args ...string) (int, string, string) {
 // `kernelbus serve --data-dir` leaves one.
 func installation(t *testing.T) (*jstest.Env, string) {
 	t.Helper()
-	env := jstest.Start(t, jstest.Options{Auth: true})
+	env := jstest.Start(t, jstest.Options{Auth: true, TLS: true})
 	dir := t.TempDir()
 	authDir := filepath.Join(dir, "auth")
 	if err := access.WriteFiles(authDir, env.Auth); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeInstallation(dir, env.URL, authDir); err != nil {
+	// With TLS on the bus, as serve runs it: the CLI finds the CA in
+	// nats.conn.
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, env.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeInstallation(dir, env.URL, authDir, ca); err != nil {
 		t.Fatal(err)
 	}
 	return env, dir

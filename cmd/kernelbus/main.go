@@ -14,6 +14,9 @@ var version = "0.1.0-dev"
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+// stdin is what commands read input from (tests replace it).
+var stdin io.Reader = os.Stdin
+
 const usage = `kernelbus: a Jupyter kernel gateway on a NATS JetStream bus
 
 Usage:
@@ -23,6 +26,8 @@ Usage:
   kernelbus events    [flags]   replay the audit log of kernel lifecycle events
   kernelbus kernels   list|show|interrupt|restart|delete [ID...] [flags]
                                 operate kernels through a front-end's REST API
+  kernelbus users     add|token|passwd|list|remove   manage a users file
+  kernelbus nats-auth init [flags]  credentials and TLS files for your own NATS cluster
   kernelbus version
 
 Run 'kernelbus <command> -h' for the flags of a command. Every flag can also
@@ -46,6 +51,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdEvents(args[1:], stdout, stderr)
 	case "kernels":
 		err = cmdKernels(args[1:], stdout, stderr)
+	case "users":
+		err = cmdUsers(args[1:], stdin, stdout, stderr)
+	case "nats-auth":
+		err = cmdNATSAuth(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kernelbus", version)
 		return 0

@@ -45,7 +45,7 @@ func (n *natsFlags) register(fs *flagSet) {
 	fs.StringVar(&n.urls, "nats", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
 	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials file")
 	fs.StringVar(&n.token, "nats-token", "", "NATS token (legacy: a shared token cannot keep kernels apart; use credentials)")
-	fs.StringVar(&n.conn, "nats-conn", "", "nats.conn of a `kernelbus serve` data folder: its NATS URL and the credentials of this part's role")
+	fs.StringVar(&n.conn, "nats-conn", "", "nats.conn of a `kernelbus serve` data folder or of `kernelbus nats-auth init`: the NATS URL, the credentials of this part's role and the CA")
 	fs.StringVar(&n.ca, "nats-ca", "", "CA certificate (PEM) that signed the NATS servers' TLS certificates")
 	fs.IntVar(&n.replicas, "replicas", 1, "JetStream replicas for streams and buckets when --setup creates them (3 on a cluster)")
 	fs.BoolVar(&n.setup, "setup", true, "create or update the streams and buckets at start")
@@ -61,11 +61,15 @@ func (n *natsFlags) forRole(role, rm string) (string, error) {
 	if n.conn == "" {
 		return "", nil
 	}
-	url, authDir, err := readConnFile(n.conn)
+	cf, err := readConnFile(n.conn)
 	if err != nil {
 		return "", err
 	}
-	n.urls = url
+	n.urls = cf.url
+	authDir := cf.authDir
+	if n.ca == "" {
+		n.ca = cf.ca
+	}
 	if n.creds == "" {
 		switch role {
 		case access.RoleFrontend:
@@ -130,6 +134,15 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := ff.checkAuth("frontend"); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	feID := "fe-" + host + "-" + randomHex(3)
+	feCfg, err := ff.config(feID, log)
+	if err != nil {
+		return err
+	}
 	if _, err := nf.forRole(access.RoleFrontend, ""); err != nil {
 		return err
 	}
@@ -140,8 +153,6 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer bus.NC.Close()
-	host, _ := os.Hostname()
-	feID := "fe-" + host + "-" + randomHex(3)
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
@@ -149,15 +160,14 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err := metrics.RegisterBuildInfo(reg, version); err != nil {
 		return err
 	}
-	fcfg := ff.config(feID)
-	fcfg.Metrics = reg
-	fe, err := frontend.New(fcfg, bus, ff.catalog(log), log)
+	feCfg.Metrics = reg
+	fe, err := frontend.New(feCfg, bus, ff.catalog(log), log)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, bus, feID, log)
 	if err != nil {
@@ -171,7 +181,7 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
 	case err = <-serveErr:
@@ -194,7 +204,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
 	minterFile := fs.String("launcher-minter", "", "file with the installation's launcher signing key (launcher-minter.json), to give each launcher credentials of its own kernel (default: from --nats-conn)")
 	portRange := fs.String("port-range", "", "ports of the kernels this worker starts, lower..upper (JEG's port_range), best outside the OS's ephemeral ports; empty: any free port")
-	credsTTL := fs.Duration("launcher-creds-ttl", 0, "validity of a launcher's credentials (0: no expiry; launchers cannot renew them yet, so a kernel outliving it loses the bus)")
+	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a claimed start may go without progress before another worker may take it (0: 15s)")
@@ -332,24 +342,47 @@ func registry(log zerolog.Logger) *workers.Registry {
 	return &r
 }
 
-// readConnFile reads a nats.conn that `kernelbus serve` wrote: the URL of
-// its NATS and the folder of its role credentials.
-func readConnFile(path string) (url, authDir string, err error) {
+// connFile is what a nats.conn says: how to reach an installation's NATS
+// (`kernelbus serve` writes one into its data folder; `kernelbus nats-auth
+// init` one for an operator's own cluster).
+type connFile struct {
+	// url of the NATS servers (comma separated).
+	url string
+	// authDir is the folder of role credentials files.
+	authDir string
+	// ca is the CA certificate (PEM file) the servers' TLS certificates
+	// chain to; empty when the bus has no TLS or a public CA.
+	ca string
+}
+
+// readConnFile reads a nats.conn: lines url=, auth= and ca=. Relative
+// paths are relative to the file's folder, so an installation's folder can
+// move or be mounted elsewhere.
+func readConnFile(path string) (connFile, error) {
+	var c connFile
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", "", err
+		return c, err
+	}
+	rel := func(v string) string {
+		if v != "" && !filepath.IsAbs(v) {
+			return filepath.Join(filepath.Dir(path), v)
+		}
+		return v
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		k, v, _ := strings.Cut(line, "=")
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
 		switch k {
 		case "url":
-			url = v
+			c.url = v
 		case "auth":
-			authDir = v
+			c.authDir = rel(v)
+		case "ca":
+			c.ca = rel(v)
 		}
 	}
-	if url == "" {
-		return "", "", fmt.Errorf("%s: no url= line", path)
+	if c.url == "" {
+		return c, fmt.Errorf("%s: no url= line", path)
 	}
-	return url, authDir, nil
+	return c, nil
 }

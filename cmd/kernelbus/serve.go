@@ -12,12 +12,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
+	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
@@ -31,6 +33,11 @@ import (
 type frontendFlags struct {
 	listen        string
 	token         string
+	tokenUser     string
+	usersFile     string
+	noAuth        bool
+	authorized    listFlag
+	unauthorized  listFlag
 	specDirs      listFlag
 	allowedEnv    listFlag
 	allowOrigin   string
@@ -40,25 +47,78 @@ type frontendFlags struct {
 	maxPerUser    int
 	metricsPublic bool
 	topUsers      int
+	tls           tlsFlags
+	ident         identityFlags
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8888", "address of the Jupyter gateway API")
-	fs.StringVar(&f.token, "token", "", "token clients must send (Authorization: token T or ?token=T); empty: none")
+	fs.StringVar(&f.token, "token", "", "shared token clients may send (Authorization: token T or ?token=T); its holder is an administrator (serve: one is generated when no authentication is configured)")
+	fs.StringVar(&f.tokenUser, "token-user", "admin", "user name of the --token identity")
+	fs.StringVar(&f.usersFile, "users-file", "", "users file with per-user tokens and passwords (`kernelbus users`)")
+	fs.BoolVar(&f.noAuth, "insecure-no-auth", false, "no authentication: every caller is an anonymous administrator (tests and trusted networks only)")
+	fs.Var(&f.authorized, "authorized-users", "KERNEL_USERNAMEs that may start kernels whose spec names no authorized_users (comma separated; empty: any)")
+	fs.Var(&f.unauthorized, "unauthorized-users", "KERNEL_USERNAMEs that may start no kernel (comma separated)")
 	fs.Var(&f.specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders)")
 	fs.Var(&f.allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all)")
 	fs.StringVar(&f.allowOrigin, "allow-origin", "", "Origin allowed for browsers (CORS and websockets); * for any; empty: same origin only")
 	fs.StringVar(&f.baseURL, "base-url", "/", "URL prefix of every route")
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
-	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per KERNEL_USERNAME (0: no limit)")
+	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
+	f.tls.register(fs)
+	f.ident.register(fs)
 }
 
-func (f *frontendFlags) config(id string) frontend.Config {
+// identities returns the identity sources the flags configure, in the
+// order they are asked (the --token comes first, inside frontend.New).
+func (f *frontendFlags) identities(log zerolog.Logger) ([]auth.Source, error) {
+	var out []auth.Source
+	if f.usersFile != "" {
+		us, err := auth.NewUsersSource(f.usersFile)
+		if err != nil {
+			return nil, fmt.Errorf("--users-file: %w", err)
+		}
+		out = append(out, us)
+	}
+	more, err := identitySources(f, log)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, more...), nil
+}
+
+// authConfigured reports whether any authentication is configured.
+func (f *frontendFlags) authConfigured() bool {
+	return f.token != "" || f.usersFile != "" || f.ident.hubURL != "" || len(f.ident.proxyCIDRs) > 0 || f.tls.clientCA != ""
+}
+
+// checkAuth refuses a configuration with no authentication unless
+// --insecure-no-auth says so, and refuses --insecure-no-auth beside
+// authentication (one of them is a mistake).
+func (f *frontendFlags) checkAuth(part string) error {
+	if f.noAuth && f.authConfigured() {
+		return errors.New("--insecure-no-auth cannot go with --token or --users-file: drop one")
+	}
+	if !f.noAuth && !f.authConfigured() {
+		return fmt.Errorf("kernelbus %s needs authentication: pass --token (shared by every front-end), --users-file, or --insecure-no-auth to let anyone who reaches %s act as an administrator", part, f.listen)
+	}
+	return nil
+}
+
+func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, error) {
+	ids, err := f.identities(log)
+	if err != nil {
+		return frontend.Config{}, err
+	}
 	return frontend.Config{
 		Token:                f.token,
+		TokenUser:            f.tokenUser,
+		Identities:           ids,
+		AuthorizedUsers:      f.authorized,
+		UnauthorizedUsers:    f.unauthorized,
 		AllowedEnv:           f.allowedEnv,
 		AllowOrigin:          f.allowOrigin,
 		BaseURL:              f.baseURL,
@@ -68,7 +128,7 @@ func (f *frontendFlags) config(id string) frontend.Config {
 		MaxKernelsPerUser:    f.maxPerUser,
 		MetricsPublic:        f.metricsPublic,
 		MetricsTopUsers:      f.topUsers,
-	}
+	}, nil
 }
 
 func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
@@ -90,10 +150,26 @@ func cmdServe(args []string, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	portRange := fs.String("port-range", "", "ports of the kernels, lower..upper (JEG's port_range), best outside the OS's ephemeral ports; empty: any free port")
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
+	var tf busTLSFlags
+	tf.register(fs)
+	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
 	log, err := newLogger(*logLevel, stderr)
+	if err != nil {
+		return err
+	}
+	// Like jupyter_server: with no authentication configured, a token for
+	// this run, shown once below.
+	generated := false
+	if !ff.noAuth && !ff.authConfigured() {
+		ff.token, generated = randomHex(24), true
+	}
+	if err := ff.checkAuth("serve"); err != nil {
+		return err
+	}
+	feCfg, err := ff.config("serve-"+randomHex(4), log)
 	if err != nil {
 		return err
 	}
@@ -129,7 +205,20 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Auth: inst})
+	tlsFiles, err := tf.files(filepath.Join(authDir, "tls"), host)
+	if err != nil {
+		return err
+	}
+	var natsCA string
+	if tlsFiles.CA != "" {
+		b, err := os.ReadFile(tlsFiles.CA)
+		if err != nil {
+			return fmt.Errorf("--nats-ca: %w", err)
+		}
+		natsCA = string(b)
+	}
+	srv, err := embedded.NewServer(embedded.Options{Host: host, Port: port, StoreDir: filepath.Join(*dataDir, "jetstream"), Auth: inst,
+		TLSCert: tlsFiles.Cert, TLSKey: tlsFiles.Key})
 	if err != nil {
 		return err
 	}
@@ -137,8 +226,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Shutdown()
-	log.Info().Str("nats", srv.ClientURL()).Str("data_dir", *dataDir).Msg("embedded NATS ready")
-	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir); err != nil {
+	log.Info().Str("nats", srv.ClientURL()).Bool("tls", tlsFiles.Cert != "").Str("data_dir", *dataDir).Msg("embedded NATS ready")
+	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir, tlsFiles.CA); err != nil {
 		return err
 	}
 	roleConn := func(file, name string) (*nats.Conn, error) {
@@ -196,7 +285,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), Minter: minter, Metrics: reg, PortRange: *portRange}, wBus, be, log)
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg, PortRange: *portRange}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -204,18 +293,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	fcfg := ff.config("serve-" + randomHex(4))
-	fcfg.Metrics = reg
-	fcfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
-	fe, err := frontend.New(fcfg, feBus, ff.catalog(log), log)
+	feCfg.Metrics = reg
+	feCfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
+	fe, err := frontend.New(feCfg, feBus, ff.catalog(log), log)
 	if err != nil {
 		pool.Stop()
 		return err
 	}
-	ln, err := net.Listen("tcp", ff.listen)
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
 		pool.Stop()
-		return fmt.Errorf("--listen %s: %w", ff.listen, err)
+		return err
 	}
 	d, err := df.start(ctx, feBus, pool.ID(), log)
 	if err != nil {
@@ -231,7 +319,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", "http://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	if generated {
+		printGeneratedToken(stderr, scheme+"://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -251,6 +342,19 @@ func cmdServe(args []string, stderr io.Writer) error {
 	_ = feNC.Drain()
 	_ = nc.Drain()
 	return err
+}
+
+// printGeneratedToken shows the token generated for this run, once, with
+// what a client needs to use it (as jupyter_server prints its token URL).
+func printGeneratedToken(w io.Writer, url, token string) {
+	fmt.Fprintf(w, `
+    No --token or --users-file was given, so kernelbus generated a token for this run.
+    Clients send it as "Authorization: token <token>" or ?token=<token>:
+
+        %s/api/kernelspecs?token=%s
+        jupyter lab --gateway-url=%s --GatewayClient.auth_token=%s
+
+`, url, token, url, token)
 }
 
 // stopAllKernels asks every launcher on the bus to shut its kernel down,
@@ -274,11 +378,102 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 	wg.Wait()
 }
 
+// launcherCredsTTLUsage documents --launcher-creds-ttl of serve and worker.
+const launcherCredsTTLUsage = "validity of each launcher's own bus credentials: launchers renew them at half-life while their kernel runs, so this is how long they outlive it (negative: no expiry)"
+
 // writeInstallation records how parts and tools reach this installation's
-// NATS: its URL and the folder of role credentials (--nats-conn).
-func writeInstallation(dir, url, authDir string) error {
-	data := []byte("url=" + url + "\nauth=" + authDir + "\n")
-	return os.WriteFile(filepath.Join(dir, "nats.conn"), data, 0o600)
+// NATS (--nats-conn): its URL, the CA of its TLS certificate and the
+// folder of role credentials. The file appears whole (rename), since
+// harnesses poll for it.
+func writeInstallation(dir, url, authDir, ca string) error {
+	data := "url=" + url + "\n"
+	if ca != "" {
+		data += "ca=" + ca + "\n"
+	}
+	data += "auth=" + authDir + "\n"
+	p := filepath.Join(dir, "nats.conn")
+	if err := os.WriteFile(p+".tmp", []byte(data), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
+}
+
+// busTLSFlags say how the embedded NATS serves TLS.
+type busTLSFlags struct {
+	on        bool
+	cert, key string
+	ca        string
+	hosts     listFlag
+}
+
+func (f *busTLSFlags) register(fs *flagSet) {
+	fs.BoolVar(&f.on, "nats-tls", true, "serve the embedded NATS over TLS only; without --nats-tls-cert, with a certificate from a private CA kept in <data-dir>/auth/tls")
+	fs.StringVar(&f.cert, "nats-tls-cert", "", "TLS certificate (PEM) of the embedded NATS, instead of the generated one")
+	fs.StringVar(&f.key, "nats-tls-key", "", "key (PEM) of --nats-tls-cert")
+	fs.StringVar(&f.ca, "nats-ca", "", "CA certificate (PEM) that --nats-tls-cert chains to, given to every part and launcher (empty: the system's roots)")
+	fs.Var(&f.hosts, "nats-tls-hosts", "extra names and addresses of the generated NATS certificate (comma separated), for launchers that reach the bus by another name than --nats-listen's host")
+}
+
+// files returns the certificate, key and CA the embedded server and its
+// clients use (all empty: no TLS), generating them in dir when asked.
+func (f *busTLSFlags) files(dir, listenHost string) (access.TLSFiles, error) {
+	if (f.cert == "") != (f.key == "") {
+		return access.TLSFiles{}, errors.New("--nats-tls-cert and --nats-tls-key go together")
+	}
+	if f.cert != "" {
+		if !f.on {
+			return access.TLSFiles{}, errors.New("--nats-tls-cert with --nats-tls=false: drop one of them")
+		}
+		out := access.TLSFiles{Cert: f.cert, Key: f.key, CA: f.ca}
+		for _, p := range []*string{&out.Cert, &out.Key, &out.CA} {
+			if *p == "" {
+				continue
+			}
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return out, err
+			}
+			if _, err := os.Stat(abs); err != nil {
+				return out, fmt.Errorf("bus TLS: %w", err)
+			}
+			*p = abs
+		}
+		return out, nil
+	}
+	if !f.on {
+		return access.TLSFiles{}, nil
+	}
+	if f.ca != "" {
+		return access.TLSFiles{}, errors.New("--nats-ca without --nats-tls-cert: the generated certificate has its own CA")
+	}
+	hosts := append([]string{}, f.hosts...)
+	if ip := net.ParseIP(listenHost); listenHost == "" || (ip != nil && ip.IsUnspecified()) {
+		// Listening everywhere: name this host and its addresses, which
+		// is how remote launchers are likely to reach it.
+		hosts = append(hosts, localNames()...)
+	} else {
+		hosts = append(hosts, listenHost)
+	}
+	files, err := access.WriteTLS(dir, hosts)
+	if err != nil {
+		return files, fmt.Errorf("bus TLS: %w", err)
+	}
+	return files, nil
+}
+
+// localNames are this host's name and interface addresses.
+func localNames() []string {
+	var out []string
+	if h, err := os.Hostname(); err == nil {
+		out = append(out, h)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			out = append(out, n.IP.String())
+		}
+	}
+	return out
 }
 
 func defaultDataDir() string {

@@ -32,6 +32,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
@@ -136,7 +137,16 @@ type Cluster struct {
 	procs        []*proc
 	python       string
 	launcherURLs string
+	// authDir holds the files of `kernelbus nats-auth init`; natsConn is
+	// its nats.conn, which every part is pointed at.
+	authDir, natsConn string
 }
+
+// CAFile is the private CA of the cluster's TLS certificates.
+func (c *Cluster) CAFile() string { return filepath.Join(c.authDir, "tls", access.TLSCAFile) }
+
+// CredsFile is a role credentials file of the installation (access.*Creds).
+func (c *Cluster) CredsFile(name string) string { return filepath.Join(c.authDir, name) }
 
 // Options shape a cluster.
 type Options struct {
@@ -146,6 +156,8 @@ type Options struct {
 	// PartArgs are extra flags of every front-end and worker (the duties,
 	// which all of them campaign for, must be configured alike).
 	PartArgs []string
+	// WorkerArgs are extra flags of the workers only.
+	WorkerArgs []string
 }
 
 // freePorts reserves n distinct free TCP ports on loopback.
@@ -205,10 +217,22 @@ func NewCluster(t *testing.T, o Options) *Cluster {
 	t.Cleanup(c.cleanup)
 	bin := natsServerBin(t)
 	ports := freePorts(t, 9)
-	var routes []string
+	var routes, clientURLs []string
 	for i := range 3 {
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[3+i]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
+		clientURLs = append(clientURLs, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
 	}
+	// The cluster runs as an operator's would: `kernelbus nats-auth init`
+	// writes the operator/account trust, the role credentials, the
+	// launcher minter and a private CA; every node includes its files,
+	// speaks TLS to clients and routes, and every part connects through
+	// its nats.conn with the credentials of its role.
+	c.authDir = filepath.Join(c.dir, "auth")
+	initOut, err := exec.Command(kb, "nats-auth", "init", "--dir", c.authDir, "--url", strings.Join(clientURLs, ","), "--tls-hosts", "127.0.0.1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kernelbus nats-auth init: %v\n%s", err, initOut)
+	}
+	c.natsConn = filepath.Join(c.authDir, "nats.conn")
 	for i := range 3 {
 		n := &natsNode{port: ports[i], monitor: ports[6+i]}
 		store := filepath.Join(c.dir, fmt.Sprintf("n%d", i))
@@ -217,6 +241,8 @@ listen: 127.0.0.1:%d
 http: 127.0.0.1:%d
 max_payload: 8MB
 jetstream { store_dir: %q, max_memory_store: 256MB, max_file_store: 64GB }
+include "auth/nats-server-auth.conf"
+include "auth/nats-server-tls.conf"
 cluster {
   name: kb
   listen: 127.0.0.1:%d
@@ -224,6 +250,7 @@ cluster {
   # Clients keep to the URLs they were given, so a proxy in front of one
   # node really is their only way in.
   no_advertise: true
+  include "auth/nats-server-cluster-tls.conf"
 }
 `, i, n.port, n.monitor, store, ports[3+i], strings.Join(routes, ", "))
 		cf := filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i))
@@ -249,8 +276,8 @@ cluster {
 	c.FEPorts = freePorts(t, 2)
 	for i := range 2 {
 		p := &proc{name: fmt.Sprintf("frontend-%d", i), log: filepath.Join(c.dir, fmt.Sprintf("fe%d.log", i)), env: []string{pathEnv},
-			args: []string{kb, "frontend", "--listen", fmt.Sprintf("127.0.0.1:%d", c.FEPorts[i]), "--nats", urls, "--replicas", "3",
-				"--presence-ttl", "3s", "--kernelspec-dir", specs, "--launch-timeout", "40s", "--log-level", "debug"}}
+			args: []string{kb, "frontend", "--listen", fmt.Sprintf("127.0.0.1:%d", c.FEPorts[i]), "--nats-conn", c.natsConn, "--replicas", "3",
+				"--presence-ttl", "3s", "--kernelspec-dir", specs, "--launch-timeout", "40s", "--log-level", "debug", "--insecure-no-auth"}}
 		p.args = append(p.args, o.PartArgs...)
 		c.FEs = append(c.FEs, p)
 		c.procs = append(c.procs, p)
@@ -264,15 +291,16 @@ cluster {
 	for i := range 2 {
 		id := fmt.Sprintf("w%d", i)
 		p := &proc{name: "worker-" + id, log: filepath.Join(c.dir, id+".log"), env: []string{pathEnv, "KERNELBUS_LAUNCHER=" + os.Getenv("KERNELBUS_LAUNCHER_BIN")},
-			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats", urls, "--launcher-nats", c.launcherURLs,
+			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats-conn", c.natsConn, "--launcher-nats", c.launcherURLs,
 				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
 		p.args = append(p.args, o.PartArgs...)
+		p.args = append(p.args, o.WorkerArgs...)
 		c.Workers = append(c.Workers, p)
 		c.WorkerIDs = append(c.WorkerIDs, id)
 		c.procs = append(c.procs, p)
 		p.start(t)
 	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: urls, Name: "failover-test"})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: urls, CredsFile: filepath.Join(c.authDir, access.AdminCreds), CAFile: c.CAFile(), Name: "failover-test"})
 	if err != nil {
 		t.Fatal(err)
 	}

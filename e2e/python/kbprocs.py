@@ -285,11 +285,11 @@ def _wait_ready(srv: Server, path: str) -> None:
 
 def start_gateway(workdir: Path, token: str | None = None,
                   extra_kernelspec_dirs: tuple[Path, ...] | list[Path] = (),
-                  name: str = "gateway") -> Server:
+                  name: str = "gateway", extra_args: tuple[str, ...] | list[str] = ()) -> Server:
     """Start the gateway under test on a random port and wait until GET /api answers 200.
 
     extra_kernelspec_dirs are folders that hold <name>/kernel.json subfolders, like
-    <venv>/share/jupyter/kernels.
+    <venv>/share/jupyter/kernels. extra_args are more kernelbus flags (kernelbus only).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -312,8 +312,9 @@ def start_gateway(workdir: Path, token: str | None = None,
         for d in extra_kernelspec_dirs:
             cmd += ["--kernelspec-dir", str(d)]
         cmd += ["--launcher", str(launcher), "--log-level", "info"]
-        if token:
-            cmd += ["--token", token]
+        # Tests that are not about authentication run the gateway open, as they always did.
+        cmd += ["--token", token] if token else ["--insecure-no-auth"]
+        cmd += list(extra_args)
         env = venv_path_env({"IPYTHONDIR": str(workdir / "ipython")})
     elif t == "kg":
         kg_venv = Path(os.environ.get("KB_KG_VENV", "/tmp/kbscratch/kgvenv"))
@@ -364,8 +365,13 @@ def _jupyter_dirs(workdir: Path, extra_kernelspec_dirs) -> dict:
     return env
 
 
-def start_jupyter_server_gw(workdir: Path, gateway: Server, name: str = "jupyter-server-gw") -> Server:
-    """Real jupyter_server 2.x in gateway mode, proxying to `gateway`."""
+def start_jupyter_server_gw(workdir: Path, gateway: Server, name: str = "jupyter-server-gw",
+                            auth_token: str | None = None, extra_args: tuple[str, ...] | list[str] = ()) -> Server:
+    """Real jupyter_server 2.x in gateway mode, proxying to `gateway`.
+
+    It authenticates to the gateway with auth_token (None: the gateway's token; "": none);
+    extra_args are more jupyter_server flags (e.g. --GatewayClient.http_user=...).
+    """
     workdir = Path(workdir)
     root = workdir / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -374,10 +380,11 @@ def start_jupyter_server_gw(workdir: Path, gateway: Server, name: str = "jupyter
     cmd = [str(VENV / "bin" / "python"), "-m", "jupyter_server", "--no-browser", "--allow-root",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           f"--gateway-url={gateway.url}"]
+           f"--gateway-url={gateway.url}", *extra_args]
     extra = _jupyter_dirs(workdir, ())
-    if gateway.token:
-        extra["JUPYTER_GATEWAY_AUTH_TOKEN"] = gateway.token
+    token_for_gateway = gateway.token if auth_token is None else auth_token
+    if token_for_gateway:
+        extra["JUPYTER_GATEWAY_AUTH_TOKEN"] = token_for_gateway
     env = venv_path_env(extra)
     for k in list(env):
         # The gateway client forwards KERNEL_* variables of its own environment to the

@@ -23,6 +23,11 @@
 // inboxes. It can create no consumer: a push consumer's deliver subject is
 // not checked against the creator's permissions, so that right alone would
 // let a kernel make the server publish into another kernel's subjects.
+//
+// Launcher credentials expire (DefaultLauncherCredsTTL) and are renewed
+// over SubjectRenew by the workers only while the kernel runs, which is
+// how they stop working after the kernel ends (renew.go). The bus speaks
+// TLS with a private CA (WriteTLS) that every client verifies.
 package access
 
 import (

@@ -34,6 +34,9 @@ type Env struct {
 	// launchers' credentials.
 	Auth   *access.Installation
 	Minter *access.Minter
+	// CA is the PEM of the private CA of the server's TLS certificate
+	// (with Options.TLS); Connect and LaunchAccess trust it.
+	CA []byte
 }
 
 // Options tune Start.
@@ -51,6 +54,10 @@ type Options struct {
 	// `kernelbus serve` does: every client needs role or kernel
 	// credentials. Default false.
 	Auth bool
+	// TLS serves the client port with TLS, with a certificate from a
+	// private CA (access.WriteTLS), as `kernelbus serve` does. Default
+	// false.
+	TLS bool
 }
 
 // Start runs a server, sets up the streams and buckets, and stops
@@ -74,7 +81,19 @@ func Start(t testing.TB, o Options) *Env {
 			t.Fatal(err)
 		}
 	}
-	srv, err := embedded.NewServer(embedded.Options{Port: o.Port, StoreDir: o.StoreDir, Token: o.Token, Auth: inst})
+	eo := embedded.Options{Port: o.Port, StoreDir: o.StoreDir, Token: o.Token, Auth: inst}
+	var ca []byte
+	if o.TLS {
+		f, err := access.WriteTLS(t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eo.TLSCert, eo.TLSKey = f.Cert, f.Key
+		if ca, err = os.ReadFile(f.CA); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := embedded.NewServer(eo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +112,7 @@ func Start(t testing.TB, o Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{Server: srv, NC: nc, Bus: bus, URL: srv.ClientURL(), Token: o.Token, Auth: inst}
+	e := &Env{Server: srv, NC: nc, Bus: bus, URL: srv.ClientURL(), Token: o.Token, Auth: inst, CA: ca}
 	if inst != nil {
 		if e.Minter, err = inst.Minter(); err != nil {
 			t.Fatal(err)
@@ -107,7 +126,7 @@ func Start(t testing.TB, o Options) *Env {
 // ends.
 func (e *Env) Connect(t testing.TB, role, rm string) *nats.Conn {
 	t.Helper()
-	o := kbjs.ConnectOptions{URLs: e.URL, Token: e.Token, Name: t.Name() + " " + role}
+	o := kbjs.ConnectOptions{URLs: e.URL, Token: e.Token, CA: e.CA, Name: t.Name() + " " + role}
 	if e.Auth != nil {
 		creds, err := e.Auth.Creds(role, rm, "test-"+role, 0)
 		if err != nil {
@@ -132,7 +151,7 @@ func (e *Env) LaunchAccess(t testing.TB, cfg *broker.LaunchConfig) {
 	if err := kbjs.EnsureInput(ctx, e.Bus.JS, cfg.KernelID); err != nil {
 		t.Fatal(err)
 	}
-	cfg.NATSURLs, cfg.NATSToken = e.URL, e.Token
+	cfg.NATSURLs, cfg.NATSToken, cfg.NATSCA = e.URL, e.Token, string(e.CA)
 	if e.Minter != nil {
 		creds, err := e.Minter.LauncherCreds(cfg.KernelID, time.Hour)
 		if err != nil {

@@ -318,7 +318,7 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn")
+	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth")
 	var g gateway
 	g.url = "http://" + addr
 	// serve writes nats.conn (its NATS URL and role credentials) once its

@@ -64,7 +64,7 @@ func fakeLauncher(enc string) int {
 		}
 	}
 	// The kernel's own credentials, as the real launcher uses them.
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Creds: []byte(cfg.NATSCreds), InboxPrefix: broker.InboxPrefix(cfg.KernelID)})
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cfg.NATSURLs, Creds: []byte(cfg.NATSCreds), CA: []byte(cfg.NATSCA), InboxPrefix: broker.InboxPrefix(cfg.KernelID)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -19,11 +19,14 @@ import (
 	"github.com/kernelbus/kernelbus/frontend"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
+	natsjwt "github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -53,11 +56,17 @@ func launcherBinary(t *testing.T) string {
 // gateway is a front-end, an ssh pool and a local pool on one NATS that
 // listens where the hosts can reach it.
 type gateway struct {
-	lab                      *lab
-	bus                      *kbjs.Bus
-	be                       *kbssh.Backend
-	c                        *client.Client
-	natsURL, token, launcher string
+	lab               *lab
+	bus               *kbjs.Bus
+	be                *kbssh.Backend
+	c                 *client.Client
+	natsURL, launcher string
+	// The installation's keys and bus CA: the NATS runs in operator mode
+	// with TLS, as `kernelbus serve` does; each part connects with its
+	// role's credentials and launchers get their own kernel's.
+	inst   *access.Installation
+	srv    *embedded.Server
+	natsCA string
 }
 
 // jegSpec is a JEG kernelspec, as JEG ships them, for the lab's hosts.
@@ -87,8 +96,22 @@ func toAny(ss []string) []any {
 func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Helper()
 	py := jstest.Python(t)
-	g := &gateway{lab: l, token: "tok-" + client.NewID(), launcher: launcherBinary(t)}
-	srv, err := embedded.NewServer(embedded.Options{Host: l.HostIP, Port: -1, StoreDir: t.TempDir(), Token: g.token})
+	g := &gateway{lab: l, launcher: launcherBinary(t)}
+	var err error
+	if g.inst, err = access.Generate(); err != nil {
+		t.Fatal(err)
+	}
+	// The hosts reach the NATS at l.HostIP: its certificate names it.
+	tf, err := access.WriteTLS(t.TempDir(), []string{l.HostIP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(tf.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.natsCA = string(ca)
+	srv, err := embedded.NewServer(embedded.Options{Host: l.HostIP, Port: -1, StoreDir: t.TempDir(), Auth: g.inst, TLSCert: tf.Cert, TLSKey: tf.Key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,13 +119,9 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
+	g.srv = srv
 	g.natsURL = srv.ClientURL()
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: g.token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	g.bus, err = kbjs.Setup(context.Background(), nc, kbjs.Layout{IOMemory: true})
+	g.bus, err = kbjs.Setup(context.Background(), g.roleConn(t, access.RoleAdmin, ""), kbjs.Layout{IOMemory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +144,11 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		jegSpec("py-lc", py, addrs, map[string]any{"load_balancing_algorithm": "least-connection"}),
 		jegSpec("py-rr", py, addrs, nil),
 	}}
-	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, g.bus, specs, testLogger(t))
+	feBus, err := kbjs.Open(context.Background(), g.roleConn(t, access.RoleFrontend, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,9 +190,33 @@ func (g *gateway) newBackend(t *testing.T, cfg kbssh.Config) *kbssh.Backend {
 	return be
 }
 
+// roleConn connects to the gateway's NATS in process with credentials of
+// role (a worker's: of resource manager rm).
+func (g *gateway) roleConn(t *testing.T, role, rm string) *nats.Conn {
+	t.Helper()
+	creds, err := g.inst.Creds(role, rm, "test-"+role+rm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: g.srv.NATS(), Creds: creds, Name: "test " + role + " " + rm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
 func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	t.Helper()
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSToken: g.token, StopGrace: 3 * time.Second}, g.bus, be, testLogger(t))
+	minter, err := g.inst.Minter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus, err := kbjs.Open(context.Background(), g.roleConn(t, access.RoleWorker, be.Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second}, bus, be, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,4 +568,63 @@ func TestStartLatency(t *testing.T) {
 	t.Logf("start latency over %d starts each: local median %s (min %s, max %s); ssh median %s (min %s, max %s); first ssh start with launcher copy %s",
 		n, loc[n/2].Round(time.Millisecond), loc[0].Round(time.Millisecond), loc[n-1].Round(time.Millisecond),
 		rem[n/2].Round(time.Millisecond), rem[0].Round(time.Millisecond), rem[n-1].Round(time.Millisecond), first.Round(time.Millisecond))
+}
+
+// launcherSecretsCell is Python that prints, as JSON, every NATS user JWT
+// in its parent's (the launcher's) memory, which a kernel running as root
+// can read.
+const launcherSecretsCell = `
+import os, re, json
+JWT = re.compile(rb'eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}')
+found, ppid = set(), os.getppid()
+with open("/proc/%d/maps" % ppid) as maps, open("/proc/%d/mem" % ppid, "rb", 0) as mem:
+    for line in maps:
+        rng, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in rng.split("-"))
+        if "r" in perms and hi - lo < 1 << 28:
+            try:
+                mem.seek(lo)
+                found.update(m.decode() for m in JWT.findall(mem.read(hi - lo)))
+            except OSError:
+                pass
+print("JWTS" + json.dumps(sorted(found)))
+`
+
+// TestRemoteLauncherHoldsOnlyItsKernelsCredentials: a launcher on an SSH
+// host connects over TLS (the CA from its launch config) with credentials
+// minted for its kernel alone: the only user JWTs in its memory, read by
+// its own kernel, name that kernel and the launcher role.
+func TestRemoteLauncherHoldsOnlyItsKernelsCredentials(t *testing.T) {
+	l := newLab(t, 1)
+	g := newGateway(t, l, kbssh.Config{})
+	_, k := g.start(t, "py-rr", nil)
+	conn, err := g.c.Connect(context.Background(), k.ID, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if r := execute(t, conn, whereAmI(l.HostIP)); strings.TrimSpace(r.Stdout.String()) != l.Hosts[0].IP {
+		t.Fatalf("the kernel does not run on the host: %q", r.Stdout.String())
+	}
+	out := execute(t, conn, launcherSecretsCell).Stdout.String()
+	i := strings.Index(out, "JWTS")
+	if i < 0 {
+		t.Fatalf("cell printed %q", out)
+	}
+	var jwts []string
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out[i+4:])), &jwts); err != nil {
+		t.Fatal(err)
+	}
+	if len(jwts) == 0 {
+		t.Fatal("no credentials in the launcher's memory: the test read nothing (is the kernel root?)")
+	}
+	for _, j := range jwts {
+		uc, err := natsjwt.DecodeUserClaims(j)
+		if err != nil {
+			continue
+		}
+		if uc.Name != k.ID || !uc.Tags.Contains("role:"+access.RoleLauncher) || uc.Expires == 0 {
+			t.Errorf("the remote launcher holds credentials of %q (tags %v, expiry %d), want its own kernel's %s, expiring", uc.Name, uc.Tags, uc.Expires, k.ID)
+		}
+	}
 }

@@ -259,7 +259,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 	}
 
 	listen := freePort(t)
-	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m")
+	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m", "--insecure-no-auth")
 	// serve writes nats.conn (its NATS URL and role credentials) once its
 	// NATS is up; the worker connects with the yarn workers' role.
 	conn := filepath.Join(data, "nats.conn")

@@ -1,0 +1,102 @@
+"""`kernelbus serve` with extra flags (HTTPS, identity sources), for suites whose gateway
+the shared `gateway` fixture cannot start: its readiness check may need a client
+certificate, a CA or a token of some identity source.
+
+The Server it returns is kbprocs.Server, so teardown (SIGTERM, leak check) is the same.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+import kbprocs
+
+
+def start_kernelbus(workdir: Path, extra_args: list[str], name: str = "gateway-custom",
+                    scheme: str = "http", token: str | None = None,
+                    ready_headers: dict | None = None, **ready_kw) -> kbprocs.Server:
+    """Start kernelbus serve on a random port with extra_args; ready once GET /api with
+    ready_headers and ready_kw (requests' verify=, cert=) answers 200."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = kbprocs.free_port()
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", f"127.0.0.1:{port}",
+           "--data-dir", str(data), "--kernelspec-dir", str(kbprocs.KERNELS_DIR),
+           "--launcher", str(kbprocs.launcher_bin()), "--log-level", "info"]
+    if token:
+        cmd += ["--token", token]
+    cmd += extra_args
+    marker = uuid.uuid4().hex
+    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython"), kbprocs.MARKER_VAR: marker})
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                env=env, cwd=str(workdir), start_new_session=True)
+    srv = kbprocs.Server(name=name, url=f"{scheme}://127.0.0.1:{port}", token=token,
+                         log_path=log_path, proc=proc, workdir=workdir, marker=marker, cmd=cmd)
+    kbprocs._STARTED.append(srv)
+    try:
+        _wait_ready(srv, ready_headers if ready_headers is not None else srv.headers(), ready_kw)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def _wait_ready(srv: kbprocs.Server, headers: dict, kw: dict) -> None:
+    deadline = time.monotonic() + kbprocs.READY_TIMEOUT
+    last = "no answer yet"
+    while True:
+        if srv.proc.poll() is not None:
+            raise RuntimeError(f"{srv.name} exited with {srv.proc.returncode} before it was ready\n"
+                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
+        try:
+            r = requests.get(srv.url + "/api", headers=headers, timeout=2, **kw)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except requests.RequestException as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{srv.name} not ready within {kbprocs.READY_TIMEOUT:.0f}s (last: {last})\n"
+                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
+        try:
+            srv.proc.wait(timeout=0.1)  # a short pause that also notices the process exiting
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def start_jupyter_server(workdir: Path, gateway_url: str, gateway_token: str | None,
+                         gateway_client_args: list[str] = (), extra_env: dict | None = None,
+                         name: str = "jupyter-server-custom") -> kbprocs.Server:
+    """jupyter_server 2.x in gateway mode in front of gateway_url, with extra GatewayClient
+    options. Ready on /api (/api/status asks the gateway, which a refused client cannot)."""
+    workdir = Path(workdir)
+    root = workdir / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    port = kbprocs.free_port()
+    token = secrets.token_hex(16)
+    cmd = [str(kbprocs.VENV / "bin" / "python"), "-m", "jupyter_server", "--no-browser", "--allow-root",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           f"--gateway-url={gateway_url}", "--GatewayClient.request_timeout=60",
+           *gateway_client_args]
+    extra = kbprocs._jupyter_dirs(workdir, ())
+    if gateway_token:
+        extra["JUPYTER_GATEWAY_AUTH_TOKEN"] = gateway_token
+    extra.update(extra_env or {})
+    env = kbprocs.venv_path_env(extra)
+    for k in list(env):
+        # The gateway client forwards KERNEL_* variables of its own environment.
+        if k.startswith("KERNEL_"):
+            del env[k]
+    return kbprocs._spawn(name, cmd, env, workdir, f"http://127.0.0.1:{port}", token, "/api",
+                          uuid.uuid4().hex)

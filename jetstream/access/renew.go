@@ -1,0 +1,56 @@
+package access
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+)
+
+// DefaultLauncherCredsTTL is how long minted launcher credentials are
+// valid. It is also how long a kernel's credentials keep working after
+// the kernel ended (the revocation window): launchers renew theirs at
+// half-life through SubjectRenew, and workers renew only for kernels that
+// still run. Expiry, unlike revoking the user in the account JWT, needs no
+// operator key in the workers and no resolver that accepts updates, so it
+// works the same on the embedded server and on an operator's cluster with
+// a MEMORY resolver.
+const DefaultLauncherCredsTTL = 10 * time.Minute
+
+// RenewReply is a worker's answer on SubjectRenew: fresh credentials for
+// the kernel, or why there are none.
+type RenewReply struct {
+	Creds string `json:"creds,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// CredsInfo is what a launcher reads from its credentials: whose they are
+// and until when they are valid (zero: no expiry).
+type CredsInfo struct {
+	Name    string
+	Expires time.Time
+}
+
+// ReadCreds decodes the user JWT of a credentials file's contents.
+func ReadCreds(creds []byte) (CredsInfo, error) {
+	j, err := jwt.ParseDecoratedJWT(creds)
+	if err != nil {
+		return CredsInfo{}, fmt.Errorf("credentials: %w", err)
+	}
+	uc, err := jwt.DecodeUserClaims(j)
+	if err != nil {
+		return CredsInfo{}, fmt.Errorf("credentials: %w", err)
+	}
+	if _, err := jwt.ParseDecoratedNKey(creds); err != nil {
+		return CredsInfo{}, fmt.Errorf("credentials: %w", err)
+	}
+	info := CredsInfo{Name: uc.Name}
+	if uc.Expires > 0 {
+		info.Expires = time.Unix(uc.Expires, 0)
+	}
+	return info, nil
+}
+
+// ErrKernelEnded is a renewal refused because the kernel no longer runs.
+var ErrKernelEnded = errors.New("the kernel has ended: its credentials are not renewed")
