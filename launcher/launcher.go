@@ -25,8 +25,8 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/launcher/wire"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
 
@@ -1095,8 +1095,8 @@ func (l *launcher) request(inc *incarnation, ch, msgType string, content []byte)
 	l.wmu.Lock()
 	l.waiters[id] = reply
 	l.wmu.Unlock()
-	sg := newSigner(l.ci.Key)
-	err := inc.socks.byChannel(ch).send(sg.wireFrames(hdr, []byte("{}"), []byte("{}"), content, nil))
+	sg := wire.NewSigner(l.ci.Key)
+	err := inc.socks.byChannel(ch).send(sg.Frames(hdr, []byte("{}"), []byte("{}"), content, nil))
 	if err != nil {
 		l.forget(id)
 		return "", nil, err
@@ -1112,8 +1112,8 @@ func (l *launcher) forget(id string) {
 
 func (l *launcher) sendKernelInfo(inc *incarnation) {
 	_, hdr := newHeader("kernel_info_request", l.session, l.username)
-	sg := newSigner(l.ci.Key)
-	if err := inc.socks.shell.send(sg.wireFrames(hdr, []byte("{}"), []byte("{}"), []byte("{}"), nil)); err != nil {
+	sg := wire.NewSigner(l.ci.Key)
+	if err := inc.socks.shell.send(sg.Frames(hdr, []byte("{}"), []byte("{}"), []byte("{}"), nil)); err != nil {
 		l.log.Debug().Err(err).Msg("send kernel_info_request")
 	}
 }
@@ -1141,7 +1141,7 @@ func (l *launcher) deliver(parentID, content []byte) {
 // stream's end now) rather than "deliver new": a consumer that is
 // recreated before its first message would otherwise start at the new end
 // and skip what clients sent in between.
-func (l *launcher) consumeInput(ctx context.Context) (cc jetstream.ConsumeContext, err error) {
+func (l *launcher) consumeInput(ctx context.Context) (cc *kbjs.Consumption, err error) {
 	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
 	if rec := l.rec.Load(); rec != nil && !rec.Deadline.IsZero() && rec.Deadline.After(time.Now()) {
 		deadline = rec.Deadline
@@ -1162,56 +1162,17 @@ func (l *launcher) consumeInput(ctx context.Context) (cc jetstream.ConsumeContex
 	return cc, err
 }
 
-func (l *launcher) tryConsumeInput(ctx context.Context) (jetstream.ConsumeContext, error) {
+func (l *launcher) tryConsumeInput(ctx context.Context) (*kbjs.Consumption, error) {
 	ctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
-	cons, err := l.link.Input(ctx)
-	if err != nil {
-		return nil, err
-	}
-	// The consumer has one message in flight at a time and redelivers
-	// one whose ack was lost: a stream sequence seen before is acked and
-	// dropped, so the kernel gets each client message once, in order.
-	var last uint64
-	var re kbjs.Reassembler
-	return cons.Consume(func(m jetstream.Msg) {
-		if md, err := m.Metadata(); err == nil {
-			if md.Sequence.Stream <= last {
-				_ = m.Ack()
-				return
-			}
-			last = md.Sequence.Stream
-		}
-		defer func() { _ = m.Ack() }()
-		hdr := m.Headers()
-		data, ok, err := re.Feed(&nats.Msg{Subject: m.Subject(), Header: hdr, Data: m.Data()})
-		if err != nil {
-			l.log.Warn().Err(err).Msg("kernel input: bad chunk")
-			return
-		}
-		if !ok {
-			return
-		}
-		f, err := broker.DecodeV1(data)
-		if err != nil {
-			l.log.Warn().Err(err).Msg("kernel input: dropped")
-			return
-		}
-		ch := f.Channel
-		if ch == "" {
-			ch = hdr.Get(broker.HeaderChannel)
-		}
-		if !broker.IsClientChannel(ch) {
-			l.log.Warn().Str("channel", ch).Msg("kernel input on a channel clients may not use: dropped")
-			return
-		}
+	return l.link.ConsumeInput(ctx, func(m kbjs.InputMsg) {
 		select {
-		case l.in <- inMsg{channel: ch, frame: f, session: hdr.Get(broker.HeaderSession), msgID: hdr.Get(broker.HeaderMsgID)}:
+		case l.in <- inMsg{channel: m.Channel, frame: m.Frame, session: m.Session, msgID: m.MsgID}:
 		case <-l.inStop:
 		}
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		l.log.Warn().Err(err).Msg("kernel input consumer")
-	}))
+	}, func(err error) {
+		l.log.Warn().Err(err).Msg("kernel input")
+	})
 }
 
 var msgIDKey = []string{"msg_id"}
@@ -1219,7 +1180,7 @@ var msgIDKey = []string{"msg_id"}
 // forwardInput signs client messages and sends them to the kernel, holding
 // them while the kernel restarts.
 func (l *launcher) forwardInput() {
-	sg := newSigner(l.ci.Key)
+	sg := wire.NewSigner(l.ci.Key)
 	for {
 		var m inMsg
 		select {
@@ -1243,7 +1204,7 @@ func (l *launcher) forwardInput() {
 			continue
 		}
 		f := &m.frame
-		frames := sg.wireFrames(f.Header, f.ParentHeader, f.Metadata, f.Content, f.Buffers)
+		frames := sg.Frames(f.Header, f.ParentHeader, f.Metadata, f.Content, f.Buffers)
 		if err := inc.socks.byChannel(m.channel).send(frames); err != nil {
 			l.log.Warn().Err(err).Str("channel", m.channel).Msg("send to kernel")
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/launcher/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -122,12 +123,12 @@ func directRoundTrip(t *testing.T) time.Duration {
 	if err := s.dial(ci); err != nil {
 		t.Fatal(err)
 	}
-	sg := newSigner(ci.Key)
+	sg := wire.NewSigner(ci.Key)
 	var lat []time.Duration
 	for i := 0; i < 300; i++ {
 		_, h := newHeader("execute_request", "direct", "u")
 		t0 := time.Now()
-		if err := s.shell.send(sg.wireFrames(h, []byte("{}"), []byte("{}"), []byte(`{"code":"pass"}`), nil)); err != nil {
+		if err := s.shell.send(sg.Frames(h, []byte("{}"), []byte("{}"), []byte(`{"code":"pass"}`), nil)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.shell.s.Recv(); err != nil {
