@@ -8,6 +8,7 @@ package jetstream
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -207,4 +208,30 @@ func (l *KernelLink) ConsumeInput(ctx context.Context, fn func(InputMsg), drop f
 		return nil, err
 	}
 	return &Consumption{cc: cc}, nil
+}
+
+// ErrBadReply is a control reply that could not be read.
+var ErrBadReply = errors.New("unreadable control reply")
+
+// Control sends a control request (interrupt, restart, shutdown, ping) to
+// kernel id's launcher and waits up to timeout for its answer. No launcher
+// on the bus is nats.ErrNoResponders; an answer that cannot be read is an
+// error of its own.
+func (b *Bus) Control(ctx context.Context, id string, req broker.ControlRequest, timeout time.Duration) (*broker.ControlReply, error) {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	m := &nats.Msg{Subject: broker.SubjectControl(id), Data: data, Header: nats.Header{broker.HeaderType: {broker.TypeControl}}}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := b.NC.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	var r broker.ControlReply
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("%w from the launcher of kernel %s: %v", ErrBadReply, id, err)
+	}
+	return &r, nil
 }

@@ -386,8 +386,8 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 		wg.Add(1)
 		go func(id string) {
 			defer wg.Done()
-			req := []byte(`{"op":"` + broker.OpShutdown + `","request_id":"serve-exit"}`)
-			if _, err := bus.NC.RequestWithContext(ctx, broker.SubjectControl(id), req); err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			_, err := bus.Control(ctx, id, broker.ControlRequest{Op: broker.OpShutdown, RequestID: "serve-exit"}, time.Minute) // bounded by ctx
+			if err != nil && !errors.Is(err, nats.ErrNoResponders) {
 				log.Warn().Err(err).Str("kernel_id", id).Msg("shutdown on exit")
 			}
 		}(id)
