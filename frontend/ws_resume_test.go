@@ -366,3 +366,31 @@ func TestWSBatchedOutput(t *testing.T) {
 	v1 = e.dialResume(k.ID, "V", sent[1].id, true)
 	sameTexts(t, "resumed inside a written batch", readTexts(t, v1, "c-0"), textsOf(sent[2:]))
 }
+
+// TestWSMalformedBatchDropped: a batch whose frames do not add up (what a
+// hostile kernel's launcher could publish on its own output) is dropped;
+// the connection stays and gets the next message.
+func TestWSMalformedBatchDropped(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	c := e.dial(k.ID, "S", true)
+	for _, bad := range []struct {
+		body  []byte
+		count string
+	}{
+		{[]byte{0, 0, 0, 9, 'x'}, "1"},
+		{broker.AppendBatch(nil, []byte("not a frame")), "2"},
+		{broker.AppendBatch(nil, []byte("x")), "many"},
+	} {
+		m := &nats.Msg{Subject: broker.SubjectOut(k.ID, "iopub"), Data: bad.body, Header: nats.Header{
+			broker.HeaderChannel: {"iopub"}, broker.HeaderVersion: {broker.EnvelopeVersion}, broker.HeaderBatch: {bad.count},
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := kbjs.Publish(ctx, e.bus.NC, e.bus.JS, m); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	good := publishStreams(t, e.bus, k.ID, "after", 1)
+	sameTexts(t, "after malformed batches", readTexts(t, c, "after-0"), textsOf(good))
+}
