@@ -330,7 +330,7 @@ func (c *conn) start() error {
 	if err != nil {
 		return err
 	}
-	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, busRetryFor, c.deliver, func(err error) {
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, c.deliver, func(err error) {
 		c.log.Debug().Err(err).Msg("output consumer")
 	})
 	if err != nil {
@@ -340,6 +340,7 @@ func (c *conn) start() error {
 	if c.finished {
 		c.mu.Unlock()
 		cc.Stop()
+		go c.s.dropConsumer(cc)
 		return errors.New("connection closed during setup")
 	}
 	c.cc = cc
@@ -461,6 +462,7 @@ func (c *conn) finish(code int, text string) {
 		c.mu.Unlock()
 		if cc != nil {
 			cc.Stop()
+			go c.s.dropConsumer(cc)
 		}
 		close(c.quit)
 		c.closeNow(code, text)
@@ -469,6 +471,7 @@ func (c *conn) finish(code int, text string) {
 		c.finished = true
 		c.mu.Unlock()
 		c.save(false, true)
+		go c.s.pruneSessions(c.kernel)
 		c.s.hub.unregister(c)
 		ev := broker.NewEvent(broker.EvClientLeft, c.rec)
 		ev.Session, ev.Reason, ev.Actor = c.session, text, c.actor

@@ -72,7 +72,29 @@ func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) err
 }
 
 // Output is a running subscription to one kernel's output.
-type Output struct{ cc jetstream.ConsumeContext }
+type Output struct {
+	cc   jetstream.ConsumeContext
+	js   jetstream.JetStream
+	cons jetstream.Consumer // nil for an input consumption
+}
+
+// Delete removes the subscription's consumer from the server at once,
+// rather than once it has been idle for its inactive threshold; call it
+// after Stop. A consumer already gone is fine.
+func (o *Output) Delete(ctx context.Context) error {
+	if o.cons == nil {
+		return nil
+	}
+	info := o.cons.CachedInfo()
+	if info == nil || info.Name == "" {
+		return nil
+	}
+	err := o.js.DeleteConsumer(ctx, broker.StreamIO, info.Name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) {
+		return nil
+	}
+	return err
+}
 
 // Stop ends the subscription; a delivery in progress may still finish.
 func (o *Output) Stop() { o.cc.Stop() }
@@ -84,15 +106,18 @@ func (o *Output) Closed() <-chan struct{} { return o.cc.Closed() }
 // sequence from on, in order, to fn, one message at a time (chunks of a
 // large message as they are; see Reassembler). It follows leader changes
 // and reconnects by itself, from the last sequence delivered. Setting it
-// up is retried for up to window. errFn, if not nil, hears of pull errors
-// it recovered from.
-func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, window time.Duration, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
+// up is retried for up to window. The server removes the consumer once
+// nobody has pulled from it for idle (a front-end that died); Delete
+// removes it at once. errFn, if not nil, hears of pull errors it
+// recovered from.
+func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
 	var cons jetstream.Consumer
 	err := RetryCtx(ctx, window, func(ctx context.Context) (err error) {
 		cons, err = b.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{broker.SubjectOutAll(id)},
-			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:    from,
+			FilterSubjects:    []string{broker.SubjectOutAll(id)},
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       from,
+			InactiveThreshold: idle,
 		})
 		return err
 	})
@@ -111,7 +136,7 @@ func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, window 
 	if err != nil {
 		return nil, err
 	}
-	return &Output{cc: cc}, nil
+	return &Output{cc: cc, js: b.JS, cons: cons}, nil
 }
 
 // SaveCursor publishes a websocket session's record at once, without
