@@ -279,3 +279,37 @@ func growBy(b []byte, n int) []byte {
 	copy(nb, b)
 	return nb
 }
+
+// AppendBatch appends one v1 frame to the body of a batch: a launcher
+// that has several kernel messages of one channel queued sends them as
+// one bus message (HeaderBatch), which the bus stores, acknowledges and
+// delivers once. Each frame is preceded by its length, u32 big-endian.
+func AppendBatch(dst, frame []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(frame)))
+	return append(dst, frame...)
+}
+
+// SplitBatch returns the frames of a batch body of n frames, in order,
+// as slices of body.
+func SplitBatch(body []byte, n int) ([][]byte, error) {
+	if n <= 0 || n > len(body)/4 {
+		return nil, fmt.Errorf("batch of %d frames in %d bytes", n, len(body))
+	}
+	out := make([][]byte, 0, n)
+	for len(body) > 0 {
+		if len(body) < 4 {
+			return nil, errors.New("batch: truncated length")
+		}
+		l := binary.BigEndian.Uint32(body)
+		body = body[4:]
+		if uint64(l) > uint64(len(body)) {
+			return nil, fmt.Errorf("batch: frame of %d bytes with %d left", l, len(body))
+		}
+		out = append(out, body[:l:l])
+		body = body[l:]
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("batch: %d frames, header says %d", len(out), n)
+	}
+	return out, nil
+}

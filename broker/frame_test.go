@@ -127,3 +127,40 @@ func FuzzDecodeV1(f *testing.F) {
 		}
 	})
 }
+
+func TestBatchRoundTrip(t *testing.T) {
+	frames := [][]byte{[]byte("a"), {}, bytes.Repeat([]byte("x"), 70000)}
+	var body []byte
+	for _, f := range frames {
+		body = AppendBatch(body, f)
+	}
+	got, err := SplitBatch(body, len(frames))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range frames {
+		if !bytes.Equal(got[i], frames[i]) {
+			t.Fatalf("frame %d: %d bytes, want %d", i, len(got[i]), len(frames[i]))
+		}
+	}
+	// What a hostile launcher could publish: every one is refused, none
+	// panics or reads past the body.
+	huge := binary.BigEndian.AppendUint32(nil, 1<<31)
+	for name, c := range map[string]struct {
+		body []byte
+		n    int
+	}{
+		"count too high":  {body, 4},
+		"count too low":   {body, 2},
+		"count zero":      {body, 0},
+		"count negative":  {body, -1},
+		"truncated":       {body[:len(body)-1], 3},
+		"length too long": {append(huge, 'x'), 1},
+		"short length":    {[]byte{0, 0}, 1},
+		"count absurd":    {body, 1 << 30},
+	} {
+		if _, err := SplitBatch(c.body, c.n); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -147,8 +147,14 @@ type ClientSession struct {
 	// still being reassembled when the session left, because chunks of
 	// different channels interleave. Messages that complete at or before
 	// Cursor were delivered already and are skipped.
-	ReplayFrom uint64    `json:"replay_from,omitempty"`
-	Updated    time.Time `json:"updated"`
+	ReplayFrom uint64 `json:"replay_from,omitempty"`
+	// InFlight, when above Cursor, is the stream sequence of the last
+	// message of a socket write that was under way when the record was
+	// written: the messages in (Cursor, InFlight] may have reached the
+	// client. A reconnect with resume_after looks for the client's last
+	// message among them before it delivers any of them again.
+	InFlight uint64    `json:"in_flight,omitempty"`
+	Updated  time.Time `json:"updated"`
 }
 
 // SessionRelease asks the front-end holding a websocket session

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -32,6 +33,10 @@ type LaunchConfig struct {
 	MaxRestarts int `json:"max_restarts,omitempty"`
 	// IP the kernel binds to. Default 127.0.0.1.
 	IP string `json:"ip,omitempty"`
+	// PortRange is where the kernel's ports come from, "lower..upper"
+	// (JEG's port_range); the worker sets it from its --port-range.
+	// Default: the OS's ephemeral ports.
+	PortRange string `json:"port_range,omitempty"`
 	// WorkDir of the kernel process. Default: the launcher's.
 	WorkDir string `json:"work_dir,omitempty"`
 	// RMConfig is the spec's resource-manager settings: JEG's
@@ -210,3 +215,29 @@ func isIdent(s string) bool {
 	}
 	return true
 }
+
+// PortRange is the range kernels' ports are taken from, both ends
+// included, as JEG's port_range "lower..upper". The zero value means the
+// OS's ephemeral ports.
+type PortRange struct{ Lo, Hi int }
+
+// ParsePortRange reads "lower..upper" (or "" or "0..0": no range). A range
+// needs room for at least five ports and must lie within 1024..65535.
+func ParsePortRange(s string) (PortRange, error) {
+	if s == "" || s == "0..0" {
+		return PortRange{}, nil
+	}
+	lo, hi, ok := strings.Cut(s, "..")
+	a, err1 := strconv.Atoi(lo)
+	b, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil {
+		return PortRange{}, fmt.Errorf("port range %q: want lower..upper, e.g. 40000..41000", s)
+	}
+	if a < 1024 || b > 65535 || b-a < 4 {
+		return PortRange{}, fmt.Errorf("port range %q: want 1024 <= lower, upper <= 65535 and room for 5 ports", s)
+	}
+	return PortRange{Lo: a, Hi: b}, nil
+}
+
+// IsZero reports whether r is no range (the OS picks).
+func (r PortRange) IsZero() bool { return r.Lo == 0 && r.Hi == 0 }

@@ -1,6 +1,9 @@
 package broker
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestExpandVars(t *testing.T) {
 	vars := map[string]string{"A": "1", "B_2": "two"}
@@ -9,6 +12,20 @@ func TestExpandVars(t *testing.T) {
 	} {
 		if got := expandVars(in, vars); got != want {
 			t.Errorf("expandVars(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	for in, want := range map[string]PortRange{"": {}, "0..0": {}, "40000..41000": {40000, 41000}, "2000..2004": {2000, 2004}} {
+		got, err := ParsePortRange(in)
+		if err != nil || got != want {
+			t.Errorf("%q: %v, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"40000", "40000-41000", "a..b", "80..90", "40000..40003", "41000..40000", "60000..70000"} {
+		if _, err := ParsePortRange(in); err == nil || !strings.Contains(err.Error(), in) {
+			t.Errorf("%q: error %v", in, err)
 		}
 	}
 }

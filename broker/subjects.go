@@ -139,6 +139,11 @@ const (
 	// message it belongs to.
 	HeaderChunk   = "Kb-Chunk"
 	HeaderChunkID = "Kb-Chunk-Id"
+	// HeaderBatch marks a bus message that carries several whole kernel
+	// messages of one channel (see AppendBatch): their count. The per
+	// message headers (msg id and type, session, parent type) are then
+	// absent; each frame's own header says them.
+	HeaderBatch = "Kb-Batch"
 	// HeaderType names the Go type of a JSON body on non-io subjects
 	// (requests, events, control), e.g. "start-request/1".
 	HeaderType = "Kb-Type"

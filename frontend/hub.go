@@ -256,14 +256,31 @@ func (h *hub) drain(id string, conns []*conn, limit time.Duration) *jetstream.Ra
 	}
 }
 
-// saysDead reports whether m is an iopub status "dead".
+// saysDead reports whether m is (or, a batch, ends with) an iopub status
+// "dead".
 func saysDead(m *jetstream.RawStreamMsg) bool {
-	if m == nil || m.Header.Get(broker.HeaderMsgType) != "status" {
+	if m == nil {
 		return false
 	}
-	f, err := broker.DecodeV1(m.Data)
+	data, batched := m.Data, false
+	if nb := m.Header.Get(broker.HeaderBatch); nb != "" {
+		n, _ := strconv.Atoi(nb)
+		frames, err := broker.SplitBatch(data, n)
+		if err != nil {
+			return false
+		}
+		data, batched = frames[len(frames)-1], true
+	} else if m.Header.Get(broker.HeaderMsgType) != "status" {
+		return false
+	}
+	f, err := broker.DecodeV1(data)
 	if err != nil {
 		return false
+	}
+	if batched {
+		if mh, err := broker.ParseHeader(f.Header); err != nil || mh.MsgType != "status" {
+			return false
+		}
 	}
 	var st struct {
 		State string `json:"execution_state"`
@@ -314,5 +331,5 @@ func (c *conn) sendSynthetic(m *synthetic) {
 	if c.finished || c.broken {
 		return
 	}
-	_ = c.write(m.data, m.h)
+	_ = c.writeFrames([]outItem{{data: m.data, h: m.h, subject: broker.SubjectOut(c.kernel, "iopub"), write: true, last: true}})
 }

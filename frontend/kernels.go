@@ -379,20 +379,11 @@ func (s *Server) failStart(id, reason, reqID, actor string) (*broker.Kernel, err
 
 // control sends op to the kernel's launcher and waits for its answer.
 func (s *Server) control(ctx context.Context, k *broker.Kernel, op, reqID string, timeout time.Duration) (*broker.ControlReply, error) {
-	data, _ := json.Marshal(broker.ControlRequest{Op: op, RequestID: reqID, User: k.User})
-	m := &nats.Msg{Subject: broker.SubjectControl(k.ID), Data: data, Header: nats.Header{}}
-	m.Header.Set(broker.HeaderType, broker.TypeControl)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	resp, err := s.bus.NC.RequestMsgWithContext(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	var r broker.ControlReply
-	if err := json.Unmarshal(resp.Data, &r); err != nil {
+	r, err := s.bus.Control(ctx, k.ID, broker.ControlRequest{Op: op, RequestID: reqID, User: k.User}, timeout)
+	if errors.Is(err, kbjs.ErrBadReply) {
 		return nil, broker.Wrap(broker.ErrInternal, err, "the launcher of kernel %s sent an unreadable reply", k.ID)
 	}
-	return &r, nil
+	return r, err
 }
 
 // controlError turns a failed control request into the error to show.

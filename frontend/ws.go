@@ -2,12 +2,9 @@ package frontend
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -18,7 +15,6 @@ import (
 	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/metrics"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -64,9 +60,6 @@ const (
 // write, so idle connections hold none.
 var writeBufferPool = &sync.Pool{}
 
-// legacyBufPool holds buffers for the legacy re-encoding of outputs.
-var legacyBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
-
 // wsPrecheck refuses a websocket before the upgrade, with a JSON error
 // the client can read: bad origin, not an upgrade, unknown kernel. A kernel
 // still starting is waited for until its launch deadline.
@@ -98,7 +91,7 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	// While the stream's leader moves (a NATS node died) this fails for
 	// a few seconds: retry rather than refuse the client.
 	var info *jetstream.StreamInfo
-	err = retryBus(s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+	err = kbjs.RetryCtx(s.ctx, busRetryFor, func(ctx context.Context) (err error) {
 		info, err = s.ioStream.Info(ctx)
 		return err
 	})
@@ -221,12 +214,11 @@ type conn struct {
 	// resume_after parameter), or empty.
 	resumeAfter string
 
-	// mu guards delivery: the cursor, reassembly and data writes. The
-	// consumer's handler holds it while it writes, so once finish has set
-	// finished under mu nothing more is delivered or counted.
+	// mu guards delivery: the cursor, reassembly and placing. finish sets
+	// finished under mu once the writer has stopped, so nothing more is
+	// delivered or counted after it.
 	mu       sync.Mutex
-	cc       jetstream.ConsumeContext
-	cons     jetstream.Consumer // the output consumer, deleted when the socket closes
+	cc       *kbjs.Output
 	finished bool
 	broken   bool   // a write failed: deliver nothing more
 	seen     uint64 // stream sequence of the last message received
@@ -234,12 +226,32 @@ type conn struct {
 	skipUpTo uint64 // messages completing at or before were delivered before a reconnect
 	// seekID, while not empty, is the client's last msg_id still being
 	// looked for at the start of a resumed connection (see seek).
-	seekID  string
-	dirty   bool
-	partial map[string]partialStart // chunked messages in progress
-	reasm   kbjs.Reassembler
+	seekID string
+	// seekEnd is the saved record's InFlight (or cursor): messages up to it
+	// may have reached the client; held are those past the cursor kept
+	// back while seeking, heldRouted whether one of them is for this
+	// session.
+	seekEnd    uint64
+	held       []outItem
+	heldRouted bool
+	dirty      bool
+	partial    map[string]partialStart // chunked messages in progress
+	reasm      kbjs.Reassembler
+	written    uint64 // the writer is done with every message up to here
+	inFlight   uint64 // last message of a multi-message write under way
 
-	writing atomic.Bool // a data write is in progress: pings skip this one
+	// The queue between the consumer's handler and the writer (wsout.go).
+	qmu     sync.Mutex
+	q       []outItem
+	qBytes  int
+	pending int           // queued or being written
+	qwake   chan struct{} // cap 1: something was queued
+	qspace  chan struct{} // cap 1: the writer took from the queue
+	// wsem is held by whoever writes to the socket: the writer, or a
+	// control frame between its writes.
+	wsem       chan struct{}
+	quit       chan struct{} // closed by finish: writer and handler stop
+	writerDone chan struct{}
 
 	saveMu sync.Mutex // orders session record writes
 	saved  bool       // the final (disconnected) record is written
@@ -251,21 +263,6 @@ type conn struct {
 type partialStart struct {
 	seq uint64
 	at  time.Time
-}
-
-// sessionKVKey is the kb_sessions key of a session. A session id that is
-// not a safe KV key token (JupyterLab's are UUIDs, but any string may
-// come) is stored base64-encoded, so every id maps to one key.
-func sessionKVKey(kernel, session string) string {
-	safe := session != "" && !strings.HasPrefix(session, "b64_")
-	for i := 0; safe && i < len(session); i++ {
-		ch := session[i]
-		safe = ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_' || ch == '='
-	}
-	if !safe {
-		session = "b64_" + base64.RawURLEncoding.EncodeToString([]byte(session))
-	}
-	return broker.SessionKey(kernel, session)
 }
 
 // serveWS runs one websocket from upgrade to close, on the goroutine
@@ -287,7 +284,10 @@ func (s *Server) serveWS(w *websocket.Conn) {
 		key: sessionKVKey(rec.ID, session), v1: w.Subprotocol() == SubprotocolV1,
 		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
 		streamFirst: streamFirst, resumeAfter: resumeAfter,
+		qwake: make(chan struct{}, 1), qspace: make(chan struct{}, 1), wsem: make(chan struct{}, 1),
+		quit: make(chan struct{}), writerDone: make(chan struct{}),
 	}
+	go c.writeLoop()
 	c.log = s.log.With().Str("kernel_id", c.kernel).Str("session", session).Logger()
 	if old := s.hub.register(c); old != nil {
 		old.finish(closeNormal, "replaced by a newer connection of the same session")
@@ -323,33 +323,16 @@ func (s *Server) serveWS(w *websocket.Conn) {
 // before the first client message is read, so no reply can be missed.
 func (c *conn) start() error {
 	var start uint64
-	err := retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
+	err := kbjs.RetryCtx(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
 		start, err = c.resumePoint(ctx)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	var cons jetstream.Consumer
-	err = retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
-		cons, err = c.s.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-			FilterSubjects:    []string{broker.SubjectOutAll(c.kernel)},
-			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:       start,
-			InactiveThreshold: outputConsumerIdle,
-		})
-		return err
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, c.deliver, func(err error) {
+		c.log.Debug().Err(err).Msg("output consumer")
 	})
-	if err != nil {
-		return err
-	}
-	// The pull may hold a few whole chunks, never more: chunks are up
-	// to max_payload each.
-	maxBytes := max(16<<20, 3*int(c.s.bus.NC.MaxPayload()))
-	cc, err := cons.Consume(c.deliver, jetstream.PullMaxBytes(maxBytes),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			c.log.Debug().Err(err).Msg("output consumer")
-		}))
 	if err != nil {
 		return err
 	}
@@ -357,270 +340,13 @@ func (c *conn) start() error {
 	if c.finished {
 		c.mu.Unlock()
 		cc.Stop()
-		go c.s.dropConsumer(cons)
+		go c.s.dropConsumer(cc)
 		return errors.New("connection closed during setup")
 	}
-	c.cc, c.cons = cc, cons
+	c.cc = cc
 	c.mu.Unlock()
 	c.save(true, false)
 	return nil
-}
-
-// resumePoint returns the stream sequence to read from. A known session
-// resumes after its saved cursor; if another front-end still holds it, that
-// one is asked to let go first, so its final cursor is the one used. A
-// known session whose client sent resume_after reads from up to
-// resumeLookback earlier, to find the client's last message (see seek). A
-// new session starts after where the stream ended when the client asked.
-func (c *conn) resumePoint(ctx context.Context) (uint64, error) {
-	cs, found, err := c.loadSession(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if found && cs.Connected && cs.Frontend != "" && cs.Frontend != c.s.cfg.FrontendID {
-		req, _ := json.Marshal(broker.SessionRelease{Kernel: c.kernel, Session: c.session})
-		m := &nats.Msg{Subject: broker.SubjectFrontend(cs.Frontend), Data: req, Header: nats.Header{}}
-		m.Header.Set(broker.HeaderType, broker.TypeSessionRelease)
-		rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
-		_, rerr := c.s.bus.NC.RequestMsgWithContext(rctx, m)
-		rcancel()
-		if rerr != nil {
-			c.log.Debug().Err(rerr).Str("holder", cs.Frontend).Msg("previous front-end did not release the session; resuming from its last saved cursor")
-		}
-		if cs, found, err = c.loadSession(ctx); err != nil {
-			return 0, err
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if found {
-		start := cs.Cursor + 1
-		if cs.ReplayFrom > 0 && cs.ReplayFrom < start {
-			start = cs.ReplayFrom
-		}
-		c.cursor, c.skipUpTo = cs.Cursor, cs.Cursor
-		if c.resumeAfter != "" {
-			c.seekID = c.resumeAfter
-			back := max(start-min(start-1, resumeLookback), c.streamFirst)
-			start = min(start, back)
-		}
-		c.seen = start - 1
-		return start, nil
-	}
-	if c.resumeAfter != "" {
-		c.log.Debug().Str("resume_after", c.resumeAfter).Msg("resume_after ignored: the session has no record, so it starts as new")
-	}
-	last := c.streamEnd
-	c.cursor, c.skipUpTo, c.seen = last, last, last
-	return last + 1, nil
-}
-
-func (c *conn) loadSession(ctx context.Context) (broker.ClientSession, bool, error) {
-	var cs broker.ClientSession
-	e, err := c.s.bus.Sessions.Get(ctx, c.key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return cs, false, nil
-	}
-	if err != nil {
-		return cs, false, err
-	}
-	if err := json.Unmarshal(e.Value(), &cs); err != nil {
-		return cs, false, nil // unreadable: start over as a new session
-	}
-	return cs, true, nil
-}
-
-// deliver is the output consumer's handler: reassemble, route, write,
-// and advance the cursor only past whole messages.
-func (c *conn) deliver(m jetstream.Msg) {
-	meta, err := m.Metadata()
-	if err != nil {
-		return
-	}
-	seq := meta.Sequence.Stream
-	h := m.Headers()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished || c.broken || seq <= c.seen {
-		return
-	}
-	c.seen = seq
-	nm := nats.Msg{Subject: m.Subject(), Header: h, Data: m.Data()}
-	chunkID := ""
-	if ch := h.Get(broker.HeaderChunk); ch != "" {
-		chunkID = h.Get(broker.HeaderChunkID)
-		if strings.HasPrefix(ch, "0/") {
-			if c.partial == nil {
-				c.partial = map[string]partialStart{}
-			}
-			c.partial[chunkID] = partialStart{seq: seq, at: time.Now()}
-		}
-	}
-	data, whole, err := c.reasm.Feed(&nm)
-	if err != nil {
-		c.log.Warn().Err(err).Uint64("seq", seq).Msg("dropping broken chunked output")
-		delete(c.partial, chunkID)
-		return
-	}
-	if !whole {
-		return
-	}
-	if chunkID != "" {
-		delete(c.partial, chunkID)
-	}
-	if c.seekID != "" && c.seek(seq, data, h, m.Subject()) {
-		return
-	}
-	wrote := false
-	if seq > c.skipUpTo && c.routed(h, m.Subject()) {
-		if err := c.write(data, h); err != nil {
-			// Not counted as delivered: a reconnect gets it again.
-			c.broken = true
-			c.log.Debug().Err(err).Msg("websocket write failed")
-			_ = c.ws.NetConn().Close() // ends the read loop, which finishes
-			return
-		}
-		wrote = true
-		c.s.relayToClient(h, m.Subject(), len(data))
-	}
-	// Replayed chunks may complete messages behind the saved cursor; the
-	// cursor never moves back for them.
-	c.cursor = max(c.cursor, seq)
-	c.dirty = true
-	if wrote {
-		c.persistWritten()
-	}
-}
-
-// seek handles a whole message at the start of a connection whose client
-// sent resume_after, until the client's last message is placed; it
-// returns true when the message must not be delivered. mu is held.
-//
-// At or before the saved cursor nothing is written: every such message
-// was written before, received or not. If the client's last message is
-// among them, the client missed everything after it (an abrupt TCP drop
-// loses what sat in buffers), so delivery restarts right after it. Past
-// the cursor, the first message for this session is the one a front-end
-// may have written just before it died, without recording it: skipped if
-// it is the client's last, delivered otherwise, and seeking ends.
-func (c *conn) seek(seq uint64, data []byte, h nats.Header, subject string) bool {
-	routed := c.routed(h, subject)
-	if seq <= c.skipUpTo {
-		if routed && msgIDOf(data, h) == c.seekID {
-			c.log.Debug().Str("resume_after", c.seekID).Uint64("seq", seq).Uint64("saved_cursor", c.skipUpTo).
-				Msg("resume_after found at or before the saved cursor: delivering from right after it")
-			c.seekID = ""
-			c.skipUpTo, c.cursor, c.dirty = seq, seq, true
-		}
-		return true
-	}
-	if !routed {
-		return false
-	}
-	want := c.seekID
-	c.seekID = ""
-	if msgIDOf(data, h) == want {
-		c.log.Debug().Str("resume_after", want).Uint64("seq", seq).
-			Msg("resume_after is the message after the saved cursor: not sent again")
-		c.cursor, c.dirty = seq, true
-		return true
-	}
-	c.log.Debug().Str("resume_after", want).Uint64("saved_cursor", c.skipUpTo).
-		Msg("resume_after not found: resuming after the saved cursor")
-	return false
-}
-
-// msgIDOf returns header.msg_id of a whole kernel message: from the
-// Kb-Msg-Id header (every chunk of a chunked message carries them all),
-// else from the message itself.
-func msgIDOf(data []byte, h nats.Header) string {
-	if id := h.Get(broker.HeaderMsgID); id != "" {
-		return id
-	}
-	f, err := broker.DecodeV1(data)
-	if err != nil {
-		return ""
-	}
-	mh, err := broker.ParseHeader(f.Header)
-	if err != nil {
-		return ""
-	}
-	return mh.MsgID
-}
-
-// persistWritten records the cursor of a message just written, before the
-// next one is: if this process dies now (SIGKILL, OOM), the bytes already
-// handed to the kernel still reach the client, and the session record must
-// say so, or the front-end that takes over sends them again. So the record
-// leaves the process right after the write (a publish on the bucket's
-// subject, flushed in place rather than by the client's flusher goroutine),
-// leaving a window of a few microseconds instead of the up-to-a-second of
-// the periodic save. The periodic save still confirms it. mu is held, which
-// keeps every write of the record in cursor order on the connection.
-func (c *conn) persistWritten() {
-	data, _ := json.Marshal(c.recordLocked(true))
-	nc := c.s.bus.NC
-	if err := nc.PublishMsg(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data}); err != nil {
-		return // the periodic save retries
-	}
-	// Flush in place: a ping written by this goroutine pushes the buffered
-	// record out with it. Its pong is not waited for.
-	_ = nc.FlushTimeout(time.Nanosecond)
-}
-
-// kvSubject is the subject a KV bucket stores key under.
-func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
-
-// routed applies jupyter_server's routing: iopub to every connection;
-// shell, control and stdin only to the session that asked.
-func (c *conn) routed(h nats.Header, subject string) bool {
-	ch := h.Get(broker.HeaderChannel)
-	if ch == "" {
-		ch = broker.ChannelFromSubject(subject)
-	}
-	if ch == "iopub" {
-		return true
-	}
-	return h.Get(broker.HeaderSession) == c.session
-}
-
-// write sends one kernel message, as it is to a v1 client, re-encoded to
-// the legacy JSON (binary with buffers) otherwise. mu is held.
-func (c *conn) write(data []byte, h nats.Header) error {
-	c.writing.Store(true)
-	defer c.writing.Store(false)
-	// Slow clients get time in proportion to the message, then are cut
-	// off rather than hold the consumer forever.
-	_ = c.ws.SetWriteDeadline(time.Now().Add(30*time.Second + time.Duration(len(data)>>18)*time.Second))
-	if c.v1 {
-		return c.ws.WriteMessage(fws.BinaryMessage, data)
-	}
-	f, err := broker.DecodeV1(data)
-	if err != nil {
-		c.log.Warn().Err(err).Msg("dropping malformed kernel message")
-		return nil
-	}
-	msgID, msgType := h.Get(broker.HeaderMsgID), h.Get(broker.HeaderMsgType)
-	if msgID == "" || msgType == "" {
-		if mh, err := broker.ParseHeader(f.Header); err == nil {
-			msgID, msgType = mh.MsgID, mh.MsgType
-		}
-	}
-	bp := legacyBufPool.Get().(*[]byte)
-	var out []byte
-	typ := fws.TextMessage
-	if len(f.Buffers) == 0 {
-		out = f.AppendLegacyJSON((*bp)[:0], msgID, msgType, true)
-	} else {
-		out = f.AppendLegacyBinary((*bp)[:0], msgID, msgType)
-		typ = fws.BinaryMessage
-	}
-	err = c.ws.WriteMessage(typ, out)
-	if cap(out) <= 1<<20 { // do not let one huge output pin memory
-		*bp = out[:0]
-		legacyBufPool.Put(bp)
-	}
-	return err
 }
 
 // readLoop reads client messages until the connection ends.
@@ -632,6 +358,11 @@ func (c *conn) readLoop() {
 	idle := 2*c.s.cfg.WSPingInterval + 10*time.Second
 	_ = ws.SetReadDeadline(time.Now().Add(idle))
 	ws.SetPongHandler(func(string) error { return ws.SetReadDeadline(time.Now().Add(idle)) })
+	// Pongs go between the writer's writes, never inside one.
+	ws.SetPingHandler(func(data string) error {
+		c.writeControl(fws.PongMessage, []byte(data), 10*time.Second)
+		return nil
+	})
 	for {
 		typ, data, err := ws.ReadMessage()
 		if err != nil {
@@ -684,31 +415,14 @@ func (c *conn) handleInput(typ int, data []byte) {
 	if body == nil {
 		body = f.V1()
 	}
-	m := &nats.Msg{Subject: c.inSubj, Data: body, Header: nats.Header{
-		broker.HeaderChannel: {f.Channel},
-		broker.HeaderMsgType: {hdr.MsgType},
-		broker.HeaderMsgID:   {hdr.MsgID},
-		broker.HeaderSession: {c.session},
-		broker.HeaderVersion: {broker.EnvelopeVersion},
-	}}
-	if hdr.MsgID != "" {
-		// A client resending the same message (or a retried publish)
-		// reaches the kernel once.
-		m.Header[jetstream.MsgIDHeader] = []string{c.kernel + ":" + hdr.MsgID}
-	}
-	// Split once, so that a retried chunk keeps its chunk id; each is
-	// retried with its own Nats-Msg-Id while the stream has no leader (a
-	// NATS node died), so nothing the client sent is lost or doubled, and
-	// the read loop waits meanwhile, which keeps the client's order.
-	for _, part := range kbjs.Split(c.s.bus.NC, m) {
-		err := retryBus(c.s.ctx, inputRetryFor, func(ctx context.Context) error {
-			_, err := c.s.bus.JS.PublishMsg(ctx, part)
-			return err
-		})
-		if err != nil {
-			c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
-			return
-		}
+	// Retried while the stream has no leader (a NATS node died), so
+	// nothing the client sent is lost or doubled; the read loop waits
+	// meanwhile, which keeps the client's order.
+	err = c.s.bus.SendInput(c.s.ctx, kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
+		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}, inputRetryFor)
+	if err != nil {
+		c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
+		return
 	}
 	c.s.ops.relay.Add(metrics.ToKernel, f.Channel, len(body))
 }
@@ -722,124 +436,19 @@ const (
 	inputRetryFor = 60 * time.Second
 )
 
-// retryBus runs op, each try bounded by 10 s, until it succeeds, ctx ends
-// or total has passed, backing off from 100 ms to 2 s between tries. An
-// op is idempotent (reads, or publishes with a Nats-Msg-Id).
-func retryBus(ctx context.Context, total time.Duration, op func(context.Context) error) error {
-	deadline := time.Now().Add(total)
-	wait := 100 * time.Millisecond
-	for {
-		tctx, cancel := context.WithTimeout(ctx, min(10*time.Second, max(time.Until(deadline), time.Second)))
-		err := op(tctx)
-		cancel()
-		if err == nil || ctx.Err() != nil || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		kbjs.CountRetry()
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 2*time.Second)
-	}
-}
-
 // ping is called by the hub's ticker. A connection busy writing is alive
 // enough and skipped, so one slow client never stalls the ticker.
 func (c *conn) ping() {
-	if c.writing.Load() || c.isFinished() {
+	if c.isFinished() {
 		return
 	}
-	_ = c.ws.WriteControl(fws.PingMessage, nil, time.Now().Add(time.Second))
-}
-
-func (c *conn) seenSeq() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.seen
+	c.writeControl(fws.PingMessage, nil, 0)
 }
 
 func (c *conn) isFinished() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.finished
-}
-
-func (c *conn) saveIfDirty() {
-	c.mu.Lock()
-	dirty := c.dirty
-	c.mu.Unlock()
-	if dirty {
-		c.save(true, false)
-	}
-}
-
-// save writes the session record: the resume cursor and whether this
-// front-end holds the session. After the final write nothing else is
-// written, so a late tick cannot mark a closed session connected again.
-func (c *conn) save(connected, final bool) {
-	c.saveMu.Lock()
-	defer c.saveMu.Unlock()
-	if c.saved {
-		return
-	}
-	// Not c.s.ctx: the final save happens during Shutdown.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if final && c.s.state.gone(c.kernel) {
-		// Nobody will resume a session of a kernel that is gone.
-		_ = c.s.bus.Sessions.Delete(ctx, c.key)
-		c.saved = true
-		return
-	}
-	// The record is published under mu, like persistWritten's, so the
-	// bucket receives cursors in order: an older one never lands last.
-	c.mu.Lock()
-	data, _ := json.Marshal(c.recordLocked(connected))
-	c.dirty = false
-	fut, err := c.s.bus.JS.PublishMsgAsync(&nats.Msg{Subject: kvSubject(broker.BucketSessions, c.key), Data: data})
-	c.mu.Unlock()
-	var rev uint64
-	if err == nil {
-		select {
-		case ack := <-fut.Ok():
-			rev = ack.Sequence
-		case err = <-fut.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-	}
-	if err != nil {
-		c.log.Warn().Err(err).Msg("could not save the session cursor")
-		c.mu.Lock()
-		c.dirty = true
-		c.mu.Unlock()
-	} else {
-		c.s.state.setSession(c.kernel, c.key, connected, rev, false)
-	}
-	if final {
-		c.saved = true
-	}
-}
-
-// recordLocked is the session record as of now. mu is held.
-func (c *conn) recordLocked(connected bool) broker.ClientSession {
-	cs := broker.ClientSession{
-		Kernel: c.kernel, Session: c.session, Connected: connected, Frontend: c.s.cfg.FrontendID,
-		Cursor: c.cursor, Updated: time.Now().UTC(),
-	}
-	now := time.Now()
-	for id, p := range c.partial {
-		if now.Sub(p.at) > partialMaxAge {
-			delete(c.partial, id)
-			continue
-		}
-		if p.seq <= c.cursor && (cs.ReplayFrom == 0 || p.seq < cs.ReplayFrom) {
-			cs.ReplayFrom = p.seq
-		}
-	}
-	return cs
 }
 
 // finish ends the connection once: stop the output consumer, say goodbye
@@ -849,14 +458,16 @@ func (c *conn) recordLocked(connected bool) broker.ClientSession {
 func (c *conn) finish(code int, text string) {
 	c.once.Do(func() {
 		c.mu.Lock()
-		cc, cons := c.cc, c.cons
+		cc := c.cc
 		c.mu.Unlock()
 		if cc != nil {
 			cc.Stop()
-			go c.s.dropConsumer(cons)
+			go c.s.dropConsumer(cc)
 		}
+		close(c.quit)
 		c.closeNow(code, text)
-		c.mu.Lock() // waits for a delivery in progress, cut short by the close
+		<-c.writerDone // a write in progress is cut short by the close
+		c.mu.Lock()
 		c.finished = true
 		c.mu.Unlock()
 		c.save(false, true)
@@ -876,6 +487,6 @@ func (c *conn) closeNow(code int, text string) {
 	if len(text) > 120 {
 		text = text[:120]
 	}
-	_ = c.ws.WriteControl(fws.CloseMessage, fws.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+	c.writeControl(fws.CloseMessage, fws.FormatCloseMessage(code, text), time.Second)
 	_ = c.ws.NetConn().Close()
 }

@@ -273,3 +273,124 @@ func TestWSResumeAfterBadParam(t *testing.T) {
 		t.Fatalf("got %+v", msgs)
 	}
 }
+
+// TestWSResumeAfterInFlightWrite: the front-end died during one socket
+// write of several messages, having recorded the write's window
+// (InFlight) but not its end. A client that received a prefix of the
+// write and sends resume_after gets the rest of it and what followed,
+// once; a client that received none of it gets all of it.
+func TestWSResumeAfterInFlightWrite(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	c := e.dial(k.ID, "S", true)
+	sent := publishStreams(t, e.bus, k.ID, "w", 6)
+	sameTexts(t, "live", readTexts(t, c, "w-5"), textsOf(sent))
+	closeWS(t, e, c, k.ID)
+	setWindow := func(cursor, inFlight uint64) {
+		t.Helper()
+		cs := sessionRecord(t, e, k.ID, "S")
+		cs.Cursor, cs.InFlight, cs.ReplayFrom = cursor, inFlight, 0
+		data, _ := json.Marshal(cs)
+		if _, err := e.bus.Sessions.Put(context.Background(), sessionKVKey(k.ID, "S"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The write carried w-2..w-4; the client got w-2 and w-3.
+	setWindow(sent[1].seq, sent[4].seq)
+	c = e.dialResume(k.ID, "S", sent[3].id, true)
+	sameTexts(t, "resumed inside the window", readTexts(t, c, "w-5"), textsOf(sent[4:]))
+	closeWS(t, e, c, k.ID)
+
+	// The same window, and the client got nothing of it.
+	setWindow(sent[1].seq, sent[4].seq)
+	c = e.dialResume(k.ID, "S", sent[1].id, true)
+	sameTexts(t, "resumed before the window", readTexts(t, c, "w-5"), textsOf(sent[2:]))
+}
+
+// publishBatch publishes the stream messages named texts as one batch, as
+// a launcher does with iopub output that queued up, and returns them
+// (all with the batch's sequence).
+func publishBatch(t *testing.T, bus *kbjs.Bus, kernel string, texts ...string) []sentMsg {
+	t.Helper()
+	var body []byte
+	var out []sentMsg
+	for _, text := range texts {
+		id := uuid.NewString()
+		hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": "stream", "session": "kernel", "username": "k", "version": "5.3"})
+		content, _ := json.Marshal(map[string]string{"name": "stdout", "text": text})
+		f := broker.Frame{Channel: "iopub", Header: hdr, ParentHeader: []byte("{}"), Metadata: []byte("{}"), Content: content}
+		body = broker.AppendBatch(body, f.V1())
+		out = append(out, sentMsg{text: text, id: id})
+	}
+	m := &nats.Msg{Subject: broker.SubjectOut(kernel, "iopub"), Data: body, Header: nats.Header{
+		broker.HeaderChannel: {"iopub"}, broker.HeaderVersion: {broker.EnvelopeVersion},
+		broker.HeaderBatch: {fmt.Sprint(len(texts))},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := kbjs.Publish(ctx, bus.NC, bus.JS, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range out {
+		out[i].seq = ack.Sequence
+	}
+	return out
+}
+
+// TestWSBatchedOutput: a batch of kernel messages in one bus message
+// reaches v1 and legacy clients as separate messages, in order; a client
+// that resumes with resume_after pointing inside the batch gets the rest
+// of it once, whether the batch was recorded as written or not.
+func TestWSBatchedOutput(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	v1 := e.dial(k.ID, "V", true)
+	legacy := e.dial(k.ID, "L", false)
+	sent := publishStreams(t, e.bus, k.ID, "a", 1)
+	sent = append(sent, publishBatch(t, e.bus, k.ID, "b-0", "b-1", "b-2")...)
+	sent = append(sent, publishStreams(t, e.bus, k.ID, "c", 1)...)
+	for _, c := range []*wsClient{v1, legacy} {
+		sameTexts(t, c.session+" live", readTexts(t, c, "c-0"), textsOf(sent))
+	}
+	closeWS(t, e, v1, k.ID)
+
+	// Not recorded as written; the client got b-0 and b-1.
+	setCursor(t, e, k.ID, "V", sent[0].seq)
+	v1 = e.dialResume(k.ID, "V", sent[2].id, true)
+	sameTexts(t, "resumed inside an unrecorded batch", readTexts(t, v1, "c-0"), textsOf(sent[3:]))
+	closeWS(t, e, v1, k.ID)
+
+	// Recorded as written; the client got only b-0.
+	setCursor(t, e, k.ID, "V", sent[4].seq)
+	v1 = e.dialResume(k.ID, "V", sent[1].id, true)
+	sameTexts(t, "resumed inside a written batch", readTexts(t, v1, "c-0"), textsOf(sent[2:]))
+}
+
+// TestWSMalformedBatchDropped: a batch whose frames do not add up (what a
+// hostile kernel's launcher could publish on its own output) is dropped;
+// the connection stays and gets the next message.
+func TestWSMalformedBatchDropped(t *testing.T) {
+	e := newEnv(t, Config{})
+	k := e.startKernel()
+	c := e.dial(k.ID, "S", true)
+	for _, bad := range []struct {
+		body  []byte
+		count string
+	}{
+		{[]byte{0, 0, 0, 9, 'x'}, "1"},
+		{broker.AppendBatch(nil, []byte("not a frame")), "2"},
+		{broker.AppendBatch(nil, []byte("x")), "many"},
+	} {
+		m := &nats.Msg{Subject: broker.SubjectOut(k.ID, "iopub"), Data: bad.body, Header: nats.Header{
+			broker.HeaderChannel: {"iopub"}, broker.HeaderVersion: {broker.EnvelopeVersion}, broker.HeaderBatch: {bad.count},
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := kbjs.Publish(ctx, e.bus.NC, e.bus.JS, m); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	good := publishStreams(t, e.bus, k.ID, "after", 1)
+	sameTexts(t, "after malformed batches", readTexts(t, c, "after-0"), textsOf(good))
+}

@@ -3,11 +3,11 @@ package frontend
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"slices"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -26,23 +26,15 @@ const outputConsumerIdle = 30 * time.Second
 
 // dropConsumer deletes the output consumer of a closed websocket, so that
 // quick connects do not leave one consumer each on KB_IO.
-func (s *Server) dropConsumer(cons jetstream.Consumer) {
-	if cons == nil {
-		return
-	}
-	info := cons.CachedInfo()
-	if info == nil || info.Name == "" {
+func (s *Server) dropConsumer(o *kbjs.Output) {
+	if o == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
-	if err := s.bus.JS.DeleteConsumer(ctx, broker.StreamIO, info.Name); err != nil && !errorsIsNotFound(err) {
-		s.log.Debug().Err(err).Str("consumer", info.Name).Msg("could not delete a closed websocket's output consumer; it expires by itself")
+	if err := o.Delete(ctx); err != nil {
+		s.log.Debug().Err(err).Msg("could not delete a closed websocket's output consumer; it expires by itself")
 	}
-}
-
-func errorsIsNotFound(err error) bool {
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist)
 }
 
 // pruneSessions keeps at most maxClosedSessions disconnected session

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"github.com/kernelbus/kernelbus/broker"
 	"os"
 	"path/filepath"
 
@@ -9,18 +10,27 @@ import (
 
 // connInfo is a Jupyter connection file (launcher/wire). The launcher
 // writes it itself so that the key never leaves this host.
-type connInfo struct{ wire.ConnInfo }
+type connInfo struct {
+	wire.ConnInfo
+	ports broker.PortRange
+}
 
-// newConnInfo picks fresh ports and a fresh key.
-func newConnInfo(ip, kernelName string) (*connInfo, error) {
+// newConnInfo picks fresh ports (from ports, if not zero) and a fresh key.
+func newConnInfo(ip, kernelName string, ports broker.PortRange) (*connInfo, error) {
 	w, err := wire.NewConnInfo(ip, kernelName)
 	if err != nil {
 		return nil, err
 	}
-	return &connInfo{*w}, nil
+	ci := &connInfo{ConnInfo: *w, ports: ports}
+	if !ports.IsZero() {
+		if err := ci.pickPorts(); err != nil {
+			return nil, err
+		}
+	}
+	return ci, nil
 }
 
-func (ci *connInfo) pickPorts() error { return ci.PickPorts() }
+func (ci *connInfo) pickPorts() error { return ci.PickPortsIn(ci.ports.Lo, ci.ports.Hi) }
 
 // write stores the file with mode 0600 (it holds the key).
 func (ci *connInfo) write(path string) error { return ci.Write(path) }

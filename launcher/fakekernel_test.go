@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/kernelbus/kernelbus/launcher/wire"
 )
 
 // fakeKernelEnv makes the test binary act as a minimal Jupyter kernel (see
@@ -64,7 +65,7 @@ func fakeKernel(connFile string) int {
 		}
 	}()
 	session := newUUID()
-	sg := newSigner(ci.Key)
+	sg := wire.NewSigner(ci.Key)
 	empty := []byte("{}")
 	header := func(msgType string) []byte {
 		_, h := newHeader(msgType, session, "fake")
@@ -72,12 +73,12 @@ func fakeKernel(connFile string) int {
 	}
 	publish := func(topic, msgType string, parent, content []byte) {
 		h := header(msgType)
-		frames := [][]byte{[]byte(topic), delimiter, sg.sign(h, parent, empty, content), h, parent, empty, content}
+		frames := [][]byte{[]byte(topic), wire.Delimiter, sg.Sign(h, parent, empty, content), h, parent, empty, content}
 		_ = iopub.SendMulti(zmq4.NewMsgFrom(frames...))
 	}
 	reply := func(s zmq4.Socket, ids [][]byte, msgType string, parent, content []byte) {
 		h := header(msgType)
-		frames := append(append([][]byte{}, ids...), delimiter, sg.sign(h, parent, empty, content), h, parent, empty, content)
+		frames := append(append([][]byte{}, ids...), wire.Delimiter, sg.Sign(h, parent, empty, content), h, parent, empty, content)
 		_ = s.SendMulti(zmq4.NewMsgFrom(frames...))
 	}
 	busy, idle := []byte(`{"execution_state":"busy"}`), []byte(`{"execution_state":"idle"}`)
@@ -90,7 +91,7 @@ func fakeKernel(connFile string) int {
 			}
 			d := -1
 			for i, f := range m.Frames {
-				if string(f) == string(delimiter) {
+				if string(f) == string(wire.Delimiter) {
 					d = i
 					break
 				}
@@ -114,7 +115,7 @@ func fakeKernel(connFile string) int {
 					// One signed message sent count times: the kernel side
 					// must be much faster than the relay it measures.
 					h := header("stream")
-					frames := [][]byte{[]byte("stream.stdout"), delimiter, sg.sign(h, hdr, empty, stream), h, hdr, empty, stream}
+					frames := [][]byte{[]byte("stream.stdout"), wire.Delimiter, sg.Sign(h, hdr, empty, stream), h, hdr, empty, stream}
 					for i := 0; i < count; i++ {
 						_ = iopub.SendMulti(zmq4.NewMsgFrom(frames...))
 					}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -168,38 +169,57 @@ func (k *testKernel) subscribe() {
 		if !ok {
 			return
 		}
-		f, err := broker.DecodeV1(data)
-		if err != nil {
-			k.t.Errorf("decode: %v", err)
-			return
+		frames := [][]byte{data}
+		batched := m.Header.Get(broker.HeaderBatch) != ""
+		if batched {
+			n, _ := strconv.Atoi(m.Header.Get(broker.HeaderBatch))
+			if frames, err = broker.SplitBatch(data, n); err != nil {
+				k.t.Errorf("batch: %v", err)
+				return
+			}
+			if ch := m.Header.Get(broker.HeaderChannel); ch != "iopub" {
+				k.t.Errorf("a batch of %s messages", ch)
+			}
 		}
-		h, err := broker.ParseHeader(f.Header)
-		if err != nil {
-			k.t.Errorf("header: %v", err)
-			return
+		for _, data := range frames {
+			f, err := broker.DecodeV1(data)
+			if err != nil {
+				k.t.Errorf("decode: %v", err)
+				return
+			}
+			h, err := broker.ParseHeader(f.Header)
+			if err != nil {
+				k.t.Errorf("header: %v", err)
+				return
+			}
+			pid, ptype := broker.ParentMsgID(f.ParentHeader)
+			var ph struct {
+				Session string `json:"session"`
+			}
+			_ = json.Unmarshal(f.ParentHeader, &ph)
+			om := &outMsg{channel: f.Channel, msgType: h.MsgType, msgID: h.MsgID, parentID: pid, parentType: ptype,
+				session: ph.Session, natsSession: m.Header.Get(broker.HeaderSession),
+				natsParentType: m.Header.Get(broker.HeaderParentType),
+				content:        append([]byte(nil), f.Content...), busMsgs: parts}
+			if got := m.Header.Get(broker.HeaderChannel); got != f.Channel {
+				k.t.Errorf("Kb-Channel %q for a %s message", got, f.Channel)
+			}
+			if !batched {
+				if got := m.Header.Get(broker.HeaderMsgType); got != h.MsgType {
+					k.t.Errorf("Kb-Msg-Type %q for a %s message", got, h.MsgType)
+				}
+				if m.Header.Get(broker.HeaderVersion) != "1" || m.Header.Get(broker.HeaderMsgID) != h.MsgID {
+					k.t.Errorf("envelope headers %v", m.Header)
+				}
+			} else {
+				// A batch carries no per-message headers; its frames say it.
+				om.natsSession, om.natsParentType = ph.Session, ptype
+			}
+			k.mu.Lock()
+			k.msgs = append(k.msgs, om)
+			k.mu.Unlock()
 		}
-		pid, ptype := broker.ParentMsgID(f.ParentHeader)
-		var ph struct {
-			Session string `json:"session"`
-		}
-		_ = json.Unmarshal(f.ParentHeader, &ph)
-		om := &outMsg{channel: f.Channel, msgType: h.MsgType, msgID: h.MsgID, parentID: pid, parentType: ptype,
-			session: ph.Session, natsSession: m.Header.Get(broker.HeaderSession),
-			natsParentType: m.Header.Get(broker.HeaderParentType),
-			content:        append([]byte(nil), f.Content...), busMsgs: parts}
 		parts = 0
-		if got := m.Header.Get(broker.HeaderChannel); got != f.Channel {
-			k.t.Errorf("Kb-Channel %q for a %s message", got, f.Channel)
-		}
-		if got := m.Header.Get(broker.HeaderMsgType); got != h.MsgType {
-			k.t.Errorf("Kb-Msg-Type %q for a %s message", got, h.MsgType)
-		}
-		if m.Header.Get(broker.HeaderVersion) != "1" || m.Header.Get(broker.HeaderMsgID) != h.MsgID {
-			k.t.Errorf("envelope headers %v", m.Header)
-		}
-		k.mu.Lock()
-		k.msgs = append(k.msgs, om)
-		k.mu.Unlock()
 		select {
 		case k.more <- struct{}{}:
 		default:
@@ -935,5 +955,42 @@ func TestBusRestart(t *testing.T) {
 	}
 	if r := k.ctl(broker.OpShutdown); !r.OK {
 		t.Fatalf("shutdown %+v", r)
+	}
+}
+
+// TestLauncherPortRange: with a port range, the kernel's five ports come
+// from it (the kernel here reports them on stderr and exits, which the
+// record's reason carries).
+func TestLauncherPortRange(t *testing.T) {
+	py := testPython(t)
+	tb := startBus(t)
+	const lo, hi = 47100, 47139
+	script := "import json,sys; c=json.load(open(sys.argv[1])); " +
+		"p=[c[k] for k in ('shell_port','iopub_port','stdin_port','control_port','hb_port')]; " +
+		"sys.stderr.write('ports=%s\\n' % ','.join(map(str, p))); sys.exit(3)"
+	k := launch(t, tb, []string{py, "-c", script, "{connection_file}"}, func(c *broker.LaunchConfig) {
+		c.PortRange = fmt.Sprintf("%d..%d", lo, hi)
+	})
+	select {
+	case err := <-k.done:
+		k.done <- err
+	case <-time.After(30 * time.Second):
+		t.Fatal("launcher did not give up")
+	}
+	reason := k.record().Reason
+	i := strings.Index(reason, "ports=")
+	if i < 0 {
+		t.Fatalf("no ports in %q", reason)
+	}
+	seen := map[int]bool{}
+	for _, f := range strings.SplitN(strings.Fields(reason[i+len("ports="):])[0], ",", 5) {
+		p, err := strconv.Atoi(strings.TrimRight(f, ".;\"'"))
+		if err != nil || p < lo || p > hi || seen[p] {
+			t.Fatalf("port %q (of %q) not a distinct port of %d..%d", f, reason, lo, hi)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 5 {
+		t.Fatalf("%d ports in %q", len(seen), reason)
 	}
 }

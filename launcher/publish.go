@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -119,7 +120,7 @@ func (p *publisher) run() {
 	for {
 		select {
 		case m := <-p.in:
-			p.publish(m)
+			p.publishQueued(m)
 		case <-p.wake:
 			p.reap()
 			if p.failed.Load() && !p.recover() {
@@ -130,7 +131,7 @@ func (p *publisher) run() {
 			for {
 				select {
 				case m := <-p.in:
-					p.publish(m)
+					p.publishQueued(m)
 					continue
 				default:
 				}
@@ -142,6 +143,67 @@ func (p *publisher) run() {
 			return
 		}
 	}
+}
+
+// batchMax bounds the body of one batch: well under any max_payload a
+// bus would have, so a batch is never chunked.
+const batchMax = 128 << 10
+
+// publishQueued publishes m and, when more iopub output of the same
+// subject is already queued behind it, that too, as one bus message
+// (broker.HeaderBatch): a kernel printing fast costs the bus one store,
+// ack and delivery per batch rather than per message. Nothing waits for a
+// batch to fill: a lone message goes out alone, at once.
+func (p *publisher) publishQueued(m *nats.Msg) {
+	for m != nil {
+		if !batchable(m) {
+			p.publish(m)
+			return
+		}
+		var next *nats.Msg
+		batch := []*nats.Msg{m}
+		size := 4 + len(m.Data)
+	gather:
+		for {
+			select {
+			case n := <-p.in:
+				if batchable(n) && n.Subject == m.Subject && size+4+len(n.Data) <= batchMax {
+					batch = append(batch, n)
+					size += 4 + len(n.Data)
+					continue
+				}
+				next = n
+			default:
+			}
+			break gather
+		}
+		p.publish(mergeBatch(batch, size))
+		m = next
+	}
+}
+
+// batchable reports whether m may travel in a batch: iopub output (which
+// every session receives, so no per-message session is needed), small
+// and not already stamped.
+func batchable(m *nats.Msg) bool {
+	return len(m.Data) <= batchMax/4 && m.Header.Get(broker.HeaderChannel) == chIOPub &&
+		m.Header.Get(jetstream.MsgIDHeader) == "" && m.Header.Get(broker.HeaderBatch) == ""
+}
+
+// mergeBatch makes one bus message of the kernel messages in batch.
+func mergeBatch(batch []*nats.Msg, size int) *nats.Msg {
+	if len(batch) == 1 {
+		return batch[0]
+	}
+	body := make([]byte, 0, size)
+	for _, m := range batch {
+		body = broker.AppendBatch(body, m.Data)
+	}
+	return &nats.Msg{Subject: batch[0].Subject, Data: body, Header: nats.Header{
+		broker.HeaderChannel: channelValue[chIOPub],
+		broker.HeaderVersion: envelopeValue,
+		broker.HeaderBatch:   {strconv.Itoa(len(batch))},
+	}}
 }
 
 // publish sends m, stamped with this launcher's next Nats-Msg-Id, chunk

@@ -6,6 +6,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/launcher/wire"
 	"github.com/nats-io/nats.go"
 )
 
@@ -46,7 +47,7 @@ func headerValue(common map[string][]string, b []byte) []string {
 // readLoop is the one goroutine that reads a socket of one incarnation.
 func (l *launcher) readLoop(inc *incarnation, ch string, s zmq4.Socket) {
 	defer inc.wg.Done()
-	sg := newSigner(l.ci.Key)
+	sg := wire.NewSigner(l.ci.Key)
 	for {
 		m, err := s.Recv()
 		if err != nil {
@@ -68,14 +69,14 @@ func (l *launcher) readLoop(inc *incarnation, ch string, s zmq4.Socket) {
 // fromKernel relays one kernel message to the bus. Only the small header
 // and parent header are scanned; content is read for status messages only,
 // and no part is re-encoded.
-func (l *launcher) fromKernel(inc *incarnation, ch string, frames [][]byte, sg *signer) {
-	w, err := splitWire(frames)
+func (l *launcher) fromKernel(inc *incarnation, ch string, frames [][]byte, sg *wire.Signer) {
+	w, err := wire.Split(frames)
 	if err != nil {
 		l.log.Warn().Err(err).Str("channel", ch).Msg("malformed kernel message dropped")
 		return
 	}
-	if !sg.verify(w.Sig, w.Header, w.ParentHeader, w.Metadata, w.Content) {
-		l.log.Warn().Err(errBadSig).Str("channel", ch).Msg("kernel message with a bad signature dropped")
+	if !sg.Verify(w.Sig, w.Header, w.ParentHeader, w.Metadata, w.Content) {
+		l.log.Warn().Err(wire.ErrBadSig).Str("channel", ch).Msg("kernel message with a bad signature dropped")
 		return
 	}
 	var hv [2][]byte

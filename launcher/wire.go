@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"github.com/kernelbus/kernelbus/launcher/wire"
 )
 
 // jupyterDate is the header date layout jupyter_client writes: UTC with
@@ -16,32 +14,6 @@ const jupyterDate = "2006-01-02T15:04:05.000000Z"
 
 // protocolVersion is stamped on messages the launcher writes itself.
 const protocolVersion = "5.3"
-
-// The wire format itself lives in launcher/wire, which tools that talk to
-// kernels directly share; these names keep the launcher's code short.
-var (
-	delimiter      = wire.Delimiter
-	errNoDelimiter = wire.ErrNoDelimiter
-	errShortMsg    = wire.ErrShortMsg
-	errBadSig      = wire.ErrBadSig
-)
-
-type wireMsg = wire.Msg
-
-func splitWire(frames [][]byte) (wireMsg, error) { return wire.Split(frames) }
-
-// signer wraps wire.Signer; like it, it is not safe for concurrent use.
-type signer struct{ w *wire.Signer }
-
-func newSigner(key string) *signer { return &signer{wire.NewSigner(key)} }
-
-func (s *signer) sign(h, p, m, c []byte) []byte { return s.w.Sign(h, p, m, c) }
-
-func (s *signer) verify(sig, h, p, m, c []byte) bool { return s.w.Verify(sig, h, p, m, c) }
-
-func (s *signer) wireFrames(h, p, m, c []byte, buffers [][]byte) [][]byte {
-	return s.w.Frames(h, p, m, c, buffers)
-}
 
 // newUUID returns a random (version 4) UUID string.
 func newUUID() string {

@@ -5,33 +5,35 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/kernelbus/kernelbus/launcher/wire"
 )
 
 // The expected digest was computed with Python's hmac/hashlib, as
 // jupyter_client signs.
 func TestSignMatchesJupyterClient(t *testing.T) {
-	sg := newSigner("5f2d-key")
+	sg := wire.NewSigner("5f2d-key")
 	h := []byte(`{"msg_id":"a","msg_type":"execute_request"}`)
 	p, m, c := []byte(`{}`), []byte(`{}`), []byte(`{"code":"1+1"}`)
 	const want = "a15580fd3ddea77e3c831124177c1893d7f066639fdc699ea99e7a15ed839096"
-	if got := string(sg.sign(h, p, m, c)); got != want {
+	if got := string(sg.Sign(h, p, m, c)); got != want {
 		t.Fatalf("sign = %s, want %s", got, want)
 	}
 	// A signer is reused across messages: a second call must not depend on
 	// the first.
-	if got := string(sg.sign(h, p, m, c)); got != want {
+	if got := string(sg.Sign(h, p, m, c)); got != want {
 		t.Fatalf("second sign = %s, want %s", got, want)
 	}
-	if !sg.verify([]byte(want), h, p, m, c) {
+	if !sg.Verify([]byte(want), h, p, m, c) {
 		t.Fatal("verify rejected a good signature")
 	}
-	if !sg.verify([]byte(strings.ToUpper(want)), h, p, m, c) {
+	if !sg.Verify([]byte(strings.ToUpper(want)), h, p, m, c) {
 		t.Fatal("verify rejected an upper-case hex signature")
 	}
 	for name, bad := range map[string][]byte{
 		"tampered content": []byte(`{"code":"1+2"}`),
 	} {
-		if sg.verify([]byte(want), h, p, m, bad) {
+		if sg.Verify([]byte(want), h, p, m, bad) {
 			t.Errorf("%s: verify accepted", name)
 		}
 	}
@@ -39,26 +41,26 @@ func TestSignMatchesJupyterClient(t *testing.T) {
 		"empty":     "",
 		"short":     want[:62],
 		"not hex":   "zz" + want[2:],
-		"other key": string(newSigner("other").sign(h, p, m, c)),
+		"other key": string(wire.NewSigner("other").Sign(h, p, m, c)),
 	} {
-		if sg.verify([]byte(sig), h, p, m, c) {
+		if sg.Verify([]byte(sig), h, p, m, c) {
 			t.Errorf("%s signature accepted", name)
 		}
 	}
 	// Buffers are not signed.
-	f1 := sg.wireFrames(h, p, m, c, nil)
-	f2 := sg.wireFrames(h, p, m, c, [][]byte{[]byte("buf")})
+	f1 := sg.Frames(h, p, m, c, nil)
+	f2 := sg.Frames(h, p, m, c, [][]byte{[]byte("buf")})
 	if !bytes.Equal(f1[1], f2[1]) || len(f2) != 7 || string(f2[6]) != "buf" || string(f1[0]) != "<IDS|MSG>" {
 		t.Fatalf("wireFrames: %q / %q", f1, f2)
 	}
 }
 
 func TestEmptyKeyDisablesSigning(t *testing.T) {
-	sg := newSigner("")
-	if s := sg.sign([]byte("{}"), nil, nil, nil); len(s) != 0 {
+	sg := wire.NewSigner("")
+	if s := sg.Sign([]byte("{}"), nil, nil, nil); len(s) != 0 {
 		t.Fatalf("sign with no key = %q, want empty", s)
 	}
-	if !sg.verify([]byte("anything"), []byte("{}"), nil, nil, nil) {
+	if !sg.Verify([]byte("anything"), []byte("{}"), nil, nil, nil) {
 		t.Fatal("no key: every message passes, as in jupyter_client")
 	}
 }
@@ -82,13 +84,13 @@ func TestSplitWire(t *testing.T) {
 		{"dealer", frames("<IDS|MSG>", "sig", "{h}", "{p}", "{m}", "{c}"), nil, "{h}", 0},
 		{"iopub topic", frames("kernel.x.status", "<IDS|MSG>", "sig", "{h}", "{p}", "{m}", "{c}"), nil, "{h}", 0},
 		{"router identities and buffers", frames("id1", "id2", "<IDS|MSG>", "sig", "{h}", "{p}", "{m}", "{c}", "b1", "b2"), nil, "{h}", 2},
-		{"first exact delimiter wins", frames("<IDS|MSG>x", "<IDS|MSG>", "sig", "{h}", "{p}", "{m}", "{c}", "<IDS|MSG>"), nil, "{h}", 1},
-		{"no delimiter", frames("sig", "{h}", "{p}", "{m}", "{c}"), errNoDelimiter, "", 0},
-		{"too short", frames("<IDS|MSG>", "sig", "{h}", "{p}", "{m}"), errShortMsg, "", 0},
+		{"first exact wire.Delimiter wins", frames("<IDS|MSG>x", "<IDS|MSG>", "sig", "{h}", "{p}", "{m}", "{c}", "<IDS|MSG>"), nil, "{h}", 1},
+		{"no wire.Delimiter", frames("sig", "{h}", "{p}", "{m}", "{c}"), wire.ErrNoDelimiter, "", 0},
+		{"too short", frames("<IDS|MSG>", "sig", "{h}", "{p}", "{m}"), wire.ErrShortMsg, "", 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			w, err := splitWire(tc.in)
+			w, err := wire.Split(tc.in)
 			if err != tc.wantErr {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -184,16 +186,16 @@ func TestKernelEnvStripsKB(t *testing.T) {
 }
 
 func BenchmarkRelayParse(b *testing.B) {
-	sg := newSigner("0123456789abcdef0123456789abcdef")
+	sg := wire.NewSigner("0123456789abcdef0123456789abcdef")
 	h := []byte(`{"msg_id":"7c6f1a9e-1f0c4c3e9d1e_1234_56","msg_type":"stream","username":"u","session":"7c6f1a9e-1f0c4c3e9d1e","date":"2024-05-01T10:00:00.123456Z","version":"5.3"}`)
 	p := []byte(`{"msg_id":"3c1e0b5a-aaaa-bbbb-cccc-1234567890ab","msg_type":"execute_request","username":"u","session":"11111111-2222-3333-4444-555555555555","date":"2024-05-01T10:00:00.000Z","version":"5.2"}`)
 	m, c := []byte(`{}`), []byte(`{"name":"stdout","text":"hello\n"}`)
-	fr := sg.wireFrames(h, p, m, c, nil)
+	fr := sg.Frames(h, p, m, c, nil)
 	fr = append([][]byte{[]byte("stream.stdout")}, fr...)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		w, err := splitWire(fr)
-		if err != nil || !sg.verify(w.Sig, w.Header, w.ParentHeader, w.Metadata, w.Content) {
+		w, err := wire.Split(fr)
+		if err != nil || !sg.Verify(w.Sig, w.Header, w.ParentHeader, w.Metadata, w.Content) {
 			b.Fatal("bad")
 		}
 		var hv [2][]byte

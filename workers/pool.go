@@ -52,6 +52,10 @@ type PoolConfig struct {
 	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
+	// PortRange, "lower..upper", is where the kernels this worker starts
+	// take their ports (JEG's port_range); empty: the OS's ephemeral
+	// ports, which other processes' connections take too.
+	PortRange string
 	// Specs is where the worker reads kernelspecs: it builds every launch
 	// from the spec the record names and never from the record's argv or
 	// launch configuration, which others write (a forged record would
@@ -130,6 +134,9 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 15 * time.Second
+	}
+	if _, err := broker.ParsePortRange(cfg.PortRange); err != nil {
+		return nil, err
 	}
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = 5 * time.Second
@@ -392,6 +399,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			return err
 		}
 		cfg.Attempt = k.Attempt
+		cfg.PortRange = p.cfg.PortRange
 		if cfg.Environment != nil {
 			if p.cfg.Environments == nil {
 				p.countStart(k, OutcomeFailed)

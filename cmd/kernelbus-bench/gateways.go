@@ -59,7 +59,9 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string, extra ...s
 	argv := append([]string{cfg.kernelbusBin, "serve", "--max-websockets-per-caller", "-1",
 		"--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
-		"--launch-timeout", "120s", "--insecure-no-auth"}, extra...)
+		// Kernel ports below Linux's ephemeral range (32768-60999), which
+		// the launchers' and clients' own connections take from.
+		"--launch-timeout", "120s", "--port-range", "20000..31999", "--insecure-no-auth"}, extra...)
 	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
 	if err != nil {
 		return nil, err

@@ -375,7 +375,9 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 				case errors.Is(err, errReplyStatus):
 					errs.Add(1)
 				default:
-					disconnects.Add(1)
+					if disconnects.Add(1) <= 3 {
+						b.log("%s %s: websocket ended: %v", t.Name(), scn, err)
+					}
 					return
 				}
 			}

@@ -204,6 +204,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
 	minterFile := fs.String("launcher-minter", "", "file with the installation's launcher signing key (launcher-minter.json), to give each launcher credentials of its own kernel (default: from --nats-conn)")
+	portRange := fs.String("port-range", "", "ports of the kernels this worker starts, lower..upper (JEG's port_range), best outside the OS's ephemeral ports; empty: any free port")
 	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
 	concurrency := fs.Int("concurrency", 64, "launches in flight in this worker")
 	id := fs.String("id", "", "this worker's id in kb_workers and kernel records (default: <rm>-<random>)")
@@ -308,7 +309,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
 		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}, Warm: warm}
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}, Warm: warm, PortRange: *portRange}
 	if len(warm) > 0 {
 		pcfg.Specs = warmSpecs(specCatalog(specDirs, log))
 	}

@@ -171,6 +171,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	portRange := fs.String("port-range", "", "ports of the kernels, lower..upper (JEG's port_range), best outside the OS's ephemeral ports; empty: any free port")
 	localOpts := localFlags(fs)
 	var warm warmFlag
 	fs.Var(&warm, "warm", warmUsage)
@@ -331,7 +332,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	// The worker reads the front-end's folders and applies its env
 	// policy: it resolves the very specs the front-end offers.
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: wSpecs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}, Environments: envCache, Warm: warm}, wBus, be, log)
+		Specs: wSpecs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}, Environments: envCache, Warm: warm, PortRange: *portRange}, wBus, be, log)
 	if err != nil {
 		return err
 	}
@@ -428,8 +429,8 @@ func stopAllKernels(ctx context.Context, bus *kbjs.Bus, log zerolog.Logger) {
 		wg.Add(1)
 		go func(id string) {
 			defer wg.Done()
-			req := []byte(`{"op":"` + broker.OpShutdown + `","request_id":"serve-exit"}`)
-			if _, err := bus.NC.RequestWithContext(ctx, broker.SubjectControl(id), req); err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			_, err := bus.Control(ctx, id, broker.ControlRequest{Op: broker.OpShutdown, RequestID: "serve-exit"}, time.Minute) // bounded by ctx
+			if err != nil && !errors.Is(err, nats.ErrNoResponders) {
 				log.Warn().Err(err).Str("kernel_id", id).Msg("shutdown on exit")
 			}
 		}(id)

@@ -51,6 +51,43 @@ func ReadConnInfo(path string) (*ConnInfo, error) {
 	return &ci, nil
 }
 
+// PickPortsIn takes five free ports on ci.IP from lo..hi, starting at a random
+// port of the range and going round it, holding them all open together so
+// that they differ. A range kept out of the OS's ephemeral ports is what
+// makes a collision with another process's outgoing connection, taken
+// between this pick and the kernel's bind, impossible. lo = hi = 0 is
+// PickPorts.
+func (ci *ConnInfo) PickPortsIn(lo, hi int) error {
+	if lo == 0 && hi == 0 {
+		return ci.PickPorts()
+	}
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	n := hi - lo + 1
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	start := int(uint32(b[0])|uint32(b[1])<<8|uint32(b[2])<<16|uint32(b[3])<<24) % n
+	ports := make([]int, 0, 5)
+	for i := 0; i < n && len(ports) < 5; i++ {
+		port := lo + (start+i)%n
+		l, err := net.Listen("tcp", net.JoinHostPort(ci.IP, strconv.Itoa(port)))
+		if err != nil {
+			continue // taken
+		}
+		ls = append(ls, l)
+		ports = append(ports, port)
+	}
+	if len(ports) < 5 {
+		return fmt.Errorf("port range %d..%d on %s: fewer than 5 free ports", lo, hi, ci.IP)
+	}
+	ci.ShellPort, ci.IOPubPort, ci.StdinPort, ci.ControlPort, ci.HBPort = ports[0], ports[1], ports[2], ports[3], ports[4]
+	return nil
+}
+
 // PickPorts asks the OS for five free ports on ci.IP. All five listeners
 // are held open together so that the ports differ; the kernel binds them a
 // moment later, the same (unavoidable) race jupyter_client accepts.

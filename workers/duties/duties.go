@@ -320,16 +320,8 @@ func (d *Duties) cull(ctx context.Context, k *broker.Kernel, reason string) erro
 	}
 	log.Info().Str("reason", reason).Msg("culling idle kernel")
 	stopped := false
-	data, _ := json.Marshal(broker.ControlRequest{Op: broker.OpShutdown, RequestID: reqID, User: SourceCuller, Reason: reason})
-	m := &nats.Msg{Subject: broker.SubjectControl(k.ID), Data: data, Header: nats.Header{}}
-	m.Header.Set(broker.HeaderType, broker.TypeControl)
-	cctx, cancel := context.WithTimeout(ctx, d.cfg.ShutdownTimeout)
-	resp, err := d.bus.NC.RequestMsgWithContext(cctx, m)
-	cancel()
-	if err == nil {
-		var r broker.ControlReply
-		stopped = json.Unmarshal(resp.Data, &r) == nil && r.OK
-	}
+	r, err := d.bus.Control(ctx, k.ID, broker.ControlRequest{Op: broker.OpShutdown, RequestID: reqID, User: SourceCuller, Reason: reason}, d.cfg.ShutdownTimeout)
+	stopped = err == nil && r.OK
 	cur, err := d.bus.UpdateKernel(ctx, k.ID, func(k *broker.Kernel) error {
 		if k.State.Terminal() {
 			return kbjs.ErrNoChange
@@ -449,12 +441,10 @@ func (d *Duties) CheckLostOnce(ctx context.Context) error {
 // ping reports whether the kernel's launcher answered. Only no answer
 // counts: a launcher that answers with an error is alive.
 func (d *Duties) ping(ctx context.Context, id string) bool {
-	data, _ := json.Marshal(broker.ControlRequest{Op: broker.OpPing})
-	m := &nats.Msg{Subject: broker.SubjectControl(id), Data: data, Header: nats.Header{}}
-	m.Header.Set(broker.HeaderType, broker.TypeControl)
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.PingTimeout)
-	defer cancel()
-	_, err := d.bus.NC.RequestMsgWithContext(ctx, m)
+	_, err := d.bus.Control(ctx, id, broker.ControlRequest{Op: broker.OpPing}, d.cfg.PingTimeout)
+	if errors.Is(err, kbjs.ErrBadReply) {
+		return true // an answer that could not be read is an answer
+	}
 	if err != nil && d.bus.NC.Status() != nats.CONNECTED {
 		// Our own connection is down: that says nothing of the launcher.
 		return true

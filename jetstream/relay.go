@@ -1,0 +1,262 @@
+package jetstream
+
+// The front-end's side of the kernel relay: a client message in, the
+// kernel's output out from a stream sequence, the session cursor saved.
+// The subjects, headers and consumer settings of the bus contract live
+// here, so the front-end's hot path is a few calls.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// tryTimeout bounds one try of a retried bus call.
+const tryTimeout = 10 * time.Second
+
+// RetryCtx is Retry for calls that take a context: each try gets its own,
+// bounded by 10 s and by what is left of window.
+func RetryCtx(ctx context.Context, window time.Duration, try func(context.Context) error) error {
+	giveUp := time.Now().Add(window)
+	return Retry(ctx, window, func() error {
+		tctx, cancel := context.WithTimeout(ctx, min(tryTimeout, max(time.Until(giveUp), time.Second)))
+		defer cancel()
+		return try(tctx)
+	}, nil, nil)
+}
+
+// Input is one client message for a kernel: a v1 frame and the facts of
+// its header that the launcher routes by.
+type Input struct {
+	Kernel  string
+	Session string // the websocket session that sent it
+	Channel string
+	MsgType string
+	MsgID   string
+	Frame   []byte // v1.kernel.websocket.jupyter.org frame
+}
+
+// SendInput publishes a client message to its kernel's input, chunked if
+// it is larger than max_payload, retrying each part for up to window while
+// the stream has no leader (a NATS node died). A message with a msg_id
+// carries it as Nats-Msg-Id, so a retried publish, or a client sending the
+// same message again, reaches the kernel once.
+func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) error {
+	m := &nats.Msg{Subject: broker.SubjectIn(in.Kernel), Data: in.Frame, Header: nats.Header{
+		broker.HeaderChannel: {in.Channel},
+		broker.HeaderMsgType: {in.MsgType},
+		broker.HeaderMsgID:   {in.MsgID},
+		broker.HeaderSession: {in.Session},
+		broker.HeaderVersion: {broker.EnvelopeVersion},
+	}}
+	if in.MsgID != "" {
+		m.Header[jetstream.MsgIDHeader] = []string{in.Kernel + ":" + in.MsgID}
+	}
+	// Split once, so that a retried chunk keeps its chunk id.
+	for _, part := range Split(b.NC, m) {
+		err := RetryCtx(ctx, window, func(ctx context.Context) error {
+			_, err := b.JS.PublishMsg(ctx, part)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Output is a running subscription to one kernel's output.
+type Output struct {
+	cc   jetstream.ConsumeContext
+	js   jetstream.JetStream
+	cons jetstream.Consumer // nil for an input consumption
+}
+
+// Delete removes the subscription's consumer from the server at once,
+// rather than once it has been idle for its inactive threshold; call it
+// after Stop. A consumer already gone is fine.
+func (o *Output) Delete(ctx context.Context) error {
+	if o.cons == nil {
+		return nil
+	}
+	info := o.cons.CachedInfo()
+	if info == nil || info.Name == "" {
+		return nil
+	}
+	err := o.js.DeleteConsumer(ctx, broker.StreamIO, info.Name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDoesNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Stop ends the subscription; a delivery in progress may still finish.
+func (o *Output) Stop() { o.cc.Stop() }
+
+// Closed is closed once the subscription has ended.
+func (o *Output) Closed() <-chan struct{} { return o.cc.Closed() }
+
+// ConsumeOutput delivers kernel id's output, every channel, from stream
+// sequence from on, in order, to fn, one message at a time (chunks of a
+// large message as they are; see Reassembler). It follows leader changes
+// and reconnects by itself, from the last sequence delivered. Setting it
+// up is retried for up to window. The server removes the consumer once
+// nobody has pulled from it for idle (a front-end that died); Delete
+// removes it at once. errFn, if not nil, hears of pull errors it
+// recovered from.
+func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
+	var cons jetstream.Consumer
+	err := RetryCtx(ctx, window, func(ctx context.Context) (err error) {
+		cons, err = b.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
+			FilterSubjects:    []string{broker.SubjectOutAll(id)},
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       from,
+			InactiveThreshold: idle,
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// A pull may hold a few whole chunks, never more: chunks are up to
+	// max_payload each.
+	maxBytes := max(16<<20, 3*int(b.NC.MaxPayload()))
+	cc, err := cons.Consume(fn, jetstream.PullMaxBytes(maxBytes),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errFn != nil {
+				errFn(err)
+			}
+		}))
+	if err != nil {
+		return nil, err
+	}
+	return &Output{cc: cc, js: b.JS, cons: cons}, nil
+}
+
+// SaveCursor publishes a websocket session's record at once, without
+// waiting for the bucket's ack, and pushes it out of the process in place
+// (not by the connection's flusher goroutine): once it returns, the
+// record reaches the bus even if this process is killed. The caller's
+// periodic save, with an ack, confirms it.
+func (b *Bus) SaveCursor(key string, cs broker.ClientSession) error {
+	data, err := json.Marshal(cs)
+	if err != nil {
+		return err
+	}
+	if err := b.NC.Publish(kvKey(broker.BucketSessions, key), data); err != nil {
+		return err
+	}
+	// A ping written by this goroutine carries the buffered record out
+	// with it. Its pong is not waited for.
+	_ = b.NC.FlushTimeout(time.Nanosecond)
+	return nil
+}
+
+// SaveCursorAsync publishes a session record and returns the future of
+// the bucket's ack (its revision).
+func (b *Bus) SaveCursorAsync(key string, cs broker.ClientSession) (jetstream.PubAckFuture, error) {
+	data, err := json.Marshal(cs)
+	if err != nil {
+		return nil, err
+	}
+	return b.JS.PublishMsgAsync(&nats.Msg{Subject: kvKey(broker.BucketSessions, key), Data: data})
+}
+
+// InputMsg is one client message as the launcher receives it: whole
+// (chunks reassembled), decoded, on a channel clients may use.
+type InputMsg struct {
+	Channel string
+	Session string // the websocket session that sent it
+	MsgID   string
+	Frame   broker.Frame
+}
+
+// Consumption is a running pull from a durable consumer.
+type Consumption = Output
+
+// ConsumeInput delivers the kernel's client messages to fn, each once, in
+// order, from its input consumer (which the worker created): the consumer
+// has one message in flight at a time and redelivers one whose ack was
+// lost, so a stream sequence seen before is acked and dropped. A message
+// is acked once fn returns. Malformed messages, and messages on channels
+// clients may not use, are dropped and reported to drop, and so are the
+// pull errors the consumer recovers from.
+func (l *KernelLink) ConsumeInput(ctx context.Context, fn func(InputMsg), drop func(error)) (*Consumption, error) {
+	cons, err := l.Input(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var last uint64
+	var re Reassembler
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if md, err := m.Metadata(); err == nil {
+			if md.Sequence.Stream <= last {
+				_ = m.Ack()
+				return
+			}
+			last = md.Sequence.Stream
+		}
+		defer func() { _ = m.Ack() }()
+		hdr := m.Headers()
+		data, ok, err := re.Feed(&nats.Msg{Subject: m.Subject(), Header: hdr, Data: m.Data()})
+		if err != nil {
+			drop(fmt.Errorf("bad chunk: %w", err))
+			return
+		}
+		if !ok {
+			return
+		}
+		f, err := broker.DecodeV1(data)
+		if err != nil {
+			drop(err)
+			return
+		}
+		ch := f.Channel
+		if ch == "" {
+			ch = hdr.Get(broker.HeaderChannel)
+		}
+		if !broker.IsClientChannel(ch) {
+			drop(fmt.Errorf("a message on channel %q, which clients may not use", ch))
+			return
+		}
+		fn(InputMsg{Channel: ch, Session: hdr.Get(broker.HeaderSession), MsgID: hdr.Get(broker.HeaderMsgID), Frame: f})
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		drop(fmt.Errorf("input consumer: %w", err))
+	}))
+	if err != nil {
+		return nil, err
+	}
+	return &Consumption{cc: cc}, nil
+}
+
+// ErrBadReply is a control reply that could not be read.
+var ErrBadReply = errors.New("unreadable control reply")
+
+// Control sends a control request (interrupt, restart, shutdown, ping) to
+// kernel id's launcher and waits up to timeout for its answer. No launcher
+// on the bus is nats.ErrNoResponders; an answer that cannot be read is an
+// error of its own.
+func (b *Bus) Control(ctx context.Context, id string, req broker.ControlRequest, timeout time.Duration) (*broker.ControlReply, error) {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	m := &nats.Msg{Subject: broker.SubjectControl(id), Data: data, Header: nats.Header{broker.HeaderType: {broker.TypeControl}}}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := b.NC.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	var r broker.ControlReply
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("%w from the launcher of kernel %s: %v", ErrBadReply, id, err)
+	}
+	return &r, nil
+}
