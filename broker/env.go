@@ -150,12 +150,17 @@ func (p EnvPolicy) LaunchTimeout(env map[string]string) (time.Duration, error) {
 		return def, nil
 	}
 	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || f <= 0 {
+	// NaN passes f <= 0, and a huge f converts to a negative Duration:
+	// cap in seconds, before converting.
+	if err != nil || !(f > 0) {
 		return 0, Errorf(ErrBadEnv, "env %s: %q is not a positive number of seconds", EnvLaunchTimeout, s)
 	}
+	if f >= max.Seconds() {
+		return max, nil
+	}
 	d := time.Duration(f * float64(time.Second))
-	if d > max {
-		d = max
+	if d <= 0 {
+		return 0, Errorf(ErrBadEnv, "env %s: %q is less than a nanosecond", EnvLaunchTimeout, s)
 	}
 	return d, nil
 }
