@@ -48,7 +48,8 @@ func FuzzSessionKey(f *testing.F) {
 
 // FuzzWSQuery: the query string of a websocket request. resume_after and
 // session_id are either refused as a bad request that names them, or
-// taken as the client sent them, within their bounds.
+// taken as the client sent them, within their bounds (a "#" starts the
+// URI fragment, which net/url.ParseQuery does not know about).
 func FuzzWSQuery(f *testing.F) {
 	for _, q := range []string{"session_id=s1&resume_after=m1", "resume_after=", "resume_after", "resume_after=%00%ff",
 		"resume_after=" + strings.Repeat("a", maxResumeAfter+1), "session_id=" + strings.Repeat("b", 5000), "resume_after=a&resume_after=b"} {
@@ -78,7 +79,7 @@ func FuzzWSQuery(f *testing.F) {
 		if v == "" || len(v) > maxResumeAfter || v != string(args.Peek("resume_after")) {
 			t.Fatalf("%q: resume_after %q", q, v)
 		}
-		if vals, _ := url.ParseQuery(q); vals != nil && len(vals["resume_after"]) == 1 && vals.Get("resume_after") != v {
+		if vals, _ := url.ParseQuery(q); vals != nil && !strings.Contains(q, "#") && len(vals["resume_after"]) == 1 && vals.Get("resume_after") != v {
 			t.Fatalf("%q: resume_after %q, net/url reads %q", q, v, vals.Get("resume_after"))
 		}
 	})
