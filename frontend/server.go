@@ -260,6 +260,7 @@ func (s *Server) routes() *fiber.App {
 	g.Delete("/api/environments/:name", s.deleteEnvironment)
 	g.Get("/api/environments/:name/log", s.environmentLog)
 	g.Get("/api/events", s.listEvents)
+	g.Get("/api/warm", s.listWarm)
 	g.Get("/api/events/stream", s.streamEvents)
 	app.Use(func(c *fiber.Ctx) error {
 		return broker.Errorf(broker.ErrNotFound, "%s %s: no such endpoint", c.Method(), c.Path())

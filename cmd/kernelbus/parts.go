@@ -214,6 +214,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
 	maxEnvBytes := fs.Int("max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values: the front-ends' limit, applied again here")
 	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
+	var warm warmFlag
+	fs.Var(&warm, "warm", warmUsage)
 	sshOpts := sshFlags(fs)
 	localOpts := localFlags(fs)
 	k8sOpts := k8sFlags(fs)
@@ -305,7 +307,10 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
 		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}}
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}, Warm: warm}
+	if len(warm) > 0 {
+		pcfg.Specs = warmSpecs(specCatalog(specDirs, log))
+	}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {
