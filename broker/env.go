@@ -159,5 +159,9 @@ func (p EnvPolicy) LaunchTimeout(env map[string]string) (time.Duration, error) {
 	if f >= max.Seconds() {
 		return max, nil
 	}
-	return time.Duration(f * float64(time.Second)), nil
+	d := time.Duration(f * float64(time.Second))
+	if d <= 0 {
+		return 0, Errorf(ErrBadEnv, "env %s: %q is less than a nanosecond", EnvLaunchTimeout, s)
+	}
+	return d, nil
 }

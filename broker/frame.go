@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
+	"unicode/utf8"
 )
 
 // Frame is one Jupyter message as it crosses the bus. Its parts are raw
@@ -200,9 +200,9 @@ func (f *Frame) AppendLegacyJSON(dst []byte, msgID, msgType string, withBuffersF
 	dst = append(dst, `{"header":`...)
 	dst = append(dst, orEmptyObject(f.Header)...)
 	dst = append(dst, `,"msg_id":`...)
-	dst = strconv.AppendQuote(dst, msgID)
+	dst = appendJSONString(dst, msgID)
 	dst = append(dst, `,"msg_type":`...)
-	dst = strconv.AppendQuote(dst, msgType)
+	dst = appendJSONString(dst, msgType)
 	dst = append(dst, `,"parent_header":`...)
 	dst = append(dst, orEmptyObject(f.ParentHeader)...)
 	dst = append(dst, `,"metadata":`...)
@@ -213,8 +213,60 @@ func (f *Frame) AppendLegacyJSON(dst []byte, msgID, msgType string, withBuffersF
 		dst = append(dst, `,"buffers":[]`...)
 	}
 	dst = append(dst, `,"channel":`...)
-	dst = strconv.AppendQuote(dst, f.Channel)
+	dst = appendJSONString(dst, f.Channel)
 	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string. msg_id and msg_type come
+// from the kernel's header (any string a JSON escape can spell), so Go
+// quoting will not do: it writes \a, \x7f and \U0010ffff, which are not
+// JSON, and a legacy client would fail to parse the whole message. Invalid
+// UTF-8 becomes U+FFFD, as encoding/json writes it.
+func appendJSONString(dst []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		// U+2028 and U+2029 are JSON but end a line in JavaScript source.
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			if r == utf8.RuneError {
+				dst = append(dst, `\ufffd`...)
+			} else {
+				dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			}
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // AppendLegacyBinary appends the legacy binary form of f, used when f has

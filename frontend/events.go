@@ -60,8 +60,11 @@ func eventFilter(c *fiber.Ctx, now time.Time) (broker.EventFilter, error) {
 		}
 		f.User = who.Name
 	}
-	if f.Kernel != "" && strings.ContainsAny(f.Kernel, ".*> \t") {
-		return f, broker.Errorf(broker.ErrBadRequest, "kernel: %q is not a kernel id", f.Kernel)
+	// The kernel id goes into a subject, so into a NATS protocol line,
+	// which the server refuses past 4 KiB by closing the connection: the
+	// front-end's own. A kernel id is one short subject token.
+	if f.Kernel != "" && !validKernelID(f.Kernel) {
+		return f, broker.Errorf(broker.ErrBadRequest, "kernel: %.80q is not a kernel id (letters, digits, - and _, at most 128 bytes)", f.Kernel)
 	}
 	var err error
 	if f.Types, err = broker.ParseEventTypes("type", c.Query("type")); err != nil {

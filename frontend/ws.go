@@ -47,6 +47,11 @@ const (
 	// maxResumeAfter bounds the resume_after parameter: a msg_id is a
 	// UUID or the like.
 	maxResumeAfter = 256
+	// maxSessionID bounds the session_id parameter, which becomes part of
+	// a kb_sessions key, so of a NATS subject: the server drops a
+	// connection whose protocol line passes 4 KiB, and it would be the
+	// front-end's own.
+	maxSessionID = 256
 	// resumeLookback is how far before a session's saved cursor a
 	// connection with resume_after looks for the client's last message, in
 	// KB_IO stream sequences (shared by all kernels, so it is at most this
@@ -73,6 +78,9 @@ func (s *Server) wsPrecheck(c *fiber.Ctx) error {
 	resumeAfter, err := resumeAfterParam(c)
 	if err != nil {
 		return err
+	}
+	if n := len(c.Query("session_id")); n > maxSessionID {
+		return broker.Errorf(broker.ErrBadRequest, "session_id must be at most %d bytes (got %d)", maxSessionID, n)
 	}
 	id := c.Params("id")
 	who := identityOf(c)

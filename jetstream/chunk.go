@@ -32,8 +32,10 @@ func chunkSize(nc *nats.Conn) int {
 
 // Split returns m itself when it fits, or one message per chunk otherwise.
 // Chunks carry m's headers plus HeaderChunk and HeaderChunkID.
-func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
-	size := chunkSize(nc)
+func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg { return splitBy(m, chunkSize(nc)) }
+
+// splitBy splits m into chunks of at most size body bytes.
+func splitBy(m *nats.Msg, size int) []*nats.Msg {
 	if len(m.Data) <= size {
 		return []*nats.Msg{m}
 	}
@@ -78,7 +80,19 @@ func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats
 // arrive in order because one publisher sends them back to back.
 type Reassembler struct {
 	partial map[string]*partialMsg
+	// pending is the sum of the partial messages' bytes.
+	pending int
 }
+
+// maxPartials and maxPending bound what a Reassembler holds for messages
+// that are not complete yet: a publisher (a kernel holding its launcher's
+// credentials) can start chunked messages and never finish them.
+const (
+	maxPartials = 64
+	maxPending  = 2 * MaxMessage
+	// maxPrealloc bounds the buffer reserved from a first chunk's claims.
+	maxPrealloc = 1 << 20
+)
 
 type partialMsg struct {
 	next, count int
@@ -107,35 +121,52 @@ func (r *Reassembler) Feed(m *nats.Msg) ([]byte, bool, error) {
 		if idx != 0 {
 			return nil, false, nil // joined mid-message: wait for the next one
 		}
-		if count*len(m.Data) > MaxMessage*2 {
+		// Divide rather than multiply: count comes from the header and
+		// count*len overflows.
+		if len(m.Data) > 0 && count > MaxMessage*2/len(m.Data) {
 			return nil, false, fmt.Errorf("chunked message of %d parts is too large", count)
 		}
 		r.gc()
-		p = &partialMsg{count: count, started: time.Now(), data: make([]byte, 0, count*len(m.Data))}
+		if len(r.partial) >= maxPartials {
+			return nil, false, fmt.Errorf("more than %d chunked messages in progress: %s dropped", maxPartials, id)
+		}
+		p = &partialMsg{count: count, started: time.Now(), data: make([]byte, 0, min(count*len(m.Data), maxPrealloc))}
 		r.partial[id] = p
 	}
 	if idx != p.next || count != p.count {
-		delete(r.partial, id)
+		r.drop(id)
 		return nil, false, fmt.Errorf("chunk %d/%d of %s out of order (want %d)", idx, count, id, p.next)
 	}
 	if len(p.data)+len(m.Data) > MaxMessage {
-		delete(r.partial, id)
+		r.drop(id)
 		return nil, false, fmt.Errorf("chunked message exceeds %d bytes", MaxMessage)
 	}
+	if r.pending+len(m.Data) > maxPending {
+		r.drop(id)
+		return nil, false, fmt.Errorf("chunked messages in progress exceed %d bytes: %s dropped", maxPending, id)
+	}
 	p.data = append(p.data, m.Data...)
+	r.pending += len(m.Data)
 	p.next++
 	if p.next < p.count {
 		return nil, false, nil
 	}
-	delete(r.partial, id)
+	r.drop(id)
 	return p.data, true, nil
+}
+
+func (r *Reassembler) drop(id string) {
+	if p := r.partial[id]; p != nil {
+		r.pending -= len(p.data)
+		delete(r.partial, id)
+	}
 }
 
 // gc drops partial messages abandoned by a publisher that died mid-send.
 func (r *Reassembler) gc() {
 	for id, p := range r.partial {
 		if time.Since(p.started) > 5*time.Minute {
-			delete(r.partial, id)
+			r.drop(id)
 		}
 	}
 }
