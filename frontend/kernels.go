@@ -186,6 +186,17 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	if err != nil {
 		return nil, broker.Wrap(broker.ErrBadRequest, err, "Kernel spec %s cannot be started", spec.Name)
 	}
+	// The admin limits: what the launch would ask of its resource
+	// manager, read from the very configuration the worker gets.
+	var lim Limits
+	if user != "" {
+		if lim, err = s.limits.effective(s.ctx, user); err != nil {
+			return nil, err
+		}
+		if err := lim.check(user, rm, broker.NewLaunchConfig(spec, "", user, env, timeout)); err != nil {
+			return nil, err
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
 	defer cancel()
@@ -196,8 +207,8 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	}
 	ids = append(ids, uuid.NewString())
 	slot := ""
-	if s.slots != nil && user != "" {
-		if slot, err = s.slots.acquire(ctx, user, ids[0]); err != nil {
+	if lim.MaxKernels > 0 && user != "" {
+		if slot, err = s.slots.acquire(ctx, user, ids[0], lim.MaxKernels); err != nil {
 			return nil, err
 		}
 		// A start that fails gives its slot back at once (its record,
@@ -494,8 +505,10 @@ func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
 	if cur == nil {
 		cur = k
 	}
-	if s.slots != nil && k.Owner != "" {
-		s.slots.release(ctx, k.Owner, id)
+	if k.Owner != "" {
+		if lim, err := s.limits.effective(ctx, k.Owner); err == nil && lim.MaxKernels > 0 {
+			s.slots.release(ctx, k.Owner, id, lim.MaxKernels)
+		}
 	}
 	// Let this front-end's cache know at once that the kernel ended.
 	if k2, rev, err := s.bus.GetKernel(ctx, id); err == nil {

@@ -189,9 +189,11 @@ func (p *Pool) presence() {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		info, _ := json.Marshal(map[string]any{"id": p.cfg.ID, "rm": p.be.Name(), "seen": time.Now().UTC()})
+		info := hostStats()
+		info["id"], info["rm"], info["seen"] = p.cfg.ID, p.be.Name(), time.Now().UTC()
+		data, _ := json.Marshal(info)
 		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, info); err != nil && p.ctx.Err() == nil {
+		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, data); err != nil && p.ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("worker presence")
 		}
 		cancel()
