@@ -163,7 +163,11 @@ func (s *Server) publicUI(app *fiber.App) {
 	p.Get("/", func(c *fiber.Ctx) error {
 		return c.Redirect(s.cfg.BaseURL+"ui/", http.StatusFound)
 	})
+	// Fiber's routing is not strict: "/ui" matches "/ui/" too.
 	p.Get("/ui", func(c *fiber.Ctx) error {
+		if strings.HasSuffix(c.Path(), "/") {
+			return s.uiStatic(c)
+		}
 		return c.Redirect(s.cfg.BaseURL+"ui/", http.StatusFound)
 	})
 	p.Post("/ui/login", s.uiLogin)
