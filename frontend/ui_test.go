@@ -116,7 +116,7 @@ func TestAskedOf(t *testing.T) {
 	lc := &broker.LaunchConfig{
 		Argv: []string{"spark-submit", "--driver-memory", "2g", "--conf", "spark.executor.instances=4", "--queue=analytics"},
 		Env: map[string]string{
-			"SPARK_OPTS": "--executor-memory 3072 --executor-cores 2 --conf spark.executor.resource.gpu.amount=1",
+			"SPARK_OPTS":  "--executor-memory 3072 --executor-cores 2 --conf spark.executor.resource.gpu.amount=1",
 			"KERNEL_CPUS": "0.5",
 		},
 	}
