@@ -85,7 +85,7 @@ async function overview(root) {
           h("div", {}, h("span", { class: "num", id: "starts-hour", text: c.last_hour.starts }), " starts"),
           h("div", {}, h("span", { class: c.last_hour.failures ? "num error" : "num", text: c.last_hour.failures }), " failures"))),
       h("h2", { text: "Resource managers" }),
-      rms.length ? rms.map(([name, rm]) => h("section", { class: "rm", "data-rm": name, "aria-label": name },
+      h("div", {}, rms.length ? rms.map(([name, rm]) => h("section", { class: "rm", "data-rm": name, "aria-label": name },
         h("h3", { text: name + " — " + rm.workers.length + " worker(s), " +
           Object.values(rm.kernels).reduce((a, b) => a + b, 0) + " kernel(s)" }),
         table(["worker", "host", "CPUs", "load (1 min)", "memory available / total", "last seen"],
@@ -93,7 +93,7 @@ async function overview(root) {
             w.mem_total_mb ? (w.mem_available_mb + " / " + w.mem_total_mb + " MB") : "", ago(w.seen)]),
           "No live worker of this resource manager."),
         h("p", { class: "muted", text: "kernels: " + (Object.entries(rm.kernels).map(([k, v]) => k + " " + v).join(", ") || "none") }),
-      )) : h("p", { class: "muted", text: "No worker is live and no kernel is known." }),
+      )) : h("p", { class: "muted", text: "No worker is live and no kernel is known." })),
     );
   };
   await load();
