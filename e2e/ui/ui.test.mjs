@@ -159,6 +159,10 @@ async function main() {
   await page.waitForSelector(`#view[data-ready="#/kernels/${kid}"]`);
   await page.waitForSelector('#timeline li[data-type="started"]', { timeout: 15000 });
   timings["kernel details + timeline"] = Date.now() - t0;
+  const rec = await page.textContent("#kernel-record");
+  assert.match(rec, /owneralice/);
+  assert.match(rec, /resource managerlocal/);
+  assert.doesNotMatch(rec, /object HTMLElement/);
   await page.waitForSelector("#timeline-status:text('live')", { timeout: 15000 });
   await shot(page, "kernel-timeline");
   // Shut down from JupyterLab's side (the REST API): the live timeline
@@ -173,10 +177,14 @@ async function main() {
   // Start from the page, then shut down with the button (confirmed).
   await page.selectOption("#start-spec", "python3");
   await page.click("#start-kernel");
-  await page.waitForSelector("#kernels-table tbody tr", { timeout: 60000 });
-  const row = await page.$("#kernels-table tbody tr");
-  const uiKid = (await row.$eval("a", (a) => a.getAttribute("href"))).split("/").pop();
-  await row.$eval('button[data-action="Shut down"]', (b) => b.focus());
+  const msg = await page.waitForSelector("p[role=status]:has-text('started')", { timeout: 60000 });
+  const uiKid = (await msg.textContent()).match(/Kernel (\S+) started/)[1];
+  await page.waitForSelector(`#act-shut-down-${uiKid}`);
+  // The table refreshes every 3 s; the focus must survive it.
+  await page.focus(`#act-shut-down-${uiKid}`);
+  const loads = Number(await page.getAttribute("#kernels-box", "data-loads"));
+  await page.waitForFunction((n) => Number(document.getElementById("kernels-box").dataset.loads) > n, loads, { timeout: 15000 });
+  assert.equal(await page.evaluate(() => document.activeElement.id), `act-shut-down-${uiKid}`, "focus kept across refresh");
   await page.keyboard.press("Enter");
   await poll("the UI-started kernel to leave the table", async () => (await page.$(`a[href="#/kernels/${uiKid}"]`)) === null, 30000);
 
@@ -185,6 +193,7 @@ async function main() {
   await page.click('a[href="#/specs/python3"]');
   await page.waitForSelector('#view[data-ready="#/specs/python3"]');
   await page.waitForSelector("#spec-record");
+  assert.match(await page.textContent("#spec-record"), /languagepython/);
   await shot(page, "kernelspec-python3");
   // Until kernel environments are served, the page's probe answers 404.
   allowFailedLoad = "/api/environments";

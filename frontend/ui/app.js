@@ -15,7 +15,7 @@ function h(tag, attrs, ...kids) {
     else if (k === "text") el.textContent = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === null || k === undefined || k === false) continue;
     el.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -109,7 +109,7 @@ async function kernels(root) {
     .map((s) => h("option", { value: s, text: s || "any" })));
   const spec = h("select", { id: "start-spec" });
   const startBtn = h("button", { type: "submit", id: "start-kernel", text: "Start kernel" });
-  const box = h("div");
+  const box = h("div", { id: "kernels-box" });
   root.append(h("h1", { text: "Kernels" }),
     h("form", { class: "toolbar", id: "start-form", onsubmit: async (ev) => {
       ev.preventDefault();
@@ -143,17 +143,22 @@ async function kernels(root) {
     if (q.value.trim()) params.set("q", q.value.trim());
     if (st.value) params.set("state", st.value);
     const ks = await api("GET", "api/kernel-records?" + params);
+    const focused = box.contains(document.activeElement) ? document.activeElement.id : "";
     const live = (k) => !["dead", "failed", "terminated"].includes(k.state);
     box.replaceChildren(table(
       ["kernel", "owner", "spec", "RM", "where", "state", "conns", "started", "last activity", "actions"],
       ks.map((k) => [
-        h("a", { href: "#/kernels/" + k.id, text: k.id.slice(0, 8) }), k.owner, k.name, k.rm,
+        h("a", { href: "#/kernels/" + k.id, id: "link-" + k.id, text: k.id.slice(0, 8) }), k.owner, k.name, k.rm,
         where(k), k.state + (k.state === "running" ? " / " + k.execution_state : ""), k.connections,
         fmtTime(k.created), ago(k.last_activity),
         live(k) ? h("span", {}, ["Interrupt", "Restart", "Shut down"].map((a) =>
-          h("button", { type: "button", "data-action": a, "aria-label": a + " " + k.id, onclick: () => act(k, a), text: a }))) : "",
+          h("button", { type: "button", id: "act-" + a.replace(" ", "-").toLowerCase() + "-" + k.id, "data-action": a,
+            "aria-label": a + " " + k.id, onclick: () => act(k, a), text: a }))) : "",
       ]), "No kernels."));
     box.querySelector("table")?.setAttribute("id", "kernels-table");
+    // The refresh replaces the rows: keep the keyboard focus where it was.
+    if (focused) document.getElementById(focused)?.focus();
+    box.dataset.loads = String(Number(box.dataset.loads || 0) + 1);
   };
   let timer;
   q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load().catch((e) => (err.textContent = e.message)), 250); });
