@@ -183,7 +183,7 @@ async function main() {
   // The table refreshes every 3 s; the focus must survive it.
   await page.focus(`#act-shut-down-${uiKid}`);
   const loads = Number(await page.getAttribute("#kernels-box", "data-loads"));
-  await page.waitForFunction((n) => Number(document.getElementById("kernels-box").dataset.loads) > n, loads, { timeout: 15000 });
+  await poll("a refresh of the table", async () => Number(await page.getAttribute("#kernels-box", "data-loads")) > loads, 15000);
   assert.equal(await page.evaluate(() => document.activeElement.id), `act-shut-down-${uiKid}`, "focus kept across refresh");
   await page.keyboard.press("Enter");
   await poll("the UI-started kernel to leave the table", async () => (await page.$(`a[href="#/kernels/${uiKid}"]`)) === null, 30000);
