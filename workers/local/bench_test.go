@@ -61,7 +61,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := workers.PoolConfig{NATSURLs: js.URL, NATSCA: string(js.CA), StopGrace: 2 * time.Second}
+	cfg := workers.PoolConfig{NATSURLs: js.URL, NATSCA: string(js.CA), StopGrace: 2 * time.Second, Specs: testSpecs, Env: testPolicy}
 	if scoped {
 		cfg.Minter = js.Minter
 	} else {
@@ -97,7 +97,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 		id := uuid.NewString()
 		k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
 			Created: time.Now().UTC(), Deadline: time.Now().Add(30 * time.Second),
-			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": "ok", "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(30 * time.Second)}}
+			Env: map[string]string{"FAKE": "ok", "PIDFILE": pidfile}}
 		if _, err := bus.CreateKernel(ctx, k); err != nil {
 			b.Fatal(err)
 		}

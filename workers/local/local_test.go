@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		os.Exit(fakeLauncher(strings.TrimSpace(line)))
 	}
+	if len(os.Args) == 3 && strings.HasPrefix(os.Args[1], "--probe-") {
+		// Run as another OS user by the run-as tests: what can it do?
+		os.Exit(probe(os.Args[1], os.Args[2]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -53,6 +57,30 @@ func fakeLauncher(enc string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 0
+	}
+	if cfg.Env["FAKE"] == "connfile" {
+		// As the real launcher: a connection file in a private folder of
+		// the temp dir, 0600 in a 0700 folder, owned by whoever runs it.
+		dir, err := os.MkdirTemp("", "kernelbus-"+cfg.KernelID+"-")
+		if err == nil {
+			err = os.Chmod(dir, 0o700)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "kernel-"+cfg.KernelID+".json"), []byte(`{"key":"secret-of-`+cfg.KernelID+`"}`), 0o600)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	if f := cfg.Env["ARGVFILE"]; f != "" {
+		// What the worker asked the launcher to run, for the tests of
+		// forged records.
+		b, _ := json.Marshal(map[string]any{"argv": cfg.Argv, "env": cfg.Env})
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	if f := cfg.Env["PIDFILE"]; f != "" {
 		// Every launcher started for the kernel leaves its pid here, so
@@ -92,6 +120,17 @@ func fakeLauncher(enc string) int {
 	return 0
 }
 
+// testSpecs are the worker's kernelspecs: the fake launcher ignores argv,
+// the forged-record tests read it back.
+var testSpecs = workers.SpecList{
+	{Name: "fake", Argv: []string{"fake-kernel", "-f", "{connection_file}"}, Language: "python", Env: map[string]string{"FROM_SPEC": "yes"}},
+	{Name: "remote", Argv: []string{"python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"}, Language: "python",
+		Metadata: map[string]any{"kernelbus": map[string]any{"rm": broker.RMSSH}}},
+}
+
+// testPolicy lets through the variables the stand-in launcher obeys.
+var testPolicy = broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}
+
 type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
@@ -101,8 +140,6 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	js := jstest.Start(t, jstest.Options{Auth: true})
-	bus := js.Bus
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +148,13 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return setupWith(t, be)
+}
+
+func setupWith(t *testing.T, be *local.Backend) *env {
+	t.Helper()
+	js := jstest.Start(t, jstest.Options{Auth: true})
+	bus := js.Bus
 	// The pool runs with a worker's role credentials and mints each
 	// launcher its own, as under `kernelbus serve`.
 	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
@@ -118,7 +162,8 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg}, wbus, be, zerolog.Nop())
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg,
+		Specs: testSpecs, Env: testPolicy}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,17 +211,35 @@ func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) stri
 			}
 		}
 	})
+	now := time.Now().UTC()
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
+		Created: now, Deadline: now.Add(timeout), Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}})
+	return pidfile
+}
+
+// killAtCleanup kills what the worker started for kernel id when the test
+// ends, whatever its outcome: no launcher outlives a test.
+func (e *env) killAtCleanup(t *testing.T, id string) {
+	t.Cleanup(func() {
+		k, _, err := e.bus.GetKernel(context.Background(), id)
+		var h struct{ PGID int }
+		if err == nil && json.Unmarshal(k.Handle, &h) == nil && h.PGID > 0 {
+			_ = syscall.Kill(-h.PGID, syscall.SIGKILL)
+		}
+	})
+}
+
+// submit writes record k and a start request for it, as a front-end does;
+// the tests of forged records write what no front-end would.
+func (e *env) submit(t *testing.T, k *broker.Kernel) {
+	t.Helper()
 	ctx := context.Background()
-	k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
-		Created: time.Now().UTC(), Deadline: time.Now().Add(timeout),
-		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(timeout)}}
 	if _, err := e.bus.CreateKernel(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, id, broker.StartRequest{KernelID: id}); err != nil {
+	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, k.ID, broker.StartRequest{KernelID: k.ID}); err != nil {
 		t.Fatal(err)
 	}
-	return pidfile
 }
 
 // waitFor polls the record until cond holds.
@@ -318,5 +381,91 @@ func TestReadableLogLine(t *testing.T) {
 	}
 	if got := local.ReadableLogLine("plain text"); got != "plain text" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// A record written past the front-ends (here with the admin credentials
+// the bus test environment connects with) names a spec, but carries an
+// evil launch configuration and env: the worker runs the spec's argv with
+// the env filtered again, never what the record says.
+func TestForgedRecordRunsTheSpecNotItsArgv(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000010"
+	dir := t.TempDir()
+	argvFile, pwned := filepath.Join(dir, "argv.json"), filepath.Join(dir, "pwned")
+	now := time.Now().UTC()
+	evil := []string{"/bin/sh", "-c", "touch " + pwned}
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested, User: "alice",
+		Created: now, Deadline: now.Add(20 * time.Second),
+		Env: map[string]string{"FAKE": "ok", "ARGVFILE": argvFile, "PIDFILE": filepath.Join(dir, "pids"),
+			"LD_PRELOAD": "/tmp/evil.so", "PATH": dir, "KERNEL_USERNAME": "mallory"},
+		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: evil, Env: map[string]string{"LD_PRELOAD": "/tmp/evil.so"},
+			LaunchTimeout: broker.Duration(time.Hour)}})
+	e.killAtCleanup(t, id)
+	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
+	data, err := os.ReadFile(argvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Argv []string
+		Env  map[string]string
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got.Argv, " ") != strings.Join(testSpecs[0].Argv, " ") {
+		t.Fatalf("launcher was given argv %q, want the spec's %q", got.Argv, testSpecs[0].Argv)
+	}
+	if _, bad := got.Env["LD_PRELOAD"]; bad || got.Env["PATH"] != "" {
+		t.Fatalf("env the worker's policy does not allow reached the kernel: %v", got.Env)
+	}
+	if got.Env["FROM_SPEC"] != "yes" || got.Env["KERNEL_USERNAME"] != "alice" || got.Env["KERNEL_ID"] != id {
+		t.Fatalf("want the spec's env and the record's owner, got %v", got.Env)
+	}
+	if _, err := os.Stat(pwned); err == nil {
+		t.Fatal("the forged argv ran")
+	}
+}
+
+// A forged start of a spec that is not the worker's resource manager's, of
+// a spec the worker does not know, or with env no front-end would pass,
+// fails with a reason that says so, and nothing is started.
+func TestForgedRecordRefused(t *testing.T) {
+	e := setup(t)
+	for i, c := range []struct {
+		spec   string
+		env    map[string]string
+		status int
+		reason string
+	}{
+		{"remote", nil, 400, "is for the ssh resource manager"},
+		{"nosuch", nil, 0, `has no kernelspec "nosuch"`},
+		{"fake", map[string]string{"KERNEL_EXTRA": "a\nb"}, 400, "line feed"},
+	} {
+		id := fmt.Sprintf("00000000-0000-4000-8000-00000000002%d", i)
+		argvFile := filepath.Join(t.TempDir(), "argv.json")
+		env := map[string]string{"ARGVFILE": argvFile}
+		for k, v := range c.env {
+			env[k] = v
+		}
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: c.spec, RM: broker.RMLocal, State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: env,
+			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"/bin/true"}}})
+		e.killAtCleanup(t, id)
+		k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+		if k.State != broker.StateFailed || !strings.Contains(k.Reason, c.reason) || k.FailStatus != c.status {
+			t.Errorf("spec %s env %v: want failed (%d) with %q, got %s (%d): %q", c.spec, c.env, c.status, c.reason, k.State, k.FailStatus, k.Reason)
+		}
+		if len(k.Handle) > 0 {
+			t.Errorf("spec %s: something was started: %s", c.spec, k.Handle)
+		}
+		if _, err := os.Stat(argvFile); err == nil {
+			t.Errorf("spec %s: a launcher ran", c.spec)
+		}
+		if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
+			t.Errorf("spec %s: want one start_failed event, got %d", c.spec, n)
+		}
 	}
 }

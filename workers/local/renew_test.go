@@ -39,7 +39,8 @@ func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, LauncherCredsTTL: ttl, StopGrace: 2 * time.Second}, wbus, be, zerolog.Nop())
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, LauncherCredsTTL: ttl, StopGrace: 2 * time.Second,
+		Specs: testSpecs, Env: testPolicy}, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
