@@ -225,6 +225,15 @@ func (p *Pool) presence() {
 	for {
 		info := hostStats()
 		info["id"], info["rm"], info["seen"] = p.cfg.ID, p.be.Name(), time.Now().UTC()
+		if rep, ok := p.be.(Reporter); ok {
+			rctx, rcancel := context.WithTimeout(p.ctx, every/2)
+			if v, err := rep.Report(rctx); err == nil {
+				info["cluster"] = v
+			} else {
+				info["cluster_error"] = err.Error()
+			}
+			rcancel()
+		}
 		data, _ := json.Marshal(info)
 		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, data); err != nil && p.ctx.Err() == nil {

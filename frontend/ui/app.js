@@ -93,11 +93,37 @@ async function overview(root) {
             w.mem_total_mb ? (w.mem_available_mb + " / " + w.mem_total_mb + " MB") : "", ago(w.seen)]),
           "No live worker of this resource manager."),
         h("p", { class: "muted", text: "kernels: " + (Object.entries(rm.kernels).map(([k, v]) => k + " " + v).join(", ") || "none") }),
+        rmReport(rm),
       )) : h("p", { class: "muted", text: "No worker is live and no kernel is known." })),
     );
   };
   await load();
   every(5000, () => load().catch(() => {}));
+}
+
+// rmReport shows what a worker reported of its resource manager (YARN:
+// cluster metrics and queues).
+function rmReport(rm) {
+  const w = rm.workers.find((w) => w.cluster);
+  const err = rm.workers.find((w) => w.cluster_error);
+  if (!w) return err ? h("p", { class: "error", text: "the resource manager did not answer: " + err.cluster_error }) : null;
+  const c = w.cluster, m = c.metrics || {};
+  return h("div", { class: "rm-report" },
+    h("div", { class: "cards" },
+      h("section", { class: "card", "aria-label": "memory" }, h("h3", { text: "Memory" }),
+        h("div", { class: "num", text: (m.allocatedMB ?? 0) + " / " + (m.totalMB ?? 0) + " MB" })),
+      h("section", { class: "card", "aria-label": "vcores" }, h("h3", { text: "vCores" }),
+        h("div", { class: "num", text: (m.allocatedVirtualCores ?? 0) + " / " + (m.totalVirtualCores ?? 0) })),
+      h("section", { class: "card", "aria-label": "applications" }, h("h3", { text: "Applications" }),
+        h("div", { class: "num", id: "yarn-apps", text: m.appsRunning ?? 0 }),
+        h("div", { class: "muted", text: (m.appsPending ?? 0) + " pending, " + (m.containersAllocated ?? 0) + " containers" })),
+      h("section", { class: "card", "aria-label": "nodes" }, h("h3", { text: "Nodes" }),
+        h("div", { class: "num", id: "yarn-nodes", text: m.activeNodes ?? 0 }),
+        h("div", { class: "muted", text: (m.unhealthyNodes ?? 0) + " unhealthy, " + (m.lostNodes ?? 0) + " lost" }))),
+    c.queues ? table(["queue (" + (c.scheduler || "") + ")", "state", "used MB", "used vCores", "max", "active apps"],
+      c.queues.map((q) => [q.path, q.state || "", q.used_mb, q.used_vcores,
+        q.max_mb ? q.max_mb + " MB" : q.abs_max_capacity ? q.abs_max_capacity + " %" : "", q.active_apps]), "No queues.") : null,
+    c.web && /^https?:\/\//.test(c.web) ? h("p", {}, h("a", { href: c.web + "/cluster", rel: "noopener", text: "ResourceManager" })) : null);
 }
 
 // ---- kernels ------------------------------------------------------------------
@@ -125,6 +151,13 @@ async function kernels(root) {
       h("label", { for: "kernel-search" }, "Search", q), h("label", { for: "kernel-state" }, "State", st)),
     err, msg, box);
   const specs = await api("GET", "api/kernelspecs");
+  try {
+    const cl = await api("GET", "api/cluster");
+    for (const [name, rm] of Object.entries(cl.resource_managers)) {
+      const w = rm.workers.find((w) => w.cluster && w.cluster.web);
+      if (w) rmWeb[name] = w.cluster.web;
+    }
+  } catch { /* links to the resource manager are a nicety */ }
   spec.replaceChildren(...Object.keys(specs.kernelspecs).sort().map((n) =>
     h("option", { value: n, selected: n === specs.default, text: specs.kernelspecs[n].spec.display_name + " (" + n + ")" })));
 
@@ -169,11 +202,13 @@ async function kernels(root) {
 
 // where a kernel runs: host, YARN application (linked to the RM's page
 // when the handle names it), or pod.
+let rmWeb = {}; // resource manager -> its web address, from /api/cluster
 function where(k) {
   let hd = {};
   try { hd = k.handle ? (typeof k.handle === "string" ? JSON.parse(k.handle) : k.handle) : {}; } catch { hd = {}; }
   const app = hd.app_id || hd.application_id;
-  if (app && hd.tracking_url && /^https?:\/\//.test(hd.tracking_url)) return h("a", { href: hd.tracking_url, rel: "noopener", text: app });
+  const web = rmWeb[k.rm];
+  if (app && web && /^https?:\/\//.test(web)) return h("a", { href: web + "/cluster/app/" + encodeURIComponent(app), rel: "noopener", text: app });
   if (app) return app;
   if (hd.pod) return (hd.namespace ? hd.namespace + "/" : "") + hd.pod;
   return k.host || "";
