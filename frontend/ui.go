@@ -373,11 +373,13 @@ func (s *Server) getCluster(c *fiber.Ctx) error {
 	type rmView struct {
 		Workers []json.RawMessage `json:"workers"`
 		Kernels map[string]int    `json:"kernels"`
+		// PerHost counts the live kernels on each host (ssh, local).
+		PerHost map[string]int `json:"kernels_per_host"`
 	}
 	rms := map[string]*rmView{}
 	view := func(rm string) *rmView {
 		if rms[rm] == nil {
-			rms[rm] = &rmView{Workers: []json.RawMessage{}, Kernels: map[string]int{}}
+			rms[rm] = &rmView{Workers: []json.RawMessage{}, Kernels: map[string]int{}, PerHost: map[string]int{}}
 		}
 		return rms[rm]
 	}
@@ -405,6 +407,9 @@ func (s *Server) getCluster(c *fiber.Ctx) error {
 		}
 		byState[string(k.State)]++
 		view(k.RM).Kernels[string(k.State)]++
+		if k.Host != "" && !k.State.Terminal() {
+			view(k.RM).PerHost[k.Host]++
+		}
 	}
 	f := broker.EventFilter{Types: []string{broker.EvRequested, broker.EvStartFailed}, Since: time.Now().Add(-time.Hour)}
 	if !who.IsAdmin() {

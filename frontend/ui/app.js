@@ -108,6 +108,19 @@ function rmReport(rm) {
   const err = rm.workers.find((w) => w.cluster_error);
   if (!w) return err ? h("p", { class: "error", text: "the resource manager did not answer: " + err.cluster_error }) : null;
   const c = w.cluster, m = c.metrics || {};
+  if (c.hosts) { // ssh: the pool's hosts and their health
+    return table(["host", "kernels", "health"], c.hosts.map((x) => [x.host, (rm.kernels_per_host || {})[x.host] || 0,
+      x.healthy ? h("span", { class: "ok", text: "healthy" }) : h("span", { class: "error", text: "unhealthy: " + x.reason })]), "No hosts configured.");
+  }
+  if (c.nodes || c.kernel_pods) { // kubernetes: nodes and kernel pods
+    return h("div", { class: "rm-report" },
+      c.nodes ? table(["node", "ready", "allocatable CPU", "allocatable memory", "GPUs", "kernel pods", "kernel CPU requested", "kernel memory requested"],
+        c.nodes.map((n) => [n.name, n.ready ? "yes" : "no", n.allocatable_cpu, n.allocatable_memory, n.allocatable_gpus || "",
+          n.kernel_pods, n.kernel_cpu_requested_milli + " m", n.kernel_memory_requested_mb + " MB"]), "No nodes.")
+        : h("p", { class: "muted", text: "nodes: " + (c.nodes_error || "not readable") }),
+      table(["namespace", "kernel pods by phase"], Object.entries(c.kernel_pods || {}).sort().map(([ns, ph]) =>
+        [ns, Object.entries(ph).map(([p, n]) => p + " " + n).join(", ")]), "No kernel pods."));
+  }
   return h("div", { class: "rm-report" },
     h("div", { class: "cards" },
       h("section", { class: "card", "aria-label": "memory" }, h("h3", { text: "Memory" }),
