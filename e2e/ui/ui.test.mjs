@@ -206,6 +206,7 @@ async function main() {
   // Until kernel environments are served, the page's probe answers 404.
   allowFailedLoad = "/api/environments";
   await visit(page, "#/environments", "environments");
+  await page.waitForSelector("#env-unavailable, #env-form");
   allowFailedLoad = null;
   await shot(page, "environments");
   await visit(page, "#/overview", "overview");

@@ -296,18 +296,82 @@ async function specDetails(root, name) {
   h("h2", { text: "Metadata" }), h("pre", { text: JSON.stringify(sp.metadata || {}, null, 2) }));
 }
 
-// ---- environments (the form's backend is POST /api/environments) ----------
+// ---- environments (REST: /api/environments, its options and build log) ----
 
 async function environments(root) {
   root.append(h("h1", { text: "Kernel environments" }));
-  try {
-    const envs = await api("GET", "api/environments");
-    root.append(table(["name", "state"], (envs.environments || envs || []).map((e) => [e.name, e.state || ""]), "No environments yet."));
-  } catch (e) {
-    root.append(h("p", { class: "muted", text: e.status === 404
-      ? "Kernel environments are not served by this gateway build (POST /api/environments)."
-      : e.message }));
+  let opts;
+  try { opts = await api("GET", "api/environments/options"); } catch (e) {
+    root.append(h("p", { class: "muted", id: "env-unavailable", text: e.status === 404
+      ? "Kernel environments are not served by this gateway build (/api/environments)." : e.message }));
+    return;
   }
+  const err = alertBox(), msg = h("p", { role: "status", class: "ok" });
+  const list = h("div", { id: "env-list" });
+  const log = h("pre", { id: "env-log", hidden: true });
+  const progress = h("progress", { id: "env-progress", max: 100, value: 0, hidden: true });
+  const load = async () => {
+    const envs = await api("GET", "api/environments");
+    list.replaceChildren(table(["name", "display name", "python", "RM", "owner", "state", "kernelspec", ""],
+      envs.map((e) => [e.name, e.display_name, e.python, e.rm, e.owner,
+        e.state + (e.state === "building" ? " " + e.progress + " %" : "") + (e.message ? ": " + e.message : ""),
+        e.kernelspec ? h("a", { href: "#/specs/" + encodeURIComponent(e.kernelspec), text: e.kernelspec }) : "",
+        h("button", { type: "button", "aria-label": "Delete environment " + e.name, text: "Delete", onclick: async () => {
+          if (!confirm("Delete environment " + e.name + "? Its kernelspec goes; running kernels keep running.")) return;
+          try { await api("DELETE", "api/environments/" + encodeURIComponent(e.name)); await load(); } catch (x) { err.textContent = x.message; }
+        } })]), "No environments yet."));
+  };
+  const follow = (env) => {
+    log.hidden = false; progress.hidden = false;
+    log.textContent = "";
+    const url = env.log && env.log.startsWith("/") ? env.log : base + "api/environments/" + encodeURIComponent(env.name) + "/log";
+    const es = new EventSource(url, { withCredentials: true });
+    cleanup.push(() => es.close());
+    es.onmessage = (m) => {
+      let d; try { d = JSON.parse(m.data); } catch { return; }
+      if (d.line) log.textContent += d.line + "\n";
+      if (typeof d.progress === "number") progress.value = d.progress;
+      if (d.state === "ready" || d.state === "failed") {
+        es.close();
+        msg.textContent = "Environment " + env.name + ": " + d.state + ".";
+        load().catch(() => {});
+      }
+    };
+  };
+  const f = (id, label, el) => h("label", { for: id }, label, el);
+  const inp = (id, attrs) => h("input", { id, name: id.replace("env-", ""), ...attrs });
+  const pySel = h("select", { id: "env-python" }, (opts.pythons || []).map((p) => h("option", { value: p, text: p })));
+  const rmSel = h("select", { id: "env-rm" }, (opts.rms || []).map((r) => h("option", { value: r, text: r })));
+  const reqs = h("textarea", { id: "env-requirements", rows: 4, placeholder: "one requirement a line, e.g. six==1.16.0" });
+  const conda = h("textarea", { id: "env-conda", rows: 2, disabled: !opts.conda,
+    placeholder: opts.conda ? "conda packages, one a line" : "the build hosts have no conda" });
+  const lim = opts.limits || {};
+  const res = ["memory_mb", "cpus", "gpus", "executors"].map((k) =>
+    [k, inp("env-" + k, { type: "number", min: 0, max: lim[k] || undefined, placeholder: lim[k] ? "at most " + lim[k] : "" })]);
+  const submit = h("button", { type: "submit", text: "Create environment" });
+  const form = h("form", { class: "limits", id: "env-form", onsubmit: async (ev) => {
+    ev.preventDefault();
+    err.textContent = ""; msg.textContent = "";
+    const resources = {};
+    for (const [k, el] of res) if (el.value) resources[k] = Number(el.value);
+    const body = { name: form.querySelector("#env-name").value.trim(), display_name: form.querySelector("#env-display").value.trim(),
+      python: pySel.value, requirements: reqs.value, rm: rmSel.value, resources,
+      conda: conda.value.split("\n").map((x) => x.trim()).filter(Boolean) };
+    submit.disabled = true;
+    try {
+      const env = await api("POST", "api/environments", body);
+      msg.textContent = "Environment " + env.name + " accepted; building…";
+      await load();
+      follow(env);
+    } catch (e) { err.textContent = e.message; } finally { submit.disabled = false; }
+  } },
+  f("env-name", "name", inp("env-name", { required: true, pattern: "[a-z][a-z0-9_-]*", autocomplete: "off" })),
+  f("env-display", "display name", inp("env-display", { autocomplete: "off" })),
+  f("env-python", "Python", pySel), f("env-rm", "resource manager", rmSel),
+  res.map(([k, el]) => f("env-" + k, k.replace("_mb", " (MB)"), el)),
+  f("env-requirements", "pip requirements", reqs), f("env-conda", "conda packages", conda), submit);
+  root.append(list, h("h2", { text: "New environment" }), form, err, msg, progress, log);
+  await load();
 }
 
 // ---- admin ------------------------------------------------------------------
