@@ -51,7 +51,17 @@ async function poll(what, fn, timeoutMs = 60000) {
 const timings = {};
 const consoleErrors = [];
 let allowFailedLoad = null; // a URL part whose failed load is expected (a refused start)
-let serve, browser, base, aliceToken, rootToken;
+let serve, browser, base, aliceToken, rootToken, jupyter, jupyterBase, jupyterToken;
+
+// lab calls jupyter_server's REST API, as JupyterLab does.
+async function lab(method, path, body) {
+  const r = await fetch(jupyterBase + path, {
+    method, headers: { Authorization: "token " + jupyterToken, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
 
 async function rest(method, path, token, body) {
   const r = await fetch(base + path, {
@@ -127,6 +137,24 @@ async function main() {
   serve.log = log;
   await poll("kernelbus serve to be ready", async () => (await fetch(base + "readyz")).ok);
 
+  // JupyterLab's side: a real jupyter_server in gateway mode, signed in
+  // to the gateway as alice.
+  const jport = await freePort();
+  jupyterToken = "jt-" + Date.now();
+  const jenv = { ...env, JUPYTER_GATEWAY_AUTH_TOKEN: aliceToken, JUPYTER_CONFIG_DIR: join(work, "jcfg"),
+    JUPYTER_DATA_DIR: join(work, "jdata"), JUPYTER_RUNTIME_DIR: join(work, "jrun"), JUPYTER_PLATFORM_DIRS: "1" };
+  for (const k of Object.keys(jenv)) if (k.startsWith("KERNEL_")) delete jenv[k];
+  mkdirSync(join(work, "root"), { recursive: true });
+  jupyter = spawn(join(venv, "bin", "python"), ["-m", "jupyter_server", "--no-browser", "--allow-root",
+    "--ServerApp.ip=127.0.0.1", `--ServerApp.port=${jport}`, "--ServerApp.port_retries=0",
+    `--IdentityProvider.token=${jupyterToken}`, `--ServerApp.root_dir=${join(work, "root")}`, `--gateway-url=${base}`],
+  { env: jenv, stdio: ["ignore", "pipe", "pipe"] });
+  jupyter.log = [];
+  jupyter.stdout.on("data", (d) => jupyter.log.push(d));
+  jupyter.stderr.on("data", (d) => jupyter.log.push(d));
+  jupyterBase = `http://127.0.0.1:${jport}/`;
+  await poll("jupyter_server to be ready", async () => (await fetch(jupyterBase + "api/status?token=" + jupyterToken)).ok, 90000);
+
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
@@ -148,8 +176,8 @@ async function main() {
   }
   await shot(page, "overview-user");
 
-  // A kernel started through REST appears in the table ...
-  const started = await rest("POST", "api/kernels", aliceToken, { name: "python3" });
+  // A kernel started from JupyterLab's side appears in the table ...
+  const started = await lab("POST", "api/kernels", { name: "python3" });
   assert.equal(started.status, 201, JSON.stringify(started.body));
   const kid = started.body.id;
   await visit(page, "#/kernels", "kernels");
@@ -173,9 +201,9 @@ async function main() {
   assert.doesNotMatch(rec, /object HTMLElement/);
   await page.waitForSelector("#timeline-status:text('live')", { timeout: 15000 });
   await shot(page, "kernel-timeline");
-  // Shut down from JupyterLab's side (the REST API): the live timeline
-  // shows it, and the kernel leaves the table.
-  const del = await rest("DELETE", "api/kernels/" + kid, aliceToken);
+  // Shut down from JupyterLab's side: the live timeline shows it, and
+  // the kernel leaves the table.
+  const del = await lab("DELETE", "api/kernels/" + kid);
   assert.equal(del.status, 204);
   await page.waitForSelector('#timeline li[data-type="shutdown_requested"], #timeline li[data-type="terminated"]', { timeout: 15000 });
   await shot(page, "kernel-timeline-ended");
@@ -271,6 +299,11 @@ try {
   writeFileSync(join(artifacts, "timings.json"), JSON.stringify(timings, null, 2) + "\n");
   console.log("page load times (ms):", timings);
   if (browser) await browser.close().catch(() => {});
+  if (jupyter) {
+    if (failed) console.error("--- jupyter_server log tail ---\n" + Buffer.concat(jupyter.log).toString().split("\n").slice(-20).join("\n"));
+    jupyter.kill("SIGTERM");
+    await poll("jupyter_server to exit", () => jupyter.exitCode !== null || jupyter.signalCode !== null, 20000).catch(() => jupyter.kill("SIGKILL"));
+  }
   if (serve) {
     serve.kill("SIGTERM");
     await poll("kernelbus serve to exit", () => serve.exitCode !== null || serve.signalCode !== null, 20000).catch(() => serve.kill("SIGKILL"));
