@@ -266,6 +266,9 @@ async function main() {
   await page.waitForSelector("#view p[role=alert]:has-text('max_kernels')", { timeout: 15000 });
   allowFailedLoad = null;
   await shot(page, "start-refused");
+  // Interrupt from the table, confirmed (the dialog handler accepts).
+  await page.click(`#act-interrupt-${one.body.id}`);
+  await page.waitForSelector(`p[role=status]:has-text('Interrupt: done for ${one.body.id}')`, { timeout: 15000 });
   // A user cannot reach the admin API from the page either.
   allowFailedLoad = "/api/admin/limits";
   const forbidden = await page.evaluate(async () => (await fetch("../api/admin/limits")).status);
