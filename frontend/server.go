@@ -43,6 +43,10 @@ type Server struct {
 	// session signing (ui.go).
 	limits *adminLimits
 	ui     *uiState
+	// envs holds kernel environments (environments.go); resolving bounds
+	// pip resolvers running at once.
+	envs      *kbjs.Envs
+	resolving chan struct{}
 
 	// ctx ends at Shutdown; every goroutine the server starts watches it
 	// and is counted in wg.
@@ -128,6 +132,10 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 		return fail(err)
 	}
 	if err := s.state.start(sctx, s); err != nil {
+		return fail(err)
+	}
+	s.resolving = make(chan struct{}, 2)
+	if err := s.startEnvironments(sctx); err != nil {
 		return fail(err)
 	}
 	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
@@ -253,6 +261,12 @@ func (s *Server) routes() *fiber.App {
 	g.Get("/api/sessions/:id", s.getSession)
 	g.Patch("/api/sessions/:id", s.patchSession)
 	g.Delete("/api/sessions/:id", s.deleteSession)
+	g.Get("/api/environments", s.listEnvironments)
+	g.Post("/api/environments", s.postEnvironment)
+	g.Get("/api/environments/options", s.envOptions)
+	g.Get("/api/environments/:name", s.getEnvironment)
+	g.Delete("/api/environments/:name", s.deleteEnvironment)
+	g.Get("/api/environments/:name/log", s.environmentLog)
 	g.Get("/api/events", s.listEvents)
 	g.Get("/api/events/stream", s.streamEvents)
 	// The platform's pages read these (ui.go, admin_limits.go).
