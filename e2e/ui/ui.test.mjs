@@ -235,6 +235,13 @@ async function main() {
   allowFailedLoad = "/api/environments";
   await visit(page, "#/environments", "environments");
   await page.waitForSelector("#env-unavailable, #env-form");
+  if (await page.$("#env-form")) {
+    // A package that does not exist is refused, naming it (pip's resolver).
+    await page.fill("#env-name", "uibad");
+    await page.fill("#env-requirements", "kb-no-such-package-4711");
+    await page.click("#env-form button[type=submit]");
+    await page.waitForSelector("#view p[role=alert]:has-text('kb-no-such-package-4711')", { timeout: 120000 });
+  }
   allowFailedLoad = null;
   await shot(page, "environments");
   await visit(page, "#/overview", "overview");

@@ -365,7 +365,7 @@ async function environments(root) {
       follow(env);
     } catch (e) { err.textContent = e.message; } finally { submit.disabled = false; }
   } },
-  f("env-name", "name", inp("env-name", { required: true, pattern: "[a-z][a-z0-9_-]*", autocomplete: "off" })),
+  f("env-name", "name", inp("env-name", { required: true, pattern: "[a-z][a-z0-9_\\-]*", autocomplete: "off" })),
   f("env-display", "display name", inp("env-display", { autocomplete: "off" })),
   f("env-python", "Python", pySel), f("env-rm", "resource manager", rmSel),
   res.map(([k, el]) => f("env-" + k, k.replace("_mb", " (MB)"), el)),
