@@ -12,6 +12,7 @@ var EventTypes = []string{
 	EvRequested, EvClaimed, EvSubmitted, EvStarted, EvStartFailed, EvInterrupted,
 	EvRestartRequested, EvRestarted, EvDied, EvAutoRestarted, EvCulled,
 	EvShutdownRequest, EvTerminated, EvLost, EvClientConnected, EvClientLeft,
+	EvWarmStarted, EvWarmClaimed, EvWarmReaped,
 }
 
 // EventFilter selects events for replay.

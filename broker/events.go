@@ -27,6 +27,12 @@ const (
 	EvLost             = "lost"
 	EvClientConnected  = "client_connected"
 	EvClientLeft       = "client_disconnected"
+	// EvWarmStarted: a worker's warm keeper asked for a warm kernel;
+	// EvWarmClaimed: a start request took one (the event's user is who);
+	// EvWarmReaped: the keeper ended one that nobody took.
+	EvWarmStarted = "warm_started"
+	EvWarmClaimed = "warm_claimed"
+	EvWarmReaped  = "warm_reaped"
 )
 
 // Event is one durable lifecycle record on kb.evt.<kernel>.<type>.

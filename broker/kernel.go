@@ -82,7 +82,35 @@ type Kernel struct {
 	// Spec and Env against their own kernelspecs and env policy
 	// (workers.Pool), so whoever writes a record cannot pick the argv.
 	Launch *LaunchConfig `json:"launch,omitempty"`
+	// Warm is set on a kernel a worker pool started ahead of any request
+	// (a warm pool); Claimed stays zero until a start request takes it.
+	Warm *Warm `json:"warm,omitempty"`
 }
+
+// Warm says where a pre-started kernel came from and when it was taken.
+type Warm struct {
+	// Pool is the warm pool's key: "<rm>/<spec>".
+	Pool string `json:"pool"`
+	// Keeper is the worker whose warm keeper started it.
+	Keeper string    `json:"keeper"`
+	Since  time.Time `json:"since"`
+	// Claimed is when a start request took it, zero while it waits.
+	Claimed time.Time `json:"claimed,omitzero"`
+	// Digest identifies the kernelspec it was started from, so a kernel
+	// of a changed spec is reaped rather than handed out.
+	Digest string `json:"digest,omitempty"`
+	// Accept names client env variables a request may set and still take
+	// it (the operator's warm pool setting); the kernel does not have them.
+	Accept []string `json:"accept,omitempty"`
+}
+
+// WarmIdle reports whether k is a warm kernel no request has taken yet:
+// it belongs to the pool, to no user, and only the keeper and a claiming
+// front-end may touch it.
+func (k *Kernel) WarmIdle() bool { return k.Warm != nil && k.Warm.Claimed.IsZero() }
+
+// WarmPoolKey is the key of the warm pool of spec on resource manager rm.
+func WarmPoolKey(rm, spec string) string { return rm + "/" + spec }
 
 // NotebookSession is a Jupyter /api/sessions entry, in kb_nbsessions.
 type NotebookSession struct {

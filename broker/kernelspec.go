@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -190,4 +192,20 @@ func SubstituteArgv(argv []string, vars map[string]string) []string {
 		out[i] = a
 	}
 	return out
+}
+
+// Digest identifies what a kernel of the spec is started from (argv, env,
+// interrupt mode, language, metadata): two specs with the same digest
+// start the same kernel. Warm kernels carry it, so a kernel started from
+// an older version of a spec is never handed out.
+func (s *KernelSpec) Digest() string {
+	b, _ := json.Marshal(struct {
+		Argv     []string          `json:"argv"`
+		Env      map[string]string `json:"env"`
+		Mode     string            `json:"interrupt_mode"`
+		Language string            `json:"language"`
+		Metadata map[string]any    `json:"metadata"`
+	}{s.Argv, s.Env, s.InterruptMode, s.Language, s.Metadata})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,9 @@ func (s *Server) model(k *broker.Kernel) KernelModel {
 	a, hasActivity := s.state.activityOf(k.ID)
 	if hasActivity && !a.LastActivity.IsZero() {
 		last = a.LastActivity
+	}
+	if k.Warm != nil && last.Before(k.Warm.Claimed) {
+		last = k.Warm.Claimed // a warm kernel is new to whoever took it
 	}
 	m.LastActivity = last.UTC().Format(lastActivityLayout)
 	switch {
@@ -87,7 +91,13 @@ func (s *Server) readKernel(ctx context.Context, id string) (*broker.Kernel, uin
 	if !validKernelID(id) {
 		return nil, 0, kernelNotFound(id)
 	}
-	return s.bus.GetKernel(ctx, id)
+	k, rev, err := s.bus.GetKernel(ctx, id)
+	if err == nil && k.WarmIdle() {
+		// A warm kernel belongs to no one until a start request takes
+		// it: nobody may connect to, restart or stop it by its id.
+		return nil, 0, kernelNotFound(id)
+	}
+	return k, rev, err
 }
 
 // validKernelID accepts what can be one token of a subject and a KV key.
@@ -198,6 +208,10 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 		}
 	}
 
+	if k, err := s.claimWarm(spec, rm, env, user, reqID, lim.MaxKernels); k != nil || err != nil {
+		return k, err
+	}
+
 	ctx, cancel := context.WithTimeout(s.ctx, timeout+10*time.Second)
 	defer cancel()
 	// JEG lets a client choose the id (KERNEL_ID, a UUID) of a new kernel.
@@ -250,13 +264,13 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	if err := s.bus.Emit(ctx, ev); err != nil {
 		log.Warn().Err(err).Msg("emit requested event")
 	}
-	// Watch before asking, so no transition can slip by.
-	w, err := s.watchKernel(ctx, k.ID)
-	if err != nil {
-		s.failStart(k.ID, "the front-end could not watch the kernel record: "+err.Error(), reqID, actorOf(who))
-		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not watch the new kernel")
-	}
-	defer func() { _ = w.Stop() }()
+	// Listen before asking, so no transition can slip by. The state's
+	// watcher of every record tells this start about its own: a watch
+	// per start was a consumer per start, created through the JetStream
+	// API, which capped concurrent starts. A slow poll covers a watcher
+	// that is catching up after the bus lost a node.
+	changed, unlisten := s.state.listen(k.ID)
+	defer unlisten()
 	if err := s.bus.Request(ctx, broker.VerbStart, rm, k.ID, broker.StartRequest{KernelID: k.ID, RequestID: reqID}); err != nil {
 		s.failStart(k.ID, "the start request could not be queued: "+err.Error(), reqID, actorOf(who))
 		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not queue the start of kernel %s", k.ID)
@@ -265,33 +279,38 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 
 	timer := time.NewTimer(time.Until(k.Deadline))
 	defer timer.Stop()
+	poll := time.NewTicker(2 * time.Second)
+	defer poll.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return nil, broker.Errorf(broker.ErrUnavailable, "front-end shutting down while kernel %s starts", k.ID)
 		case <-timer.C:
 			return s.startTimedOut(k, timeout, reqID, actorOf(who))
-		case e, ok := <-w.Updates():
-			if !ok {
-				return s.startTimedOut(k, timeout, reqID, actorOf(who))
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
+		case <-poll.C:
+			if cur, rev, err := s.bus.GetKernel(ctx, k.ID); err == nil {
+				s.state.putKernel(cur.ID, cur, rev, false)
+			} else if errors.Is(err, broker.ErrKernelNotFound) {
 				return nil, broker.Errorf(broker.ErrStartFailed, "Kernel %s was removed while it started", k.ID)
 			}
-			var cur broker.Kernel
-			if json.Unmarshal(e.Value(), &cur) != nil {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		case <-changed:
+			cur, deleted := s.state.record(k.ID)
+			if deleted {
+				return nil, broker.Errorf(broker.ErrStartFailed, "Kernel %s was removed while it started", k.ID)
+			}
+			if cur == nil {
 				continue
 			}
-			s.state.putKernel(cur.ID, &cur, e.Revision(), false)
 			switch {
 			case cur.State == broker.StateRunning || cur.State == broker.StateRestarting:
 				log.Info().Str("host", cur.Host).Msg("kernel running")
-				return &cur, nil
+				return cur, nil
 			case cur.State.Terminal():
-				return nil, startFailed(&cur)
+				return nil, startFailed(cur)
 			}
 		}
 	}
@@ -541,4 +560,119 @@ func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
 	s.state.putKernel(id, nil, s.state.rev(id)+1, false)
 	s.log.Info().Str("kernel_id", id).Bool("launcher_confirmed", stopped).Msg("kernel shut down")
 	return nil
+}
+
+// warmServes says why warm kernel k of resource manager rm cannot serve a
+// request with the client's filtered env exactly as asked, or "" when it
+// can. A warm kernel was started with the spec's env and no user: what a
+// request adds at launch (custom env, a chosen id, the user a YARN or SSH
+// kernel is impersonated as) cannot be applied to a process that already
+// runs. Only its owner and launch timeout can, and what the operator's
+// warm pool accepts (Warm.Accept) is let through.
+func warmServes(k *broker.Kernel, rm string, env map[string]string) string {
+	for name := range env {
+		switch {
+		case name == broker.EnvLaunchTimeout, slices.Contains(k.Warm.Accept, name):
+		case name == broker.EnvUsername:
+			if rm != broker.RMLocal {
+				// Remote kernels run as KERNEL_USERNAME; local ones as
+				// the worker's user whoever asks.
+				return "the kernel must run as " + name
+			}
+		default:
+			return "the request sets " + name
+		}
+	}
+	return ""
+}
+
+// claimWarm hands the request a warm kernel of spec if one can serve it
+// exactly, or returns nil (then the start is a cold one). The record is
+// taken by compare-and-swap on its still being idle, so two front-ends
+// never hand out the same kernel and a keeper never reaps a taken one.
+func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string, maxKernels int) (*broker.Kernel, error) {
+	pool := broker.WarmPoolKey(rm, spec.Name)
+	digest := spec.Digest()
+	var cands []*broker.Kernel
+	why := ""
+	for _, c := range s.state.warmIdle(pool) {
+		if c.Warm.Digest != digest {
+			continue
+		}
+		if why = warmServes(c, rm, env); why == "" {
+			cands = append(cands, c)
+		}
+	}
+	if len(cands) == 0 {
+		if why != "" {
+			s.log.Debug().Str("spec", spec.Name).Str("why", why).Msg("cold start: no warm kernel can serve the request")
+		}
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	// A warm kernel handed to a user is that user's kernel: it takes one
+	// of their slots like a cold start, before it is taken.
+	slot := ""
+	if maxKernels > 0 && user != "" {
+		var err error
+		if slot, err = s.slots.acquire(ctx, user, cands[0].ID, maxKernels); err != nil {
+			return nil, err
+		}
+	}
+	errTaken := errors.New("taken")
+	for _, c := range cands {
+		k, err := s.bus.UpdateKernel(ctx, c.ID, func(k *broker.Kernel) error {
+			if !k.WarmIdle() || k.State != broker.StateRunning || k.Warm.Digest != digest || k.Warm.Pool != pool {
+				return errTaken
+			}
+			k.User, k.Owner, k.Warm.Claimed = user, user, time.Now().UTC()
+			return nil
+		})
+		if err != nil {
+			continue
+		}
+		if slot != "" && k.ID != cands[0].ID {
+			s.slots.moved(ctx, slot, k.ID)
+		}
+		s.state.putKernel(k.ID, k, s.state.rev(k.ID)+1, false)
+		ev := broker.NewEvent(broker.EvWarmClaimed, k)
+		who := user
+		if who == "" {
+			who = "an anonymous client"
+		}
+		ev.ID, ev.Source, ev.RequestID = broker.EventID(k.ID, broker.EvWarmClaimed), "frontend", reqID
+		ev.Reason = "warm kernel handed to " + who
+		s.emit(ev)
+		s.log.Info().Str("kernel_id", k.ID).Str("spec", spec.Name).Str("user", user).Str("request_id", reqID).Msg("warm kernel handed out")
+		return k, nil
+	}
+	if slot != "" {
+		s.slots.releaseKey(ctx, slot, cands[0].ID)
+	}
+	return nil, nil
+}
+
+// WarmModel is a warm kernel nobody took, as GET /api/warm shows it to
+// administrators.
+type WarmModel struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Pool   string `json:"pool"`
+	Keeper string `json:"keeper"`
+	Since  string `json:"since"`
+	State  string `json:"state"`
+}
+
+// listWarm shows administrators the warm kernels that wait for a request.
+func (s *Server) listWarm(c *fiber.Ctx) error {
+	if !identityOf(c).IsAdmin() {
+		return broker.Errorf(broker.ErrForbidden, "only administrators may list warm kernels")
+	}
+	out := []WarmModel{}
+	for _, k := range s.state.warmAll() {
+		out = append(out, WarmModel{ID: k.ID, Name: k.Spec, Pool: k.Warm.Pool, Keeper: k.Warm.Keeper,
+			Since: k.Warm.Since.UTC().Format(lastActivityLayout), State: string(k.State)})
+	}
+	return c.JSON(out)
 }

@@ -268,6 +268,7 @@ func (s *Server) routes() *fiber.App {
 	g.Delete("/api/environments/:name", s.deleteEnvironment)
 	g.Get("/api/environments/:name/log", s.environmentLog)
 	g.Get("/api/events", s.listEvents)
+	g.Get("/api/warm", s.listWarm)
 	g.Get("/api/events/stream", s.streamEvents)
 	// The platform's pages read these (ui.go, admin_limits.go).
 	g.Get("/api/me", s.getMe)

@@ -25,6 +25,8 @@ type state struct {
 	activity map[string]activityEntry
 	// sessions: kernel id -> kb_sessions key -> entry.
 	sessions map[string]map[string]sessionEntry
+	// listeners are told when a kernel's entry changes (listen).
+	listeners map[string][]chan struct{}
 }
 
 type kernelEntry struct {
@@ -46,9 +48,10 @@ type sessionEntry struct {
 
 func newState() *state {
 	return &state{
-		kernels:  map[string]kernelEntry{},
-		activity: map[string]activityEntry{},
-		sessions: map[string]map[string]sessionEntry{},
+		kernels:   map[string]kernelEntry{},
+		activity:  map[string]activityEntry{},
+		sessions:  map[string]map[string]sessionEntry{},
+		listeners: map[string][]chan struct{}{},
 	}
 }
 
@@ -132,6 +135,50 @@ func (st *state) putKernel(id string, rec *broker.Kernel, rev uint64, fromWatche
 	} else {
 		st.kernels[id] = kernelEntry{rev: rev, deleted: true, at: time.Now()}
 	}
+	for _, ch := range st.listeners[id] {
+		select {
+		case ch <- struct{}{}:
+		default: // one wake-up pending is enough: the listener reads the entry
+		}
+	}
+}
+
+// listen returns a channel that receives (at most one pending) signal each
+// time kernel id's entry changes, and the function that stops it. It also
+// serves the caller's own wake-ups (a poll), hence bidirectional.
+func (st *state) listen(id string) (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	st.mu.Lock()
+	st.listeners[id] = append(st.listeners[id], ch)
+	st.mu.Unlock()
+	return ch, func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		ls := st.listeners[id]
+		for i, c := range ls {
+			if c == ch {
+				ls = append(ls[:i], ls[i+1:]...)
+				break
+			}
+		}
+		if len(ls) == 0 {
+			delete(st.listeners, id)
+		} else {
+			st.listeners[id] = ls
+		}
+	}
+}
+
+// record returns the entry of kernel id: its record (nil if unknown) and
+// whether it was deleted.
+func (st *state) record(id string) (*broker.Kernel, bool) {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	e, ok := st.kernels[id]
+	if !ok {
+		return nil, false
+	}
+	return e.rec, e.deleted
 }
 
 // rev returns the revision known for a kernel.
@@ -227,7 +274,7 @@ func (st *state) listKernels() []*broker.Kernel {
 	st.mu.RLock()
 	out := make([]*broker.Kernel, 0, len(st.kernels))
 	for _, e := range st.kernels {
-		if e.rec != nil && e.rec.State != broker.StateFailed && e.rec.State != broker.StateTerminated {
+		if e.rec != nil && e.rec.State != broker.StateFailed && e.rec.State != broker.StateTerminated && !e.rec.WarmIdle() {
 			out = append(out, e.rec)
 		}
 	}
@@ -247,7 +294,9 @@ func (st *state) counts(user string) (all, mine int) {
 	st.mu.RLock()
 	defer st.mu.RUnlock()
 	for _, e := range st.kernels {
-		if e.rec == nil || e.rec.State.Terminal() {
+		// Warm kernels nobody took count against the cluster's
+		// capacity (their pool's ceiling), not against users' limits.
+		if e.rec == nil || e.rec.State.Terminal() || e.rec.WarmIdle() {
 			continue
 		}
 		all++
@@ -288,4 +337,33 @@ func (st *state) sessionKeys(id string) []string {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// warmIdle returns the running warm kernels of warm pool key nobody took
+// yet, oldest first: the longest started are the most likely warmed up.
+func (st *state) warmIdle(pool string) []*broker.Kernel {
+	st.mu.RLock()
+	var out []*broker.Kernel
+	for _, e := range st.kernels {
+		if e.rec != nil && e.rec.WarmIdle() && e.rec.State == broker.StateRunning && e.rec.Warm.Pool == pool {
+			out = append(out, e.rec)
+		}
+	}
+	st.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Warm.Since.Before(out[j].Warm.Since) })
+	return out
+}
+
+// warmAll returns every warm kernel nobody took that has not ended.
+func (st *state) warmAll() []*broker.Kernel {
+	st.mu.RLock()
+	var out []*broker.Kernel
+	for _, e := range st.kernels {
+		if e.rec != nil && e.rec.WarmIdle() && !e.rec.State.Terminal() {
+			out = append(out, e.rec)
+		}
+	}
+	st.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Warm.Since.Before(out[j].Warm.Since) })
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -123,10 +124,25 @@ func Connect(opts ConnectOptions) (*nats.Conn, error) {
 		url = nats.DefaultURL
 	}
 	nc, err := nats.Connect(url, o...)
+	// A first connection that a busy server did not finish in time is
+	// tried again a few times (hundreds of launchers connect at once when
+	// kernels start in bulk); refused credentials are final.
+	for wait := 200 * time.Millisecond; err != nil && retryConnect(err) && wait <= 800*time.Millisecond; wait *= 2 {
+		time.Sleep(wait + time.Duration(rand.Int64N(int64(wait))))
+		nc, err = nats.Connect(url, o...)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// retryConnect reports whether a failed first connection is worth another
+// try: not when nothing listens or the server refused the credentials.
+func retryConnect(err error) bool {
+	return !errors.Is(err, nats.ErrNoServers) && !errors.Is(err, nats.ErrAuthorization) &&
+		!errors.Is(err, nats.ErrAuthExpired) && !errors.Is(err, nats.ErrAuthRevoked) &&
+		!errors.Is(err, nats.ErrAccountAuthExpired) && !errors.Is(err, nats.ErrBadTimeout)
 }
 
 // Layout sets retention and replication for the streams and buckets.

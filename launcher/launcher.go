@@ -229,6 +229,7 @@ func (l *launcher) run(ctx context.Context) (err error) {
 	}
 	l.dir = dir
 	defer os.RemoveAll(dir)
+	l.env = usableHome(l.env, dir)
 	l.connPath = connFilePath(dir, l.id)
 
 	if err := l.connect(ctx); err != nil {

@@ -291,3 +291,21 @@ func (p *process) uptime() time.Duration {
 	}
 	return time.Since(p.started)
 }
+
+// usableHome points the kernel's HOME at dir (the launcher's private
+// folder) when the HOME it would get is not a folder it can write: an
+// account like nobody has /nonexistent, and IPython, Jupyter and
+// matplotlib keep their state under HOME.
+func usableHome(env []string, dir string) []string {
+	for i, kv := range env {
+		if home, ok := strings.CutPrefix(kv, "HOME="); ok {
+			if home != "" && syscall.Access(home, 0o2|0o1) == nil {
+				return env
+			}
+			out := append([]string(nil), env...)
+			out[i] = "HOME=" + dir
+			return out
+		}
+	}
+	return append(env, "HOME="+dir)
+}

@@ -8,6 +8,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=$(mktemp -d)
+# Run as root, kernelbus runs local kernels as nobody, which must reach the clone's
+# kernelbus-launcher: mktemp's folder is 0700.
+chmod 755 "$work"
 pid=""
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then

@@ -58,4 +58,21 @@ import json, sys
 spec = json.load(open(sys.argv[1]))
 assert spec["argv"] and spec["language"] == "python", spec
 PY
+# A worker running as root runs local kernels as an unprivileged account (nobody by
+# default), which must be able to run this venv's python: every folder above the venv and
+# above the interpreter it links to needs o+x (search only, no listing), the venv itself o+rX.
+open_up() { # path: o+x on each folder from / down to path's folder (those we own)
+  local p d
+  p=$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")
+  d=$(dirname "$p")
+  while [ "$d" != / ]; do
+    if [ -O "$d" ] && [ -n "$(find "$d" -maxdepth 0 ! -perm -o=x)" ]; then
+      chmod o+x "$d" && echo "setup-python: chmod o+x $d (local kernels run as another account)" >&2
+    fi
+    d=$(dirname "$d")
+  done
+}
+open_up "$venv/bin/python"
+open_up "$(readlink -f "$venv/bin/python")"
+chmod -R o+rX "$venv" 2>/dev/null || true
 echo "setup-python: ok ($venv)" >&2

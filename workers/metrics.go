@@ -26,6 +26,8 @@ const (
 type poolMetrics struct {
 	starts   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	warm     *prometheus.CounterVec
+	rm       string
 }
 
 func newPoolMetrics(r prometheus.Registerer, p *Pool) (*poolMetrics, error) {
@@ -39,6 +41,11 @@ func newPoolMetrics(r prometheus.Registerer, p *Pool) (*poolMetrics, error) {
 			Help:    "Time from a kernel's request to its launcher reporting it running, for starts that succeeded, by resource manager.",
 			Buckets: metrics.StartBuckets,
 		}, []string{"rm"}),
+		warm: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metrics.Namespace, Name: "warm_kernels_total",
+			Help: "Warm kernels a worker's warm keeper started and reaped (idle lifetime passed, spec changed or gone, keeper gone), by resource manager.",
+		}, []string{"rm", "event"}),
+		rm: p.be.Name(),
 	}
 	if r == nil {
 		return m, nil
@@ -48,6 +55,9 @@ func newPoolMetrics(r prometheus.Registerer, p *Pool) (*poolMetrics, error) {
 		return nil, err
 	}
 	if m.duration, err = register(r, m.duration); err != nil {
+		return nil, err
+	}
+	if m.warm, err = register(r, m.warm); err != nil {
 		return nil, err
 	}
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -76,12 +86,19 @@ func register[C prometheus.Collector](r prometheus.Registerer, c C) (C, error) {
 	return c, nil
 }
 
-// countStart records the outcome of a start of k.
-func (p *Pool) countStart(k *broker.Kernel, outcome string) {
+// countStart records the outcome of a start of k, as of now.
+func (p *Pool) countStart(k *broker.Kernel, outcome string) { p.countStartAt(k, outcome, time.Now()) }
+
+// countStartAt records the outcome of a start of k that ended at end (the
+// record's update time when the worker polled it).
+func (p *Pool) countStartAt(k *broker.Kernel, outcome string, end time.Time) {
 	rm := p.be.Name()
 	p.met.starts.WithLabelValues(rm, outcome).Inc()
 	if outcome == OutcomeStarted && k != nil && !k.Created.IsZero() {
-		p.met.duration.WithLabelValues(rm).Observe(max(time.Since(k.Created), 0).Seconds())
+		if end.IsZero() || end.After(time.Now()) {
+			end = time.Now()
+		}
+		p.met.duration.WithLabelValues(rm).Observe(max(end.Sub(k.Created), 0).Seconds())
 	}
 }
 
@@ -118,3 +135,6 @@ func (p *Pool) Ready(ctx context.Context) error {
 	}
 	return nil
 }
+
+func (m *poolMetrics) warmStarted() { m.warm.WithLabelValues(m.rm, "started").Inc() }
+func (m *poolMetrics) warmReaped()  { m.warm.WithLabelValues(m.rm, "reaped").Inc() }

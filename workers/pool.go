@@ -70,6 +70,10 @@ type PoolConfig struct {
 	// launcher runs and returns its folder there (envs.Cache for local
 	// kernels). Nil: kernels of environment specs fail with a reason.
 	Environments EnvironmentSource
+	// Warm lists the warm pools of this resource manager (warm.go); the
+	// worker holding the warm lease keeps them, from the kernelspecs in
+	// Specs.
+	Warm []WarmPool
 }
 
 // EnvironmentSource makes a packed environment available to kernels.
@@ -201,6 +205,10 @@ func (p *Pool) Start(ctx context.Context) error {
 			}
 		}()
 	}
+	if len(p.cfg.Warm) > 0 {
+		p.wg.Add(1)
+		go p.runWarm()
+	}
 	p.log.Info().Msg("worker pool claiming requests")
 	return nil
 }
@@ -217,6 +225,13 @@ func (p *Pool) Stop() {
 	}
 	p.stop()
 	p.wg.Wait()
+}
+
+// releaser returns the function that gives a launch slot back, once
+// however often it is called.
+func (p *Pool) releaser() func() {
+	var once sync.Once
+	return func() { once.Do(func() { <-p.sem }) }
 }
 
 // presence keeps this worker's key alive in kb_workers, renewing it three
@@ -291,13 +306,14 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		defer func() { <-p.sem }()
+		release := p.releaser()
+		defer release()
 		var err error
 		switch m.Headers().Get(broker.HeaderType) {
 		case broker.TypeStartRequest:
 			var r broker.StartRequest
 			if err = json.Unmarshal(m.Data(), &r); err == nil {
-				err = p.handleStart(m, r)
+				err = p.handleStart(m, r, release)
 			}
 		case broker.TypeStopRequest:
 			var r broker.StopRequest
@@ -327,7 +343,11 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 
 // handleStart is idempotent on the kernel id: a redelivered request finds
 // the record and resumes or cleans up instead of starting a second kernel.
-func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
+// m is nil for a warm kernel's start, which no request carries. release
+// gives the launch slot back once the launcher is submitted: following a
+// kernel until it runs costs a watch, not a launch, and holding the slot
+// meanwhile capped starts in flight at Concurrency whatever their speed.
+func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func()) error {
 	ctx := p.ctx
 	log := p.log.With().Str("kernel_id", r.KernelID).Logger()
 	var resumed bool
@@ -362,6 +382,9 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 	if errors.Is(err, errInProgress) {
 		// Ask again later: if the claimer dies before it records a
 		// handle, its presence expires and a later delivery takes over.
+		if m == nil {
+			return err
+		}
 		_ = m.NakWithDelay(5 * time.Second)
 		return errNakked
 	}
@@ -388,7 +411,16 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			}
 			return p.failStatus(k, nil, status, err.Error())
 		}
-		if err := p.launchAccess(ctx, cfg, r.KernelID); err != nil {
+		// The kernel's input consumer is created while the launcher
+		// starts (a consumer is a JetStream API call that queues behind
+		// every other start's): the launcher binds it only once its
+		// kernel runs, and tries again until it exists.
+		input := make(chan error, 1)
+		go func() {
+			input <- kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, r.KernelID) }, nil, nil)
+		}()
+		if err := p.launchCreds(cfg, r.KernelID); err != nil {
+			<-input
 			return err
 		}
 		cfg.Attempt = k.Attempt
@@ -408,6 +440,12 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, cfg)
+		inputErr := <-input
+		if err == nil && inputErr != nil {
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
+			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
+		}
 		if err != nil {
 			if RefusedStatus(err) != 0 {
 				p.countStart(k, OutcomeRefused)
@@ -448,6 +486,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 		}
 		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
 	}
+	release()
 	return p.follow(m, k, log)
 }
 
@@ -475,11 +514,10 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 	if err != nil {
 		return err
 	}
-	w, err := p.bus.Kernels.Watch(p.ctx, k.ID)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = w.Stop() }()
+	// The record is read on each poll rather than watched: a watch is a
+	// consumer created through the JetStream API, and one per start in
+	// flight capped how fast kernels could start. The client does not
+	// wait for this: its front-end sees the record change itself.
 	progress := time.NewTicker(p.cfg.AckWait / 3)
 	defer progress.Stop()
 	poll := time.NewTicker(250 * time.Millisecond)
@@ -492,36 +530,46 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 	// more precise reason first.
 	timer := time.NewTimer(time.Until(deadline) + 2*time.Second)
 	defer timer.Stop()
+	// ended reports whether the record says the start is over, and deals
+	// with it.
+	ended := func() bool {
+		cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
+		switch {
+		case errors.Is(err, broker.ErrKernelNotFound):
+			p.countStart(k, OutcomeCancelled)
+			return true // deleted: the front-end gave up on it
+		case err != nil:
+			return false
+		case cur.State == broker.StateRunning || cur.State == broker.StateRestarting:
+			p.countStartAt(k, OutcomeStarted, cur.Updated)
+			return true
+		case cur.State.Terminal():
+			p.countStart(k, endOutcome(cur))
+			// Failed or cancelled: make sure nothing is left behind.
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			return true
+		}
+		return false
+	}
+	if ended() {
+		return nil
+	}
+	polls := 0
 	for {
 		select {
 		case <-p.ctx.Done():
 			return p.ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("kernel record watch closed")
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				p.countStart(k, OutcomeCancelled)
-				return nil // deleted: the front-end gave up on it
-			}
-			var cur broker.Kernel
-			if json.Unmarshal(e.Value(), &cur) != nil {
-				continue
-			}
-			switch {
-			case cur.State == broker.StateRunning:
-				p.countStart(k, OutcomeStarted)
-				return nil
-			case cur.State.Terminal():
-				p.countStart(k, endOutcome(&cur))
-				// Failed or cancelled: make sure nothing is left behind.
-				_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
-				return nil
-			}
 		case <-poll.C:
+			if ended() {
+				return nil
+			}
+			// The resource manager is asked less often once a start takes
+			// a while (a YARN poll is a REST call, and starts in flight
+			// are not bounded by Concurrency any more).
+			polls++
+			if polls > 8 && polls%4 != 0 {
+				continue
+			}
 			st, err := p.be.Poll(p.ctx, h)
 			if err == nil && st.Exited {
 				// The launcher writes its own failure reason before it
@@ -537,7 +585,9 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 				return nil
 			}
 		case <-progress.C:
-			_ = m.InProgress()
+			if m != nil {
+				_ = m.InProgress()
+			}
 		case <-timer.C:
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {
@@ -748,20 +798,17 @@ func (p *Pool) resolveLaunch(k *broker.Kernel) (*broker.LaunchConfig, int, error
 	return broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout), 0, nil
 }
 
-// launchAccess gives a launch its way onto the bus: the kernel's input
-// consumer, created here because a launcher may create none, and
-// credentials scoped to the kernel when the pool has a minter.
-func (p *Pool) launchAccess(ctx context.Context, cfg *broker.LaunchConfig, id string) error {
-	err := kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, id) }, nil, nil)
-	if err != nil {
-		return err
-	}
+// launchCreds gives a launch its way onto the bus: credentials scoped to
+// the kernel when the pool has a minter. (Its input consumer, which a
+// launcher may not create, is the worker's too: see handleStart.)
+func (p *Pool) launchCreds(cfg *broker.LaunchConfig, id string) error {
 	cfg.NATSURLs, cfg.NATSCA = p.cfg.NATSURLs, p.cfg.NATSCA
 	if p.cfg.Minter == nil {
 		cfg.NATSToken, cfg.NATSCreds = p.cfg.NATSToken, p.cfg.NATSCreds
 		return nil
 	}
 	cfg.NATSToken = ""
+	var err error
 	cfg.NATSCreds, err = p.cfg.Minter.LauncherCreds(id, p.cfg.LauncherCredsTTL)
 	return err
 }

@@ -46,7 +46,7 @@ func httpClient() *http.Client {
 
 // startKernelbus runs `kernelbus serve` on a free port with the bench's
 // kernelspecs.
-func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway, error) {
+func startKernelbus(ctx context.Context, cfg *config, specDir string, extra ...string) (*gateway, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -56,10 +56,11 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway,
 		return nil, err
 	}
 	// One bench client holds up to 1000 kernels' websockets: no per-caller cap.
-	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve", "--max-websockets-per-caller", "-1",
-		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
+	argv := append([]string{cfg.kernelbusBin, "serve", "--max-websockets-per-caller", "-1",
+		"--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
-		"--launch-timeout", "120s", "--insecure-no-auth")
+		"--launch-timeout", "120s", "--insecure-no-auth"}, extra...)
+	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
 	if err != nil {
 		return nil, err
 	}

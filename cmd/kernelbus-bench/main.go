@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results as Markdown here (e.g. docs/benchmarks.md)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
-	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-6; default: all)")
+	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-7; default: all)")
 	fromJSON := fs.String("from-json", "", "run nothing: render the table and --markdown again from a JSON file this command wrote")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -69,8 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, f := range strings.Split(*scenarios, ",") {
 		if f = strings.TrimSpace(f); f != "" {
 			n, err := strconv.Atoi(f)
-			if err != nil || n < 1 || n > 6 {
-				fmt.Fprintf(stderr, "kernelbus-bench: --scenarios: %q is not 1-6\n", f)
+			if err != nil || n < 1 || n > 7 {
+				fmt.Fprintf(stderr, "kernelbus-bench: --scenarios: %q is not 1-7\n", f)
 				return 2
 			}
 			cfg.only[n] = true
@@ -222,6 +222,9 @@ func (b *bench) runAll(ctx context.Context) error {
 	if cfg.runs(2) {
 		b.roundTrip(ctx, ts, specPython, sz.rtPy)
 		b.roundTrip(ctx, ts, specSynth, sz.rtSynth)
+	}
+	if cfg.runs(7) && cfg.targets[tKB] {
+		b.warmStart(ctx, kernelsDir, sz.startsPy)
 	}
 	for _, t := range ts {
 		if err := ctx.Err(); err != nil {

@@ -56,7 +56,13 @@ func checkTargets(r *results) {
 			mark(x.Scenario, x.Metric, "≤ floor + 30 ms", a-f <= 30, ok)
 		case strings.HasPrefix(x.Scenario, "5 concurrent starts") && x.Metric == "starts/s":
 			a, ok := kb(x.Scenario, x.Metric)
-			mark(x.Scenario, x.Metric, "≥ 50/s", a >= 50, ok)
+			mark(x.Scenario, x.Metric, "≥ 100/s", a >= 100, ok)
+		case strings.HasPrefix(x.Scenario, "5 concurrent starts") && x.Metric == "failures":
+			a, ok := kb(x.Scenario, x.Metric)
+			mark(x.Scenario, x.Metric, "0", a == 0, ok)
+		case strings.HasPrefix(x.Scenario, "7 warm start") && x.Metric == "p50":
+			a, ok := kb(x.Scenario, x.Metric)
+			mark(x.Scenario, x.Metric, "≤ 50 ms", a <= 50, ok)
 		}
 	}
 }

@@ -44,7 +44,7 @@ func (e *envFlags) registerFrontend(fs *flagSet) {
 }
 
 func (e *envFlags) registerWorker(fs *flagSet) {
-	fs.StringVar(&e.cache, "env-cache", "", "folder where local workers unpack kernel environments, one per digest (default: ~/.cache/kernelbus/envs)")
+	fs.StringVar(&e.cache, "env-cache", "", "folder where local workers unpack kernel environments, one per digest (default: /var/cache/kernelbus/envs as root, else ~/.cache/kernelbus/envs)")
 	fs.StringVar(&e.buildDir, "build-dir", "", "folder where build workers build environments (default: the temp folder)")
 }
 
@@ -88,6 +88,11 @@ func (e *envFlags) frontendConfig(ctx context.Context, log zerolog.Logger) (*fro
 func (e *envFlags) cacheDir() string {
 	if e.cache != "" {
 		return e.cache
+	}
+	// As root, local kernels run as other accounts that must reach the
+	// unpacked interpreters; root's home is usually closed to them.
+	if os.Geteuid() == 0 {
+		return "/var/cache/kernelbus/envs"
 	}
 	if d, err := os.UserCacheDir(); err == nil {
 		return filepath.Join(d, "kernelbus", "envs")

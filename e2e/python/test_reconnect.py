@@ -10,6 +10,9 @@ read by the client.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -58,8 +61,13 @@ def _numbers(msgs: list[dict], msg_id: str) -> list[int]:
 
 @pytest.mark.kernelbus_only
 @pytest.mark.parametrize("protocol", [None, V1], ids=["legacy", "v1"])
-def test_reconnect_same_session_gets_every_message_once(gateway, kernel, tmp_path, protocol):
-    progress = tmp_path / "progress"
+def test_reconnect_same_session_gets_every_message_once(gateway, kernel, request, protocol):
+    # Under a root gateway the kernel runs as another account (nobody by default), which
+    # cannot enter pytest's 0700 tmp_path: the progress file lives in a folder it may write.
+    pdir = Path(tempfile.mkdtemp(prefix="kb-reconnect-"))
+    os.chmod(pdir, 0o777)
+    request.addfinalizer(lambda: shutil.rmtree(pdir, ignore_errors=True))
+    progress = pdir / "progress"
     session = uuid.uuid4().hex
 
     def connect():

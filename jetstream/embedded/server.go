@@ -99,6 +99,11 @@ func (s *Server) Start(timeout time.Duration) error {
 		// scenario stopped near 500 kernels on it. Kernels are bounded by
 		// --max-kernels instead.
 		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1},
+		// The default 2 s to finish the handshake (TLS and the JWT check
+		// included) is too short when hundreds of launchers connect at
+		// once on a loaded machine: kernelbus-bench's 200 concurrent
+		// starts lost a few to "Authentication Timeout".
+		AuthTimeout: 10,
 	}
 	if s.opts.Auth != nil {
 		if err := trust(o, s.opts.Auth); err != nil {

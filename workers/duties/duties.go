@@ -263,7 +263,9 @@ func (d *Duties) CullOnce(ctx context.Context) error {
 	now := time.Now()
 	for id, v := range recs {
 		var k broker.Kernel
-		if json.Unmarshal(v, &k) != nil || k.State != broker.StateRunning {
+		// A warm kernel waits idle on purpose; its pool's keeper ends it
+		// when its idle lifetime passes.
+		if json.Unmarshal(v, &k) != nil || k.State != broker.StateRunning || k.WarmIdle() {
 			continue
 		}
 		var a broker.Activity
@@ -271,6 +273,11 @@ func (d *Duties) CullOnce(ctx context.Context) error {
 		last := a.LastActivity
 		if last.Before(k.Created) {
 			last = k.Created
+		}
+		// A warm kernel's idle time starts when a request took it, not
+		// when it started waiting for one.
+		if k.Warm != nil && last.Before(k.Warm.Claimed) {
+			last = k.Warm.Claimed
 		}
 		idle := now.Sub(last)
 		switch {

@@ -284,3 +284,44 @@ func TestDutiesRunOnce(t *testing.T) {
 		t.Fatalf("%d shutdown requests, want 2", n)
 	}
 }
+
+// The culler leaves warm kernels that wait for a request alone (their
+// pool's keeper replaces them), and counts a warm kernel's idle time from
+// when a request took it, not from when it started waiting.
+func TestCullerAndWarmKernels(t *testing.T) {
+	env := jstest.Start(t, jstest.Options{})
+	bus := env.Bus
+	ctx := context.Background()
+	mark := func(k *broker.Kernel, claimed time.Time, user string) {
+		t.Helper()
+		if _, err := bus.UpdateKernel(ctx, k.ID, func(r *broker.Kernel) error {
+			r.User, r.Owner = user, user
+			r.Warm = &broker.Warm{Pool: "local/python3", Keeper: "w1", Since: r.Created, Claimed: claimed}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waiting := kernel(t, bus, "", time.Hour, "idle")
+	mark(waiting, time.Time{}, "")
+	justTaken := kernel(t, bus, "", time.Hour, "idle")
+	mark(justTaken, time.Now().UTC(), "alice")
+	takenLongAgo := kernel(t, bus, "", time.Hour, "idle")
+	mark(takenLongAgo, time.Now().UTC().Add(-30*time.Minute), "bob")
+	for _, k := range []*broker.Kernel{waiting, justTaken, takenLongAgo} {
+		launcherFor(t, env.NC, k.ID)
+	}
+	d, err := duties.New(ctx, duties.Config{CullIdleTimeout: time.Minute}, bus, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CullOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if gone(bus, waiting.ID) || gone(bus, justTaken.ID) {
+		t.Fatal("the culler ended a waiting warm kernel or one a request just took")
+	}
+	if !gone(bus, takenLongAgo.ID) {
+		t.Fatal("a warm kernel taken 30 minutes ago and idle since was not culled")
+	}
+}

@@ -78,12 +78,18 @@ func NewRunAs(launcher string, ra RunAs, log zerolog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	ra = ra.defaults(os.Geteuid())
 	if b.fixed, err = checkRunAs(ra); err != nil {
 		return nil, err
 	}
 	b.runAs = ra
-	if !ra.enabled() && os.Geteuid() == 0 {
-		log.Warn().Msg("local kernels run as root, the worker's account: they can read the bus data and each other's files (set run_as / --run-as)")
+	switch {
+	case ra.Self && os.Geteuid() == 0:
+		log.Warn().Msg("LOCAL KERNELS RUN AS ROOT (--run-as-gateway-user): any kernel can read the bus data folder and its keys, every other kernel's files, and signal the gateway; use it only where every kernel is trusted code")
+	case os.Geteuid() != 0:
+		log.Info().Msg("local kernels run as the worker's own account (it is not root and cannot switch users): they are trusted code that can read the bus data folder")
+	default:
+		log.Info().Str("run_as", ra.User).Strs("run_as_owners", ra.Owners).Msg("local kernels run as unprivileged accounts")
 	}
 	return b, nil
 }
@@ -122,6 +128,9 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if acct != nil {
 		cmd.Env, cmd.Dir = asAccount(cmd.SysProcAttr, cmd.Env, cmd.Dir, acct)
+		if err := b.checkReachable(cfg, cmd.Env, acct); err != nil {
+			return workers.Handle{}, err
+		}
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

