@@ -114,6 +114,14 @@ func (s *Server) auth(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(wait.Seconds())+1))
 		return broker.Errorf(broker.ErrTooManyRequests, "too many failed authentication attempts from %s; try again in %s", ip, wait.Round(time.Second))
 	}
+	// A browser signed in to the UI carries only its session cookie.
+	if id, handled, err := s.sessionAuth(c); handled {
+		if err != nil {
+			return err
+		}
+		c.Locals(localsIdentity, id)
+		return c.Next()
+	}
 	id, err := s.authenticate(r)
 	if err != nil {
 		if errors.Is(err, broker.ErrUnauthorized) {

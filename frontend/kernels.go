@@ -196,8 +196,19 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	if err != nil {
 		return nil, broker.Wrap(broker.ErrBadRequest, err, "Kernel spec %s cannot be started", spec.Name)
 	}
+	// The admin limits: what the launch would ask of its resource
+	// manager, read from the very configuration the worker gets.
+	var lim Limits
+	if user != "" {
+		if lim, err = s.limits.effective(s.ctx, user); err != nil {
+			return nil, err
+		}
+		if err := lim.check(user, rm, broker.NewLaunchConfig(spec, "", user, env, timeout)); err != nil {
+			return nil, err
+		}
+	}
 
-	if k, err := s.claimWarm(spec, rm, env, user, reqID); k != nil || err != nil {
+	if k, err := s.claimWarm(spec, rm, env, user, reqID, lim.MaxKernels); k != nil || err != nil {
 		return k, err
 	}
 
@@ -210,8 +221,8 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 	}
 	ids = append(ids, uuid.NewString())
 	slot := ""
-	if s.slots != nil && user != "" {
-		if slot, err = s.slots.acquire(ctx, user, ids[0]); err != nil {
+	if lim.MaxKernels > 0 && user != "" {
+		if slot, err = s.slots.acquire(ctx, user, ids[0], lim.MaxKernels); err != nil {
 			return nil, err
 		}
 		// A start that fails gives its slot back at once (its record,
@@ -504,8 +515,10 @@ func (s *Server) shutdownKernel(who *auth.Identity, id, reqID string) error {
 	if cur == nil {
 		cur = k
 	}
-	if s.slots != nil && k.Owner != "" {
-		s.slots.release(ctx, k.Owner, id)
+	if k.Owner != "" {
+		if lim, err := s.limits.effective(ctx, k.Owner); err == nil && lim.MaxKernels > 0 {
+			s.slots.release(ctx, k.Owner, id, lim.MaxKernels)
+		}
 	}
 	// Let this front-end's cache know at once that the kernel ended.
 	if k2, rev, err := s.bus.GetKernel(ctx, id); err == nil {
@@ -568,7 +581,7 @@ func warmServes(k *broker.Kernel, rm string, env map[string]string) string {
 // exactly, or returns nil (then the start is a cold one). The record is
 // taken by compare-and-swap on its still being idle, so two front-ends
 // never hand out the same kernel and a keeper never reaps a taken one.
-func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string) (*broker.Kernel, error) {
+func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]string, user, reqID string, maxKernels int) (*broker.Kernel, error) {
 	pool := broker.WarmPoolKey(rm, spec.Name)
 	digest := spec.Digest()
 	var cands []*broker.Kernel
@@ -592,9 +605,9 @@ func (s *Server) claimWarm(spec *broker.KernelSpec, rm string, env map[string]st
 	// A warm kernel handed to a user is that user's kernel: it takes one
 	// of their slots like a cold start, before it is taken.
 	slot := ""
-	if s.slots != nil && user != "" {
+	if maxKernels > 0 && user != "" {
 		var err error
-		if slot, err = s.slots.acquire(ctx, user, cands[0].ID); err != nil {
+		if slot, err = s.slots.acquire(ctx, user, cands[0].ID, maxKernels); err != nil {
 			return nil, err
 		}
 	}

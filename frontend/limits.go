@@ -24,8 +24,7 @@ import (
 // next start that finds every slot full. Counting over the kernel cache
 // instead would let two front-ends each see room at the same moment.
 type userSlots struct {
-	kv    jetstream.KeyValue
-	limit int
+	kv jetstream.KeyValue
 	// grace is how long a slot whose kernel has no record yet counts as
 	// taken: the slot is taken before the record is written.
 	grace time.Duration
@@ -62,7 +61,7 @@ func openUserSlots(ctx context.Context, s *Server) (*userSlots, error) {
 	if err != nil {
 		return nil, fmt.Errorf("frontend: bucket %s (per-user limits): %w", broker.BucketLimits, err)
 	}
-	return &userSlots{kv: kv, limit: s.cfg.MaxKernelsPerUser, grace: slotGrace, bus: s.bus}, nil
+	return &userSlots{kv: kv, grace: slotGrace, bus: s.bus}, nil
 }
 
 func slotKey(user string, n int) string {
@@ -70,11 +69,13 @@ func slotKey(user string, n int) string {
 	return "u." + base64.RawURLEncoding.EncodeToString([]byte(user)) + "." + strconv.Itoa(n)
 }
 
-// acquire takes a slot of user for kernel, or fails with ErrLimit.
-func (u *userSlots) acquire(ctx context.Context, user, kernel string) (string, error) {
+// acquire takes one of user's limit slots for kernel, or fails with
+// ErrLimit. The limit may change (the admin limits); slots beyond a
+// lowered limit are simply never looked at again.
+func (u *userSlots) acquire(ctx context.Context, user, kernel string, limit int) (string, error) {
 	val, _ := json.Marshal(slotValue{Kernel: kernel, At: time.Now().UTC()})
 	for round := 0; round < 3; round++ {
-		for n := range u.limit {
+		for n := range limit {
 			key := slotKey(user, n)
 			_, err := u.kv.Create(ctx, key, val)
 			if err == nil {
@@ -84,19 +85,19 @@ func (u *userSlots) acquire(ctx context.Context, user, kernel string) (string, e
 				return "", broker.Wrap(broker.ErrUnavailable, err, "could not check the kernel limit of %s", user)
 			}
 		}
-		if !u.reclaim(ctx, user) {
+		if !u.reclaim(ctx, user, limit) {
 			break
 		}
 	}
-	return "", broker.Errorf(broker.ErrLimit, "User %s has reached the limit of %d kernels; shut one down first", user, u.limit)
+	return "", broker.Errorf(broker.ErrLimit, "User %s has reached the limit of %d kernels (max_kernels); shut one down first", user, limit)
 }
 
 // reclaim frees the slots of user whose kernel has ended, reporting
 // whether any slot is free now. Each removal is conditional on the slot's
 // revision, so a slot retaken meanwhile is left alone.
-func (u *userSlots) reclaim(ctx context.Context, user string) bool {
+func (u *userSlots) reclaim(ctx context.Context, user string, limit int) bool {
 	freed := false
-	for n := range u.limit {
+	for n := range limit {
 		key := slotKey(user, n)
 		e, err := u.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -136,9 +137,10 @@ func (u *userSlots) moved(ctx context.Context, key, kernel string) {
 	_, _ = u.kv.Put(ctx, key, val)
 }
 
-// release gives back user's slot held by kernel, if any.
-func (u *userSlots) release(ctx context.Context, user, kernel string) {
-	for n := range u.limit {
+// release gives back user's slot held by kernel, if any, among the first
+// limit slots (one beyond a since lowered limit is reclaimed later).
+func (u *userSlots) release(ctx context.Context, user, kernel string, limit int) {
+	for n := range limit {
 		if u.releaseKey(ctx, slotKey(user, n), kernel) {
 			return
 		}

@@ -36,8 +36,13 @@ type Server struct {
 	// failures limits failed attempts per remote address.
 	sources  []auth.Source
 	failures *failLimiter
-	// slots enforces MaxKernelsPerUser across front-ends (nil: no limit).
+	// slots enforces the per-user kernel limit across front-ends: the
+	// admin limits' max_kernels, else MaxKernelsPerUser.
 	slots *userSlots
+	// limits are the admin limits (admin_limits.go); ui the web UI's
+	// session signing (ui.go).
+	limits *adminLimits
+	ui     *uiState
 	// envs holds kernel environments (environments.go); resolving bounds
 	// pip resolvers running at once.
 	envs      *kbjs.Envs
@@ -119,10 +124,12 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	if s.ioStream, err = bus.JS.Stream(sctx, broker.StreamIO); err != nil {
 		return fail(fmt.Errorf("frontend: stream %s: %w", broker.StreamIO, err))
 	}
-	if cfg.MaxKernelsPerUser > 0 {
-		if s.slots, err = openUserSlots(sctx, s); err != nil {
-			return fail(err)
-		}
+	if s.slots, err = openUserSlots(sctx, s); err != nil {
+		return fail(err)
+	}
+	s.limits = &adminLimits{kv: s.slots.kv, fallbackMax: cfg.MaxKernelsPerUser}
+	if s.ui, err = newUIState(sctx, s.slots.kv); err != nil {
+		return fail(err)
 	}
 	if err := s.state.start(sctx, s); err != nil {
 		return fail(err)
@@ -232,6 +239,7 @@ func (s *Server) routes() *fiber.App {
 	s.guardServer(app)
 	app.Use(s.guard) // before everything, the public endpoints too (guard.go)
 	s.publicOps(app)
+	s.publicUI(app)
 	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
 	g := app.Group(prefix)
@@ -262,6 +270,17 @@ func (s *Server) routes() *fiber.App {
 	g.Get("/api/events", s.listEvents)
 	g.Get("/api/warm", s.listWarm)
 	g.Get("/api/events/stream", s.streamEvents)
+	// The platform's pages read these (ui.go, admin_limits.go).
+	g.Get("/api/me", s.getMe)
+	g.Get("/api/cluster", s.getCluster)
+	g.Get("/api/kernel-records", s.listKernelRecords)
+	g.Get("/api/kernel-records/:id", s.getKernelRecord)
+	g.Get("/api/limits", s.getMyLimits)
+	adm := g.Group("/api/admin", requireAdmin)
+	adm.Get("/limits", s.getAdminLimits)
+	adm.Put("/limits/default", s.putDefaultLimits)
+	adm.Put("/limits/users/:user", s.putUserLimits)
+	adm.Delete("/limits/users/:user", s.deleteUserLimits)
 	app.Use(func(c *fiber.Ctx) error {
 		return broker.Errorf(broker.ErrNotFound, "%s %s: no such endpoint", c.Method(), c.Path())
 	})

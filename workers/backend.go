@@ -65,6 +65,15 @@ type Backend interface {
 	Capabilities() Capabilities
 }
 
+// Reporter is an optional extra of a Backend that can describe its
+// resource manager's capacity and use (YARN's cluster metrics and
+// queues). The pool puts the report into its presence record as
+// "cluster", where the front-ends' overview reads it: front-ends talk to
+// the bus only, never to a resource manager.
+type Reporter interface {
+	Report(ctx context.Context) (any, error)
+}
+
 // Follower is an optional extra of a Backend whose resource manager can
 // tell, better than the launcher can, that a kernel is lost: a pod that is
 // deleted, evicted or cannot be scheduled. The pool runs Follow while it

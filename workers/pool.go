@@ -253,10 +253,42 @@ func (p *Pool) presence() {
 	cancel()
 	t := time.NewTicker(every)
 	defer t.Stop()
+	// A resource manager's report is refreshed beside the loop, never in
+	// it: a slow RM must not delay the heartbeat others judge us by.
+	var report atomic.Pointer[map[string]any]
+	if rep, ok := p.be.(Reporter); ok {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for {
+				rctx, rcancel := context.WithTimeout(p.ctx, every)
+				m := map[string]any{}
+				if v, err := rep.Report(rctx); err == nil {
+					m["cluster"] = v
+				} else if p.ctx.Err() == nil {
+					m["cluster_error"] = err.Error()
+				}
+				rcancel()
+				report.Store(&m)
+				select {
+				case <-p.ctx.Done():
+					return
+				case <-time.After(every):
+				}
+			}
+		}()
+	}
 	for {
-		info, _ := json.Marshal(map[string]any{"id": p.cfg.ID, "rm": p.be.Name(), "seen": time.Now().UTC()})
+		info := hostStats()
+		info["id"], info["rm"], info["seen"] = p.cfg.ID, p.be.Name(), time.Now().UTC()
+		if r := report.Load(); r != nil {
+			for k, v := range *r {
+				info[k] = v
+			}
+		}
+		data, _ := json.Marshal(info)
 		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, info); err != nil && p.ctx.Err() == nil {
+		if _, err := p.bus.Workers.Put(ctx, p.cfg.ID, data); err != nil && p.ctx.Err() == nil {
 			p.log.Warn().Err(err).Msg("worker presence")
 		}
 		cancel()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,6 +84,40 @@ func TestGatewayOnKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkPod(t, pod, id, launcher)
+		// The overview (GET /api/cluster) shows the node and the kernel
+		// pods, as the worker reports them in its presence.
+		jstest.WaitForNil(t, 60*time.Second, func() error {
+			resp, err := http.Get(strings.TrimRight(gw.url, "/") + "/api/cluster")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var cl struct {
+				RMs map[string]struct {
+					Workers []struct {
+						Cluster *struct {
+							Nodes      []kbk8s.NodeUse           `json:"nodes"`
+							KernelPods map[string]map[string]int `json:"kernel_pods"`
+						} `json:"cluster"`
+					} `json:"workers"`
+				} `json:"resource_managers"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&cl); err != nil {
+				return err
+			}
+			ws := cl.RMs["kubernetes"].Workers
+			if len(ws) == 0 || ws[0].Cluster == nil {
+				return fmt.Errorf("no kubernetes report yet: %+v", cl)
+			}
+			c := ws[0].Cluster
+			if len(c.Nodes) != 1 || c.Nodes[0].Name != "node-1" || c.Nodes[0].AllocatableCPU != "4" || c.Nodes[0].KernelPods < 1 {
+				return fmt.Errorf("nodes: %+v", c.Nodes)
+			}
+			if c.KernelPods[ns]["Running"] < 1 {
+				return fmt.Errorf("kernel pods: %+v", c.KernelPods)
+			}
+			return nil
+		})
 		sec, err := cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)

@@ -1,6 +1,7 @@
 package ssh
 
 import (
+	"context"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -84,5 +85,19 @@ func TestShellQuote(t *testing.T) {
 		if err != nil || string(out) != s {
 			t.Errorf("quote %q: sh printed %q (%v)", s, out, err)
 		}
+	}
+}
+
+// TestReportHealth: the overview's host list follows placement's health.
+func TestReportHealth(t *testing.T) {
+	b := &Backend{cfg: Config{Hosts: []string{"a:22", "b:2222"}}, hosts: newHosts(time.Minute)}
+	b.hosts.markUnhealthy("b:2222", "connection refused")
+	v, err := b.Report(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := v.(map[string]any)["hosts"].([]HostHealth)
+	if len(hs) != 2 || !hs[0].Healthy || hs[1].Healthy || hs[1].Reason != "connection refused" {
+		t.Errorf("report: %+v", hs)
 	}
 }

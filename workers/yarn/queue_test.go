@@ -90,3 +90,29 @@ func TestQueueCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestReport: the overview's view of the RM, from the documented answers
+// (the real RM's is checked by TestPySparkOnYARN through /api/cluster).
+func TestReport(t *testing.T) {
+	b := fakeRM(t, capacityAnswer, 16384, 12000)
+	v, err := b.Report(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := v.(map[string]any)
+	if m := rep["metrics"].(*ClusterMetrics); m.TotalMB != 16384 || m.AvailableMB != 12000 || m.ActiveNodes != 1 {
+		t.Errorf("metrics: %+v", m)
+	}
+	qs := rep["queues"].([]QueueUse)
+	if len(qs) != 2 || qs[0].Path != "root.default" || qs[0].UsedMB != 3072 || qs[0].ActiveApps != 1 || qs[1].Path != "root.analytics.adhoc" {
+		t.Errorf("queues: %+v", qs)
+	}
+	if !strings.HasPrefix(rep["web"].(string), "http://127.0.0.1:") {
+		t.Errorf("web: %v", rep["web"])
+	}
+	b = fakeRM(t, fairAnswer, 8192, 8192)
+	v, _ = b.Report(context.Background())
+	if qs := v.(map[string]any)["queues"].([]QueueUse); len(qs) != 1 || qs[0].Path != "root.etl" || qs[0].UsedMB != 1536 || qs[0].MaxMB != 2048 {
+		t.Errorf("fair queues: %+v", qs)
+	}
+}

@@ -1,0 +1,324 @@
+// The web UI in a real browser: playwright-core drives Debian's chromium
+// against `kernelbus serve` with a users file (alice: a user with a
+// password and a token; root: an administrator). Every page is visited,
+// with the keyboard where a person would use it; screenshots and page
+// load times go to e2e/ui/artifacts. Any console error fails the run.
+//
+// Env: KERNELBUS_BIN, KERNELBUS_LAUNCHER_BIN (default <repo>/bin/...),
+// KB_VENV (the Python venv with ipykernel; default $KB_CACHE/venv),
+// CHROMIUM (default /usr/bin/chromium).
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir, homedir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, "..", "..");
+const cache = process.env.KB_CACHE || join(homedir(), ".cache", "kernelbus");
+const kb = process.env.KERNELBUS_BIN || join(repo, "bin", "kernelbus");
+const launcher = process.env.KERNELBUS_LAUNCHER_BIN || join(repo, "bin", "kernelbus-launcher");
+const venv = process.env.KB_VENV || join(cache, "venv");
+const artifacts = join(here, "artifacts");
+rmSync(artifacts, { recursive: true, force: true }); // no stale screenshots
+mkdirSync(artifacts, { recursive: true });
+
+const work = mkdtempSync(join(tmpdir(), "kb-e2e-ui-"));
+const usersFile = join(work, "users.json");
+const users = (args, input) => execFileSync(kb, ["users", ...args, "--file", usersFile], { input, encoding: "utf8" }).trim();
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+    s.on("error", reject);
+  });
+}
+
+async function poll(what, fn, timeoutMs = 60000) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? ": " + last.message : ""}`);
+}
+
+const timings = {};
+const consoleErrors = [];
+let allowFailedLoad = null; // a URL part whose failed load is expected (a refused start)
+let serve, browser, base, aliceToken, rootToken, jupyter, jupyterBase, jupyterToken;
+
+// lab calls jupyter_server's REST API, as JupyterLab does.
+async function lab(method, path, body) {
+  const r = await fetch(jupyterBase + path, {
+    method, headers: { Authorization: "token " + jupyterToken, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+async function rest(method, path, token, body) {
+  const r = await fetch(base + path, {
+    method, headers: { Authorization: "token " + token, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+const pages = [];
+async function newPage(name) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  page.on("console", (m) => {
+    if (m.type() !== "error") return;
+    const url = (m.location() && m.location().url) || "";
+    if (allowFailedLoad && m.text().startsWith("Failed to load resource") && url.includes(allowFailedLoad)) return;
+    consoleErrors.push(`${name}: ${m.text()} (${url})`);
+  });
+  page.on("pageerror", (e) => consoleErrors.push(`${name}: uncaught ${e.message}`));
+  page.on("dialog", (d) => d.accept()); // the confirmations of actions
+  pages.push([name, page]);
+  return page;
+}
+
+// visit opens a hash route and waits until the page says it is ready,
+// recording how long that took.
+async function visit(page, hash, label) {
+  const t0 = Date.now();
+  await page.evaluate((h) => { location.hash = h; }, hash);
+  await page.waitForSelector(`#view[data-ready="${hash}"]`, { timeout: 30000 });
+  timings[label] = Date.now() - t0;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, name + ".png"), fullPage: true });
+}
+
+async function signIn(page, how) {
+  const t0 = Date.now();
+  await page.goto(base + "ui/login.html");
+  // Keyboard only: the token field has the focus.
+  if (how.token) {
+    await page.keyboard.type(how.token);
+    await page.keyboard.press("Enter");
+  } else {
+    await page.keyboard.press("Tab");
+    await page.keyboard.type(how.user);
+    await page.keyboard.press("Tab");
+    await page.keyboard.type(how.password);
+    await page.keyboard.press("Enter");
+  }
+  await page.waitForSelector('#view[data-ready="#/overview"]', { timeout: 30000 });
+  timings[`sign-in to overview (${how.user || "token"})`] = Date.now() - t0;
+}
+
+async function main() {
+  // Users: alice (user: token and password), root (admin: token).
+  aliceToken = users(["add", "--role", "user", "alice"]);
+  users(["passwd", "alice"], "alice-password\n");
+  rootToken = users(["add", "--role", "admin", "--role", "user", "root"]);
+
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}/`;
+  const env = { ...process.env, PATH: join(venv, "bin") + ":" + process.env.PATH, IPYTHONDIR: join(work, "ipython") };
+  serve = spawn(kb, ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
+    "--users-file", usersFile, "--kernelspec-dir", join(venv, "share", "jupyter", "kernels"),
+    "--launcher", launcher, "--log-level", "info", "--stop-kernels-on-exit"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  const log = [];
+  serve.stdout.on("data", (d) => log.push(d));
+  serve.stderr.on("data", (d) => log.push(d));
+  serve.log = log;
+  await poll("kernelbus serve to be ready", async () => (await fetch(base + "readyz")).ok);
+
+  // JupyterLab's side: a real jupyter_server in gateway mode, signed in
+  // to the gateway as alice.
+  const jport = await freePort();
+  jupyterToken = "jt-" + Date.now();
+  const jenv = { ...env, JUPYTER_GATEWAY_AUTH_TOKEN: aliceToken, JUPYTER_CONFIG_DIR: join(work, "jcfg"),
+    JUPYTER_DATA_DIR: join(work, "jdata"), JUPYTER_RUNTIME_DIR: join(work, "jrun"), JUPYTER_PLATFORM_DIRS: "1" };
+  for (const k of Object.keys(jenv)) if (k.startsWith("KERNEL_")) delete jenv[k];
+  mkdirSync(join(work, "root"), { recursive: true });
+  jupyter = spawn(join(venv, "bin", "python"), ["-m", "jupyter_server", "--no-browser", "--allow-root",
+    "--ServerApp.ip=127.0.0.1", `--ServerApp.port=${jport}`, "--ServerApp.port_retries=0",
+    `--IdentityProvider.token=${jupyterToken}`, `--ServerApp.root_dir=${join(work, "root")}`, `--gateway-url=${base}`],
+  { env: jenv, stdio: ["ignore", "pipe", "pipe"] });
+  jupyter.log = [];
+  jupyter.stdout.on("data", (d) => jupyter.log.push(d));
+  jupyter.stderr.on("data", (d) => jupyter.log.push(d));
+  jupyterBase = `http://127.0.0.1:${jport}/`;
+  await poll("jupyter_server to be ready", async () => (await fetch(jupyterBase + "api/status?token=" + jupyterToken)).ok, 90000);
+
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+
+  // --- alice, a user -------------------------------------------------------
+  const page = await newPage("alice");
+  await signIn(page, { user: "alice", password: "alice-password" });
+  assert.equal(await page.textContent("#me"), "alice");
+  assert.equal(await page.isVisible("#nav-admin"), false, "a user sees no Admin link");
+  await page.waitForSelector('section[data-rm="local"] td', { timeout: 30000 }); // the local pool's worker
+  // A cold load of a page, signed in: HTML, CSS, script and its API calls.
+  for (let i = 1; i <= 3; i++) {
+    const c0 = Date.now();
+    await page.reload();
+    await page.waitForSelector('#view[data-ready="#/overview"]');
+    timings[`overview reload to data shown #${i}`] = Date.now() - c0;
+    timings[`overview reload DOMContentLoaded #${i} (navigation timing)`] = Math.round(await page.evaluate(() => performance.getEntriesByType("navigation")[0].domContentLoadedEventEnd));
+  }
+  await shot(page, "overview-user");
+
+  // A kernel started from JupyterLab's side appears in the table ...
+  const started = await lab("POST", "api/kernels", { name: "python3" });
+  assert.equal(started.status, 201, JSON.stringify(started.body));
+  const kid = started.body.id;
+  await visit(page, "#/kernels", "kernels");
+  await page.waitForSelector(`#kernels-table a[href="#/kernels/${kid}"]`, { timeout: 15000 });
+  await shot(page, "kernels");
+  // ... search narrows the table ...
+  await page.fill("#kernel-search", "no-such-kernel");
+  await page.waitForSelector("#kernels-table", { state: "detached" });
+  await page.fill("#kernel-search", kid.slice(0, 8));
+  await page.waitForSelector(`#kernels-table a[href="#/kernels/${kid}"]`);
+  // ... and its details open from the keyboard, with the timeline.
+  await page.focus(`#kernels-table a[href="#/kernels/${kid}"]`);
+  const t0 = Date.now();
+  await page.keyboard.press("Enter");
+  await page.waitForSelector(`#view[data-ready="#/kernels/${kid}"]`);
+  await page.waitForSelector('#timeline li[data-type="started"]', { timeout: 15000 });
+  timings["kernel details + timeline"] = Date.now() - t0;
+  const rec = await page.textContent("#kernel-record");
+  assert.match(rec, /owneralice/);
+  assert.match(rec, /resource managerlocal/);
+  assert.doesNotMatch(rec, /object HTMLElement/);
+  await page.waitForSelector("#timeline-status:text('live')", { timeout: 15000 });
+  await shot(page, "kernel-timeline");
+  // Shut down from JupyterLab's side: the live timeline shows it, and
+  // the kernel leaves the table.
+  const del = await lab("DELETE", "api/kernels/" + kid);
+  assert.equal(del.status, 204);
+  await page.waitForSelector('#timeline li[data-type="shutdown_requested"], #timeline li[data-type="terminated"]', { timeout: 15000 });
+  await shot(page, "kernel-timeline-ended");
+  await visit(page, "#/kernels", "kernels (again)");
+  await poll("the kernel to leave the table", async () => (await page.$(`a[href="#/kernels/${kid}"]`)) === null, 15000);
+
+  // Start from the page, then shut down with the button (confirmed).
+  await page.selectOption("#start-spec", "python3");
+  await page.click("#start-kernel");
+  const msg = await page.waitForSelector("p[role=status]:has-text('started')", { timeout: 60000 });
+  const uiKid = (await msg.textContent()).match(/Kernel (\S+) started/)[1];
+  await page.waitForSelector(`#act-shut-down-${uiKid}`);
+  // The table refreshes every 3 s; the focus must survive it.
+  await page.focus(`#act-shut-down-${uiKid}`);
+  const loads = Number(await page.getAttribute("#kernels-box", "data-loads"));
+  await poll("a refresh of the table", async () => Number(await page.getAttribute("#kernels-box", "data-loads")) > loads, 15000);
+  assert.equal(await page.evaluate(() => document.activeElement.id), `act-shut-down-${uiKid}`, "focus kept across refresh");
+  await page.keyboard.press("Enter");
+  await poll("the UI-started kernel to leave the table", async () => (await page.$(`a[href="#/kernels/${uiKid}"]`)) === null, 30000);
+
+  await visit(page, "#/specs", "kernelspecs");
+  await shot(page, "kernelspecs");
+  await page.click('a[href="#/specs/python3"]');
+  await page.waitForSelector('#view[data-ready="#/specs/python3"]');
+  await page.waitForSelector("#spec-record");
+  assert.match(await page.textContent("#spec-record"), /languagepython/);
+  await shot(page, "kernelspec-python3");
+  // Until kernel environments are served, the page's probe answers 404.
+  allowFailedLoad = "/api/environments";
+  await visit(page, "#/environments", "environments");
+  await page.waitForSelector("#env-unavailable, #env-form");
+  if (await page.$("#env-form")) {
+    // A package that does not exist is refused, naming it (pip's resolver).
+    await page.fill("#env-name", "uibad");
+    await page.fill("#env-requirements", "kb-no-such-package-4711");
+    await page.click("#env-form button[type=submit]");
+    await page.waitForSelector("#view p[role=alert]:has-text('kb-no-such-package-4711')", { timeout: 120000 });
+  }
+  allowFailedLoad = null;
+  await shot(page, "environments");
+  await visit(page, "#/overview", "overview");
+  await page.keyboard.press("Tab"); // the skip link comes first
+  assert.equal(await page.evaluate(() => document.activeElement.className), "skip");
+
+  // --- root, an administrator ----------------------------------------------
+  const adminPage = await newPage("root");
+  await signIn(adminPage, { token: rootToken });
+  assert.equal(await adminPage.isVisible("#nav-admin"), true);
+  await shot(adminPage, "overview-admin");
+  await visit(adminPage, "#/admin", "admin");
+  await adminPage.fill("#user-limits-user", "alice");
+  await adminPage.fill("#user-limits-max_kernels", "1");
+  await adminPage.focus("#user-limits-max_kernels");
+  await adminPage.keyboard.press("Enter"); // submits the form
+  await adminPage.waitForSelector("#view td:text-is('alice')", { timeout: 15000 });
+  await shot(adminPage, "admin-limits");
+
+  // alice has her one kernel; the next start is refused, by REST and in the page.
+  const one = await rest("POST", "api/kernels", aliceToken, { name: "python3" });
+  assert.equal(one.status, 201, JSON.stringify(one.body));
+  const two = await rest("POST", "api/kernels", aliceToken, { name: "python3" });
+  assert.equal(two.status, 403);
+  assert.match(two.body.message, /max_kernels/);
+  await visit(page, "#/kernels", "kernels (limited)");
+  allowFailedLoad = "/api/kernels";
+  await page.click("#start-kernel");
+  await page.waitForSelector("#view p[role=alert]:has-text('max_kernels')", { timeout: 15000 });
+  allowFailedLoad = null;
+  await shot(page, "start-refused");
+  // Interrupt from the table, confirmed (the dialog handler accepts).
+  await page.click(`#act-interrupt-${one.body.id}`);
+  await page.waitForSelector(`p[role=status]:has-text('Interrupt: done for ${one.body.id}')`, { timeout: 15000 });
+  // A user cannot reach the admin API from the page either.
+  allowFailedLoad = "/api/admin/limits";
+  const forbidden = await page.evaluate(async () => (await fetch("../api/admin/limits")).status);
+  assert.equal(forbidden, 403);
+  allowFailedLoad = null;
+  assert.equal((await rest("DELETE", "api/kernels/" + one.body.id, aliceToken)).status, 204);
+
+  // Sign out ends the session.
+  await page.click("#logout");
+  await page.waitForURL(/login\.html$/);
+  allowFailedLoad = "/api/me";
+  assert.equal(await page.evaluate(async () => (await fetch("../api/me")).status), 401);
+  allowFailedLoad = null;
+
+  assert.deepEqual(consoleErrors, [], "console errors");
+}
+
+let failed = false;
+try {
+  await main();
+} catch (e) {
+  failed = true;
+  console.error("FAIL:", e);
+  if (serve && serve.log) console.error("--- kernelbus serve log tail ---\n" + Buffer.concat(serve.log).toString().split("\n").slice(-40).join("\n"));
+  if (consoleErrors.length) console.error("console errors:", consoleErrors);
+  for (const [name, p] of pages) {
+    await p.screenshot({ path: join(artifacts, "failure-" + name + ".png"), fullPage: true }).catch(() => {});
+    console.error(`--- ${name} at ${p.url()} ---\n` + (await p.evaluate(() => document.getElementById("view")?.innerText || document.body.innerText).catch(() => "")));
+  }
+} finally {
+  writeFileSync(join(artifacts, "timings.json"), JSON.stringify(timings, null, 2) + "\n");
+  console.log("page load times (ms):", timings);
+  if (browser) await browser.close().catch(() => {});
+  if (jupyter) {
+    if (failed) console.error("--- jupyter_server log tail ---\n" + Buffer.concat(jupyter.log).toString().split("\n").slice(-20).join("\n"));
+    jupyter.kill("SIGTERM");
+    await poll("jupyter_server to exit", () => jupyter.exitCode !== null || jupyter.signalCode !== null, 20000).catch(() => jupyter.kill("SIGKILL"));
+  }
+  if (serve) {
+    serve.kill("SIGTERM");
+    await poll("kernelbus serve to exit", () => serve.exitCode !== null || serve.signalCode !== null, 20000).catch(() => serve.kill("SIGKILL"));
+  }
+  rmSync(work, { recursive: true, force: true });
+}
+console.log(failed ? "e2e ui: FAILED" : "e2e ui: ok (screenshots in e2e/ui/artifacts)");
+process.exit(failed ? 1 : 0);
