@@ -122,6 +122,9 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := fe.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +134,7 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := fe.Shutdown(ctx); err != nil {
+		if err := fe.Stop(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
 		if err := <-done; err != nil {

@@ -79,6 +79,9 @@ func startTLSFrontend(t *testing.T, o TLSOptions) (*testEnv, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := fe.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +93,7 @@ func startTLSFrontend(t *testing.T, o TLSOptions) (*testEnv, string) {
 	done := make(chan error, 1)
 	go func() { done <- fe.Serve(ln) }()
 	t.Cleanup(func() {
-		_ = fe.Shutdown(t.Context())
+		_ = fe.Stop(t.Context())
 		<-done
 	})
 	base := "https://" + ln.Addr().String() + "/"

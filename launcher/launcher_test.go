@@ -873,13 +873,13 @@ func TestBusRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := srv.Start(10 * time.Second); err != nil {
+		if err := srv.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		return srv
 	}
 	srv := start()
-	t.Cleanup(func() { srv.Shutdown() })
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: srv.ClientURL(), Name: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -897,7 +897,7 @@ func TestBusRestart(t *testing.T) {
 	id := k.execute("pass", false)
 	k.waitMsg(10*time.Second, "execute_reply before the restart", k.reply(id))
 
-	srv.Shutdown()
+	_ = srv.Stop(context.Background())
 	srv = start()
 	tb.srv = srv
 

@@ -66,9 +66,15 @@ type Pool struct {
 	cons jetstream.ConsumeContext
 	sem  chan struct{}
 	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
-	met  *poolMetrics
+	// goMu guards wg.Add against Stop's wg.Wait: the consumer's callback
+	// may still run while Stop waits, and once stopping is set it starts
+	// nothing more (as nats-server's startGoRoutine refuses after
+	// shutdown).
+	goMu     sync.Mutex
+	stopping bool
+	ctx      context.Context
+	stop     context.CancelFunc
+	met      *poolMetrics
 	// claiming is set once the consumer runs (Ready).
 	claiming atomic.Bool
 
@@ -147,24 +153,22 @@ func (p *Pool) Start(ctx context.Context) error {
 		}
 	}
 	p.claiming.Store(true)
-	p.wg.Add(1)
-	go p.presence()
+	p.goFunc(p.presence)
 	if f, ok := p.be.(Follower); ok {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
+		p.goFunc(func() {
 			if err := f.Follow(p.ctx, poolKernels{p}); err != nil && p.ctx.Err() == nil {
 				p.log.Error().Err(err).Msg("following the resource manager stopped")
 			}
-		}()
+		})
 	}
 	p.log.Info().Msg("worker pool claiming requests")
 	return nil
 }
 
-// Stop stops claiming and waits for handlers in flight to return. Launchers
-// already started keep running: they do not depend on the worker.
-func (p *Pool) Stop() {
+// Stop stops claiming and waits, up to ctx, for handlers in flight to
+// return. Launchers already started keep running: they do not depend on
+// the worker. Safe to call more than once.
+func (p *Pool) Stop(ctx context.Context) error {
 	p.claiming.Store(false)
 	if p.cons != nil {
 		p.cons.Stop()
@@ -173,13 +177,46 @@ func (p *Pool) Stop() {
 		_ = p.renewals.Unsubscribe()
 	}
 	p.stop()
-	p.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		// The consumer's callback may be inside dispatch until Closed;
+		// after that nothing calls goFunc but the goroutines it started.
+		if p.cons != nil {
+			<-p.cons.Closed()
+		}
+		p.goMu.Lock()
+		p.stopping = true
+		p.goMu.Unlock()
+		p.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("worker pool %s: stopping: %w", p.cfg.ID, ctx.Err())
+	}
+}
+
+// goFunc runs f in a goroutine Stop waits for, unless Stop has begun
+// waiting (then it reports false and f does not run).
+func (p *Pool) goFunc(f func()) bool {
+	p.goMu.Lock()
+	defer p.goMu.Unlock()
+	if p.stopping {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // presence keeps this worker's key alive in kb_workers, renewing it three
 // times per TTL of the bucket so one lost renewal does not make it look dead.
 func (p *Pool) presence() {
-	defer p.wg.Done()
 	every := kbjs.DefaultPresenceTTL / 3
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	if st, err := p.bus.Workers.Status(ctx); err == nil && st.TTL() > 0 {
@@ -213,9 +250,7 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	started := p.goFunc(func() {
 		defer func() { <-p.sem }()
 		var err error
 		switch m.Headers().Get(broker.HeaderType) {
@@ -247,7 +282,11 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 			p.log.Error().Err(err).Str("subject", m.Subject()).Msg("request failed")
 		}
 		_ = m.Ack()
-	}()
+	})
+	if !started {
+		<-p.sem
+		_ = m.Nak()
+	}
 }
 
 // handleStart is idempotent on the kernel id: a redelivered request finds

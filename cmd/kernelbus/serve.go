@@ -221,10 +221,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		return err
 	}
-	defer srv.Shutdown()
+	defer func() { _ = srv.Stop(context.Background()) }()
 	log.Info().Str("nats", srv.ClientURL()).Bool("tls", tlsFiles.Cert != "").Str("data_dir", *dataDir).Msg("embedded NATS ready")
 	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir, tlsFiles.CA); err != nil {
 		return err

@@ -97,10 +97,10 @@ func Start(t testing.TB, o Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: o.Token, Creds: adminCreds, Name: t.Name()})
 	if err != nil {
 		t.Fatal(err)

@@ -78,7 +78,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 	if err := pool.Start(context.Background()); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(pool.Stop)
+	b.Cleanup(func() { _ = pool.Stop(context.Background()) })
 	pidfile := filepath.Join(b.TempDir(), "pids")
 	b.Cleanup(func() {
 		data, _ := os.ReadFile(pidfile)

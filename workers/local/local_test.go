@@ -125,7 +125,7 @@ func setup(t *testing.T) *env {
 	if err := pool.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Stop)
+	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
 	return &env{bus: bus, pool: pool, be: be, reg: reg}
 }
 

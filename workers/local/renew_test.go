@@ -46,7 +46,7 @@ func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	if err := pool.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Stop)
+	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
 	e := &env{bus: js.Bus, pool: pool, be: be}
 	id := "00000000-0000-4000-8000-0000000000c1"
 	e.request(t, id, "ok", 20*time.Second)

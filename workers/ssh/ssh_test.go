@@ -115,10 +115,10 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	g.srv = srv
 	g.natsURL = srv.ClientURL()
 	g.bus, err = kbjs.Setup(context.Background(), g.roleConn(t, access.RoleAdmin, ""), kbjs.Layout{IOMemory: true})
@@ -152,6 +152,9 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := fe.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +164,7 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = fe.Shutdown(ctx)
+		_ = fe.Stop(ctx)
 		<-done
 	})
 	g.c = &client.Client{BaseURL: "http://" + ln.Addr().String()}
@@ -223,7 +226,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Stop)
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
 	return p
 }
 
