@@ -148,11 +148,13 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	run := &parts{log: log}
+	defer run.stopAll(15 * time.Second)
 	bus, err := nf.connect(ctx, "kernelbus-frontend", log)
 	if err != nil {
 		return err
 	}
-	defer bus.NC.Close()
+	run.onStop("bus connection", closeConn(bus.NC))
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
@@ -165,31 +167,30 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	d, err := df.duties(ctx, bus, feID, log)
+	if err != nil {
+		return err
+	}
+	if err := metrics.RegisterDuties(reg, feID, d); err != nil {
+		return err
+	}
 	ln, scheme, err := listen(ff.listen, ff.tls, log)
 	if err != nil {
 		return err
 	}
-	d, err := df.start(ctx, bus, feID, log)
-	if err != nil {
-		ln.Close()
+	web := &served{fe: fe, ln: ln}
+	if err := run.start(ctx, "front-end", web); err != nil {
 		return err
 	}
-	defer d.Stop()
-	if err := metrics.RegisterDuties(reg, feID, d); err != nil {
-		ln.Close()
+	if err := run.start(ctx, "duties", d); err != nil {
 		return err
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- fe.Serve(ln) }()
 	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
-	case err = <-serveErr:
+	case <-web.done:
+		err = web.err
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer scancel()
-	_ = fe.Shutdown(sctx)
-	_ = bus.NC.Drain()
 	return err
 }
 
@@ -262,11 +263,16 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	run := &parts{log: log}
+	defer run.stopAll(15 * time.Second)
+	if c, ok := be.(io.Closer); ok {
+		run.onStop("backend", func(context.Context) error { return c.Close() })
+	}
 	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm, log)
 	if err != nil {
 		return err
 	}
-	defer bus.NC.Close()
+	run.onStop("bus connection", closeConn(bus.NC))
 	lurls := *launcherNATS
 	if lurls == "" {
 		lurls = nf.urls
@@ -294,7 +300,6 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var opsSrv *http.Server
 	if *metricsListen != "" {
 		ln, err := net.Listen("tcp", *metricsListen)
 		if err != nil {
@@ -304,30 +309,25 @@ func cmdWorker(args []string, stderr io.Writer) error {
 			log.Warn().Str("addr", ln.Addr().String()).Msg("/metrics needs no token: set --metrics-token unless the address is private")
 		}
 		ready := metrics.NewReadiness(time.Second, metrics.Check{Name: "claiming", Fn: pool.Ready})
-		opsSrv = &http.Server{Handler: metrics.OpsMux(reg, *metricsToken, ready), ReadHeaderTimeout: 10 * time.Second}
+		opsSrv := &http.Server{Handler: metrics.OpsMux(reg, *metricsToken, ready), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = opsSrv.Serve(ln) }()
+		run.onStop("metrics server", func(context.Context) error { return opsSrv.Close() })
 		log.Info().Str("addr", ln.Addr().String()).Msg("worker metrics and health serving")
 	}
-	if err := pool.Start(ctx); err != nil {
+	if err := run.start(ctx, "worker pool", pool); err != nil {
 		return err
 	}
-	d, err := df.start(ctx, bus, pool.ID(), log)
+	d, err := df.duties(ctx, bus, pool.ID(), log)
 	if err != nil {
-		pool.Stop()
 		return err
 	}
 	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
-		d.Stop()
-		pool.Stop()
+		return err
+	}
+	if err := run.start(ctx, "duties", d); err != nil {
 		return err
 	}
 	<-ctx.Done()
-	d.Stop()
-	pool.Stop()
-	if opsSrv != nil {
-		_ = opsSrv.Close()
-	}
-	_ = bus.NC.Drain()
 	return nil
 }
 
