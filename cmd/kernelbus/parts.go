@@ -211,9 +211,12 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	metricsListen := fs.String("metrics-listen", "", "address serving /metrics, /healthz and /readyz (empty: none)")
 	metricsToken := fs.String("metrics-token", "", "token Prometheus must send to /metrics (Authorization: Bearer T); empty: none (keep --metrics-listen on a private address then)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	sshOpts := sshFlags(fs)
-	k8sOpts := k8sFlags(fs)
-	yarnOpts := yarnFlags(fs)
+	// Each resource manager's own flags give its backend's options.
+	rmOpts := map[string]func() (map[string]string, error){
+		broker.RMSSH:        sshFlags(fs),
+		broker.RMKubernetes: k8sFlags(fs),
+		broker.RMYarn:       yarnFlags(fs),
+	}
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -225,14 +228,11 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := backendOptions(*rm, sshOpts)
-	if *rm == broker.RMKubernetes {
-		if opts, err = k8sOpts(); err != nil {
+	var opts map[string]string
+	if f, ok := rmOpts[*rm]; ok {
+		if opts, err = f(); err != nil {
 			return err
 		}
-	}
-	if *rm == broker.RMYarn {
-		opts = yarnOpts()
 	}
 	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher, Options: opts})
 	if err != nil {

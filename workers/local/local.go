@@ -72,7 +72,11 @@ func New(launcher string, log zerolog.Logger) (*Backend, error) {
 
 func (b *Backend) Name() string { return Name }
 
-func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{Signal: true} }
+// What the local backend offers beyond workers.Backend.
+var (
+	_ workers.Backend  = (*Backend)(nil)
+	_ workers.Signaler = (*Backend)(nil)
+)
 
 // baseEnv is what the launcher inherits from the worker: enough to find
 // programs and write temp files, never the worker's whole environment.

@@ -189,7 +189,7 @@ func (g *gateway) newBackend(t *testing.T, cfg kbssh.Config) *kbssh.Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(be.Close)
+	t.Cleanup(func() { _ = be.Close() })
 	return be
 }
 
