@@ -141,13 +141,7 @@ func lifecycle(evs []broker.Event) []string {
 // the audit log: each kernel's full history, in causal order, with the
 // right user, spec, host and handle, and nothing twice.
 func TestAuditLifecycle(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	py := jstest.Python(t)
 	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
 	dir := t.TempDir()

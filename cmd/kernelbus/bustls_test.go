@@ -28,13 +28,7 @@ import (
 // working across several renewals), and the last ones issued stop working
 // once the kernel is deleted.
 func TestServeBusTLS(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	py := jstest.Python(t)
 	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
 	dir := t.TempDir()

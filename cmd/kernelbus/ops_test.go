@@ -52,13 +52,7 @@ func TestHelpExitsZero(t *testing.T) {
 // /metrics (refused without the token, right numbers with it), /readyz
 // with the worker's check, and a real Prometheus server scraping it.
 func TestOperations(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	py := jstest.Python(t)
 	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
 	dir := t.TempDir()
@@ -372,10 +366,7 @@ func startPrometheus(t *testing.T, target, token string) string {
 	if bin == "" {
 		var err error
 		if bin, err = exec.LookPath("prometheus"); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatal("no Prometheus in CI: task test:go sets PROMETHEUS_BIN from scripts/setup-prometheus.sh")
-			}
-			t.Skip("no prometheus binary: run scripts/setup-prometheus.sh")
+			jstest.MissingSetup(t, "no prometheus binary: run scripts/setup-prometheus.sh (task test:go sets PROMETHEUS_BIN from it)")
 		}
 	}
 	dir := t.TempDir()

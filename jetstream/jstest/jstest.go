@@ -181,9 +181,28 @@ func Python(t testing.TB) string {
 			return py
 		}
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no Python with ipykernel in CI: the test task must run scripts/setup-python.sh (and may set KB_TEST_PYTHON)")
-	}
-	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
+	MissingSetup(t, "no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh` (the test task does)")
 	return ""
+}
+
+// MissingSetup skips a test whose set-up is missing on a developer's
+// machine, and fails it in CI (CI set), where a missing set-up is a broken
+// task that would otherwise pass having tested nothing.
+func MissingSetup(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatal("in CI: " + why)
+	}
+	t.Skip(why)
+}
+
+// KernelbusBin is the kernelbus binary under test ($KERNELBUS_BIN, which
+// task test:go builds and sets).
+func KernelbusBin(t testing.TB) string {
+	t.Helper()
+	bin := os.Getenv("KERNELBUS_BIN")
+	if bin == "" {
+		MissingSetup(t, "KERNELBUS_BIN is not set (task test:go builds and sets it)")
+	}
+	return bin
 }
