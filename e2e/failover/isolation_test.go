@@ -113,16 +113,14 @@ func (a *attacker) violations() []string {
 func (a *attacker) deniedTo(t *testing.T, what, kind, subject string) {
 	t.Helper()
 	want := strings.ToLower(kind + " to \"" + subject + "\"")
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	jstest.WaitForNil(t, 10*time.Second, func() error {
 		for _, e := range a.violations() {
 			if strings.Contains(strings.ToLower(e), want) {
-				return
+				return nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.name, want, a.violations())
+		return fmt.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.name, want, a.violations())
+	})
 }
 
 // TestKernelCredentialsIsolated: two kernels of two users run on the

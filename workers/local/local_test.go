@@ -182,20 +182,18 @@ func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) stri
 // waitFor polls the record until cond holds.
 func (e *env) waitFor(t *testing.T, id string, within time.Duration, cond func(*broker.Kernel) bool) *broker.Kernel {
 	t.Helper()
-	deadline := time.Now().Add(within)
 	var last *broker.Kernel
-	for time.Now().Before(deadline) {
+	jstest.WaitForNil(t, within, func() error {
 		k, _, err := e.bus.GetKernel(context.Background(), id)
 		if err == nil {
 			last = k
 			if cond(k) {
-				return k
+				return nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("kernel %s: condition not met within %s; last record: %+v", id, within, last)
-	return nil
+		return fmt.Errorf("kernel %s: condition not met; last record: %+v", id, last)
+	})
+	return last
 }
 
 func (e *env) events(t *testing.T, id string) []broker.Event {
@@ -265,13 +263,7 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitFor(t, id, 10*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateTerminated })
-	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d still alive after stop", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 5*time.Second, fmt.Sprintf("launcher %d to end after stop", pid), func() bool { return syscall.Kill(pid, 0) != nil })
 }
 
 func TestLauncherExitFailsStartWithReason(t *testing.T) {
@@ -298,17 +290,10 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 	}
 	e.waitStarts(t, workers.OutcomeTimeout, 1)
 	pid := pidOf(t, k)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	jstest.WaitFor(t, 10*time.Second, fmt.Sprintf("launcher %d to end after the timeout", pid), func() bool {
 		st, err := e.be.Poll(context.Background(), workers.Handle{Data: k.Handle})
-		if err == nil && st.Exited {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d left running after the timeout", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && st.Exited
+	})
 }
 
 func TestReadableLogLine(t *testing.T) {

@@ -430,18 +430,14 @@ func (h *labHost) StopSSHD(t *testing.T) { h.command(t, "stop", "stopped") }
 
 func (h *labHost) waitListening(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	jstest.WaitForNil(t, 10*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", h.Addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
+		if err != nil {
+			return fmt.Errorf("sshd of %s does not listen on %s: %w", h.Name, h.Addr, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd of %s does not listen on %s: %v", h.Name, h.Addr, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		c.Close()
+		return nil
+	})
 }
 
 // Path is where a host-side absolute path is seen from this machine:

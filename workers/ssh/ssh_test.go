@@ -287,13 +287,7 @@ func whereAmI(hostIP string) string {
 
 func waitGone(t *testing.T, h *labHost, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for h.Alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d still alive on %s", pid, h.Name)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 15*time.Second, fmt.Sprintf("launcher %d to end on %s", pid, h.Name), func() bool { return !h.Alive(pid) })
 }
 
 // TestKernelsOnHosts: JEG DistributedProcessProxy kernels start on both
