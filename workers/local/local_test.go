@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
@@ -21,6 +22,7 @@ import (
 	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -304,4 +306,20 @@ func TestReadableLogLine(t *testing.T) {
 	if got := local.ReadableLogLine("plain text"); got != "plain text" {
 		t.Fatalf("got %q", got)
 	}
+}
+
+// The local backend keeps the contract every backend keeps.
+func TestBackendContract(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.New(exe, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerstest.Harness{Backend: be, Grace: 2 * time.Second, Launch: func(t *testing.T) *broker.LaunchConfig {
+		// A stand-in launcher that runs until it is signalled.
+		return &broker.LaunchConfig{V: 1, KernelID: uuid.NewString(), Argv: []string{"unused"}, Env: map[string]string{"FAKE": "hang"}, LaunchTimeout: broker.Duration(time.Minute)}
+	}}.Run(t)
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -372,30 +372,14 @@ func TestKernelsOnHosts(t *testing.T) {
 	}
 
 	// A restarted worker knows nothing but the records: a fresh backend
-	// (new connections) polls, signals and stops a running kernel.
+	// (new connections) keeps the backend contract on a running kernel
+	// (poll, signal, stop, poll, stop again), and on handles it never made.
 	k := ks[2]
 	h := g.host(t, k)
-	fresh := g.newBackend(t, kbssh.Config{})
-	wh := workers.Handle{Host: k.Host, Data: k.Handle}
-	ctx := context.Background()
-	if st, err := fresh.Poll(ctx, wh); err != nil || !st.Running {
-		t.Fatalf("re-adopted poll: %+v %v", st, err)
-	}
-	if err := fresh.Signal(ctx, wh, syscall.SIGCONT); err != nil {
-		t.Fatalf("re-adopted signal: %v", err)
-	}
-	if err := fresh.Stop(ctx, wh, 5*time.Second); err != nil {
-		t.Fatalf("re-adopted stop: %v", err)
-	}
+	fresh := workerstest.Harness{Backend: g.newBackend(t, kbssh.Config{}), Grace: 5 * time.Second}
+	fresh.Run(t)
+	fresh.Running(t, workers.Handle{Host: k.Host, Data: k.Handle})
 	waitGone(t, h, handlePID(t, k))
-	st, err := fresh.Poll(ctx, wh)
-	if err != nil || !st.Exited {
-		t.Fatalf("poll after stop: %+v %v", st, err)
-	}
-	// Stopping what is gone is not an error.
-	if err := fresh.Stop(ctx, wh, time.Second); err != nil {
-		t.Fatalf("second stop: %v", err)
-	}
 }
 
 // waitInput reads the kernel's messages until request id's code prints
