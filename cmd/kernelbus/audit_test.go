@@ -4,14 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,9 +19,8 @@ import (
 
 // serveProc is a `kernelbus serve` child process.
 type serveProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	url  string
+	*proc
+	url string
 }
 
 func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
@@ -36,63 +32,23 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 }
 
 // launchServe starts serve with exactly args (and a listen address and
-// data dir) and waits until it answers.
+// data dir) and waits until it is ready (/readyz needs no token: it is
+// what a probe polls).
 func launchServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}, args...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &serveProc{cmd: cmd, done: make(chan struct{}), url: "http://" + addr}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		// Launchers are in process groups of their own; a failed test
-		// must not leave them behind either.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	})
-	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to answer", func() bool {
-		select {
-		case <-p.done:
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("kernelbus serve exited:\n%s", log)
-		default:
-		}
-		r, err := http.Get(p.url + "/api/kernelspecs")
+	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "debug"}, args...)
+	p, url := startProc(t, bin, args, logPath, "kernelbus serving", "url")
+	sp := &serveProc{proc: p, url: strings.TrimSuffix(url, "/")}
+	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to be ready", func() bool {
+		p.failIfExited(t)
+		r, err := http.Get(sp.url + "/readyz")
 		if err != nil {
 			return false
 		}
 		r.Body.Close()
-		return r.StatusCode == 200 || r.StatusCode == 401 // up, with or without authentication
+		return r.StatusCode == 200
 	})
-	return p
-}
-
-func (p *serveProc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	return sp
 }
 
 // history replays the audit log with `kernelbus events --json`.
