@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/auth"
+	"github.com/kernelbus/kernelbus/internal/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,12 +41,10 @@ type Server struct {
 	slots *userSlots
 
 	// ctx ends at Stop; every goroutine the server starts watches it
-	// and is counted in wg.
+	// and is one of routines.
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	goMu     sync.Mutex
-	stopping bool
+	routines routines.Group
 
 	state  *state
 	hub    *hub
@@ -113,13 +112,10 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	fail := func(err error) error {
 		s.cancel()
-		s.goMu.Lock()
-		s.stopping = true
-		s.goMu.Unlock()
 		if s.releaseSub != nil {
 			_ = s.releaseSub.Unsubscribe()
 		}
-		s.wg.Wait()
+		_ = s.routines.Wait(context.Background())
 		return err
 	}
 	sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
@@ -146,19 +142,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 // goFunc runs f in a goroutine owned by the server, unless Stop has
 // begun waiting for them (then it reports false).
-func (s *Server) goFunc(f func()) bool {
-	s.goMu.Lock()
-	defer s.goMu.Unlock()
-	if s.stopping {
-		return false
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-	return true
-}
+func (s *Server) goFunc(f func()) bool { return s.routines.Go(f) }
 
 // App returns the Fiber app, for tests (app.Test) and for mounting.
 func (s *Server) App() *fiber.App { return s.app }
@@ -200,17 +184,8 @@ func (s *Server) Stop(ctx context.Context) error {
 			_ = s.releaseSub.Unsubscribe()
 		}
 		s.cancel()
-		s.goMu.Lock()
-		s.stopping = true
-		s.goMu.Unlock()
-		done := make(chan struct{})
-		go func() { s.wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			if s.shutErr == nil {
-				s.shutErr = ctx.Err()
-			}
+		if err := s.routines.Wait(ctx); err != nil && s.shutErr == nil {
+			s.shutErr = err
 		}
 	})
 	return s.shutErr

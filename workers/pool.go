@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/internal/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"
@@ -65,13 +65,9 @@ type Pool struct {
 	log  zerolog.Logger
 	cons jetstream.ConsumeContext
 	sem  chan struct{}
-	wg   sync.WaitGroup
-	// goMu guards wg.Add against Stop's wg.Wait: the consumer's callback
-	// may still run while Stop waits, and once stopping is set it starts
-	// nothing more (as nats-server's startGoRoutine refuses after
-	// shutdown).
-	goMu     sync.Mutex
-	stopping bool
+	// routines are the goroutines Stop waits for; the consumer's and the
+	// renewals' callbacks may still start some while it waits.
+	routines routines.Group
 	ctx      context.Context
 	stop     context.CancelFunc
 	met      *poolMetrics
@@ -153,9 +149,9 @@ func (p *Pool) Start(ctx context.Context) error {
 		}
 	}
 	p.claiming.Store(true)
-	p.goFunc(p.presence)
+	p.routines.Go(p.presence)
 	if f, ok := p.be.(Follower); ok {
-		p.goFunc(func() {
+		p.routines.Go(func() {
 			if err := f.Follow(p.ctx, poolKernels{p}); err != nil && p.ctx.Err() == nil {
 				p.log.Error().Err(err).Msg("following the resource manager stopped")
 			}
@@ -177,41 +173,17 @@ func (p *Pool) Stop(ctx context.Context) error {
 		_ = p.renewals.Unsubscribe()
 	}
 	p.stop()
-	done := make(chan struct{})
-	go func() {
-		// The consumer's callback may be inside dispatch until Closed;
-		// after that nothing calls goFunc but the goroutines it started.
-		if p.cons != nil {
-			<-p.cons.Closed()
+	if p.cons != nil {
+		// The consumer's callback may be inside dispatch until Closed.
+		select {
+		case <-p.cons.Closed():
+		case <-ctx.Done():
 		}
-		p.goMu.Lock()
-		p.stopping = true
-		p.goMu.Unlock()
-		p.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("worker pool %s: stopping: %w", p.cfg.ID, ctx.Err())
 	}
-}
-
-// goFunc runs f in a goroutine Stop waits for, unless Stop has begun
-// waiting (then it reports false and f does not run).
-func (p *Pool) goFunc(f func()) bool {
-	p.goMu.Lock()
-	defer p.goMu.Unlock()
-	if p.stopping {
-		return false
+	if err := p.routines.Wait(ctx); err != nil {
+		return fmt.Errorf("worker pool %s: stopping: %w", p.cfg.ID, err)
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		f()
-	}()
-	return true
+	return nil
 }
 
 // presence keeps this worker's key alive in kb_workers, renewing it three
@@ -250,7 +222,7 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	started := p.goFunc(func() {
+	started := p.routines.Go(func() {
 		defer func() { <-p.sem }()
 		var err error
 		switch m.Headers().Get(broker.HeaderType) {
