@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -102,4 +105,29 @@ func (s *served) Stop(ctx context.Context) error {
 		err = errors.Join(err, ctx.Err())
 	}
 	return err
+}
+
+// serveFrontend listens on --listen, serves fe there and campaigns for the
+// duties as holder; run stops them. It returns the front-end's URL.
+func serveFrontend(ctx context.Context, run *parts, ff *frontendFlags, df *dutyFlags, fe *frontend.Server, bus *kbjs.Bus,
+	holder string, reg *prometheus.Registry, log zerolog.Logger) (*served, string, error) {
+	d, err := df.duties(ctx, bus, holder, log)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := metrics.RegisterDuties(reg, holder, d); err != nil {
+		return nil, "", err
+	}
+	ln, scheme, err := listen(ff.listen, ff.tls, log)
+	if err != nil {
+		return nil, "", err
+	}
+	web := &served{fe: fe, ln: ln}
+	if err := run.start(ctx, "front-end", web); err != nil {
+		return nil, "", err
+	}
+	if err := run.start(ctx, "duties", d); err != nil {
+		return nil, "", err
+	}
+	return web, scheme + "://" + ln.Addr().String() + ff.baseURL, nil
 }

@@ -167,25 +167,11 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d, err := df.duties(ctx, bus, feID, log)
+	web, url, err := serveFrontend(ctx, run, &ff, &df, fe, bus, feID, reg, log)
 	if err != nil {
 		return err
 	}
-	if err := metrics.RegisterDuties(reg, feID, d); err != nil {
-		return err
-	}
-	ln, scheme, err := listen(ff.listen, ff.tls, log)
-	if err != nil {
-		return err
-	}
-	web := &served{fe: fe, ln: ln}
-	if err := run.start(ctx, "front-end", web); err != nil {
-		return err
-	}
-	if err := run.start(ctx, "duties", d); err != nil {
-		return err
-	}
-	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", url).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
 	case <-web.done:

@@ -307,27 +307,13 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d, err := df.duties(ctx, feBus, pool.ID(), log)
+	web, url, err := serveFrontend(ctx, run, &ff, &df, fe, feBus, pool.ID(), reg, log)
 	if err != nil {
 		return err
 	}
-	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
-		return err
-	}
-	ln, scheme, err := listen(ff.listen, ff.tls, log)
-	if err != nil {
-		return err
-	}
-	web := &served{fe: fe, ln: ln}
-	if err := run.start(ctx, "front-end", web); err != nil {
-		return err
-	}
-	if err := run.start(ctx, "duties", d); err != nil {
-		return err
-	}
-	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", url).Str("launcher", launcher).Msg("kernelbus serving")
 	if generated {
-		printGeneratedToken(stderr, scheme+"://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
+		printGeneratedToken(stderr, strings.TrimSuffix(url, "/"), ff.token)
 	}
 
 	select {
