@@ -104,7 +104,17 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	js := jstest.Start(t, jstest.Options{Auth: true})
-	bus := js.Bus
+	reg := prometheus.NewRegistry()
+	e := startPool(t, js, workers.PoolConfig{Minter: js.Minter, Metrics: reg})
+	e.reg = reg
+	return e
+}
+
+// startPool runs a local pool on js with a worker's role credentials, as
+// under `kernelbus serve`, this test binary as its launcher, and cfg
+// (default: launchers reach js.URL and get 2s to stop).
+func startPool(t testing.TB, js *jstest.Env, cfg workers.PoolConfig) *env {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -113,14 +123,17 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The pool runs with a worker's role credentials and mints each
-	// launcher its own, as under `kernelbus serve`.
 	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg}, wbus, be, zerolog.Nop())
+	if cfg.NATSURLs == "" {
+		cfg.NATSURLs = js.URL
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 2 * time.Second
+	}
+	pool, err := workers.NewPool(cfg, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +141,7 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
-	return &env{bus: bus, pool: pool, be: be, reg: reg}
+	return &env{bus: js.Bus, pool: pool, be: be}
 }
 
 // waitStarts polls the pool's kernelbus_kernel_starts_total for outcome
