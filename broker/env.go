@@ -5,10 +5,17 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // MaxEnvValue is the longest env value a client may pass.
 const MaxEnvValue = 4096
+
+// DefaultMaxEnvBytes is the default of EnvPolicy.MaxTotalBytes: 64 KiB,
+// far below what exec accepts (a larger env made starts fail with "argument
+// list too long") and far above what any Jupyter client sends.
+const DefaultMaxEnvBytes = 64 << 10
 
 // Well-known KERNEL_* variables.
 const (
@@ -28,6 +35,9 @@ type EnvPolicy struct {
 	DefaultLaunchTimeout time.Duration
 	// MaxLaunchTimeout caps KERNEL_LAUNCH_TIMEOUT. Default 10m.
 	MaxLaunchTimeout time.Duration
+	// MaxTotalBytes caps the client's env as sent (names and values,
+	// dropped ones included). Default DefaultMaxEnvBytes; <0: no cap.
+	MaxTotalBytes int
 }
 
 // Filter returns the variables of env that may reach the kernel, or a
@@ -35,6 +45,15 @@ type EnvPolicy struct {
 // allow-list are dropped, as JEG drops them: clients such as jupyter_server
 // send their own extras.
 func (p EnvPolicy) Filter(env map[string]string) (map[string]string, error) {
+	if limit := p.maxTotal(); limit > 0 {
+		total := 0
+		for k, v := range env {
+			total += len(k) + len(v)
+		}
+		if total > limit {
+			return nil, Errorf(ErrBadEnv, "env is %d bytes (names and values), the limit is %d: send fewer or shorter variables", total, limit)
+		}
+	}
 	out := make(map[string]string)
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -55,6 +74,13 @@ func (p EnvPolicy) Filter(env map[string]string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+func (p EnvPolicy) maxTotal() int {
+	if p.MaxTotalBytes == 0 {
+		return DefaultMaxEnvBytes
+	}
+	return p.MaxTotalBytes
 }
 
 func (p EnvPolicy) allowed(k string) bool {
@@ -78,6 +104,17 @@ func checkEnvValue(k, v string) error {
 	} {
 		if strings.Contains(v, c.s) {
 			return Errorf(ErrBadEnv, "env %s: value contains %s, which is not allowed (no $, backticks, CR, LF or NUL)", k, c.name)
+		}
+	}
+	// Other control characters and Unicode line breaks: NEL, LS and PS end
+	// a line in YAML and in some shells' and loggers' eyes, and no value a
+	// kernel needs holds one. Tabs stay (Spark options use them).
+	if !utf8.ValidString(v) {
+		return Errorf(ErrBadEnv, "env %s: value is not valid UTF-8", k)
+	}
+	for _, r := range v {
+		if r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029') {
+			return Errorf(ErrBadEnv, "env %s: value contains the control character %U, which is not allowed (no control characters or line separators)", k, r)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -37,5 +38,41 @@ func TestLaunchTimeout(t *testing.T) {
 	}
 	if _, err := p.LaunchTimeout(map[string]string{EnvLaunchTimeout: "soon"}); !errors.Is(err, ErrBadEnv) {
 		t.Fatalf("want bad env, got %v", err)
+	}
+}
+
+// Control characters and Unicode line breaks end lines in YAML, logs and
+// some shells: refused, naming the key and the character. Tabs pass.
+func TestEnvControlCharacters(t *testing.T) {
+	p := EnvPolicy{}
+	for _, v := range []string{"a\u0085b", "a\u2028b", "a\u2029b", "a\x1bb", "a\x7fb", "a\x0bb", "a\x0cb", "a\xffb"} {
+		_, err := p.Filter(map[string]string{"KERNEL_EXTRA": v})
+		if !errors.Is(err, ErrBadEnv) || !strings.Contains(err.Error(), "KERNEL_EXTRA") {
+			t.Errorf("value %q: want a bad-env error naming the key, got %v", v, err)
+		}
+	}
+	if _, err := p.Filter(map[string]string{"KERNEL_EXTRA": "a\tb é ✓"}); err != nil {
+		t.Errorf("tabs and non-ASCII letters are allowed: %v", err)
+	}
+}
+
+// The total env cap counts every variable sent, dropped ones included.
+func TestEnvTotalBytes(t *testing.T) {
+	p := EnvPolicy{MaxTotalBytes: 100}
+	if _, err := p.Filter(map[string]string{"DROPPED": strings.Repeat("x", 100)}); !errors.Is(err, ErrBadEnv) || !strings.Contains(err.Error(), "limit is 100") {
+		t.Fatalf("want a bad-env error naming the limit, got %v", err)
+	}
+	if _, err := p.Filter(map[string]string{"KERNEL_X": strings.Repeat("x", 90)}); err != nil {
+		t.Fatal(err)
+	}
+	big := map[string]string{}
+	for i := range 20 {
+		big[fmt.Sprintf("KERNEL_V%d", i)] = strings.Repeat("x", 4000)
+	}
+	if _, err := (EnvPolicy{}).Filter(big); !errors.Is(err, ErrBadEnv) {
+		t.Fatalf("80 kB of env passes the default cap: %v", err)
+	}
+	if _, err := (EnvPolicy{MaxTotalBytes: -1}).Filter(big); err != nil {
+		t.Fatalf("no cap: %v", err)
 	}
 }

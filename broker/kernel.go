@@ -77,8 +77,10 @@ type Kernel struct {
 	FailStatus int `json:"fail_status,omitempty"`
 	// Restarts counts automatic restarts since the last stable run.
 	Restarts int `json:"restarts,omitempty"`
-	// Launch is what the worker hands the launcher (without bus
-	// credentials, which each worker adds from its own configuration).
+	// Launch is the launch the front-end resolved, for operators and
+	// tests to read. Workers never use it: they build the launch from
+	// Spec and Env against their own kernelspecs and env policy
+	// (workers.Pool), so whoever writes a record cannot pick the argv.
 	Launch *LaunchConfig `json:"launch,omitempty"`
 }
 

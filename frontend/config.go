@@ -71,6 +71,10 @@ type Config struct {
 	// its Host is refused unless it matches. Default "" (same origin only).
 	AllowOrigin string
 
+	// Guard hardens the edge: Host allow-list, cross-site requests,
+	// timeouts, websockets per caller, env size (guard.go).
+	Guard GuardConfig
+
 	// BaseURL prefixes every route, as Jupyter's base_url. Default "/".
 	BaseURL string
 
@@ -199,6 +203,10 @@ func (c Config) withDefaults() (Config, error) {
 		c.Version = "dev"
 	}
 	if _, err := parseOrigins(c.AllowOrigin); err != nil {
+		return c, err
+	}
+	var err error
+	if c.Guard, err = c.Guard.withDefaults(); err != nil {
 		return c, err
 	}
 	return c, nil

@@ -53,6 +53,8 @@ type Server struct {
 	// draining is set when Stop starts: websockets that complete
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
+	wsCount    *wsCounter // open websockets per caller (guard.go)
+	hostName   string     // this machine's, a Host always allowed (guard.go)
 	releaseSub *nats.Subscription
 	ops        *ops // metrics, health, API description (ops.go)
 	started    atomic.Bool
@@ -205,6 +207,8 @@ func (s *Server) routes() *fiber.App {
 		IdleTimeout:       2 * time.Minute,
 		AppName:           "kernelbus",
 	})
+	s.guardServer(app)
+	app.Use(s.guard) // before everything, the public endpoints too (guard.go)
 	s.publicOps(app)
 	app.Use(s.cors, s.auth)
 	prefix := strings.TrimSuffix(s.cfg.BaseURL, "/")
@@ -221,7 +225,7 @@ func (s *Server) routes() *fiber.App {
 	g.Delete("/api/kernels/:id", s.deleteKernel)
 	g.Post("/api/kernels/:id/interrupt", s.interruptKernel)
 	g.Post("/api/kernels/:id/restart", s.restartKernel)
-	g.Get("/api/kernels/:id/channels", s.wsPrecheck, s.wsHandler())
+	g.Get("/api/kernels/:id/channels", s.wsLimit, s.wsPrecheck, s.wsHandler())
 	g.Get("/api/sessions", s.listSessions)
 	g.Post("/api/sessions", s.postSession)
 	g.Get("/api/sessions/:id", s.getSession)

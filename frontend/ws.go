@@ -270,6 +270,7 @@ func sessionKVKey(kernel, session string) string {
 // serveWS runs one websocket from upgrade to close, on the goroutine
 // fasthttp gave the hijacked connection; it is the connection's reader.
 func (s *Server) serveWS(w *websocket.Conn) {
+	defer holdWSSlot(w.Locals(localsWSSlot))() // the caller's websocket slot (guard.go)
 	rec, _ := w.Locals(localsKernel).(*broker.Kernel)
 	session, _ := w.Locals(localsSession).(string)
 	streamEnd, _ := w.Locals(localsStart).(uint64)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -51,9 +52,39 @@ type PoolConfig struct {
 	NATSCreds        string
 	// StopGrace is how long Stop waits before killing. Default 5s.
 	StopGrace time.Duration
+	// Specs is where the worker reads kernelspecs: it builds every launch
+	// from the spec the record names and never from the record's argv or
+	// launch configuration, which others write (a forged record would
+	// otherwise run any command as the worker's user). It must hold the
+	// same specs as the front-ends' (the same --kernelspec-dir). Required.
+	Specs SpecSource
+	// Env is the policy the worker filters the client's env with again,
+	// as the front-ends do (the same --allowed-env), so a record written
+	// past a front-end cannot hand a kernel LD_PRELOAD or PATH. Its
+	// MaxLaunchTimeout also caps the launch time a record asks for.
+	Env broker.EnvPolicy
 	// Metrics is where the pool registers its collectors (metrics.go);
 	// nil: nowhere.
 	Metrics prometheus.Registerer
+}
+
+// SpecSource finds kernelspecs by name; frontend.Catalog is one.
+type SpecSource interface {
+	Spec(name string) (*broker.KernelSpec, bool)
+}
+
+// SpecList is a fixed SpecSource.
+type SpecList []*broker.KernelSpec
+
+// Spec implements SpecSource.
+func (l SpecList) Spec(name string) (*broker.KernelSpec, bool) {
+	name = strings.ToLower(name)
+	for _, s := range l {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return nil, false
 }
 
 // Pool claims requests of one resource manager and runs them through its
@@ -102,6 +133,9 @@ func NewPool(cfg PoolConfig, bus *kbjs.Bus, be Backend, log zerolog.Logger) (*Po
 	}
 	if cfg.NATSURLs == "" {
 		return nil, errors.New("worker pool: the NATS URL launchers should use is required")
+	}
+	if cfg.Specs == nil {
+		return nil, errors.New("worker pool: kernelspecs are required (the worker builds each launch from the spec itself)")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{cfg: cfg, bus: bus, be: be, log: log.With().Str("worker", cfg.ID).Str("rm", be.Name()).Logger(),
@@ -315,19 +349,23 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			p.countStart(k, OutcomeTimeout)
 			return p.fail(k, nil, fmt.Sprintf("the launch deadline passed before a %s worker could take the request", p.be.Name()))
 		}
-		if k.Launch == nil {
-			p.countStart(k, OutcomeFailed)
-			return p.fail(k, nil, "the kernel record has no launch configuration")
+		cfg, status, err := p.resolveLaunch(k)
+		if err != nil {
+			if status != 0 {
+				p.countStart(k, OutcomeRefused)
+			} else {
+				p.countStart(k, OutcomeFailed)
+			}
+			return p.failStatus(k, nil, status, err.Error())
 		}
-		cfg := *k.Launch
-		if err := p.launchAccess(ctx, &cfg, r.KernelID); err != nil {
+		if err := p.launchAccess(ctx, cfg, r.KernelID); err != nil {
 			return err
 		}
 		cfg.Attempt = k.Attempt
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
-		h, err := p.be.Start(ctx, &cfg)
+		h, err := p.be.Start(ctx, cfg)
 		if err != nil {
 			if RefusedStatus(err) != 0 {
 				p.countStart(k, OutcomeRefused)
@@ -462,7 +500,7 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 			cur, _, err := p.bus.GetKernel(p.ctx, k.ID)
 			if err == nil && cur.State.Starting() {
 				p.countStart(k, OutcomeTimeout)
-				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", time.Duration(k.Launch.LaunchTimeout).Round(time.Second)))
+				return p.fail(cur, &h, fmt.Sprintf("the kernel did not start within %s", k.Deadline.Sub(k.Created).Round(time.Second)))
 			}
 			return nil
 		}
@@ -561,7 +599,9 @@ func (p *Pool) handleStop(r broker.StopRequest) error {
 
 func (p *Pool) emit(ev broker.Event) {
 	ev.Worker = p.cfg.ID
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Long enough for KB_EVENTS to elect a new leader on a loaded cluster
+	// (a 5 s budget lost audit records in the failover suite).
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p.bus.Emit(ctx, ev); err != nil {
 		p.log.Warn().Err(err).Str("event", ev.Type).Msg("emit event")
@@ -619,6 +659,51 @@ func (pk poolKernels) Ended(ctx context.Context, id string) (bool, error) {
 		return false, err
 	}
 	return k.State.Terminal(), nil
+}
+
+// resolveLaunch builds the launch of kernel k from what this worker checks
+// itself: the kernelspec the record names, read from the worker's own
+// catalog and meant for its resource manager, and the client's env filtered
+// again by the worker's policy. The record's own launch configuration is
+// never used: whoever can write a record (a front-end, an administrator, a
+// forged request) must not choose the command a worker runs. A refusal
+// comes with the HTTP status the client's start answers with (0: 500).
+func (p *Pool) resolveLaunch(k *broker.Kernel) (*broker.LaunchConfig, int, error) {
+	rm := p.be.Name()
+	spec, ok := p.cfg.Specs.Spec(k.Spec)
+	if !ok {
+		return nil, 0, fmt.Errorf("the %s worker has no kernelspec %q (workers must read the same kernelspec folders as the front-ends: --kernelspec-dir)", rm, k.Spec)
+	}
+	specRM, err := spec.RM()
+	if err != nil {
+		return nil, 400, err
+	}
+	if specRM != rm || (k.RM != "" && k.RM != rm) {
+		return nil, 400, fmt.Errorf("kernelspec %s is for the %s resource manager; the %s worker refuses it", spec.Name, specRM, rm)
+	}
+	env, err := p.cfg.Env.Filter(k.Env)
+	if err != nil {
+		return nil, 400, err
+	}
+	// The record's deadline carries the launch time the front-end granted
+	// (its default or the client's KERNEL_LAUNCH_TIMEOUT); the worker's
+	// own cap still applies.
+	timeout, err := p.cfg.Env.LaunchTimeout(env)
+	if err != nil {
+		return nil, 400, err
+	}
+	if !k.Deadline.IsZero() && k.Deadline.After(k.Created) {
+		timeout = k.Deadline.Sub(k.Created)
+	}
+	maxT := p.cfg.Env.MaxLaunchTimeout
+	if maxT <= 0 {
+		maxT = 10 * time.Minute
+	}
+	timeout = min(timeout, maxT)
+	// KERNEL_USERNAME is the record's owner: the front-end decides who
+	// that is; a client value that differs does not reach the kernel.
+	delete(env, broker.EnvUsername)
+	return broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout), 0, nil
 }
 
 // launchAccess gives a launch its way onto the bus: the kernel's input

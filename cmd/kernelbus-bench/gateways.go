@@ -55,7 +55,8 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string) (*gateway,
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve",
+	// One bench client holds up to 1000 kernels' websockets: no per-caller cap.
+	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "serve", "--max-websockets-per-caller", "-1",
 		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
 		"--launch-timeout", "120s", "--insecure-no-auth")
@@ -79,7 +80,7 @@ func (g *gateway) addFrontend(ctx context.Context, cfg *config, specDir string) 
 	if err != nil {
 		return err
 	}
-	p, err := startProc("kernelbus-frontend", g.dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "frontend",
+	p, err := startProc("kernelbus-frontend", g.dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "frontend", "--max-websockets-per-caller", "-1",
 		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--nats-conn", filepath.Join(g.dir, "data", "nats.conn"),
 		"--kernelspec-dir", specDir, "--log-level", "warn", "--launch-timeout", "120s", "--insecure-no-auth")
 	if err != nil {

@@ -197,8 +197,13 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	metricsListen := fs.String("metrics-listen", "", "address serving /metrics, /healthz and /readyz (empty: none)")
 	metricsToken := fs.String("metrics-token", "", "token Prometheus must send to /metrics (Authorization: Bearer T); empty: none (keep --metrics-listen on a private address then)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var specDirs, allowedEnv listFlag
+	fs.Var(&specDirs, "kernelspec-dir", "extra folder of kernelspecs (repeatable; searched before the Jupyter folders): the worker builds each launch from the spec itself, so give it the front-ends' folders")
+	maxEnvBytes := fs.Int("max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values: the front-ends' limit, applied again here")
+	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
 	// Each resource manager's own flags give its backend's options.
 	rmOpts := map[string]func() (map[string]string, error){
+		broker.RMLocal:      localFlags(fs),
 		broker.RMSSH:        sshFlags(fs),
 		broker.RMKubernetes: k8sFlags(fs),
 		broker.RMYarn:       yarnFlags(fs),
@@ -271,7 +276,8 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		return err
 	}
 	pcfg := workers.PoolConfig{ID: *id, AckWait: *ackWait, Concurrency: *concurrency, NATSURLs: lurls, NATSCA: natsCA,
-		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg}
+		Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
+		Specs: specCatalog(specDirs, log), Env: broker.EnvPolicy{Allowed: allowedEnv, MaxTotalBytes: *maxEnvBytes}}
 	if minter == nil {
 		pcfg.NATSToken = nf.token
 		if nf.creds != "" {
@@ -370,4 +376,14 @@ func readConnFile(path string) (connFile, error) {
 		return c, fmt.Errorf("%s: no url= line", path)
 	}
 	return c, nil
+}
+
+// localFlags are the local resource manager's: which OS accounts run
+// kernels when the worker runs as root.
+func localFlags(fs *flagSet) func() (map[string]string, error) {
+	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: the worker's own)")
+	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
+	return func() (map[string]string, error) {
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners}, nil
+	}
 }

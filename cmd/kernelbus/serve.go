@@ -45,6 +45,9 @@ type frontendFlags struct {
 	launchTimeout time.Duration
 	maxKernels    int
 	maxPerUser    int
+	allowHost     listFlag
+	maxEnvBytes   int
+	maxWS         int
 	metricsPublic bool
 	topUsers      int
 	tls           tlsFlags
@@ -63,6 +66,9 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.Var(&f.allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all)")
 	fs.StringVar(&f.allowOrigin, "allow-origin", "", "Origin allowed for browsers (CORS and websockets); * for any; empty: same origin only")
 	fs.StringVar(&f.baseURL, "base-url", "/", "URL prefix of every route")
+	fs.Var(&f.allowHost, "allow-host", "Host names (comma separated; *.example.com, * for any) accepted on loopback connections besides localhost and 127.0.0.1 (DNS rebinding protection)")
+	fs.IntVar(&f.maxEnvBytes, "max-env-bytes", broker.DefaultMaxEnvBytes, "largest env of a start request, names and values (400 beyond)")
+	fs.IntVar(&f.maxWS, "max-websockets-per-caller", 256, "most kernel websockets open at once per client address (429 beyond; -1: no limit)")
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
@@ -121,6 +127,7 @@ func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, 
 		UnauthorizedUsers:    f.unauthorized,
 		AllowedEnv:           f.allowedEnv,
 		AllowOrigin:          f.allowOrigin,
+		Guard:                frontend.GuardConfig{AllowHost: f.allowHost, MaxEnvBytes: f.maxEnvBytes, MaxWebsocketsPerCaller: f.maxWS},
 		BaseURL:              f.baseURL,
 		DefaultLaunchTimeout: f.launchTimeout,
 		FrontendID:           id,
@@ -136,6 +143,12 @@ func (f *frontendFlags) catalog(log zerolog.Logger) frontend.SpecSource {
 	return frontend.NewCatalog(dirs, log)
 }
 
+// specCatalog reads the kernelspecs of dirs and then Jupyter's folders, as
+// front-ends and workers both do.
+func specCatalog(dirs []string, log zerolog.Logger) *frontend.Catalog {
+	return frontend.NewCatalog(append(append([]string{}, dirs...), frontend.DefaultKernelDirs()...), log)
+}
+
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
 	var ff frontendFlags
@@ -148,6 +161,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	localOpts := localFlags(fs)
 	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
 	var tf busTLSFlags
 	tf.register(fs)
@@ -279,7 +293,11 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 
-	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher})
+	lopts, err := localOpts()
+	if err != nil {
+		return err
+	}
+	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher, Options: lopts})
 	if err != nil {
 		return err
 	}
@@ -293,7 +311,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg}, wBus, be, log)
+	// The worker reads the front-end's folders and applies its env
+	// policy: it resolves the very specs the front-end offers.
+	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
+		Specs: specCatalog(ff.specDirs, log), Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
 	if err != nil {
 		return err
 	}

@@ -293,6 +293,8 @@ cluster {
 		p := &proc{name: "worker-" + id, log: filepath.Join(c.dir, id+".log"), env: []string{pathEnv, "KERNELBUS_LAUNCHER=" + os.Getenv("KERNELBUS_LAUNCHER_BIN")},
 			args: []string{kb, "worker", "--rm", "local", "--id", id, "--nats-conn", c.natsConn, "--launcher-nats", c.launcherURLs,
 				"--launcher", os.Getenv("KERNELBUS_LAUNCHER_BIN"), "--replicas", "3", "--presence-ttl", "3s", "--ack-wait", "3s", "--log-level", "debug"}}
+		// Workers launch from the kernelspecs themselves: the front-ends' folder.
+		p.args = append(p.args, "--kernelspec-dir", specs)
 		p.args = append(p.args, o.PartArgs...)
 		p.args = append(p.args, o.WorkerArgs...)
 		c.Workers = append(c.Workers, p)

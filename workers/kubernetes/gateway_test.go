@@ -55,7 +55,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 
 	specs := writeSpecs(t, py)
 	gw := startServe(t, kb, launcher, specs)
-	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats-conn", gw.natsConn,
+	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats-conn", gw.natsConn, "--kernelspec-dir", specs,
 		"--launcher", launcher, "--kubeconfig", cl.Kubeconfig, "--k8s-per-user-namespaces",
 		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s"}
 	worker := startProc(t, "worker", kb, workerArgs...)

@@ -7,6 +7,7 @@ package kubernetes
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -98,11 +99,11 @@ var (
 func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.Handle, error) {
 	p, err := b.cfg.place(cfg)
 	if err != nil {
-		return workers.Handle{}, err
+		return workers.Handle{}, refusal(err)
 	}
 	pod, secret, err := b.cfg.buildPod(cfg, p)
 	if err != nil {
-		return workers.Handle{}, err
+		return workers.Handle{}, refusal(err)
 	}
 	for attempt := 0; ; attempt++ {
 		if p.PerUser {
@@ -312,4 +313,16 @@ func (b *Backend) pendingProblem(pod *corev1.Pod) string {
 		}
 	}
 	return ""
+}
+
+// refusal is a start the request itself made impossible: 403 when the
+// worker's configuration does not allow what it asks (ErrRefused), else
+// 400 (a value that is not valid), so the client's start says so rather
+// than 500.
+func refusal(err error) error {
+	kind := broker.ErrBadRequest
+	if errors.Is(err, ErrRefused) {
+		kind = broker.ErrForbidden
+	}
+	return &broker.Error{Status: kind.Status, Code: kind.Code, Message: err.Error()}
 }

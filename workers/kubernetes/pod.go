@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 )
 
@@ -112,6 +114,9 @@ func (c *Config) place(cfg *broker.LaunchConfig) (placement, error) {
 		p.Namespace = c.Namespace
 	}
 	if ns := cfg.Env[EnvNamespace]; ns != "" && ns != p.Namespace {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return p, fmt.Errorf("%s=%q is not a namespace name: %s", EnvNamespace, ns, strings.Join(errs, "; "))
+		}
 		if !c.AllowKernelNamespace {
 			return p, fmt.Errorf("%s=%s: %w (allow_kernel_namespace is off)", EnvNamespace, ns, ErrRefused)
 		}
@@ -124,6 +129,9 @@ func (c *Config) place(cfg *broker.LaunchConfig) (placement, error) {
 		p.ServiceAccount = "kernel"
 	}
 	if sa := cfg.Env[EnvServiceAccount]; sa != "" {
+		if errs := validation.IsDNS1123Subdomain(sa); len(errs) > 0 {
+			return p, fmt.Errorf("%s=%q is not a service account name: %s", EnvServiceAccount, sa, strings.Join(errs, "; "))
+		}
 		if !c.AllowKernelServiceAccount {
 			return p, fmt.Errorf("%s: %w (allow_kernel_service_account is off)", EnvServiceAccount, ErrRefused)
 		}
@@ -371,10 +379,12 @@ func (c *Config) identity(cfg *broker.LaunchConfig, pod *corev1.Pod) error {
 			return fmt.Errorf("%s: %w (allow_user_ids is off)", v.env, ErrRefused)
 		}
 		id, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || id < 0 {
-			return fmt.Errorf("%s: %q is not a user or group id", v.env, s)
+		if err != nil || id < 0 || id > math.MaxInt32 {
+			return fmt.Errorf("%s: %q is not a user or group id (0 to %d)", v.env, s, math.MaxInt32)
 		}
-		if prohibited(v.list, id) {
+		// Root is refused whatever the prohibited lists say: a list
+		// set to other ids must not let a client run kernels as root.
+		if id == 0 || prohibited(v.list, id) {
 			return fmt.Errorf("%s=%d: %w (the id is prohibited)", v.env, id, ErrRefused)
 		}
 		if pod.Spec.SecurityContext == nil {
@@ -400,6 +410,14 @@ func (c *Config) volumes(cfg *broker.LaunchConfig, pod *corev1.Pod, ctr *corev1.
 		var v []corev1.Volume
 		if err := yaml.UnmarshalStrict([]byte(vs), &v); err != nil {
 			return fmt.Errorf("%s: %w", EnvVolumes, err)
+		}
+		for _, vol := range v {
+			// A hostPath volume is the node's own files (its kubelet
+			// credentials, the container runtime's socket): only an
+			// operator's pod template may have one.
+			if vol.HostPath != nil {
+				return fmt.Errorf("%s: volume %q is a hostPath volume: %w (put host volumes in the kernelspec's pod template)", EnvVolumes, vol.Name, ErrRefused)
+			}
 		}
 		pod.Spec.Volumes = append(pod.Spec.Volumes, v...)
 	}

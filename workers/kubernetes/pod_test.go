@@ -143,3 +143,87 @@ func TestPodTemplates(t *testing.T) {
 		t.Fatalf("missing template: %v", err)
 	}
 }
+
+// JEG's advisories (GHSA-cfw7-6c5v-2wjq: KERNEL_* values rendered into a
+// pod manifest) as regression tests: kernelbus builds pods as objects, so
+// a value never becomes YAML; names are checked as Kubernetes names, root
+// is refused whatever the prohibited lists say, and a client cannot mount
+// the node's files. Each refusal is asserted, not assumed.
+func TestBuildPodInjection(t *testing.T) {
+	all := Config{AllowKernelNamespace: true, AllowKernelServiceAccount: true, AllowUserIDs: true, AllowVolumes: true,
+		AllowWorkingDir: true, ProhibitedUIDs: "1", ProhibitedGIDs: "1"}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"namespace with YAML", map[string]string{EnvNamespace: "x\n  hostNetwork: true"}},
+		{"namespace with a slash", map[string]string{EnvNamespace: "../kube-system"}},
+		{"namespace with NEL", map[string]string{EnvNamespace: "a\u0085b"}},
+		{"namespace too long", map[string]string{EnvNamespace: strings.Repeat("a", 64)}},
+		{"service account with YAML", map[string]string{EnvServiceAccount: "sa\nautomountServiceAccountToken: true"}},
+		{"uid 0 with a custom list", map[string]string{EnvUID: "0"}},
+		{"gid 0 with a custom list", map[string]string{EnvGID: "0"}},
+		{"uid +0", map[string]string{EnvUID: "+0"}},
+		{"uid 00", map[string]string{EnvUID: "00"}},
+		{"uid that wraps to 0", map[string]string{EnvUID: "4294967296"}},
+		{"uid with YAML", map[string]string{EnvUID: "1000\nrunAsUser: 0"}},
+		{"uid prohibited by the list", map[string]string{EnvUID: "1"}},
+		{"hostPath volume", map[string]string{EnvVolumes: `[{name: root, hostPath: {path: /}}]`}},
+		{"volumes smuggling fields", map[string]string{EnvVolumes: `[{name: x, emptyDir: {}, privileged: true}]`}},
+		{"memory with YAML", map[string]string{"KERNEL_MEMORY": "1Gi\n  limits: {}"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := build(t, all, launchCfg(tc.env))
+			if err == nil {
+				t.Fatalf("%v accepted", tc.env)
+			}
+		})
+	}
+	// Values that are data stay data: a working dir or pod-visible env
+	// with metacharacters is passed as one string, never interpreted.
+	odd := "/home/jo; rm -rf / $(id) `id` {{.Values}}"
+	pod, _, err := build(t, all, launchCfg(map[string]string{EnvWorkingDir: odd}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Spec.Containers[0].WorkingDir != odd {
+		t.Fatalf("working dir %q", pod.Spec.Containers[0].WorkingDir)
+	}
+	// The pod name comes from the kernel id, not from any client value.
+	pod, _, err = build(t, all, launchCfg(map[string]string{EnvPodName: "kube-apiserver"}))
+	if err != nil || pod.Name != "kernel-abc-1" {
+		t.Fatalf("pod name %q: %v", pod.Name, err)
+	}
+	// A per-user namespace is derived from the owner, never a system one.
+	for _, user := range []string{"kube-system", "../default", "a\nb"} {
+		cfg := launchCfg(nil)
+		cfg.User = user
+		pod, _, err := build(t, Config{PerUserNamespaces: true}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(pod.Namespace, "kb-") || strings.ContainsAny(pod.Namespace, "./\n") {
+			t.Fatalf("user %q got namespace %q", user, pod.Namespace)
+		}
+	}
+}
+
+// A refusal reaches the client as 403 (the configuration does not allow
+// it) or 400 (not a valid value), not 500.
+func TestRefusalStatus(t *testing.T) {
+	b := &Backend{cfg: Config{}}
+	b.cfg.defaults()
+	for env, want := range map[string]int{EnvImage: 403, EnvUID: 403} {
+		_, err := b.Start(t.Context(), launchCfg(map[string]string{env: "1000"}))
+		var be *broker.Error
+		if !errors.As(err, &be) || be.Status != want {
+			t.Errorf("%s: want %d, got %v", env, want, err)
+		}
+	}
+	b.cfg.AllowKernelNamespace = true
+	_, err := b.Start(t.Context(), launchCfg(map[string]string{EnvNamespace: "Not_A_Name"}))
+	var be *broker.Error
+	if !errors.As(err, &be) || be.Status != 400 {
+		t.Errorf("bad namespace: want 400, got %v", err)
+	}
+}

@@ -56,7 +56,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 		}
 		cfg.NATSCreds = string(creds)
 	}
-	startPool(b, js, cfg)
+	startPool(b, js, testBackend(b), cfg)
 	pidfile := filepath.Join(b.TempDir(), "pids")
 	b.Cleanup(func() {
 		data, _ := os.ReadFile(pidfile)
@@ -75,7 +75,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 		id := uuid.NewString()
 		k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
 			Created: time.Now().UTC(), Deadline: time.Now().Add(30 * time.Second),
-			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": "ok", "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(30 * time.Second)}}
+			Env: map[string]string{"FAKE": "ok", "PIDFILE": pidfile}}
 		if _, err := bus.CreateKernel(ctx, k); err != nil {
 			b.Fatal(err)
 		}

@@ -40,6 +40,8 @@ type Backend struct {
 	launcher string
 	host     string
 	log      zerolog.Logger
+	runAs    RunAs
+	fixed    *account // RunAs.User's
 
 	mu       sync.Mutex
 	children map[int]*child // launchers this process started
@@ -54,7 +56,11 @@ type child struct {
 // Register adds the local backend to r.
 func Register(r *workers.Registry, log zerolog.Logger) {
 	r.Register(Name, func(cfg workers.BackendConfig) (workers.Backend, error) {
-		return New(cfg.LauncherPath, log)
+		ra, err := ParseRunAs(cfg.Options)
+		if err != nil {
+			return nil, err
+		}
+		return NewRunAs(cfg.LauncherPath, ra, log)
 	})
 }
 
@@ -68,6 +74,22 @@ func New(launcher string, log zerolog.Logger) (*Backend, error) {
 	}
 	host, _ := os.Hostname()
 	return &Backend{launcher: launcher, host: host, log: log, children: map[int]*child{}}, nil
+}
+
+// NewRunAs is New with kernels run as the OS accounts ra names.
+func NewRunAs(launcher string, ra RunAs, log zerolog.Logger) (*Backend, error) {
+	b, err := New(launcher, log)
+	if err != nil {
+		return nil, err
+	}
+	if b.fixed, err = checkRunAs(ra); err != nil {
+		return nil, err
+	}
+	b.runAs = ra
+	if !ra.enabled() && os.Geteuid() == 0 {
+		log.Warn().Msg("local kernels run as root, the worker's account: they can read the bus data and each other's files (set run_as / --run-as)")
+	}
+	return b, nil
 }
 
 func (b *Backend) Name() string { return Name }
@@ -84,6 +106,10 @@ var baseEnv = []string{"PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"
 
 // Start runs the launcher with cfg on its stdin.
 func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.Handle, error) {
+	acct, err := b.accountFor(cfg)
+	if err != nil {
+		return workers.Handle{}, err
+	}
 	enc, err := cfg.Encode()
 	if err != nil {
 		return workers.Handle{}, err
@@ -102,6 +128,9 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		cmd.Dir = cfg.WorkDir
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if acct != nil {
+		cmd.Env, cmd.Dir = asAccount(cmd.SysProcAttr, cmd.Env, cmd.Dir, acct)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return workers.Handle{}, err

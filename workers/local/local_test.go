@@ -39,6 +39,10 @@ func TestMain(m *testing.M) {
 		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		os.Exit(fakeLauncher(strings.TrimSpace(line)))
 	}
+	if len(os.Args) == 3 && strings.HasPrefix(os.Args[1], "--probe-") {
+		// Run as another OS user by the run-as tests: what can it do?
+		os.Exit(probe(os.Args[1], os.Args[2]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -55,6 +59,30 @@ func fakeLauncher(enc string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 0
+	}
+	if cfg.Env["FAKE"] == "connfile" {
+		// As the real launcher: a connection file in a private folder of
+		// the temp dir, 0600 in a 0700 folder, owned by whoever runs it.
+		dir, err := os.MkdirTemp("", "kernelbus-"+cfg.KernelID+"-")
+		if err == nil {
+			err = os.Chmod(dir, 0o700)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "kernel-"+cfg.KernelID+".json"), []byte(`{"key":"secret-of-`+cfg.KernelID+`"}`), 0o600)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	if f := cfg.Env["ARGVFILE"]; f != "" {
+		// What the worker asked the launcher to run, for the tests of
+		// forged records.
+		b, _ := json.Marshal(map[string]any{"argv": cfg.Argv, "env": cfg.Env})
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	if f := cfg.Env["PIDFILE"]; f != "" {
 		// Every launcher started for the kernel leaves its pid here, so
@@ -94,6 +122,17 @@ func fakeLauncher(enc string) int {
 	return 0
 }
 
+// testSpecs are the worker's kernelspecs: the fake launcher ignores argv,
+// the forged-record tests read it back.
+var testSpecs = workers.SpecList{
+	{Name: "fake", Argv: []string{"fake-kernel", "-f", "{connection_file}"}, Language: "python", Env: map[string]string{"FROM_SPEC": "yes"}},
+	{Name: "remote", Argv: []string{"python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"}, Language: "python",
+		Metadata: map[string]any{"kernelbus": map[string]any{"rm": broker.RMSSH}}},
+}
+
+// testPolicy lets through the variables the stand-in launcher obeys.
+var testPolicy = broker.EnvPolicy{Allowed: []string{"FAKE", "PIDFILE", "ARGVFILE"}}
+
 type env struct {
 	bus  *kbjs.Bus
 	pool *workers.Pool
@@ -103,17 +142,11 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	js := jstest.Start(t, jstest.Options{Auth: true})
-	reg := prometheus.NewRegistry()
-	e := startPool(t, js, workers.PoolConfig{Minter: js.Minter, Metrics: reg})
-	e.reg = reg
-	return e
+	return setupWith(t, testBackend(t))
 }
 
-// startPool runs a local pool on js with a worker's role credentials, as
-// under `kernelbus serve`, this test binary as its launcher, and cfg
-// (default: launchers reach js.URL and get 2s to stop).
-func startPool(t testing.TB, js *jstest.Env, cfg workers.PoolConfig) *env {
+// testBackend is a local backend with this test binary as its launcher.
+func testBackend(t testing.TB) *local.Backend {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -123,6 +156,23 @@ func startPool(t testing.TB, js *jstest.Env, cfg workers.PoolConfig) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return be
+}
+
+func setupWith(t *testing.T, be *local.Backend) *env {
+	t.Helper()
+	js := jstest.Start(t, jstest.Options{Auth: true})
+	reg := prometheus.NewRegistry()
+	e := startPool(t, js, be, workers.PoolConfig{Minter: js.Minter, Metrics: reg})
+	e.reg = reg
+	return e
+}
+
+// startPool runs a pool of be on js with a worker's role credentials, as
+// under `kernelbus serve`, and cfg; by default its launchers reach js.URL,
+// get 2s to stop, and it knows testSpecs under testPolicy.
+func startPool(t testing.TB, js *jstest.Env, be *local.Backend, cfg workers.PoolConfig) *env {
+	t.Helper()
 	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +182,9 @@ func startPool(t testing.TB, js *jstest.Env, cfg workers.PoolConfig) *env {
 	}
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 2 * time.Second
+	}
+	if cfg.Specs == nil {
+		cfg.Specs, cfg.Env = testSpecs, testPolicy
 	}
 	pool, err := workers.NewPool(cfg, wbus, be, zerolog.Nop())
 	if err != nil {
@@ -181,17 +234,35 @@ func (e *env) request(t *testing.T, id, mode string, timeout time.Duration) stri
 			}
 		}
 	})
+	now := time.Now().UTC()
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
+		Created: now, Deadline: now.Add(timeout), Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}})
+	return pidfile
+}
+
+// killAtCleanup kills what the worker started for kernel id when the test
+// ends, whatever its outcome: no launcher outlives a test.
+func (e *env) killAtCleanup(t *testing.T, id string) {
+	t.Cleanup(func() {
+		k, _, err := e.bus.GetKernel(context.Background(), id)
+		var h struct{ PGID int }
+		if err == nil && json.Unmarshal(k.Handle, &h) == nil && h.PGID > 0 {
+			_ = syscall.Kill(-h.PGID, syscall.SIGKILL)
+		}
+	})
+}
+
+// submit writes record k and a start request for it, as a front-end does;
+// the tests of forged records write what no front-end would.
+func (e *env) submit(t *testing.T, k *broker.Kernel) {
+	t.Helper()
 	ctx := context.Background()
-	k := &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested,
-		Created: time.Now().UTC(), Deadline: time.Now().Add(timeout),
-		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"unused"}, Env: map[string]string{"FAKE": mode, "PIDFILE": pidfile}, LaunchTimeout: broker.Duration(timeout)}}
 	if _, err := e.bus.CreateKernel(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, id, broker.StartRequest{KernelID: id}); err != nil {
+	if err := e.bus.Request(ctx, broker.VerbStart, broker.RMLocal, k.ID, broker.StartRequest{KernelID: k.ID}); err != nil {
 		t.Fatal(err)
 	}
-	return pidfile
 }
 
 // waitFor polls the record until cond holds.
@@ -321,17 +392,95 @@ func TestReadableLogLine(t *testing.T) {
 	}
 }
 
+// A record written past the front-ends (here with the admin credentials
+// the bus test environment connects with) names a spec, but carries an
+// evil launch configuration and env: the worker runs the spec's argv with
+// the env filtered again, never what the record says.
+func TestForgedRecordRunsTheSpecNotItsArgv(t *testing.T) {
+	e := setup(t)
+	id := "00000000-0000-4000-8000-000000000010"
+	dir := t.TempDir()
+	argvFile, pwned := filepath.Join(dir, "argv.json"), filepath.Join(dir, "pwned")
+	now := time.Now().UTC()
+	evil := []string{"/bin/sh", "-c", "touch " + pwned}
+	e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, State: broker.StateRequested, User: "alice",
+		Created: now, Deadline: now.Add(20 * time.Second),
+		Env: map[string]string{"FAKE": "ok", "ARGVFILE": argvFile, "PIDFILE": filepath.Join(dir, "pids"),
+			"LD_PRELOAD": "/tmp/evil.so", "PATH": dir, "KERNEL_USERNAME": "mallory"},
+		Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: evil, Env: map[string]string{"LD_PRELOAD": "/tmp/evil.so"},
+			LaunchTimeout: broker.Duration(time.Hour)}})
+	e.killAtCleanup(t, id)
+	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
+	data, err := os.ReadFile(argvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Argv []string
+		Env  map[string]string
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got.Argv, " ") != strings.Join(testSpecs[0].Argv, " ") {
+		t.Fatalf("launcher was given argv %q, want the spec's %q", got.Argv, testSpecs[0].Argv)
+	}
+	if _, bad := got.Env["LD_PRELOAD"]; bad || got.Env["PATH"] != "" {
+		t.Fatalf("env the worker's policy does not allow reached the kernel: %v", got.Env)
+	}
+	if got.Env["FROM_SPEC"] != "yes" || got.Env["KERNEL_USERNAME"] != "alice" || got.Env["KERNEL_ID"] != id {
+		t.Fatalf("want the spec's env and the record's owner, got %v", got.Env)
+	}
+	if _, err := os.Stat(pwned); err == nil {
+		t.Fatal("the forged argv ran")
+	}
+}
+
+// A forged start of a spec that is not the worker's resource manager's, of
+// a spec the worker does not know, or with env no front-end would pass,
+// fails with a reason that says so, and nothing is started.
+func TestForgedRecordRefused(t *testing.T) {
+	e := setup(t)
+	for i, c := range []struct {
+		spec   string
+		env    map[string]string
+		status int
+		reason string
+	}{
+		{"remote", nil, 400, "is for the ssh resource manager"},
+		{"nosuch", nil, 0, `has no kernelspec "nosuch"`},
+		{"fake", map[string]string{"KERNEL_EXTRA": "a\nb"}, 400, "line feed"},
+	} {
+		id := fmt.Sprintf("00000000-0000-4000-8000-00000000002%d", i)
+		argvFile := filepath.Join(t.TempDir(), "argv.json")
+		env := map[string]string{"ARGVFILE": argvFile}
+		for k, v := range c.env {
+			env[k] = v
+		}
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: c.spec, RM: broker.RMLocal, State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: env,
+			Launch: &broker.LaunchConfig{V: 1, KernelID: id, Argv: []string{"/bin/true"}}})
+		e.killAtCleanup(t, id)
+		k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+		if k.State != broker.StateFailed || !strings.Contains(k.Reason, c.reason) || k.FailStatus != c.status {
+			t.Errorf("spec %s env %v: want failed (%d) with %q, got %s (%d): %q", c.spec, c.env, c.status, c.reason, k.State, k.FailStatus, k.Reason)
+		}
+		if len(k.Handle) > 0 {
+			t.Errorf("spec %s: something was started: %s", c.spec, k.Handle)
+		}
+		if _, err := os.Stat(argvFile); err == nil {
+			t.Errorf("spec %s: a launcher ran", c.spec)
+		}
+		if n := count(e.events(t, id), broker.EvStartFailed); n != 1 {
+			t.Errorf("spec %s: want one start_failed event, got %d", c.spec, n)
+		}
+	}
+}
+
 // The local backend keeps the contract every backend keeps.
 func TestBackendContract(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	be, err := local.New(exe, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	workerstest.Harness{Backend: be, Grace: 2 * time.Second, Launch: func(t *testing.T) *broker.LaunchConfig {
+	workerstest.Harness{Backend: testBackend(t), Grace: 2 * time.Second, Launch: func(t *testing.T) *broker.LaunchConfig {
 		// A stand-in launcher that runs until it is signalled.
 		return &broker.LaunchConfig{V: 1, KernelID: uuid.NewString(), Argv: []string{"unused"}, Env: map[string]string{"FAKE": "hang"}, LaunchTimeout: broker.Duration(time.Minute)}
 	}}.Run(t)

@@ -24,7 +24,7 @@ import (
 func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	const ttl = 3 * time.Second
 	js := jstest.Start(t, jstest.Options{Auth: true})
-	e := startPool(t, js, workers.PoolConfig{Minter: js.Minter, LauncherCredsTTL: ttl})
+	e := startPool(t, js, testBackend(t), workers.PoolConfig{Minter: js.Minter, LauncherCredsTTL: ttl})
 	id := "00000000-0000-4000-8000-0000000000c1"
 	e.request(t, id, "ok", 20*time.Second)
 	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })

@@ -136,7 +136,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	user := b.cfg.User
 	if b.cfg.Impersonate && cfg.User != "" {
 		if !validUser(cfg.User) {
-			return workers.Handle{}, fmt.Errorf("ssh: KERNEL_USERNAME %q is not a valid user name on the hosts", cfg.User)
+			return workers.Handle{}, broker.Errorf(broker.ErrBadRequest, "ssh: KERNEL_USERNAME %q is not a valid user name on the hosts", cfg.User)
 		}
 		user = cfg.User
 	}
@@ -226,11 +226,11 @@ func (b *Backend) pool(cfg *broker.LaunchConfig) ([]string, string, error) {
 	}
 	if want := strings.TrimSpace(cfg.Env[EnvRemoteHost]); want != "" {
 		if b.cfg.ForbidRemoteHost {
-			return nil, "", fmt.Errorf("ssh: %s is not allowed by this worker", EnvRemoteHost)
+			return nil, "", broker.Errorf(broker.ErrForbidden, "ssh: %s is not allowed by this worker", EnvRemoteHost)
 		}
 		wa, err := hostAddr(want)
 		if err != nil {
-			return nil, "", fmt.Errorf("%s: %w", EnvRemoteHost, err)
+			return nil, "", broker.Errorf(broker.ErrBadRequest, "%s: %v", EnvRemoteHost, err)
 		}
 		for _, h := range hosts {
 			if h == wa {
@@ -241,7 +241,7 @@ func (b *Backend) pool(cfg *broker.LaunchConfig) ([]string, string, error) {
 		for i, h := range hosts {
 			names[i] = displayHost(h)
 		}
-		return nil, "", fmt.Errorf("ssh: %s=%s is not one of %s: %s", EnvRemoteHost, want, source, strings.Join(names, ", "))
+		return nil, "", broker.Errorf(broker.ErrBadRequest, "ssh: %s=%s is not one of %s: %s", EnvRemoteHost, want, source, strings.Join(names, ", "))
 	}
 	return hosts, placement, nil
 }
@@ -288,6 +288,27 @@ func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.La
 		return handle{}, err
 	}
 	logFile := path.Join(b.cfg.RemoteDir, "logs", cfg.KernelID+".log")
+	out, err := b.conns.run(ctx, user, addr, launchScript(cfg, b.RemoteLauncherPath(), logFile), strings.NewReader(enc+"\n"))
+	if err != nil {
+		return handle{}, fmt.Errorf("start launcher: %w", err)
+	}
+	pidStr, stat, _ := strings.Cut(strings.TrimSpace(out), " ")
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil || pid <= 0 {
+		return handle{}, fmt.Errorf("start launcher: unexpected answer %q", out)
+	}
+	st := ""
+	if f := statFields(stat); len(f) >= 20 {
+		st = f[19]
+	}
+	return handle{V: 1, Addr: addr, User: user, PID: pid, PGID: pid, StartTime: st, Log: logFile}, nil
+}
+
+// launchScript is the remote shell script that starts the launcher with
+// the encoded config on its stdin. Nothing a client or a kernelspec writes
+// (env, argv, user) is part of it: they travel inside the config, which
+// the script only passes on as data; the paths in it are quoted.
+func launchScript(cfg *broker.LaunchConfig, launcherPath, logFile string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "umask 077\nmkdir -p %s || exit 90\n", shellQuote(path.Dir(logFile)))
 	sb.WriteString("command -v setsid >/dev/null || { echo 'setsid (util-linux) is not installed on this host' >&2; exit 91; }\n")
@@ -306,21 +327,8 @@ func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.La
 	// inherit that and never see an interrupt.
 	fmt.Fprintf(&sb, "printf '%%s\\n' \"$kb_launch_config\" | setsid -f /bin/sh -c %s %s %s\n",
 		shellQuote(`echo "$$ $(cat /proc/$$/stat)"; exec "$0" --config=- >"$1" 2>&1`),
-		shellQuote(b.RemoteLauncherPath()), shellQuote(logFile))
-	out, err := b.conns.run(ctx, user, addr, sb.String(), strings.NewReader(enc+"\n"))
-	if err != nil {
-		return handle{}, fmt.Errorf("start launcher: %w", err)
-	}
-	pidStr, stat, _ := strings.Cut(strings.TrimSpace(out), " ")
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid <= 0 {
-		return handle{}, fmt.Errorf("start launcher: unexpected answer %q", out)
-	}
-	st := ""
-	if f := statFields(stat); len(f) >= 20 {
-		st = f[19]
-	}
-	return handle{V: 1, Addr: addr, User: user, PID: pid, PGID: pid, StartTime: st, Log: logFile}, nil
+		shellQuote(launcherPath), shellQuote(logFile))
+	return sb.String()
 }
 
 // ensureLauncher copies the launcher to the host unless this version is

@@ -67,6 +67,8 @@ type gateway struct {
 	inst   *access.Installation
 	srv    *embedded.Server
 	natsCA string
+	// specs are the kernelspecs of the front-end and of every pool.
+	specs workers.SpecSource
 }
 
 // jegSpec is a JEG kernelspec, as JEG ships them, for the lab's hosts.
@@ -125,14 +127,6 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.be = g.newBackend(t, cfg)
-	g.startPool(t, g.be)
-	lbe, err := local.New(g.launcher, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.startPool(t, lbe)
-
 	var addrs []string
 	for _, h := range l.Hosts {
 		addrs = append(addrs, h.Addr)
@@ -144,6 +138,16 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		jegSpec("py-lc", py, addrs, map[string]any{"load_balancing_algorithm": "least-connection"}),
 		jegSpec("py-rr", py, addrs, nil),
 	}}
+	// The workers read the same specs as the front-end.
+	g.specs = specs
+	g.be = g.newBackend(t, cfg)
+	g.startPool(t, g.be)
+	lbe, err := local.New(g.launcher, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.startPool(t, lbe)
+
 	feBus, err := kbjs.Open(context.Background(), g.roleConn(t, access.RoleFrontend, ""))
 	if err != nil {
 		t.Fatal(err)
@@ -219,7 +223,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second}, bus, be, testLogger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs}, bus, be, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

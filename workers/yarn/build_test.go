@@ -1,6 +1,7 @@
 package yarn
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,4 +63,114 @@ func TestBuildJEGSparkOpts(t *testing.T) {
 	if slices.Contains(sub.Args, "ERROR") || strings.Count(args, "--master") != 1 || strings.Count(args, "--deploy-mode") != 1 {
 		t.Errorf("JEG's master/deploy-mode/name not replaced:\n%s", args)
 	}
+}
+
+// JEG's advisories as regression tests for spark-submit: the client's
+// KERNEL_EXTRA_SPARK_OPTS never go through a shell, so metacharacters are
+// passed inertly as argument text; options that would change the Hadoop
+// identity or ship the worker's files into the kernel's container are
+// refused with 400, naming the option.
+func TestClientSparkOptsInjection(t *testing.T) {
+	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := func(extra string) ([]string, error) {
+		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+			Env: map[string]string{"KERNEL_USERNAME": "alice", "KERNEL_EXTRA_SPARK_OPTS": extra}}
+		sub, err := b.Build(cfg, filepath.Join(t.TempDir(), "launch.json"))
+		if err != nil {
+			return nil, err
+		}
+		return sub.Args, nil
+	}
+	// Inert: each stays one argument, exactly as written.
+	for _, v := range []string{"x;touch /tmp/pwned", "x|id", "x&&id", "$(id)", "`id`", "x>/etc/passwd"} {
+		args, err := build("--conf 'spark.app.note=" + v + "'")
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if !slices.Contains(args, "spark.app.note="+v) {
+			t.Errorf("%q did not arrive as one argument: %q", v, args)
+		}
+	}
+	for _, ok := range []string{"--conf spark.executor.instances=2", "--conf=spark.yarn.queue=q1", "--driver-memory 2g --queue q1"} {
+		if _, err := build(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"--proxy-user hdfs", "--conf spark.x=1 --proxy-user=hdfs", "--principal hdfs@REALM", "--keytab /etc/krb5.keytab",
+		"--files /var/lib/kernelbus/auth/launcher-minter.json", "--py-files /etc/shadow", "--jars /etc/shadow",
+		"--archives /etc/shadow", "--properties-file /etc/kernelbus/kernelbus.env", "--master local[*]",
+		"--conf spark.yarn.dist.files=/etc/shadow", "--conf spark.files=/etc/shadow", "--conf spark.jars.packages=evil:evil:1",
+		"--conf spark.kerberos.keytab=/k", "--conf spark.yarn.submit.waitAppCompletion=true", "--conf SPARK.FILES=/etc/shadow",
+		"--conf spark.yarn.tags=other", "--conf", "spark.app.x=1",
+	} {
+		_, err := build(bad)
+		if !errors.Is(err, broker.ErrBadEnv) || !strings.Contains(err.Error(), "KERNEL_EXTRA_SPARK_OPTS") {
+			t.Errorf("%q: want a 400 naming KERNEL_EXTRA_SPARK_OPTS, got %v", bad, err)
+		}
+	}
+	// The proxy user is the kernel's owner, once.
+	args, _ := build("")
+	if i := slices.Index(args, "--proxy-user"); i < 0 || args[i+1] != "alice" || strings.Count(strings.Join(args, " "), "--proxy-user") != 1 {
+		t.Errorf("proxy user: %q", args)
+	}
+}
+
+// FuzzClientSparkOpts: whatever a client writes in KERNEL_EXTRA_SPARK_OPTS,
+// the spark-submit command kernelbus builds keeps its own identity and
+// files: one --proxy-user (the owner), one --files (kernelbus's), the
+// master and deploy mode it chose, no properties file.
+func FuzzClientSparkOpts(f *testing.F) {
+	for _, s := range []string{"--conf spark.x=1", "--proxy-user hdfs", "--conf=spark.files=/etc/shadow", "--driver-memory 2g --queue q",
+		"'--files' /x", "--conf \"spark.yarn.dist.files=/x\"", "--conf spark.app.note='a;b'", "--conf\\ spark.files=/x"} {
+		f.Add(s)
+	}
+	launcher := filepath.Join(f.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		f.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
+	if err != nil {
+		f.Fatal(err)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, extra string) {
+		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+			Env: map[string]string{"KERNEL_USERNAME": "alice", "KERNEL_EXTRA_SPARK_OPTS": extra}}
+		sub, err := b.Build(cfg, filepath.Join(dir, "launch.json"))
+		if err != nil {
+			return
+		}
+		count := func(flag string) int {
+			n := 0
+			for _, a := range sub.Args {
+				if a == flag || strings.HasPrefix(a, flag+"=") {
+					n++
+				}
+			}
+			return n
+		}
+		if i := slices.Index(sub.Args, "--proxy-user"); count("--proxy-user") != 1 || sub.Args[i+1] != "alice" {
+			t.Fatalf("%q: proxy user changed: %q", extra, sub.Args)
+		}
+		if count("--files") != 1 || count("--master") != 1 || count("--deploy-mode") != 1 || count("--properties-file") != 0 ||
+			count("--py-files") != 0 || count("--jars") != 0 || count("--keytab") != 0 || count("--principal") != 0 {
+			t.Fatalf("%q: the command's own options changed: %q", extra, sub.Args)
+		}
+		for i, a := range sub.Args {
+			if a == "--conf" && i+1 < len(sub.Args) {
+				k := strings.ToLower(strings.SplitN(sub.Args[i+1], "=", 2)[0])
+				if strings.HasPrefix(k, "spark.yarn.dist.") && k != "spark.yarn.dist.archives" || k == "spark.files" || strings.HasPrefix(k, "spark.kerberos.") {
+					t.Fatalf("%q: a client set %s: %q", extra, k, sub.Args)
+				}
+			}
+		}
+	})
 }

@@ -208,6 +208,9 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 	// lacks come from the worker's ($PATH in spark.yarn.appMasterEnv.PATH).
 	// The client's KERNEL_EXTRA_SPARK_OPTS go in once, where the spec puts
 	// them or at the end, and never see the worker's environment.
+	if err := checkClientSparkOpts(env["KERNEL_EXTRA_SPARK_OPTS"]); err != nil {
+		return nil, err
+	}
 	specOpts := env["SPARK_OPTS"]
 	words := expand(specOpts, env, os.LookupEnv)
 	if !strings.Contains(specOpts, "KERNEL_EXTRA_SPARK_OPTS") {
@@ -243,6 +246,64 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 		launchFile + "#kb-launch.json",
 	}, ","), filepath.Join(b.dir, "kb_driver.py"))
 	return &Submission{SparkHome: home, Args: args, Files: launchFile}, nil
+}
+
+// clientSparkFlags are the spark-submit options a client may pass in
+// KERNEL_EXTRA_SPARK_OPTS (each takes a value): sizes, the queue, and
+// Spark settings. spark-submit runs without a shell, so metacharacters are
+// inert, but an option is not: --proxy-user would run the kernel as
+// another Hadoop user, --files or --properties-file would ship or read
+// files of the worker's host (its bus credentials) into the kernel's
+// container.
+var clientSparkFlags = map[string]bool{
+	"--conf": true, "--driver-memory": true, "--driver-cores": true, "--executor-memory": true,
+	"--executor-cores": true, "--num-executors": true, "--queue": true,
+}
+
+// clientSparkConfDenied are Spark settings a client may not set: they
+// choose the identity an application runs as, or name files on the
+// submitting host that spark-submit uploads, or make spark-submit wait.
+var clientSparkConfDenied = []string{
+	"spark.yarn.dist.", "spark.files", "spark.jars", "spark.archives", "spark.submit.", "spark.yarn.jars",
+	"spark.yarn.archive", "spark.yarn.keytab", "spark.yarn.principal", "spark.kerberos.", "spark.yarn.submit.",
+	"spark.yarn.tags", "spark.yarn.maxAppAttempts", "spark.yarn.access.", "spark.yarn.proxyUser",
+}
+
+// checkClientSparkOpts refuses (400) client options outside
+// clientSparkFlags and settings in clientSparkConfDenied.
+func checkClientSparkOpts(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	words, err := shellWords(s)
+	if err != nil {
+		return broker.Errorf(broker.ErrBadEnv, "KERNEL_EXTRA_SPARK_OPTS: %v", err)
+	}
+	for i := 0; i < len(words); i++ {
+		flag, val, hasVal := strings.Cut(words[i], "=")
+		if !clientSparkFlags[flag] {
+			return broker.Errorf(broker.ErrBadEnv, "KERNEL_EXTRA_SPARK_OPTS: %q is not allowed: clients may pass --conf KEY=VALUE, --driver-memory, --driver-cores, --executor-memory, --executor-cores, --num-executors and --queue", words[i])
+		}
+		if !hasVal { // "--conf k=v" rather than "--conf=k=v"
+			if i+1 >= len(words) {
+				return broker.Errorf(broker.ErrBadEnv, "KERNEL_EXTRA_SPARK_OPTS: %s needs a value", flag)
+			}
+			i++
+			val = words[i]
+		}
+		if flag != "--conf" {
+			continue
+		}
+		key, _, _ := strings.Cut(val, "=")
+		key = strings.ToLower(strings.TrimSpace(key))
+		for _, d := range clientSparkConfDenied {
+			d = strings.ToLower(d)
+			if key == d || strings.HasPrefix(key, strings.TrimSuffix(d, ".")+".") {
+				return broker.Errorf(broker.ErrBadEnv, "KERNEL_EXTRA_SPARK_OPTS: the setting %s is not allowed from a client (it chooses the identity, files of the submitting host, or how spark-submit waits); ask the operator to set it in the kernelspec", key)
+			}
+		}
+	}
+	return nil
 }
 
 // stripOwn drops what kernelbus decides itself from a spec's SPARK_OPTS:

@@ -268,7 +268,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 		return err == nil && strings.Contains(string(c), "auth=")
 	})
 	g := &gateway{t: t, kb: kb, workerEnv: []string{"HADOOP_CONF_DIR=" + confDir},
-		workerArgs: []string{"worker", "--rm", "yarn", "--nats-conn", conn, "--launcher", launcher, "--yarn-endpoint", rmURL}}
+		workerArgs: []string{"worker", "--rm", "yarn", "--nats-conn", conn, "--kernelspec-dir", specs, "--launcher", launcher, "--yarn-endpoint", rmURL}}
 	g.stopWorker = runEnv(t, g.workerEnv, kb, g.workerArgs...)
 
 	g.Client = &client.Client{BaseURL: "http://" + listen}

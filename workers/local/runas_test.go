@@ -1,0 +1,199 @@
+package local_test
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/rs/zerolog"
+)
+
+// probe is the test binary run as another OS user: it tries what a
+// hostile kernel of that user would. Exit 0: allowed; 13: refused by the
+// OS; 1: something else.
+func probe(what, arg string) int {
+	var err error
+	switch what {
+	case "--probe-read":
+		_, err = os.ReadFile(arg)
+	case "--probe-signal":
+		pid, _ := strconv.Atoi(arg)
+		err = syscall.Kill(pid, 0)
+	default:
+		return 1
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		return 13
+	}
+	fmt.Fprintln(os.Stderr, err)
+	return 1
+}
+
+// testUser makes an OS account for the test (removed afterwards).
+func testUser(t *testing.T, name string) *user.User {
+	t.Helper()
+	if u, err := user.Lookup(name); err == nil {
+		return u
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+		t.Skipf("cannot create OS user %s (useradd: %v %s)", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// runProbe runs the test binary as u.
+func runProbe(t *testing.T, bin string, u *user.User, what, arg string) int {
+	t.Helper()
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	cmd := exec.Command(bin, what, arg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ee.ExitCode() == 1 {
+			t.Fatalf("probe %s %s as %s: %s", what, arg, u.Username, out)
+		}
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+func uidOf(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			return f[1]
+		}
+	}
+	t.Fatalf("no Uid in /proc/%d/status", pid)
+	return ""
+}
+
+// Under a worker that runs as root with --run-as-owners, the kernels of
+// two owners run as their OS accounts: neither can read the other's
+// connection file or signal the other's kernel or the worker; an owner
+// that maps to root is refused with 403.
+func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the test creates two OS users and the worker switches to them")
+	}
+	alice, bob := testUser(t, "kbtest-alice"), testUser(t, "kbtest-bob")
+	// The launcher (this test binary) must be runnable by them: a copy in
+	// a folder they can reach.
+	dir, err := os.MkdirTemp("", "kb-runas-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "launcher.test")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.NewRunAs(bin, local.RunAs{Owners: []string{alice.Username, bob.Username, "root"}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setupWith(t, be)
+	start := func(id, owner string) {
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, User: owner, State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
+		// Nor may a launcher keep its OS user from being removed.
+		e.killAtCleanup(t, id)
+	}
+	ida, idb := "00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000b1"
+	start(ida, alice.Username)
+	start(idb, bob.Username)
+	ka := e.waitFor(t, ida, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
+	kb := e.waitFor(t, idb, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
+	if ka.State != broker.StateRunning || kb.State != broker.StateRunning {
+		t.Fatalf("kernels did not run: %s %q / %s %q", ka.State, ka.Reason, kb.State, kb.Reason)
+	}
+	pa, pb := pidOf(t, ka), pidOf(t, kb)
+	if uidOf(t, pa) != alice.Uid || uidOf(t, pb) != bob.Uid {
+		t.Fatalf("launchers run as uid %s and %s, want %s and %s", uidOf(t, pa), uidOf(t, pb), alice.Uid, bob.Uid)
+	}
+	connFile := func(id string) string {
+		files, _ := filepath.Glob(filepath.Join(os.TempDir(), "kernelbus-"+id+"-*", "kernel-"+id+".json"))
+		if len(files) != 1 {
+			t.Fatalf("connection file of %s: found %v", id, files)
+		}
+		t.Cleanup(func() { os.RemoveAll(filepath.Dir(files[0])) })
+		return files[0]
+	}
+	fa, fb := connFile(ida), connFile(idb)
+	// Each reads its own (the probe works), not the other's.
+	if runProbe(t, bin, alice, "--probe-read", fa) != 0 || runProbe(t, bin, bob, "--probe-read", fb) != 0 {
+		t.Fatal("an owner cannot read its own connection file")
+	}
+	if runProbe(t, bin, alice, "--probe-read", fb) != 13 || runProbe(t, bin, bob, "--probe-read", fa) != 13 {
+		t.Fatal("one owner's kernel can read the other's connection file")
+	}
+	// Nor signal the other's kernel, nor the worker (this root process).
+	if runProbe(t, bin, alice, "--probe-signal", strconv.Itoa(pb)) != 13 || runProbe(t, bin, bob, "--probe-signal", strconv.Itoa(pa)) != 13 {
+		t.Fatal("one owner's kernel can signal the other's")
+	}
+	if runProbe(t, bin, alice, "--probe-signal", strconv.Itoa(os.Getpid())) != 13 {
+		t.Fatal("a kernel can signal the worker")
+	}
+	// An owner that maps to uid 0 never runs.
+	idr := "00000000-0000-4000-8000-0000000000c1"
+	start(idr, "root")
+	kr := e.waitFor(t, idr, 15*time.Second, func(k *broker.Kernel) bool { return k.State.Terminal() })
+	if kr.State != broker.StateFailed || kr.FailStatus != 403 || !strings.Contains(kr.Reason, "uid 0") || len(kr.Handle) > 0 {
+		t.Fatalf("root owner: want failed 403 naming uid 0, got %s %d %q", kr.State, kr.FailStatus, kr.Reason)
+	}
+}
+
+// Run-as settings are checked at start: root as the fixed account, a
+// missing account, and (when not root) any switching at all are refused.
+func TestRunAsChecks(t *testing.T) {
+	exe, _ := os.Executable()
+	if os.Geteuid() != 0 {
+		if _, err := local.NewRunAs(exe, local.RunAs{User: "nobody"}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "root") {
+			t.Fatalf("switching users as uid %d: want an error saying it needs root, got %v", os.Geteuid(), err)
+		}
+		return
+	}
+	for _, ra := range []local.RunAs{{User: "root"}, {User: "no-such-user-kb"}, {User: "x;id"}} {
+		if _, err := local.NewRunAs(exe, ra, zerolog.Nop()); err == nil {
+			t.Errorf("%+v accepted", ra)
+		}
+	}
+}
