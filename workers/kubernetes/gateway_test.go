@@ -17,9 +17,11 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/nodeagent"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,6 +63,16 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	worker := startProc(t, "worker", kb, workerArgs...)
 	c := &client.Client{BaseURL: gw.url}
 	cs := cl.Client
+
+	t.Run("backend contract", func(t *testing.T) {
+		var r workers.Registry
+		kbk8s.Register(&r, zerolog.Nop())
+		be, err := r.New(kbk8s.Name, workers.BackendConfig{LauncherPath: launcher, Options: map[string]string{"kubeconfig": cl.Kubeconfig}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		workerstest.Harness{Backend: be}.Run(t)
+	})
 
 	t.Run("lifecycle", func(t *testing.T) {
 		var latencies []time.Duration
