@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -97,23 +96,9 @@ func lifecycle(evs []broker.Event) []string {
 // the audit log: each kernel's full history, in causal order, with the
 // right user, spec, host and handle, and nothing twice.
 func TestAuditLifecycle(t *testing.T) {
-	bin := jstest.KernelbusBin(t)
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
-	args := []string{"--kernelspec-dir", specs, "--cull-idle-timeout", "6s", "--cull-interval", "1s"}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	se := newServeEnv(t)
+	bin, data, logPath := se.bin, se.data, se.logPath
+	args := append(se.args, "--cull-idle-timeout", "6s", "--cull-interval", "1s")
 	srv := startServe(t, bin, data, logPath, args...)
 	c := &client.Client{BaseURL: srv.url}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -52,24 +52,10 @@ func TestHelpExitsZero(t *testing.T) {
 // /metrics (refused without the token, right numbers with it), /readyz
 // with the worker's check, and a real Prometheus server scraping it.
 func TestOperations(t *testing.T) {
-	bin := jstest.KernelbusBin(t)
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
+	se := newServeEnv(t)
+	bin := se.bin
 	const token = "ops-s3cret"
-	args := []string{"--kernelspec-dir", specs, "--token", token}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := launchServe(t, bin, filepath.Join(dir, "data"), logPath, args...)
+	srv := launchServe(t, bin, se.data, se.logPath, append(se.args, "--token", token)...)
 	c := &client.Client{BaseURL: srv.url, Token: token}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -155,7 +141,7 @@ func TestOperations(t *testing.T) {
 
 	// A worker process beside serve serves its own /metrics (behind its
 	// token) and /readyz, which says ready once its consumer claims.
-	workerURL := startWorker(t, bin, filepath.Join(dir, "data", "nats.conn"), "w-token", filepath.Join(dir, "worker.log"))
+	workerURL := startWorker(t, bin, filepath.Join(se.data, "nats.conn"), "w-token", filepath.Join(filepath.Dir(se.logPath), "worker.log"))
 	if resp, err := http.Get(workerURL + "/metrics"); err != nil || resp.StatusCode != 401 {
 		t.Fatalf("worker /metrics without its token: %v %v", resp, err)
 	} else {

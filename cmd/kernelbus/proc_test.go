@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -105,4 +106,33 @@ func logField(path string, offset int64, msg, field string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no %q line with %s in %s yet", msg, field, path)
+}
+
+// serveEnv is what a test of a `kernelbus serve` process with real kernels
+// needs: a data folder, a log shown when the test fails, and serve's
+// arguments for the Python venv's kernelspecs and the launcher under test
+// (the venv's python first on PATH).
+type serveEnv struct {
+	bin, data, logPath string
+	args               []string
+}
+
+func newServeEnv(t *testing.T) serveEnv {
+	t.Helper()
+	bin := jstest.KernelbusBin(t)
+	py := jstest.Python(t)
+	dir := t.TempDir()
+	e := serveEnv{bin: bin, data: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "serve.log"),
+		args: []string{"--kernelspec-dir", filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")}}
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		e.args = append(e.args, "--launcher", l)
+	}
+	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(e.logPath)
+			t.Logf("serve log:\n%s", log)
+		}
+	})
+	return e
 }
