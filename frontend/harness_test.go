@@ -115,6 +115,13 @@ func newEnv(t testing.TB, cfg Config) *testEnv {
 
 func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	t.Helper()
+	return startFrontendOn(t, bus, cfg, "http", func(ln net.Listener) (net.Listener, error) { return ln, nil })
+}
+
+// startFrontendOn serves a front-end on a port-0 listener that wrap may
+// wrap (in TLS), and returns it with its base URL.
+func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wrap func(net.Listener) (net.Listener, error)) (*Server, string) {
+	t.Helper()
 	if cfg.WSPingInterval == 0 {
 		cfg.WSPingInterval = 500 * time.Millisecond
 	}
@@ -125,7 +132,11 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	if err := fe.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := wrap(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +152,7 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	base := "http://" + ln.Addr().String() + strings.TrimSuffix(fe.cfg.BaseURL, "/") + "/"
+	base := scheme + "://" + ln.Addr().String() + strings.TrimSuffix(fe.cfg.BaseURL, "/") + "/"
 	return fe, base
 }
 
