@@ -581,7 +581,7 @@ func (w *wsClient) read(timeout time.Duration) (wsMsg, error) {
 
 func (w *wsClient) mustRead() wsMsg {
 	w.t.Helper()
-	m, err := w.read(10 * time.Second)
+	m, err := w.read(slow * 10 * time.Second)
 	if err != nil {
 		w.t.Fatalf("read: %v", err)
 	}
