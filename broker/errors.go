@@ -47,6 +47,7 @@ var (
 	ErrForbidden       = &Error{Status: 403, Code: "forbidden", Message: "forbidden"}
 	ErrLimit           = &Error{Status: 403, Code: "resource_limit", Message: "resource limit reached"}
 	ErrTooManyRequests = &Error{Status: 429, Code: "too_many_requests", Message: "too many requests"}
+	ErrMediaType       = &Error{Status: 415, Code: "unsupported_media_type", Message: "the body must be application/json"}
 	ErrConflict        = &Error{Status: 409, Code: "conflict", Message: "conflict"}
 	ErrStartFailed     = &Error{Status: 500, Code: "start_failed", Message: "kernel failed to start"}
 	ErrStartTimeout    = &Error{Status: 504, Code: "start_timeout", Message: "kernel did not start in time"}

@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"fmt"
+	"mime"
 	"net"
 	"net/url"
 	"os"
@@ -134,7 +135,31 @@ func (s *Server) guard(c *fiber.Ctx) error {
 	if err := s.checkCrossSite(c); err != nil {
 		return err
 	}
+	if err := checkMediaType(c); err != nil {
+		return err
+	}
 	return c.Next()
+}
+
+// checkMediaType requires a JSON body on a state-changing request that
+// carries no Authorization header. A page of another site can make a
+// browser send a "simple" request (text/plain, form-encoded, multipart)
+// without a CORS preflight, with whatever ambient credentials the browser
+// holds for the gateway (a cached basic-auth password, a ?token= in the
+// URL, the UI's cookie); it cannot make it send application/json or an
+// Authorization header without a preflight that CORS refuses. Clients that
+// authenticate with a header (jupyter_server, @jupyterlab/services with a
+// token) are therefore never refused here, whatever their Content-Type.
+func checkMediaType(c *fiber.Ctx) error {
+	if len(c.Body()) == 0 || c.Get(fiber.HeaderAuthorization) != "" {
+		return nil
+	}
+	ct := c.Get(fiber.HeaderContentType)
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && (mt == fiber.MIMEApplicationJSON || strings.HasSuffix(mt, "+json")) {
+		return nil
+	}
+	return broker.Errorf(broker.ErrMediaType, "%s %s: send the body as Content-Type: application/json (got %q); a request without an Authorization header must, so that no other site's page can send it through a browser", c.Method(), c.Path(), ct)
 }
 
 // checkHost applies AllowHost to connections that came over loopback.

@@ -101,6 +101,38 @@ func TestGuardCrossSite(t *testing.T) {
 	}
 }
 
+// A state-changing request without an Authorization header must send JSON:
+// a form or text/plain body is what a page of another site can make a
+// browser send without a preflight (with a ?token= link or a cached
+// password), so it gets 415 and starts nothing. Clients that authenticate
+// with a header are not held to it.
+func TestGuardMediaType(t *testing.T) {
+	e := newEnv(t, Config{Token: "secret"})
+	body := `{"name":"python3"}`
+	for _, ct := range []string{"text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""} {
+		h := http.Header{"Content-Type": {ct}}
+		if ct == "" {
+			h = http.Header{"Content-Type": nil}
+		}
+		resp, data := e.do("POST", "api/kernels?token=secret", body, h, nil)
+		if resp.StatusCode != 415 || !strings.Contains(string(data), "application/json") {
+			t.Errorf("Content-Type %q without Authorization: got %d %s, want 415 naming application/json", ct, resp.StatusCode, data)
+		}
+	}
+	var list []KernelModel
+	if e.do("GET", "api/kernels?token=secret", nil, nil, &list); len(list) != 0 {
+		t.Fatalf("a non-JSON POST started kernels: %+v", list)
+	}
+	for _, h := range []http.Header{
+		{"Content-Type": {"application/json; charset=utf-8"}},
+		{"Content-Type": {"text/plain;charset=UTF-8"}, "Authorization": {"token secret"}},
+	} {
+		if resp, data := e.do("POST", "api/kernels?token=secret", body, h, nil); resp.StatusCode != 201 {
+			t.Errorf("headers %v: got %d %s, want 201", h, resp.StatusCode, data)
+		}
+	}
+}
+
 // A client that sends its headers byte by byte is cut off after
 // ReadHeaderTimeout instead of holding a connection (slow loris).
 func TestGuardSlowHeaders(t *testing.T) {

@@ -204,8 +204,11 @@ func (s *Server) routes() *fiber.App {
 		// request reader (the websocket has its own, smaller one).
 		ReduceMemoryUsage: true,
 		BodyLimit:         8 << 20,
-		IdleTimeout:       2 * time.Minute,
-		AppName:           "kernelbus",
+		// The API takes JSON only: a multipart body is not parsed (and
+		// spooled to disk) before the guard refuses it.
+		DisablePreParseMultipartForm: true,
+		IdleTimeout:                  2 * time.Minute,
+		AppName:                      "kernelbus",
 	})
 	s.guardServer(app)
 	app.Use(s.guard) // before everything, the public endpoints too (guard.go)

@@ -226,6 +226,7 @@ type conn struct {
 	// finished under mu nothing more is delivered or counted.
 	mu       sync.Mutex
 	cc       jetstream.ConsumeContext
+	cons     jetstream.Consumer // the output consumer, deleted when the socket closes
 	finished bool
 	broken   bool   // a write failed: deliver nothing more
 	seen     uint64 // stream sequence of the last message received
@@ -332,9 +333,10 @@ func (c *conn) start() error {
 	var cons jetstream.Consumer
 	err = retryBus(c.s.ctx, busRetryFor, func(ctx context.Context) (err error) {
 		cons, err = c.s.bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{broker.SubjectOutAll(c.kernel)},
-			DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq:    start,
+			FilterSubjects:    []string{broker.SubjectOutAll(c.kernel)},
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       start,
+			InactiveThreshold: outputConsumerIdle,
 		})
 		return err
 	})
@@ -355,9 +357,10 @@ func (c *conn) start() error {
 	if c.finished {
 		c.mu.Unlock()
 		cc.Stop()
+		go c.s.dropConsumer(cons)
 		return errors.New("connection closed during setup")
 	}
-	c.cc = cc
+	c.cc, c.cons = cc, cons
 	c.mu.Unlock()
 	c.save(true, false)
 	return nil
@@ -846,16 +849,18 @@ func (c *conn) recordLocked(connected bool) broker.ClientSession {
 func (c *conn) finish(code int, text string) {
 	c.once.Do(func() {
 		c.mu.Lock()
-		cc := c.cc
+		cc, cons := c.cc, c.cons
 		c.mu.Unlock()
 		if cc != nil {
 			cc.Stop()
+			go c.s.dropConsumer(cons)
 		}
 		c.closeNow(code, text)
 		c.mu.Lock() // waits for a delivery in progress, cut short by the close
 		c.finished = true
 		c.mu.Unlock()
 		c.save(false, true)
+		go c.s.pruneSessions(c.kernel)
 		c.s.hub.unregister(c)
 		ev := broker.NewEvent(broker.EvClientLeft, c.rec)
 		ev.Session, ev.Reason, ev.Actor = c.session, text, c.actor

@@ -717,21 +717,30 @@ func kernelProcs(id string) int {
 func TestLauncherGivesUp(t *testing.T) {
 	py := testPython(t)
 	tb := startBus(t)
-	// A "kernel" that becomes ready, then dies at once after its first
-	// run: a flag file makes every later run exit before it is ready.
-	flag := filepath.Join(t.TempDir(), "ran")
+	// A "kernel" that becomes ready, then dies when the test says so
+	// (a file; no timer that a slow machine outruns before the kernel is
+	// ready); a flag file makes every later run exit before it is ready.
+	dir := t.TempDir()
+	flag, die := filepath.Join(dir, "ran"), filepath.Join(dir, "die")
 	script := fmt.Sprintf(`
-import os, sys, threading
-flag = %q
+import os, sys, threading, time
+flag, die = %q, %q
 if os.path.exists(flag):
     sys.stderr.write('dies again\n'); sys.exit(7)
 open(flag, 'w').close()
+def watch():
+    while not os.path.exists(die):
+        time.sleep(0.05)
+    os._exit(9)
+threading.Thread(target=watch, daemon=True).start()
 from ipykernel.kernelapp import IPKernelApp
-threading.Timer(4, lambda: os._exit(9)).start()
 IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])
-`, flag)
+`, flag, die)
 	k := launch(t, tb, []string{py, "-c", script, "{connection_file}"}, func(c *broker.LaunchConfig) { c.MaxRestarts = 2 })
 	k.waitState(60*time.Second, broker.StateRunning)
+	if err := os.WriteFile(die, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	rec := k.waitState(60*time.Second, broker.StateDead)
 	if !strings.Contains(rec.Reason, "gave up after 2 restarts") || !strings.Contains(rec.Reason, "dies again") {
 		t.Errorf("reason %q", rec.Reason)

@@ -3,6 +3,7 @@ package local_test
 import (
 	"errors"
 	"fmt"
+	"github.com/google/uuid"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -137,7 +138,9 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 		// Nor may a launcher keep its OS user from being removed.
 		e.killAtCleanup(t, id)
 	}
-	ida, idb := "00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000b1"
+	// Fresh ids: connection files of earlier runs (a killed run leaves
+	// its folder) must not be found for these kernels.
+	ida, idb := uuid.NewString(), uuid.NewString()
 	start(ida, alice.Username)
 	start(idb, bob.Username)
 	ka := e.waitFor(t, ida, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
