@@ -203,6 +203,10 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		// A new worker adopts the pod by its labels.
 		worker.stop(t)
 		worker = startProc(t, "worker", kb, workerArgs...)
+		// The pod goes once the new worker follows pods: on a loaded
+		// machine the launcher's own report (killed by a signal) would
+		// otherwise come first.
+		worker.waitLog(t, "following kernel pods")
 
 		if err := cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -357,6 +361,16 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
+	log  string
+}
+
+// waitLog waits until the process has logged what.
+func (p *proc) waitLog(t *testing.T, what string) {
+	t.Helper()
+	jstest.WaitFor(t, time.Minute, fmt.Sprintf("%s to log %q", p.cmd.Path, what), func() bool {
+		b, _ := os.ReadFile(p.log)
+		return strings.Contains(string(b), what)
+	})
 }
 
 // startProc runs a kernelbus part; the test's end (or its own death) stops it.
@@ -372,7 +386,7 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &proc{cmd: cmd, done: make(chan struct{}), log: logf.Name()}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop(t)
