@@ -444,7 +444,7 @@ func (l *fakeLauncher) publish(channel, msgType, session string, parent []byte, 
 		broker.HeaderChannel: {channel}, broker.HeaderMsgType: {msgType}, broker.HeaderMsgID: {id},
 		broker.HeaderSession: {session}, broker.HeaderParentType: {ptype}, broker.HeaderVersion: {broker.EnvelopeVersion},
 	}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), slow*10*time.Second)
 	defer cancel()
 	if _, err := kbjs.Publish(ctx, l.bus.NC, l.bus.JS, m); err != nil {
 		l.t.Errorf("launcher publish: %v", err)
