@@ -43,6 +43,11 @@ type LaunchConfig struct {
 	// record's was left behind by a worker that died while starting it,
 	// after another worker took the start over: it stands down.
 	Attempt string `json:"attempt,omitempty"`
+	// Environment is the packed environment the kernel runs in, if its
+	// spec came from one: the worker unpacks the archive (cached by
+	// digest) and replaces {env_prefix} in Argv and Env with its folder
+	// before the launcher sees them.
+	Environment *EnvRef `json:"environment,omitempty"`
 
 	// How to reach the bus. NATSCreds are the kernel's own credentials
 	// (a creds file's contents: a user JWT scoped to this kernel and its
@@ -140,7 +145,7 @@ func NewLaunchConfig(spec *KernelSpec, id, user string, env map[string]string, t
 	return &LaunchConfig{
 		V: 1, KernelID: id, Spec: spec.Name, User: user, Argv: spec.Argv, Env: kenv,
 		InterruptMode: mode, Language: spec.Language, ResourceDir: spec.Dir,
-		LaunchTimeout: Duration(timeout), RMConfig: spec.RMConfig(),
+		LaunchTimeout: Duration(timeout), RMConfig: spec.RMConfig(), Environment: spec.Environment(),
 	}
 }
 

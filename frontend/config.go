@@ -129,9 +129,41 @@ type Config struct {
 	// series (user names come from clients; their number is unbounded).
 	MetricsTopUsers int
 
+	// Environments configures kernel environments (POST
+	// /api/environments). Nil: environments cannot be created here, but
+	// the specs of built ones are still served.
+	Environments *EnvironmentsConfig
+
 	// ReadyChecks are added to /readyz's own (bus, streams, buckets):
 	// serve adds its worker pool's. Default: none.
 	ReadyChecks []metrics.Check
+}
+
+// EnvironmentsConfig says what environment requests may ask for.
+type EnvironmentsConfig struct {
+	// Pythons maps the offered Python versions ("3.11") to an interpreter
+	// on this host with pip, which validates requirements with pip's
+	// resolver. Build workers need the same versions.
+	Pythons map[string]string
+	// IndexURL is the package index pip resolves against ("": pip's own
+	// configuration, PIP_INDEX_URL and pip.conf).
+	IndexURL string
+	// RMs are the resource managers environments may target. Default:
+	// local, the only one whose workers unpack environments so far.
+	RMs []string
+	// Limits bound the resources an environment's kernels may ask for.
+	Limits EnvLimits
+	// ResolveTimeout bounds pip's resolver. Default 2m.
+	ResolveTimeout time.Duration
+}
+
+// EnvLimits are the largest resources an environment may ask for; 0 means
+// no limit. They apply to every user alike until per-user limits exist.
+type EnvLimits struct {
+	MemoryMB  int `json:"memory_mb"`
+	CPUs      int `json:"cpus"`
+	GPUs      int `json:"gpus"`
+	Executors int `json:"executors"`
 }
 
 // JupyterServerVersion is what GET /api reports as "version": the

@@ -39,6 +39,10 @@ type Server struct {
 	failures *failLimiter
 	// slots enforces MaxKernelsPerUser across front-ends (nil: no limit).
 	slots *userSlots
+	// envs holds kernel environments (environments.go); resolving bounds
+	// pip resolvers running at once.
+	envs      *kbjs.Envs
+	resolving chan struct{}
 
 	// ctx ends at Stop; every goroutine the server starts watches it
 	// and is one of routines.
@@ -132,6 +136,10 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	if err := s.state.start(sctx, s); err != nil {
+		return fail(err)
+	}
+	s.resolving = make(chan struct{}, 2)
+	if err := s.startEnvironments(sctx); err != nil {
 		return fail(err)
 	}
 	if s.releaseSub, err = s.bus.NC.Subscribe(broker.SubjectFrontend(s.cfg.FrontendID), s.hub.onRelease); err != nil {
@@ -234,6 +242,12 @@ func (s *Server) routes() *fiber.App {
 	g.Get("/api/sessions/:id", s.getSession)
 	g.Patch("/api/sessions/:id", s.patchSession)
 	g.Delete("/api/sessions/:id", s.deleteSession)
+	g.Get("/api/environments", s.listEnvironments)
+	g.Post("/api/environments", s.postEnvironment)
+	g.Get("/api/environments/options", s.envOptions)
+	g.Get("/api/environments/:name", s.getEnvironment)
+	g.Delete("/api/environments/:name", s.deleteEnvironment)
+	g.Get("/api/environments/:name/log", s.environmentLog)
 	g.Get("/api/events", s.listEvents)
 	g.Get("/api/events/stream", s.streamEvents)
 	app.Use(func(c *fiber.Ctx) error {

@@ -94,6 +94,9 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 			return nil, fmt.Errorf("bucket %s: %w", bc.Bucket, err)
 		}
 	}
+	if _, err := OpenEnvs(ctx, js, l.Replicas); err != nil {
+		return nil, err
+	}
 	return Open(ctx, nc)
 }
 

@@ -66,6 +66,15 @@ type PoolConfig struct {
 	// Metrics is where the pool registers its collectors (metrics.go);
 	// nil: nowhere.
 	Metrics prometheus.Registerer
+	// Environments brings a kernel's packed environment to where its
+	// launcher runs and returns its folder there (envs.Cache for local
+	// kernels). Nil: kernels of environment specs fail with a reason.
+	Environments EnvironmentSource
+}
+
+// EnvironmentSource makes a packed environment available to kernels.
+type EnvironmentSource interface {
+	Ensure(ctx context.Context, ref *broker.EnvRef) (string, error)
 }
 
 // SpecSource finds kernelspecs by name; frontend.Catalog is one.
@@ -362,6 +371,18 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest) error {
 			return err
 		}
 		cfg.Attempt = k.Attempt
+		if cfg.Environment != nil {
+			if p.cfg.Environments == nil {
+				p.countStart(k, OutcomeFailed)
+				return p.fail(k, nil, fmt.Sprintf("kernels of environment %s cannot run on %s yet: its workers do not unpack environments", cfg.Environment.Name, p.be.Name()))
+			}
+			dir, err := p.cfg.Environments.Ensure(ctx, cfg.Environment)
+			if err != nil {
+				p.countStart(k, OutcomeFailed)
+				return p.fail(k, nil, "the worker could not unpack the kernel's environment: "+err.Error())
+			}
+			cfg.FillEnvPrefix(dir)
+		}
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}

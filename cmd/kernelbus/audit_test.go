@@ -138,15 +138,22 @@ func TestAuditLifecycle(t *testing.T) {
 	if r := execute(ca, "print(6*7)"); r.Status != "ok" || strings.TrimSpace(r.Stdout.String()) != "42" {
 		t.Fatalf("execute: %+v", r)
 	}
-	id, err := ca.Send("shell", "execute_request", map[string]any{"code": "import time; time.sleep(60)", "silent": false})
+	id, err := ca.Send("shell", "execute_request", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(60)", "silent": false})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Interrupt once the kernel is busy with it.
-	jstest.WaitFor(t, 30*time.Second, "alice's kernel to be busy", func() bool {
-		m, err := c.Kernel(ctx, a.ID)
-		return err == nil && m.ExecutionState == "busy"
-	})
+	// Interrupt once the code runs (its output says so): a SIGINT that
+	// lands while ipykernel is still setting the execution up, as "busy"
+	// alone allowed on a loaded machine, can be lost.
+	for {
+		m, err := ca.Recv(time.Now().Add(30 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for the code to run: %v", err)
+		}
+		if m.ParentHeader.MsgID == id && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), "sleeping") {
+			break
+		}
+	}
 	if err := c.Interrupt(ctx, a.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -186,7 +186,7 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	var df dutyFlags
 	nf.register(fs)
 	df.register(fs)
-	rm := fs.String("rm", "local", "resource manager of this pool: "+fmt.Sprint(registry(zerolog.Nop()).Names()))
+	rm := fs.String("rm", "local", "resource manager of this pool: "+fmt.Sprint(registry(zerolog.Nop()).Names())+", or build (the environment build pool)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
 	launcherNATS := fs.String("launcher-nats", "", "NATS URLs the launchers use (default: --nats)")
 	minterFile := fs.String("launcher-minter", "", "file with the installation's launcher signing key (launcher-minter.json), to give each launcher credentials of its own kernel (default: from --nats-conn)")
@@ -208,12 +208,29 @@ func cmdWorker(args []string, stderr io.Writer) error {
 		broker.RMKubernetes: k8sFlags(fs),
 		broker.RMYarn:       yarnFlags(fs),
 	}
+	var ef envFlags
+	ef.registerCommon(fs)
+	ef.registerWorker(fs)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
 	log, err := newLogger(*logLevel, stderr)
 	if err != nil {
 		return err
+	}
+	if *rm == broker.RMBuild {
+		// The build pool builds environments; it starts no launchers.
+		if _, err := nf.forRole(access.RoleWorker, *rm); err != nil {
+			return err
+		}
+		ctx, cancel := signalContext()
+		defer cancel()
+		bus, err := nf.connect(ctx, "kernelbus-worker-build", log)
+		if err != nil {
+			return err
+		}
+		defer bus.NC.Close()
+		return runBuilder(ctx, &ef, *id, bus, log)
 	}
 	launcher, err := findLauncher(*launcherFlag)
 	if err != nil {
@@ -286,6 +303,11 @@ func cmdWorker(args []string, stderr io.Writer) error {
 				return fmt.Errorf("--nats-creds: %w", err)
 			}
 			pcfg.NATSCreds = string(b)
+		}
+	}
+	if *rm == broker.RMLocal {
+		if pcfg.Environments, pcfg.Specs, err = ef.localEnvironments(ctx, bus, pcfg.Specs, log); err != nil {
+			return err
 		}
 	}
 	pool, err := workers.NewPool(pcfg, bus, be, log)

@@ -52,6 +52,7 @@ type frontendFlags struct {
 	topUsers      int
 	tls           tlsFlags
 	ident         identityFlags
+	env           envFlags
 }
 
 func (f *frontendFlags) register(fs *flagSet) {
@@ -76,6 +77,8 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 	f.tls.register(fs)
 	f.ident.register(fs)
+	f.env.registerCommon(fs)
+	f.env.registerFrontend(fs)
 }
 
 // identities returns the identity sources the flags configure, in the
@@ -119,7 +122,12 @@ func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, 
 	if err != nil {
 		return frontend.Config{}, err
 	}
+	envCfg, err := f.env.frontendConfig(context.Background(), log)
+	if err != nil {
+		return frontend.Config{}, err
+	}
 	return frontend.Config{
+		Environments:         envCfg,
 		Token:                f.token,
 		TokenUser:            f.tokenUser,
 		Identities:           ids,
@@ -155,8 +163,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	var df dutyFlags
 	var rf retentionFlags
 	ff.register(fs)
+	ff.env.registerWorker(fs)
 	df.register(fs)
 	rf.register(fs)
+	builds := fs.Bool("build-worker", true, "run an environment build worker in this process (it builds environments with --env-python)")
 	dataDir := fs.String("data-dir", defaultDataDir(), "folder for the embedded NATS's JetStream data")
 	natsListen := fs.String("nats-listen", "127.0.0.1:-1", "address of the embedded NATS for launchers and tools (port -1: any free one)")
 	launcherFlag := fs.String("launcher", "", "path of kernelbus-launcher (default: next to kernelbus, then PATH)")
@@ -311,12 +321,31 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
+	if ff.env.cache == "" {
+		ff.env.cache = filepath.Join(*dataDir, "envs")
+	}
+	envCache, wSpecs, err := ff.env.localEnvironments(ctx, wBus, specCatalog(ff.specDirs, log), log)
+	if err != nil {
+		return err
+	}
 	// The worker reads the front-end's folders and applies its env
 	// policy: it resolves the very specs the front-end offers.
 	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: srv.ClientURL(), NATSCA: natsCA, Minter: minter, LauncherCredsTTL: *credsTTL, Metrics: reg,
-		Specs: specCatalog(ff.specDirs, log), Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}}, wBus, be, log)
+		Specs: wSpecs, Env: broker.EnvPolicy{Allowed: ff.allowedEnv, MaxTotalBytes: ff.maxEnvBytes}, Environments: envCache}, wBus, be, log)
 	if err != nil {
 		return err
+	}
+	if *builds {
+		_, bBus, err := roleBus(access.WorkerCreds(broker.RMBuild), "kernelbus-serve-build")
+		if err != nil {
+			return err
+		}
+		b, err := ff.env.builder(ctx, "", bBus, log)
+		if err != nil {
+			log.Warn().Err(err).Msg("no environment build worker in this process")
+		} else {
+			run.onStop("environment builder", func(context.Context) error { b.Stop(); return nil })
+		}
 	}
 	if err := run.start(ctx, "worker pool", pool); err != nil {
 		return err

@@ -196,6 +196,12 @@ func (c *Client) dial(ctx context.Context, kernelID, session, resumeAfter string
 	}
 	u.RawQuery = q.Encode()
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10}
+	// wss:// trusts what the REST calls trust (a private CA, say).
+	if c.HTTP != nil {
+		if tr, ok := c.HTTP.Transport.(*http.Transport); ok {
+			d.TLSClientConfig = tr.TLSClientConfig
+		}
+	}
 	if v1 {
 		d.Subprotocols = []string{Subprotocol}
 	}

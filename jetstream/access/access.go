@@ -114,7 +114,8 @@ func LauncherTemplate() jwt.UserPermissionLimits {
 
 // knownRMs are the resource managers this build knows; a worker of one is
 // denied the others' request consumers by name.
-var knownRMs = []string{broker.RMLocal, broker.RMSSH, broker.RMYarn, broker.RMKubernetes}
+// The build pool (environments) counts as one: it claims build requests.
+var knownRMs = []string{broker.RMLocal, broker.RMSSH, broker.RMYarn, broker.RMKubernetes, broker.RMBuild}
 
 // jsAdminOnly are JetStream API calls no role but admin makes.
 var jsAdminOnly = []string{
@@ -174,6 +175,9 @@ func Permissions(role, rm string) (jwt.Permissions, error) {
 			// from clients through front-ends. (Its duties may ask for
 			// stops.)
 			broker.SubjectRequest(broker.VerbStart, "*"),
+			// Nor does it ask for environment builds: users do, through
+			// front-ends that validated the request.
+			broker.SubjectRequest(broker.VerbBuild, "*"),
 			// Consumers of the request queue are created by name only
 			// (the name-less and name-only forms carry the filter in
 			// the body, which permissions cannot see).

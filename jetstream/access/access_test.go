@@ -354,6 +354,23 @@ func TestRoleCredentials(t *testing.T) {
 		{"local worker forges a start", local, func(p *probe) error {
 			return p.nc.Publish(broker.SubjectRequest(broker.VerbStart, broker.RMLocal), []byte(`{}`))
 		}, "kb.req.start.local"},
+		// Environments: only front-ends ask for builds, only the build
+		// pool claims them, and no worker is the build pool but it.
+		{"local worker forges a build request", local, func(p *probe) error {
+			return p.nc.Publish(broker.SubjectRequest(broker.VerbBuild, broker.RMBuild), []byte(`{}`))
+		}, "kb.req.build.build"},
+		{"local worker claims builds", local, func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KB_REQUESTS."+broker.WorkerConsumer(broker.RMBuild), "_INBOX.x", []byte(`{"batch":1}`))
+		}, "MSG.NEXT.KB_REQUESTS." + broker.WorkerConsumer(broker.RMBuild)},
+		{"build worker claims local starts", credsOf(access.RoleWorker, broker.RMBuild), func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KB_REQUESTS."+broker.WorkerConsumer(broker.RMLocal), "_INBOX.x", []byte(`{"batch":1}`))
+		}, "MSG.NEXT.KB_REQUESTS." + broker.WorkerConsumer(broker.RMLocal)},
+		{"front-end claims builds", fe, func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KB_REQUESTS."+broker.WorkerConsumer(broker.RMBuild), "_INBOX.x", []byte(`{"batch":1}`))
+		}, "MSG.NEXT.KB_REQUESTS"},
+		{"front-end purges environment archives", fe, func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.STREAM.PURGE.OBJ_"+broker.ObjectEnvArchives, "_INBOX.x", nil)
+		}, "STREAM.PURGE"},
 		{"local worker purges KB_IO", local, func(p *probe) error {
 			return p.nc.PublishRequest("$JS.API.STREAM.PURGE.KB_IO", "_INBOX.x", nil)
 		}, "STREAM.PURGE"},

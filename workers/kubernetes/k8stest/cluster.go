@@ -1,9 +1,10 @@
 // Package k8stest starts a real Kubernetes control plane for tests: etcd,
 // kube-apiserver, kube-controller-manager (namespaces, service accounts,
-// garbage collection) and kube-scheduler, built from the Go module proxy by
-// scripts/k8s-build.sh and found through $KB_K8S_BIN. No kubelet runs; a
-// nodeagent.Agent plays one. Everything listens on free loopback ports and
-// is killed when the test ends, also when it fails.
+// deployments, replica and stateful sets, garbage collection) and
+// kube-scheduler, built from the Go module proxy by scripts/k8s-build.sh
+// and found through $KB_K8S_BIN. No kubelet runs; a nodeagent.Agent plays
+// one. Everything listens on free loopback ports and is killed when the test
+// ends, also when it fails.
 package k8stest
 
 import (
@@ -155,7 +156,7 @@ current-context: test
 		return err
 	}
 	if err := c.run(bin, "kube-controller-manager", "--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0",
-		"--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller",
+		"--controllers=namespace-controller,serviceaccount-controller,deployment-controller,replicaset-controller,statefulset-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller",
 		"--service-account-private-key-file="+f("sa.key"), "--root-ca-file="+f("ca.crt"),
 		"--concurrent-namespace-syncs=5", "--concurrent-gc-syncs=20"); err != nil {
 		return err

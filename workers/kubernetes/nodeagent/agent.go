@@ -1,16 +1,19 @@
 // Package nodeagent is a stand-in kubelet for tests against a real API
 // server where no kubelet can run containers. It registers a Node, watches
 // the pods bound to it, runs each pod's first container command with its
-// env as a local process (the "image" is whatever is installed here), and
-// reports phase, pod IP and container state back through the API, as a
-// kubelet would. Deleting a pod sends SIGTERM to its process group, SIGKILL
+// env as a local process (the "image" is whatever is installed here, or an
+// unpacked image root the process is chrooted into, with the pod's volumes
+// written inside it), and reports phase, pod IP and container state back
+// through the API, as a kubelet would. Deleting a pod sends SIGTERM to its process group, SIGKILL
 // after the grace period, then finalizes the deletion.
 package nodeagent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	k8s "k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -55,8 +59,32 @@ type Config struct {
 	// LogDir receives each container's output as <namespace>_<pod>.log.
 	// Default: discarded.
 	LogDir string
+	// Rootfs are unpacked images by image name. A pod of one of them runs
+	// chrooted into a copy of the image's files with its volumes (Secrets,
+	// ConfigMaps, emptyDirs, the projected service account token) written at
+	// their mount paths, as the image's user or the pod's runAsUser, and
+	// with the image's entrypoint when the container names no command: what
+	// the kernelbus chart's pods need. Other images run on the host as
+	// before, volumes ignored. Needs root.
+	Rootfs map[string]Rootfs
+	// PodsDir holds the pods' roots (default: a temporary folder).
+	PodsDir string
+	// KubernetesService is the API server's host:port given to every
+	// container as KUBERNETES_SERVICE_HOST/PORT, as a kubelet does with the
+	// kubernetes Service's address (unroutable here), so that in-cluster
+	// clients find the API server. Empty: not set.
+	KubernetesService string
 	// Log for the agent's own messages.
 	Log zerolog.Logger
+}
+
+// Rootfs is an image unpacked in a folder (ociimage.Unpack).
+type Rootfs struct {
+	Dir                  string
+	Entrypoint, Cmd, Env []string
+	WorkingDir           string
+	// UID and GID the image's config names (its USER).
+	UID, GID int
 }
 
 // IP every pod of the agent gets: processes run on this machine.
@@ -68,8 +96,12 @@ type Agent struct {
 	client k8s.Interface
 	pods   corelisters.PodLister
 	q      workqueue.TypedRateLimitingInterface[string]
+	ctx    context.Context // until Stop
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
+
+	// ownDir is PodsDir when the agent made it (removed by Stop).
+	ownDir string
 
 	mu    sync.Mutex
 	procs map[types.UID]*proc
@@ -77,12 +109,16 @@ type Agent struct {
 
 type proc struct {
 	key     string
+	root    string // the pod's root folder, removed when the pod goes
 	cmd     *exec.Cmd
 	started time.Time
 	done    chan struct{}
 	exit    error
-	termed  bool
-	killer  *time.Timer
+	exited  time.Time
+	// restarts counts the container's earlier runs in this pod.
+	restarts int
+	termed   bool
+	killer   *time.Timer
 }
 
 // Start registers the node and starts following its pods.
@@ -109,12 +145,20 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			}
 		}
 	}
-	a := &Agent{cfg: cfg, client: cfg.Client, procs: map[types.UID]*proc{}}
+	ownDir := ""
+	if len(cfg.Rootfs) > 0 && cfg.PodsDir == "" {
+		d, err := os.MkdirTemp("", "kb-nodeagent-pods-")
+		if err != nil {
+			return nil, err
+		}
+		cfg.PodsDir, ownDir = d, d
+	}
+	a := &Agent{cfg: cfg, client: cfg.Client, procs: map[types.UID]*proc{}, ownDir: ownDir}
 	if err := a.register(ctx); err != nil {
 		return nil, err
 	}
 	actx, cancel := context.WithCancel(context.Background())
-	a.stop = cancel
+	a.ctx, a.stop = actx, cancel
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
 	}))
@@ -171,6 +215,9 @@ func (a *Agent) Stop() {
 	for _, p := range procs {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
+	}
+	if a.ownDir != "" {
+		_ = os.RemoveAll(a.ownDir)
 	}
 }
 
@@ -276,6 +323,24 @@ func (a *Agent) sync(ctx context.Context, key string) error {
 	if p != nil {
 		select {
 		case <-p.done:
+			if restarts(pod, p) {
+				// As a kubelet's crash loop: the same pod, its
+				// container started again after a growing back-off.
+				wait := time.Duration(1<<min(p.restarts, 5))*time.Second - time.Since(p.exited)
+				if wait > 0 {
+					a.q.AddAfter(key, wait)
+					now := metav1.Now()
+					return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+						setReady(s, false, now)
+						for i := range s.ContainerStatuses {
+							s.ContainerStatuses[i].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
+								Message: "back-off restarting the failed container"}}
+						}
+					})
+				}
+				a.forget(pod.UID)
+				return a.runRestarted(ctx, pod, p.restarts+1)
+			}
 			return a.reportExit(ctx, pod, p)
 		default:
 			return nil
@@ -285,6 +350,35 @@ func (a *Agent) sync(ctx context.Context, key string) error {
 		return nil
 	}
 	return a.run(ctx, pod)
+}
+
+// restarts says whether the pod's restart policy starts its container again
+// after this exit (Always, the default, or OnFailure after a failure).
+func restarts(pod *corev1.Pod, p *proc) bool {
+	switch pod.Spec.RestartPolicy {
+	case corev1.RestartPolicyNever:
+		return false
+	case corev1.RestartPolicyOnFailure:
+		return p.exit != nil
+	}
+	return true
+}
+
+// runRestarted starts a restarted container and records its restart count.
+func (a *Agent) runRestarted(ctx context.Context, pod *corev1.Pod, n int) error {
+	if err := a.run(ctx, pod); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if p := a.procs[pod.UID]; p != nil {
+		p.restarts = n
+	}
+	a.mu.Unlock()
+	return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+		for i := range s.ContainerStatuses {
+			s.ContainerStatuses[i].RestartCount = int32(n)
+		}
+	})
 }
 
 // terminate handles a pod being deleted: SIGTERM, SIGKILL after its grace
@@ -326,6 +420,9 @@ func (a *Agent) forget(uid types.UID) {
 		if p.killer != nil {
 			p.killer.Stop()
 		}
+		if p.root != "" {
+			_ = os.RemoveAll(filepath.Dir(p.root))
+		}
 		delete(a.procs, uid)
 	}
 }
@@ -339,18 +436,55 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	if len(a.cfg.Images) > 0 && !slices.Contains(a.cfg.Images, c.Image) {
 		return a.setWaiting(ctx, pod, "ErrImagePull", fmt.Sprintf("failed to pull image %q: not found on this node", c.Image))
 	}
-	if len(c.Command) == 0 {
-		return a.setWaiting(ctx, pod, "CreateContainerError", "the test node agent runs only containers with a command")
+	img, inRoot := a.cfg.Rootfs[c.Image]
+	argv := append(append([]string{}, c.Command...), c.Args...)
+	if inRoot && len(c.Command) == 0 {
+		args := c.Args
+		if len(args) == 0 {
+			args = img.Cmd
+		}
+		argv = append(append([]string{}, img.Entrypoint...), args...)
+	}
+	if len(argv) == 0 || (!inRoot && len(c.Command) == 0) {
+		return a.setWaiting(ctx, pod, "CreateContainerError", "the test node agent runs only containers with a command (or an image it has unpacked)")
 	}
 	env, err := a.env(ctx, pod, c)
 	if err != nil {
 		_ = a.setWaiting(ctx, pod, "CreateContainerConfigError", err.Error())
 		return err // retried, as a kubelet does
 	}
-	cmd := exec.Command(c.Command[0], append(c.Command[1:], c.Args...)...)
-	cmd.Env = append(append([]string{}, a.cfg.BaseEnv...), env...)
-	cmd.Dir = c.WorkingDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if host, port, ok := strings.Cut(a.cfg.KubernetesService, ":"); ok {
+		env = append([]string{"KUBERNETES_SERVICE_HOST=" + host, "KUBERNETES_SERVICE_PORT=" + port}, env...)
+	}
+	base := a.cfg.BaseEnv
+	var root string
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	dir := c.WorkingDir
+	if inRoot {
+		uid, gid := podUser(pod, c, img)
+		if root, err = a.podRoot(ctx, pod, c, img, uid, gid); err != nil {
+			_ = a.setWaiting(ctx, pod, "CreateContainerConfigError", err.Error())
+			return err
+		}
+		base = img.Env
+		attr.Chroot = root
+		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if dir == "" {
+			dir = img.WorkingDir
+		}
+		if dir == "" {
+			dir = "/"
+		}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if inRoot {
+		// The path is the image's, resolved after the chroot: whatever
+		// exec.Command found (or failed to find) on the host does not count.
+		cmd.Path, cmd.Err = argv[0], nil
+	}
+	cmd.Env = append(append([]string{}, base...), env...)
+	cmd.Dir = dir
+	cmd.SysProcAttr = attr
 	var logf *os.File
 	if a.cfg.LogDir != "" {
 		logf, err = os.OpenFile(filepath.Join(a.cfg.LogDir, pod.Namespace+"_"+pod.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
@@ -362,14 +496,18 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 		if logf != nil {
 			logf.Close()
 		}
+		if root != "" {
+			_ = os.RemoveAll(filepath.Dir(root))
+		}
 		return a.setWaiting(ctx, pod, "RunContainerError", err.Error())
 	}
-	p := &proc{key: pod.Namespace + "/" + pod.Name, cmd: cmd, started: time.Now(), done: make(chan struct{})}
+	p := &proc{key: pod.Namespace + "/" + pod.Name, root: root, cmd: cmd, started: time.Now(), done: make(chan struct{})}
 	a.mu.Lock()
 	a.procs[pod.UID] = p
 	a.mu.Unlock()
 	go func() {
 		p.exit = cmd.Wait()
+		p.exited = time.Now()
 		if logf != nil {
 			logf.Close()
 		}
@@ -378,17 +516,90 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 	}()
 	a.cfg.Log.Info().Str("pod", p.key).Int("pid", cmd.Process.Pid).Msg("nodeagent: container started")
 	started := metav1.NewTime(p.started)
-	return a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
+	// A container with an HTTP readiness probe is ready once the probe
+	// answers 2xx/3xx (probed until then); any other at once.
+	probe := c.ReadinessProbe
+	ready := probe == nil || probe.HTTPGet == nil
+	err = a.updateStatus(ctx, pod, func(s *corev1.PodStatus) {
 		s.Phase, s.PodIP, s.HostIP = corev1.PodRunning, IP, IP
 		s.PodIPs, s.HostIPs = []corev1.PodIP{{IP: IP}}, []corev1.HostIP{{IP: IP}}
 		s.StartTime = &started
-		for _, t := range []corev1.PodConditionType{corev1.PodInitialized, corev1.PodReady, corev1.ContainersReady, corev1.PodScheduled} {
+		for _, t := range []corev1.PodConditionType{corev1.PodInitialized, corev1.PodScheduled} {
 			setCondition(s, corev1.PodCondition{Type: t, Status: corev1.ConditionTrue, LastTransitionTime: started})
 		}
+		setReady(s, ready, started)
 		yes := true
-		s.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: true, Started: &yes,
+		s.ContainerStatuses = []corev1.ContainerStatus{{Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: ready, Started: &yes,
 			ContainerID: fmt.Sprintf("local://%d", cmd.Process.Pid), State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}}}}
 	})
+	if err == nil && !ready {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.probeReady(pod, c, p)
+		}()
+	}
+	return err
+}
+
+func setReady(s *corev1.PodStatus, ready bool, at metav1.Time) {
+	st := corev1.ConditionFalse
+	if ready {
+		st = corev1.ConditionTrue
+	}
+	for _, t := range []corev1.PodConditionType{corev1.PodReady, corev1.ContainersReady} {
+		setCondition(s, corev1.PodCondition{Type: t, Status: st, LastTransitionTime: at})
+	}
+	for i := range s.ContainerStatuses {
+		s.ContainerStatuses[i].Ready = ready
+	}
+}
+
+// probeReady runs c's HTTP readiness probe until it passes, then marks the
+// pod ready; it gives up when the process ends or the agent stops. Unlike a
+// kubelet it probes only until the first success, every 200ms at most.
+func (a *Agent) probeReady(pod *corev1.Pod, c corev1.Container, p *proc) {
+	g := c.ReadinessProbe.HTTPGet
+	port := g.Port.IntValue()
+	if g.Port.Type == intstr.String {
+		for _, cp := range c.Ports {
+			if cp.Name == g.Port.StrVal {
+				port = int(cp.ContainerPort)
+			}
+		}
+	}
+	scheme := "http"
+	if g.Scheme == corev1.URISchemeHTTPS {
+		scheme = "https"
+	}
+	u := fmt.Sprintf("%s://%s:%d%s", scheme, IP, port, g.Path)
+	// A kubelet does not verify a probed pod's certificate either.
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer hc.CloseIdleConnections()
+	period := time.Duration(c.ReadinessProbe.PeriodSeconds) * time.Second
+	period = min(max(period, 50*time.Millisecond), 200*time.Millisecond)
+	for {
+		req, _ := http.NewRequestWithContext(a.ctx, http.MethodGet, u, nil)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode >= 200 && resp.StatusCode < 400 {
+				break
+			}
+		}
+		select {
+		case <-p.done:
+			return
+		case <-a.ctx.Done():
+			return
+		case <-time.After(period):
+		}
+	}
+	now := metav1.Now()
+	if err := a.updateStatus(a.ctx, pod, func(s *corev1.PodStatus) { setReady(s, true, now) }); err != nil {
+		a.cfg.Log.Warn().Err(err).Str("pod", p.key).Msg("nodeagent: marking the pod ready")
+		return
+	}
+	a.cfg.Log.Info().Str("pod", p.key).Str("probe", u).Msg("nodeagent: container ready")
 }
 
 // reportExit writes the final phase of a pod whose process ended.

@@ -1,0 +1,108 @@
+package envs
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Cache unpacks environment archives from the object store into Dir, one
+// folder per digest, on first use. A folder is complete once it has its
+// name: it is unpacked under a temporary name and renamed, so a worker
+// that dies midway leaves only a temporary folder behind.
+type Cache struct {
+	Dir   string
+	Store jetstream.ObjectStore
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// NewCache returns a cache in dir (created 0755: kernels read it).
+func NewCache(dir string, store jetstream.ObjectStore) (*Cache, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("environment cache: %w", err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Cache{Dir: abs, Store: store, locks: map[string]*sync.Mutex{}}, nil
+}
+
+func (c *Cache) lock(digest string) *sync.Mutex {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.locks[digest]
+	if !ok {
+		l = &sync.Mutex{}
+		c.locks[digest] = l
+	}
+	return l
+}
+
+// Ensure returns the folder of ref's environment, unpacking it first if
+// this host has not yet. The archive's bytes must hash to its digest.
+func (c *Cache) Ensure(ctx context.Context, ref *broker.EnvRef) (string, error) {
+	if ref == nil || !broker.ValidDigest(ref.Digest) {
+		return "", errors.New("environment: no valid archive digest")
+	}
+	final := filepath.Join(c.Dir, ref.Digest)
+	if fi, err := os.Stat(final); err == nil && fi.IsDir() {
+		return final, nil
+	}
+	l := c.lock(ref.Digest)
+	l.Lock()
+	defer l.Unlock()
+	if fi, err := os.Stat(final); err == nil && fi.IsDir() {
+		return final, nil
+	}
+	tmp, err := os.CreateTemp(c.Dir, ".download-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	obj, err := c.Store.Get(ctx, ref.Digest)
+	if err != nil {
+		return "", fmt.Errorf("environment %s: archive %s: %w", ref.Name, ref.Digest, err)
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(tmp, h), obj)
+	_ = obj.Close()
+	if err != nil {
+		return "", fmt.Errorf("environment %s: download: %w", ref.Name, err)
+	}
+	if got := "sha256-" + hex.EncodeToString(h.Sum(nil)); got != ref.Digest {
+		return "", fmt.Errorf("environment %s: the archive's digest is %s, not %s", ref.Name, got, ref.Digest)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	dir := filepath.Join(c.Dir, ".unpack-"+hex.EncodeToString(rnd[:]))
+	if err := Unpack(tmp, dir, final); err != nil {
+		_ = os.RemoveAll(dir)
+		return "", fmt.Errorf("environment %s: %w", ref.Name, err)
+	}
+	if err := os.Rename(dir, final); err != nil {
+		_ = os.RemoveAll(dir)
+		// Another process on this host unpacked it meanwhile.
+		if fi, serr := os.Stat(final); serr == nil && fi.IsDir() {
+			return final, nil
+		}
+		return "", err
+	}
+	return final, nil
+}
