@@ -115,6 +115,13 @@ func newEnv(t testing.TB, cfg Config) *testEnv {
 
 func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	t.Helper()
+	return startFrontendOn(t, bus, cfg, "http", func(ln net.Listener) (net.Listener, error) { return ln, nil })
+}
+
+// startFrontendOn serves a front-end on a port-0 listener that wrap may
+// wrap (in TLS), and returns it with its base URL.
+func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wrap func(net.Listener) (net.Listener, error)) (*Server, string) {
+	t.Helper()
 	if cfg.WSPingInterval == 0 {
 		cfg.WSPingInterval = 500 * time.Millisecond
 	}
@@ -122,7 +129,14 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err := fe.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := wrap(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,14 +145,14 @@ func startFrontend(t testing.TB, bus *kbjs.Bus, cfg Config) (*Server, string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := fe.Shutdown(ctx); err != nil {
+		if err := fe.Stop(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	base := "http://" + ln.Addr().String() + strings.TrimSuffix(fe.cfg.BaseURL, "/") + "/"
+	base := scheme + "://" + ln.Addr().String() + strings.TrimSuffix(fe.cfg.BaseURL, "/") + "/"
 	return fe, base
 }
 
@@ -430,7 +444,7 @@ func (l *fakeLauncher) publish(channel, msgType, session string, parent []byte, 
 		broker.HeaderChannel: {channel}, broker.HeaderMsgType: {msgType}, broker.HeaderMsgID: {id},
 		broker.HeaderSession: {session}, broker.HeaderParentType: {ptype}, broker.HeaderVersion: {broker.EnvelopeVersion},
 	}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), slow*10*time.Second)
 	defer cancel()
 	if _, err := kbjs.Publish(ctx, l.bus.NC, l.bus.JS, m); err != nil {
 		l.t.Errorf("launcher publish: %v", err)
@@ -572,7 +586,7 @@ func (w *wsClient) read(timeout time.Duration) (wsMsg, error) {
 
 func (w *wsClient) mustRead() wsMsg {
 	w.t.Helper()
-	m, err := w.read(10 * time.Second)
+	m, err := w.read(slow * 10 * time.Second)
 	if err != nil {
 		w.t.Fatalf("read: %v", err)
 	}

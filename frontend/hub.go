@@ -288,7 +288,7 @@ func saysDead(m *jetstream.RawStreamMsg) bool {
 	return json.Unmarshal(f.Content, &st) == nil && st.State == "dead"
 }
 
-// closeAll finishes every connection in parallel (Shutdown).
+// closeAll finishes every connection in parallel (Stop).
 func (h *hub) closeAll(code int, text string) {
 	var wg sync.WaitGroup
 	for _, c := range h.all() {

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/auth"
+	"github.com/kernelbus/kernelbus/internal/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,32 +49,31 @@ type Server struct {
 	envs      *kbjs.Envs
 	resolving chan struct{}
 
-	// ctx ends at Shutdown; every goroutine the server starts watches it
-	// and is counted in wg.
+	// ctx ends at Stop; every goroutine the server starts watches it
+	// and is one of routines.
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	goMu     sync.Mutex
-	stopping bool
+	routines routines.Group
 
 	state  *state
 	hub    *hub
 	events chan broker.Event
 
-	// draining is set when Shutdown starts: websockets that complete
+	// draining is set when Stop starts: websockets that complete
 	// their upgrade after that are closed at once.
 	draining   atomic.Bool
 	wsCount    *wsCounter // open websockets per caller (guard.go)
 	hostName   string     // this machine's, a Host always allowed (guard.go)
 	releaseSub *nats.Subscription
 	ops        *ops // metrics, health, API description (ops.go)
+	started    atomic.Bool
 	shutOnce   sync.Once
 	shutErr    error
 }
 
-// New validates cfg, binds to the bus, starts the watchers that keep the
-// kernel, activity and session caches, and builds the Fiber app. Nothing
-// listens until Listen or Serve.
+// New validates cfg and builds the Fiber app; it starts nothing. Start
+// binds to the bus and starts the watchers that keep the kernel, activity
+// and session caches; nothing listens until Listen or Serve.
 func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -107,27 +107,38 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	s.failures = newFailLimiter(cfg.AuthFailLimit, cfg.AuthFailWindow)
 	s.state = newState()
 	s.hub = newHub(s)
-	// Clean up a partial start: everything started so far hangs off ctx.
-	fail := func(err error) (*Server, error) {
+	if s.ops, err = newOps(s); err != nil {
 		cancel()
-		s.goMu.Lock()
-		s.stopping = true
-		s.goMu.Unlock()
+		return nil, fmt.Errorf("frontend: metrics: %w", err)
+	}
+	s.app = s.routes()
+	return s, nil
+}
+
+// Start binds to the bus (up to ctx, or 15s) and starts the server's
+// watchers; they run until Stop. On an error, whatever started is stopped.
+func (s *Server) Start(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("frontend: started twice")
+	}
+	fail := func(err error) error {
+		s.cancel()
 		if s.releaseSub != nil {
 			_ = s.releaseSub.Unsubscribe()
 		}
-		s.wg.Wait()
-		return nil, err
+		_ = s.routines.Wait(context.Background())
+		return err
 	}
 	sctx, scancel := context.WithTimeout(ctx, 15*time.Second)
 	defer scancel()
-	if s.ioStream, err = bus.JS.Stream(sctx, broker.StreamIO); err != nil {
+	var err error
+	if s.ioStream, err = s.bus.JS.Stream(sctx, broker.StreamIO); err != nil {
 		return fail(fmt.Errorf("frontend: stream %s: %w", broker.StreamIO, err))
 	}
 	if s.slots, err = openUserSlots(sctx, s); err != nil {
 		return fail(err)
 	}
-	s.limits = &adminLimits{kv: s.slots.kv, fallbackMax: cfg.MaxKernelsPerUser}
+	s.limits = &adminLimits{kv: s.slots.kv, fallbackMax: s.cfg.MaxKernelsPerUser}
 	if s.ui, err = newUIState(sctx, s.slots.kv); err != nil {
 		return fail(err)
 	}
@@ -138,38 +149,22 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	if err := s.startEnvironments(sctx); err != nil {
 		return fail(err)
 	}
-	if s.releaseSub, err = bus.NC.Subscribe(broker.SubjectFrontend(cfg.FrontendID), s.hub.onRelease); err != nil {
-		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(cfg.FrontendID), err))
-	}
-	if s.ops, err = newOps(s); err != nil {
-		return fail(fmt.Errorf("frontend: metrics: %w", err))
+	if s.releaseSub, err = s.bus.NC.Subscribe(broker.SubjectFrontend(s.cfg.FrontendID), s.hub.onRelease); err != nil {
+		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(s.cfg.FrontendID), err))
 	}
 	s.goFunc(s.emitLoop)
 	s.goFunc(s.hub.tickLoop)
-	s.app = s.routes()
-	return s, nil
+	return nil
 }
 
-// goFunc runs f in a goroutine owned by the server, unless Shutdown has
+// goFunc runs f in a goroutine owned by the server, unless Stop has
 // begun waiting for them (then it reports false).
-func (s *Server) goFunc(f func()) bool {
-	s.goMu.Lock()
-	defer s.goMu.Unlock()
-	if s.stopping {
-		return false
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-	return true
-}
+func (s *Server) goFunc(f func()) bool { return s.routines.Go(f) }
 
 // App returns the Fiber app, for tests (app.Test) and for mounting.
 func (s *Server) App() *fiber.App { return s.app }
 
-// Listen serves on addr until Shutdown.
+// Listen serves on addr until Stop.
 func (s *Server) Listen(addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -178,21 +173,24 @@ func (s *Server) Listen(addr string) error {
 	return s.Serve(ln)
 }
 
-// Serve serves on ln until Shutdown.
+// Serve serves on ln until Stop; Start comes first.
 func (s *Server) Serve(ln net.Listener) error {
+	if !s.started.Load() {
+		return errors.New("frontend: Serve before Start")
+	}
 	s.log.Info().Str("addr", ln.Addr().String()).Str("base_url", s.cfg.BaseURL).Msg("front-end listening")
 	err := s.app.Listener(ln)
 	if s.ctx.Err() != nil {
-		return nil // stopped by Shutdown
+		return nil // stopped by Stop
 	}
 	return err
 }
 
-// Shutdown stops accepting requests, closes every websocket (code 1012,
-// so clients reconnect, to another front-end if there is one) after saving
-// its replay cursor, stops the watchers and waits for every goroutine the
-// server started. It is safe to call more than once.
-func (s *Server) Shutdown(ctx context.Context) error {
+// Stop stops accepting requests, closes every websocket (code 1012, so
+// clients reconnect, to another front-end if there is one) after saving its
+// replay cursor, stops the watchers and waits, up to ctx, for every
+// goroutine the server started. It is safe to call more than once.
+func (s *Server) Stop(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.draining.Store(true)
 		s.hub.closeAll(closeServiceRestart, "front-end shutting down")
@@ -203,17 +201,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = s.releaseSub.Unsubscribe()
 		}
 		s.cancel()
-		s.goMu.Lock()
-		s.stopping = true
-		s.goMu.Unlock()
-		done := make(chan struct{})
-		go func() { s.wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			if s.shutErr == nil {
-				s.shutErr = ctx.Err()
-			}
+		if err := s.routines.Wait(ctx); err != nil && s.shutErr == nil {
+			s.shutErr = err
 		}
 	})
 	return s.shutErr

@@ -75,25 +75,9 @@ func startTLSFrontend(t *testing.T, o TLSOptions) (*testEnv, string) {
 	t.Helper()
 	bus := testBus(t)
 	w := startFakeWorker(t, bus)
-	fe, err := New(Config{WSPingInterval: 500 * time.Millisecond}, bus, testSpecs(t), testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := TLSListener(raw, o, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- fe.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = fe.Shutdown(t.Context())
-		<-done
+	fe, base := startFrontendOn(t, bus, Config{}, "https", func(ln net.Listener) (net.Listener, error) {
+		return TLSListener(ln, o, testLogger(t))
 	})
-	base := "https://" + ln.Addr().String() + "/"
 	return &testEnv{t: t, bus: bus, fe: fe, base: base, worker: w}, base
 }
 

@@ -486,7 +486,7 @@ func TestWSShutdownSavesCursor(t *testing.T) {
 	readTexts(t, c, seen[1])
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := fe.Shutdown(ctx); err != nil {
+	if err := fe.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
 	var ce *fws.CloseError

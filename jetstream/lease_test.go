@@ -21,10 +21,10 @@ func startBus(t *testing.T, l kbjs.Layout) (*embedded.Server, *kbjs.Bus) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	bus := connectBus(t, srv, l)
 	return srv, bus
 }

@@ -463,21 +463,18 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 	})
 
 	t.Run("activity", func(t *testing.T) {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		jstest.WaitForNil(t, 5*time.Second, func() error {
 			e, err := tb.bus.Activity.Get(context.Background(), k.id)
-			if err == nil {
-				var a broker.Activity
-				_ = json.Unmarshal(e.Value(), &a)
-				if a.ExecutionState == "idle" && time.Since(a.LastActivity) < time.Minute {
-					return
-				}
+			if err != nil {
+				return fmt.Errorf("activity: %w", err)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("activity not idle: %v", err)
+			var a broker.Activity
+			_ = json.Unmarshal(e.Value(), &a)
+			if a.ExecutionState != "idle" || time.Since(a.LastActivity) >= time.Minute {
+				return fmt.Errorf("activity not idle and recent: %+v", a)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	})
 
 	t.Run("stdin", func(t *testing.T) {
@@ -572,17 +569,12 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 		if st.natsSession != "" || st.parentID != "" || st.channel != "iopub" {
 			t.Errorf("restarting status: %+v", st)
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			r := k.ctl(broker.OpPing)
-			if r.State == broker.StateRunning && r.PID != oldPID {
-				break
+		jstest.WaitForNil(t, 60*time.Second, func() error {
+			if r := k.ctl(broker.OpPing); r.State != broker.StateRunning || r.PID == oldPID {
+				return fmt.Errorf("not running again after the crash: %+v", r)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("not running again after the crash: %+v", r)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		if rec := k.record(); rec.State != broker.StateRunning || rec.Restarts != 1 {
 			t.Errorf("record after auto restart: %s, restarts %d", rec.State, rec.Restarts)
 		}
@@ -902,13 +894,13 @@ func TestBusRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := srv.Start(10 * time.Second); err != nil {
+		if err := srv.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		return srv
 	}
 	srv := start()
-	t.Cleanup(func() { srv.Shutdown() })
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: srv.ClientURL(), Name: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -926,7 +918,7 @@ func TestBusRestart(t *testing.T) {
 	id := k.execute("pass", false)
 	k.waitMsg(10*time.Second, "execute_reply before the restart", k.reply(id))
 
-	srv.Shutdown()
+	_ = srv.Stop(context.Background())
 	srv = start()
 	tb.srv = srv
 

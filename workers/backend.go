@@ -39,15 +39,10 @@ type Status struct {
 	Reason string
 }
 
-// Capabilities tell the pool what a backend can do.
-type Capabilities struct {
-	// Signal is true when the backend can deliver signals to the kernel's
-	// process group without the launcher's help.
-	Signal bool
-}
-
-// Backend is one resource manager. Implementations live in one package
-// each (workers/local, workers/ssh, ...) and register in a Registry.
+// Backend is one resource manager: what the pool calls. Implementations
+// live in one package each (workers/local, workers/ssh, ...) and register
+// in a Registry; what only some resource managers can do is an optional
+// interface below (Signaler, Follower, io.Closer).
 type Backend interface {
 	// Name is the resource manager's name (broker.RMLocal, ...).
 	Name() string
@@ -56,13 +51,9 @@ type Backend interface {
 	Start(ctx context.Context, cfg *broker.LaunchConfig) (Handle, error)
 	// Poll reports on a launcher from its saved handle.
 	Poll(ctx context.Context, h Handle) (Status, error)
-	// Signal sends sig to the launcher's process group.
-	Signal(ctx context.Context, h Handle, sig syscall.Signal) error
 	// Stop ends the launcher and its kernel, politely for grace, then by
 	// force. Stopping something already gone is not an error.
 	Stop(ctx context.Context, h Handle, grace time.Duration) error
-	// Capabilities of this backend.
-	Capabilities() Capabilities
 }
 
 // Reporter is an optional extra of a Backend that can describe its
@@ -73,6 +64,17 @@ type Backend interface {
 type Reporter interface {
 	Report(ctx context.Context) (any, error)
 }
+
+// Signaler is an optional extra of a Backend that can signal a launcher's
+// process group without the launcher's help (a process on this host or
+// over SSH). Kernels are interrupted through their launcher on the bus
+// either way; this is for operators' tools and tests.
+type Signaler interface {
+	Signal(ctx context.Context, h Handle, sig syscall.Signal) error
+}
+
+// A backend that holds resources of its own (connections) implements
+// io.Closer; the worker closes it after its pool stopped.
 
 // Follower is an optional extra of a Backend whose resource manager can
 // tell, better than the launcher can, that a kernel is lost: a pod that is

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/internal/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"
@@ -113,10 +114,12 @@ type Pool struct {
 	log  zerolog.Logger
 	cons jetstream.ConsumeContext
 	sem  chan struct{}
-	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
-	met  *poolMetrics
+	// routines are the goroutines Stop waits for; the consumer's and the
+	// renewals' callbacks may still start some while it waits.
+	routines routines.Group
+	ctx      context.Context
+	stop     context.CancelFunc
+	met      *poolMetrics
 	// claiming is set once the consumer runs (Ready).
 	claiming atomic.Bool
 
@@ -201,28 +204,25 @@ func (p *Pool) Start(ctx context.Context) error {
 		}
 	}
 	p.claiming.Store(true)
-	p.wg.Add(1)
-	go p.presence()
+	p.routines.Go(p.presence)
 	if f, ok := p.be.(Follower); ok {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
+		p.routines.Go(func() {
 			if err := f.Follow(p.ctx, poolKernels{p}); err != nil && p.ctx.Err() == nil {
 				p.log.Error().Err(err).Msg("following the resource manager stopped")
 			}
-		}()
+		})
 	}
 	if len(p.cfg.Warm) > 0 {
-		p.wg.Add(1)
-		go p.runWarm()
+		p.routines.Go(p.runWarm)
 	}
 	p.log.Info().Msg("worker pool claiming requests")
 	return nil
 }
 
-// Stop stops claiming and waits for handlers in flight to return. Launchers
-// already started keep running: they do not depend on the worker.
-func (p *Pool) Stop() {
+// Stop stops claiming and waits, up to ctx, for handlers in flight to
+// return. Launchers already started keep running: they do not depend on
+// the worker. Safe to call more than once.
+func (p *Pool) Stop(ctx context.Context) error {
 	p.claiming.Store(false)
 	if p.cons != nil {
 		p.cons.Stop()
@@ -231,7 +231,17 @@ func (p *Pool) Stop() {
 		_ = p.renewals.Unsubscribe()
 	}
 	p.stop()
-	p.wg.Wait()
+	if p.cons != nil {
+		// The consumer's callback may be inside dispatch until Closed.
+		select {
+		case <-p.cons.Closed():
+		case <-ctx.Done():
+		}
+	}
+	if err := p.routines.Wait(ctx); err != nil {
+		return fmt.Errorf("worker pool %s: stopping: %w", p.cfg.ID, err)
+	}
+	return nil
 }
 
 // releaser returns the function that gives a launch slot back, once
@@ -244,7 +254,6 @@ func (p *Pool) releaser() func() {
 // presence keeps this worker's key alive in kb_workers, renewing it three
 // times per TTL of the bucket so one lost renewal does not make it look dead.
 func (p *Pool) presence() {
-	defer p.wg.Done()
 	every := kbjs.DefaultPresenceTTL / 3
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	if st, err := p.bus.Workers.Status(ctx); err == nil && st.TTL() > 0 {
@@ -257,9 +266,7 @@ func (p *Pool) presence() {
 	// it: a slow RM must not delay the heartbeat others judge us by.
 	var report atomic.Pointer[map[string]any]
 	if rep, ok := p.be.(Reporter); ok {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
+		p.routines.Go(func() {
 			for {
 				rctx, rcancel := context.WithTimeout(p.ctx, every)
 				m := map[string]any{}
@@ -276,7 +283,7 @@ func (p *Pool) presence() {
 				case <-time.After(every):
 				}
 			}
-		}()
+		})
 	}
 	for {
 		info := hostStats()
@@ -310,9 +317,7 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	started := p.routines.Go(func() {
 		release := p.releaser()
 		defer release()
 		var err error
@@ -345,7 +350,11 @@ func (p *Pool) dispatch(m jetstream.Msg) {
 			p.log.Error().Err(err).Str("subject", m.Subject()).Msg("request failed")
 		}
 		_ = m.Ack()
-	}()
+	})
+	if !started {
+		<-p.sem
+		_ = m.Nak()
+	}
 }
 
 // handleStart is idempotent on the kernel id: a redelivered request finds

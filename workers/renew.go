@@ -26,11 +26,7 @@ func (p *Pool) serveRenewals() (*nats.Subscription, error) {
 			p.log.Warn().Str("subject", m.Subject).Str("reply", m.Reply).Msg("credential renewal request not from a kernel's inbox; ignored")
 			return
 		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.renew(m, id)
-		}()
+		p.routines.Go(func() { p.renew(m, id) })
 	})
 }
 

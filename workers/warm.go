@@ -118,7 +118,6 @@ type keeper struct {
 
 // runWarm campaigns for the warm lease until the pool stops.
 func (p *Pool) runWarm() {
-	defer p.wg.Done()
 	ls, err := kbjs.OpenLeases(p.ctx, p.bus.JS)
 	if err != nil {
 		p.log.Error().Err(err).Msg("warm pools: no lease bucket; warm pools are off")
@@ -308,9 +307,7 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 	ev.ID, ev.Source, ev.Reason = broker.EventID(r.ID, broker.EvWarmStarted), "worker", "warm pool "+r.Warm.Pool
 	p.emit(ev)
 	p.met.warmStarted()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	p.routines.Go(func() {
 		select {
 		case p.sem <- struct{}{}:
 		case <-p.ctx.Done():
@@ -321,7 +318,7 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 		if err := p.handleStart(nil, broker.StartRequest{KernelID: r.ID, RequestID: "warm"}, release); err != nil && p.ctx.Err() == nil {
 			p.log.Warn().Err(err).Str("kernel_id", r.ID).Msg("warm start failed")
 		}
-	}()
+	})
 	rec := *r
 	rec.Launch = nil
 	return &rec, nil
@@ -354,11 +351,9 @@ func (k *keeper) reap(ctx context.Context, r *broker.Kernel, why string) {
 	p.emit(ev)
 	p.met.warmReaped()
 	p.log.Info().Str("kernel_id", r.ID).Str("reason", why).Msg("warm kernel reaped")
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	p.routines.Go(func() {
 		p.stopWarm(cur, "warm kernel reaped: "+why)
-	}()
+	})
 }
 
 // stopWarm ends a reaped kernel's processes: over the bus first (it works

@@ -4,14 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,9 +18,8 @@ import (
 
 // serveProc is a `kernelbus serve` child process.
 type serveProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	url  string
+	*proc
+	url string
 }
 
 func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
@@ -36,63 +31,23 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 }
 
 // launchServe starts serve with exactly args (and a listen address and
-// data dir) and waits until it answers.
+// data dir) and waits until it is ready (/readyz needs no token: it is
+// what a probe polls).
 func launchServe(t *testing.T, bin, dataDir, logPath string, args ...string) *serveProc {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}, args...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &serveProc{cmd: cmd, done: make(chan struct{}), url: "http://" + addr}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		// Launchers are in process groups of their own; a failed test
-		// must not leave them behind either.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	})
-	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to answer", func() bool {
-		select {
-		case <-p.done:
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("kernelbus serve exited:\n%s", log)
-		default:
-		}
-		r, err := http.Get(p.url + "/api/kernelspecs")
+	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "debug"}, args...)
+	p, url := startProc(t, bin, args, logPath, "kernelbus serving", "url")
+	sp := &serveProc{proc: p, url: strings.TrimSuffix(url, "/")}
+	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to be ready", func() bool {
+		p.failIfExited(t)
+		r, err := http.Get(sp.url + "/readyz")
 		if err != nil {
 			return false
 		}
 		r.Body.Close()
-		return r.StatusCode == 200 || r.StatusCode == 401 // up, with or without authentication
+		return r.StatusCode == 200
 	})
-	return p
-}
-
-func (p *serveProc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	return sp
 }
 
 // history replays the audit log with `kernelbus events --json`.
@@ -141,29 +96,9 @@ func lifecycle(evs []broker.Event) []string {
 // the audit log: each kernel's full history, in causal order, with the
 // right user, spec, host and handle, and nothing twice.
 func TestAuditLifecycle(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
-	args := []string{"--kernelspec-dir", specs, "--cull-idle-timeout", "6s", "--cull-interval", "1s"}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	se := newServeEnv(t)
+	bin, data, logPath := se.bin, se.data, se.logPath
+	args := append(se.args, "--cull-idle-timeout", "6s", "--cull-interval", "1s")
 	srv := startServe(t, bin, data, logPath, args...)
 	c := &client.Client{BaseURL: srv.url}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

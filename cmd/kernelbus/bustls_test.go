@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,30 +27,10 @@ import (
 // working across several renewals), and the last ones issued stop working
 // once the kernel is deleted.
 func TestServeBusTLS(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
+	se := newServeEnv(t)
+	bin, data, logPath := se.bin, se.data, se.logPath
 	const ttl = 3 * time.Second
-	args := []string{"--kernelspec-dir", specs, "--launcher-creds-ttl", ttl.String()}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
+	args := append(se.args, "--launcher-creds-ttl", ttl.String())
 	srv := startServe(t, bin, data, logPath, args...)
 	c := &client.Client{BaseURL: srv.url}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

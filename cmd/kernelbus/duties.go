@@ -36,8 +36,9 @@ func (f *dutyFlags) register(fs *flagSet) {
 	fs.Var(&f.lostInterval, "lost-interval", "how often launchers are pinged")
 }
 
-// start campaigns for the duties lease. holder names this process.
-func (f *dutyFlags) start(ctx context.Context, bus *kbjs.Bus, holder string, log zerolog.Logger) (*duties.Duties, error) {
+// duties binds the duties lease; Start campaigns for it. holder names this
+// process.
+func (f *dutyFlags) duties(ctx context.Context, bus *kbjs.Bus, holder string, log zerolog.Logger) (*duties.Duties, error) {
 	lost := time.Duration(f.lostAfter)
 	if lost == 0 {
 		lost = -1
@@ -54,7 +55,6 @@ func (f *dutyFlags) start(ctx context.Context, bus *kbjs.Bus, holder string, log
 	if err != nil {
 		return nil, fmt.Errorf("duties: %w", err)
 	}
-	d.Start()
 	return d, nil
 }
 

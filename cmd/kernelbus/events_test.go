@@ -184,10 +184,10 @@ func TestEventsCLIMissingInstallation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Shutdown()
+	defer func() { _ = srv.Stop(context.Background()) }()
 	code, _, errOut = runCLI("events", "--nats", srv.ClientURL())
 	if code != 1 || !strings.Contains(errOut, "no kernelbus installation on this NATS") {
 		t.Fatalf("bare NATS: exit %d: %s", code, errOut)

@@ -24,30 +24,9 @@ import (
 // answers), never the forged command; a forged record naming a spec the
 // worker does not have fails with a reason that says so.
 func TestForgedStartRunsTheSpec(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
-	args := []string{"--kernelspec-dir", specs}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := startServe(t, bin, data, logPath, args...)
+	se := newServeEnv(t)
+	data := se.data
+	srv := startServe(t, se.bin, data, se.logPath, se.args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -64,7 +43,7 @@ func TestForgedStartRunsTheSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pwned := filepath.Join(dir, "pwned")
+	pwned := filepath.Join(t.TempDir(), "pwned")
 	forge := func(spec string) string {
 		t.Helper()
 		id := uuid.NewString()

@@ -52,30 +52,10 @@ func TestHelpExitsZero(t *testing.T) {
 // /metrics (refused without the token, right numbers with it), /readyz
 // with the worker's check, and a real Prometheus server scraping it.
 func TestOperations(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
+	se := newServeEnv(t)
+	bin := se.bin
 	const token = "ops-s3cret"
-	args := []string{"--kernelspec-dir", specs, "--token", token}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := startServeWithToken(t, bin, filepath.Join(dir, "data"), logPath, token, args...)
+	srv := launchServe(t, bin, se.data, se.logPath, append(se.args, "--token", token)...)
 	c := &client.Client{BaseURL: srv.url, Token: token}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -161,7 +141,7 @@ func TestOperations(t *testing.T) {
 
 	// A worker process beside serve serves its own /metrics (behind its
 	// token) and /readyz, which says ready once its consumer claims.
-	workerURL := startWorker(t, bin, filepath.Join(dir, "data", "nats.conn"), "w-token", filepath.Join(dir, "worker.log"))
+	workerURL := startWorker(t, bin, filepath.Join(se.data, "nats.conn"), "w-token", filepath.Join(filepath.Dir(se.logPath), "worker.log"))
 	if resp, err := http.Get(workerURL + "/metrics"); err != nil || resp.StatusCode != 401 {
 		t.Fatalf("worker /metrics without its token: %v %v", resp, err)
 	} else {
@@ -208,81 +188,16 @@ func TestOperations(t *testing.T) {
 	waitQuery(`sum(kernel_currently_running_total)`, 0)
 }
 
-func startServeWithToken(t *testing.T, bin, dataDir, logPath, token string, args ...string) *serveProc {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--log-level", "debug"}, args...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &serveProc{cmd: cmd, done: make(chan struct{}), url: "http://" + addr}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	})
-	// /readyz needs no token: it is what a probe polls.
-	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to be ready", func() bool {
-		select {
-		case <-p.done:
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("kernelbus serve exited:\n%s", log)
-		default:
-		}
-		r, err := http.Get(p.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
-	})
-	return p
-}
-
 // startWorker runs `kernelbus worker` on serve's bus with --metrics-listen
 // and returns the base URL of its operations endpoints once it is ready.
 func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--metrics-listen", addr, "--metrics-token", token}
+	args := []string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--metrics-listen", "127.0.0.1:0", "--metrics-token", token}
 	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
 		args = append(args, "--launcher", l)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); f.Close(); close(done) }()
+	p, addr := startProc(t, bin, args, logPath, "worker metrics and health serving", "addr")
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
 		if t.Failed() {
 			log, _ := os.ReadFile(logPath)
 			t.Logf("worker log:\n%s", log)
@@ -290,12 +205,7 @@ func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
 	})
 	base := "http://" + addr
 	jstest.WaitFor(t, 60*time.Second, "the worker to be ready", func() bool {
-		select {
-		case <-done:
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("kernelbus worker exited:\n%s", log)
-		default:
-		}
+		p.failIfExited(t)
 		var rep metrics.ReadyReport
 		return getJSON(base+"/readyz", &rep) == nil && rep.Ready && rep.Checks["claiming"] == "ok"
 	})
@@ -372,10 +282,7 @@ func startPrometheus(t *testing.T, target, token string) string {
 	if bin == "" {
 		var err error
 		if bin, err = exec.LookPath("prometheus"); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatal("no Prometheus in CI: task test:go sets PROMETHEUS_BIN from scripts/setup-prometheus.sh")
-			}
-			t.Skip("no prometheus binary: run scripts/setup-prometheus.sh")
+			jstest.MissingSetup(t, "no prometheus binary: run scripts/setup-prometheus.sh (task test:go sets PROMETHEUS_BIN from it)")
 		}
 	}
 	dir := t.TempDir()

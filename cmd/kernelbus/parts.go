@@ -149,11 +149,13 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	run := &parts{log: log}
+	defer run.stopAll(15 * time.Second)
 	bus, err := nf.connect(ctx, "kernelbus-frontend", log)
 	if err != nil {
 		return err
 	}
-	defer bus.NC.Close()
+	run.onStop("bus connection", closeConn(bus.NC))
 	reg := metrics.NewRegistry()
 	if err := metrics.RegisterBus(reg, "frontend", bus.NC); err != nil {
 		return err
@@ -166,31 +168,16 @@ func cmdFrontend(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ln, scheme, err := listen(ff.listen, ff.tls, log)
+	web, url, err := serveFrontend(ctx, run, &ff, &df, fe, bus, feID, reg, log)
 	if err != nil {
 		return err
 	}
-	d, err := df.start(ctx, bus, feID, log)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	defer d.Stop()
-	if err := metrics.RegisterDuties(reg, feID, d); err != nil {
-		ln.Close()
-		return err
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Msg("kernelbus front-end serving")
+	log.Info().Str("url", url).Msg("kernelbus front-end serving")
 	select {
 	case <-ctx.Done():
-	case err = <-serveErr:
+	case <-web.done:
+		err = web.err
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer scancel()
-	_ = fe.Shutdown(sctx)
-	_ = bus.NC.Drain()
 	return err
 }
 
@@ -218,10 +205,13 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	fs.Var(&allowedEnv, "allowed-env", "env names besides KERNEL_* that clients may pass (comma separated; * for all): the front-ends' list, applied again here")
 	var warm warmFlag
 	fs.Var(&warm, "warm", warmUsage)
-	sshOpts := sshFlags(fs)
-	localOpts := localFlags(fs)
-	k8sOpts := k8sFlags(fs)
-	yarnOpts := yarnFlags(fs)
+	// Each resource manager's own flags give its backend's options.
+	rmOpts := map[string]func() (map[string]string, error){
+		broker.RMLocal:      localFlags(fs),
+		broker.RMSSH:        sshFlags(fs),
+		broker.RMKubernetes: k8sFlags(fs),
+		broker.RMYarn:       yarnFlags(fs),
+	}
 	var ef envFlags
 	ef.registerCommon(fs)
 	ef.registerWorker(fs)
@@ -250,17 +240,11 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := backendOptions(*rm, sshOpts)
-	if *rm == broker.RMKubernetes {
-		if opts, err = k8sOpts(); err != nil {
+	var opts map[string]string
+	if f, ok := rmOpts[*rm]; ok {
+		if opts, err = f(); err != nil {
 			return err
 		}
-	}
-	if *rm == broker.RMYarn {
-		opts = yarnOpts()
-	}
-	if *rm == broker.RMLocal {
-		opts = localOpts()
 	}
 	be, err := registry(log).New(*rm, workers.BackendConfig{LauncherPath: launcher, Options: opts})
 	if err != nil {
@@ -291,11 +275,16 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	run := &parts{log: log}
+	defer run.stopAll(15 * time.Second)
+	if c, ok := be.(io.Closer); ok {
+		run.onStop("backend", func(context.Context) error { return c.Close() })
+	}
 	bus, err := nf.connect(ctx, "kernelbus-worker-"+*rm, log)
 	if err != nil {
 		return err
 	}
-	defer bus.NC.Close()
+	run.onStop("bus connection", closeConn(bus.NC))
 	lurls := *launcherNATS
 	if lurls == "" {
 		lurls = nf.urls
@@ -332,7 +321,6 @@ func cmdWorker(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var opsSrv *http.Server
 	if *metricsListen != "" {
 		ln, err := net.Listen("tcp", *metricsListen)
 		if err != nil {
@@ -342,30 +330,25 @@ func cmdWorker(args []string, stderr io.Writer) error {
 			log.Warn().Str("addr", ln.Addr().String()).Msg("/metrics needs no token: set --metrics-token unless the address is private")
 		}
 		ready := metrics.NewReadiness(time.Second, metrics.Check{Name: "claiming", Fn: pool.Ready})
-		opsSrv = &http.Server{Handler: metrics.OpsMux(reg, *metricsToken, ready), ReadHeaderTimeout: 10 * time.Second}
+		opsSrv := &http.Server{Handler: metrics.OpsMux(reg, *metricsToken, ready), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = opsSrv.Serve(ln) }()
+		run.onStop("metrics server", func(context.Context) error { return opsSrv.Close() })
 		log.Info().Str("addr", ln.Addr().String()).Msg("worker metrics and health serving")
 	}
-	if err := pool.Start(ctx); err != nil {
+	if err := run.start(ctx, "worker pool", pool); err != nil {
 		return err
 	}
-	d, err := df.start(ctx, bus, pool.ID(), log)
+	d, err := df.duties(ctx, bus, pool.ID(), log)
 	if err != nil {
-		pool.Stop()
 		return err
 	}
 	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
-		d.Stop()
-		pool.Stop()
+		return err
+	}
+	if err := run.start(ctx, "duties", d); err != nil {
 		return err
 	}
 	<-ctx.Done()
-	d.Stop()
-	pool.Stop()
-	if opsSrv != nil {
-		_ = opsSrv.Close()
-	}
-	_ = bus.NC.Drain()
 	return nil
 }
 
@@ -426,11 +409,11 @@ func readConnFile(path string) (connFile, error) {
 
 // localFlags are the local resource manager's: which OS accounts run
 // kernels when the worker runs as root.
-func localFlags(fs *flagSet) func() map[string]string {
+func localFlags(fs *flagSet) func() (map[string]string, error) {
 	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: "+local.DefaultAccount+" when root, else the worker's own)")
 	self := fs.Bool("run-as-gateway-user", false, "local kernels: run them as the worker's own account even when it is root (they can then read the bus data folder and signal the gateway; only where every kernel is trusted)")
 	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
-	return func() map[string]string {
-		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsSelf: strconv.FormatBool(*self)}
+	return func() (map[string]string, error) {
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsSelf: strconv.FormatBool(*self)}, nil
 	}
 }

@@ -255,10 +255,15 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	ctx, cancel := signalContext()
+	defer cancel()
+	// Everything started below stops here, in reverse order, however
+	// serve ends.
+	run := &parts{log: log}
+	defer run.stopAll(20 * time.Second)
+	if err := run.start(ctx, "embedded NATS", srv); err != nil {
 		return err
 	}
-	defer srv.Shutdown()
 	log.Info().Str("nats", srv.ClientURL()).Bool("tls", tlsFiles.Cert != "").Str("data_dir", *dataDir).Msg("embedded NATS ready")
 	if err := writeInstallation(*dataDir, srv.ClientURL(), authDir, tlsFiles.CA); err != nil {
 		return err
@@ -268,18 +273,25 @@ func cmdServe(args []string, stderr io.Writer) error {
 		if err != nil {
 			return nil, err
 		}
-		return kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Creds: creds, Name: name})
+		nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Creds: creds, Name: name})
+		if err != nil {
+			return nil, err
+		}
+		run.onStop(name, closeConn(nc))
+		return nc, nil
 	}
 	nc, err := roleConn(access.AdminCreds, "kernelbus-serve")
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, cancel := signalContext()
-	defer cancel()
 	bus, err := kbjs.Setup(ctx, nc, rf.layout(kbjs.Layout{Replicas: 1}))
 	if err != nil {
 		return err
+	}
+	if *stopKernels {
+		// Stopped after the worker and the front-end: no kernel starts
+		// once this runs.
+		run.onStop("kernels", func(ctx context.Context) error { stopAllKernels(ctx, bus, log); return nil })
 	}
 	roleBus := func(file, name string) (*nats.Conn, *kbjs.Bus, error) {
 		c, err := roleConn(file, name)
@@ -288,7 +300,6 @@ func cmdServe(args []string, stderr io.Writer) error {
 		}
 		b, err := kbjs.Open(ctx, c)
 		if err != nil {
-			c.Close()
 			return nil, nil, err
 		}
 		return c, b, nil
@@ -297,14 +308,16 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer feNC.Close()
 	wNC, wBus, err := roleBus(access.WorkerCreds(broker.RMLocal), "kernelbus-serve-worker")
 	if err != nil {
 		return err
 	}
-	defer wNC.Close()
 
-	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher, Options: localOpts()})
+	lopts, err := localOpts()
+	if err != nil {
+		return err
+	}
+	be, err := registry(log).New(broker.RMLocal, workers.BackendConfig{LauncherPath: launcher, Options: lopts})
 	if err != nil {
 		return err
 	}
@@ -337,19 +350,18 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	if *builds {
-		bNC, bBus, err := roleBus(access.WorkerCreds(broker.RMBuild), "kernelbus-serve-build")
+		_, bBus, err := roleBus(access.WorkerCreds(broker.RMBuild), "kernelbus-serve-build")
 		if err != nil {
 			return err
 		}
-		defer bNC.Close()
 		b, err := ff.env.builder(ctx, "", bBus, log)
 		if err != nil {
 			log.Warn().Err(err).Msg("no environment build worker in this process")
 		} else {
-			defer b.Stop()
+			run.onStop("environment builder", func(context.Context) error { b.Stop(); return nil })
 		}
 	}
-	if err := pool.Start(ctx); err != nil {
+	if err := run.start(ctx, "worker pool", pool); err != nil {
 		return err
 	}
 
@@ -357,50 +369,24 @@ func cmdServe(args []string, stderr io.Writer) error {
 	feCfg.ReadyChecks = []metrics.Check{{Name: "worker", Fn: pool.Ready}}
 	fe, err := frontend.New(feCfg, feBus, ff.catalog(log), log)
 	if err != nil {
-		pool.Stop()
 		return err
 	}
-	ln, scheme, err := listen(ff.listen, ff.tls, log)
+	web, url, err := serveFrontend(ctx, run, &ff, &df, fe, feBus, pool.ID(), reg, log)
 	if err != nil {
-		pool.Stop()
 		return err
 	}
-	d, err := df.start(ctx, feBus, pool.ID(), log)
-	if err != nil {
-		ln.Close()
-		pool.Stop()
-		return err
-	}
-	if err := metrics.RegisterDuties(reg, pool.ID(), d); err != nil {
-		d.Stop()
-		ln.Close()
-		pool.Stop()
-		return err
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- fe.Serve(ln) }()
-	log.Info().Str("url", scheme+"://"+ln.Addr().String()+ff.baseURL).Str("launcher", launcher).Msg("kernelbus serving")
+	log.Info().Str("url", url).Str("launcher", launcher).Msg("kernelbus serving")
 	if generated {
-		printGeneratedToken(stderr, scheme+"://"+ln.Addr().String()+strings.TrimSuffix(ff.baseURL, "/"), ff.token)
+		printGeneratedToken(stderr, strings.TrimSuffix(url, "/"), ff.token)
 	}
 
 	select {
 	case <-ctx.Done():
 		log.Info().Msg("shutting down")
-	case err = <-serveErr:
+	case <-web.done:
+		err = web.err
 		log.Error().Err(err).Msg("front-end stopped")
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer scancel()
-	d.Stop()
-	_ = fe.Shutdown(sctx)
-	pool.Stop()
-	if *stopKernels {
-		stopAllKernels(sctx, bus, log)
-	}
-	_ = wNC.Drain()
-	_ = feNC.Drain()
-	_ = nc.Drain()
 	return err
 }
 

@@ -95,13 +95,7 @@ func TestServeAuthDefaults(t *testing.T) {
 	if code, _, errOut := runCLI("serve", "--token", "x", "--insecure-no-auth"); code == 0 || !strings.Contains(errOut, "cannot go with") {
 		t.Fatalf("token and no-auth: %d %s", code, errOut)
 	}
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "serve.log")
 	args := []string{}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 const realHubServiceToken = "kb-test-service-token-5f1c0e2a9b7d4c3e"
@@ -213,18 +214,13 @@ func TestRealHub(t *testing.T) {
 		t.Fatalf("bogus token: %v", err)
 	}
 	// An expired Hub token is refused. A fresh source, so nothing cached.
-	var lastErr error
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	jstest.WaitForNil(t, 30*time.Second, func() error {
 		fresh, _ := auth.NewHubSource(auth.HubConfig{APIURL: h.api})
-		if _, lastErr = fresh.Authenticate(tokReq(short)); errors.Is(lastErr, auth.ErrUnauthorized) {
-			break
+		if _, err := fresh.Authenticate(tokReq(short)); !errors.Is(err, auth.ErrUnauthorized) {
+			return fmt.Errorf("expired token: %v", err)
 		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if !errors.Is(lastErr, auth.ErrUnauthorized) {
-		t.Fatalf("expired token: %v", lastErr)
-	}
+		return nil
+	})
 	if err := (func() error {
 		bad, _ := auth.NewHubSource(auth.HubConfig{APIURL: h.api, APIToken: "wrong"})
 		return bad.Check(t.Context())

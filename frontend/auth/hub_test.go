@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // fakeHub answers GET /hub/api/user as JupyterHub does, from a token
@@ -208,12 +209,8 @@ func TestHubSourceCache(t *testing.T) {
 	short, _ := auth.NewHubSource(auth.HubConfig{APIURL: h.api(), TTL: 20 * time.Millisecond})
 	_, _ = short.Authenticate(r)
 	before = h.lookups.Load()
-	deadline := time.Now().Add(5 * time.Second)
-	for h.lookups.Load() == before && time.Now().Before(deadline) {
+	jstest.WaitFor(t, 5*time.Second, "the cached entry to expire", func() bool {
 		_, _ = short.Authenticate(r)
-		time.Sleep(5 * time.Millisecond)
-	}
-	if h.lookups.Load() == before {
-		t.Error("entry never expired")
-	}
+		return h.lookups.Load() != before
+	})
 }

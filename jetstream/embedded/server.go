@@ -5,6 +5,7 @@
 package embedded
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -51,6 +52,7 @@ type Server struct {
 	opts Options
 	ns   *server.Server
 	once sync.Once
+	done chan struct{} // closed once Stop's shutdown is over
 }
 
 // NewServer validates opts; nothing runs until Start.
@@ -79,8 +81,13 @@ func NewServer(opts Options) (*Server, error) {
 	return &Server{opts: opts}, nil
 }
 
-// Start starts the server and waits until it accepts connections.
-func (s *Server) Start(timeout time.Duration) error {
+// Start starts the server and waits until it accepts connections, up to
+// ctx's deadline (10s without one).
+func (s *Server) Start(ctx context.Context) error {
+	timeout := 10 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
 	o := &server.Options{
 		ServerName:            s.opts.ServerName,
 		Host:                  s.opts.Host,
@@ -139,14 +146,29 @@ func (s *Server) NATS() *server.Server { return s.ns }
 // ClientURL is the URL other processes (launchers) connect to.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
-// Shutdown stops the server; safe to call more than once.
-func (s *Server) Shutdown() {
+// Stop stops the server and waits, up to ctx, until it has; safe to call
+// more than once.
+func (s *Server) Stop(ctx context.Context) error {
 	s.once.Do(func() {
-		if s.ns != nil {
+		if s.ns == nil {
+			return
+		}
+		s.done = make(chan struct{})
+		go func() {
 			s.ns.Shutdown()
 			s.ns.WaitForShutdown()
-		}
+			close(s.done)
+		}()
 	})
+	if s.done == nil {
+		return nil
+	}
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("embedded NATS: stopping: %w", ctx.Err())
+	}
 }
 
 // trust puts o in operator mode with the installation's operator and

@@ -97,10 +97,10 @@ func Start(t testing.TB, o Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{InProcess: srv.NATS(), Token: o.Token, Creds: adminCreds, Name: t.Name()})
 	if err != nil {
 		t.Fatal(err)
@@ -181,9 +181,28 @@ func Python(t testing.TB) string {
 			return py
 		}
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no Python with ipykernel in CI: the test task must run scripts/setup-python.sh (and may set KB_TEST_PYTHON)")
-	}
-	t.Skip("no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh`")
+	MissingSetup(t, "no Python with ipykernel: set KB_TEST_PYTHON or run `bash scripts/setup-python.sh` (the test task does)")
 	return ""
+}
+
+// MissingSetup skips a test whose set-up is missing on a developer's
+// machine, and fails it in CI (CI set), where a missing set-up is a broken
+// task that would otherwise pass having tested nothing.
+func MissingSetup(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatal("in CI: " + why)
+	}
+	t.Skip(why)
+}
+
+// KernelbusBin is the kernelbus binary under test ($KERNELBUS_BIN, which
+// task test:go builds and sets).
+func KernelbusBin(t testing.TB) string {
+	t.Helper()
+	bin := os.Getenv("KERNELBUS_BIN")
+	if bin == "" {
+		MissingSetup(t, "KERNELBUS_BIN is not set (task test:go builds and sets it)")
+	}
+	return bin
 }

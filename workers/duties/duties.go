@@ -132,8 +132,9 @@ func New(ctx context.Context, cfg Config, bus *kbjs.Bus, log zerolog.Logger) (*D
 	return &Duties{cfg: cfg, bus: bus, leases: ls, log: log.With().Str("duties", cfg.Holder).Logger(), silent: map[string]time.Time{}}, nil
 }
 
-// Start campaigns for the lease in the background.
-func (d *Duties) Start() {
+// Start campaigns for the lease in the background until Stop; ctx only
+// bounds starting, which needs no I/O.
+func (d *Duties) Start(context.Context) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel, d.done = cancel, make(chan struct{})
 	go func() {
@@ -149,16 +150,22 @@ func (d *Duties) Start() {
 			}
 		})
 	}()
+	return nil
 }
 
 // Stop ends the duties and releases the lease, so another process takes
-// over at once. Safe to call more than once.
-func (d *Duties) Stop() {
+// over at once; it waits up to ctx. Safe to call more than once.
+func (d *Duties) Stop(ctx context.Context) error {
 	if d.cancel == nil {
-		return
+		return nil
 	}
 	d.cancel()
-	<-d.done
+	select {
+	case <-d.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("duties: stopping: %w", ctx.Err())
+	}
 }
 
 // Leader reports whether this process holds the duties lease now.

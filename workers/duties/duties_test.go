@@ -244,8 +244,10 @@ func TestDutiesRunOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d.Start()
-		t.Cleanup(d.Stop)
+		if err := d.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Stop(context.Background()) })
 		ds = append(ds, d)
 	}
 	var shutdowns atomic.Int32
@@ -272,7 +274,9 @@ func TestDutiesRunOnce(t *testing.T) {
 	count(k1.ID)
 	jstest.WaitFor(t, 10*time.Second, "k1 culled", func() bool { return gone(bus, k1.ID) })
 	_, first := leaders()
-	ds[first].Stop()
+	if err := ds[first].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
 	jstest.WaitFor(t, 10*time.Second, "a new leader", func() bool { n, who := leaders(); return n == 1 && who != first })
 	k2 := kernel(t, bus, "hank", time.Hour, "idle")
 	count(k2.ID)

@@ -127,7 +127,7 @@ func start(t *testing.T) *installation {
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Stop)
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
 
 	cfg := frontend.Config{
 		DefaultLaunchTimeout: 90 * time.Second,
@@ -148,6 +148,9 @@ func startFrontend(t *testing.T, bus *kbjs.Bus, cfg frontend.Config) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := fe.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +160,7 @@ func startFrontend(t *testing.T, bus *kbjs.Bus, cfg frontend.Config) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = fe.Shutdown(ctx)
+		_ = fe.Stop(ctx)
 		<-done
 	})
 	return "http://" + ln.Addr().String()

@@ -1,12 +1,12 @@
 package kubernetes
 
 import (
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kernelbus/kernelbus/workers"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -103,60 +103,32 @@ func (c *Config) defaults() {
 	}
 }
 
-// ParseOptions reads a Config from worker options; unknown keys are errors.
+// ParseOptions reads a Config from worker options; unknown keys and bad
+// values are errors.
 func ParseOptions(opts map[string]string) (Config, error) {
 	c := Config{AllowKernelResources: true, FailUnschedulable: true}
-	for k, v := range opts {
-		var err error
-		switch k {
-		case "kubeconfig":
-			c.Kubeconfig = v
-		case "namespace":
-			c.Namespace = v
-		case "per_user_namespaces":
-			c.PerUserNamespaces, err = strconv.ParseBool(v)
-		case "namespace_prefix":
-			c.NamespacePrefix = v
-		case "allow_kernel_namespace":
-			c.AllowKernelNamespace, err = strconv.ParseBool(v)
-		case "kernel_cluster_role":
-			c.KernelClusterRole = v
-		case "service_account":
-			c.ServiceAccount = v
-		case "allow_kernel_service_account":
-			c.AllowKernelServiceAccount, err = strconv.ParseBool(v)
-		case "image":
-			c.Image = v
-		case "allow_kernel_image":
-			c.AllowKernelImage, err = strconv.ParseBool(v)
-		case "pod_template":
-			c.PodTemplate = v
-		case "launcher_path":
-			c.LauncherPath = v
-		case "allow_kernel_resources":
-			c.AllowKernelResources, err = strconv.ParseBool(v)
-		case "allow_user_ids":
-			c.AllowUserIDs, err = strconv.ParseBool(v)
-		case "prohibited_uids":
-			c.ProhibitedUIDs = v
-		case "prohibited_gids":
-			c.ProhibitedGIDs = v
-		case "allow_working_dir":
-			c.AllowWorkingDir, err = strconv.ParseBool(v)
-		case "allow_volumes":
-			c.AllowVolumes, err = strconv.ParseBool(v)
-		case "fail_unschedulable":
-			c.FailUnschedulable, err = strconv.ParseBool(v)
-		case "stop_grace":
-			c.StopGrace, err = time.ParseDuration(v)
-		default:
-			return c, fmt.Errorf("kubernetes: unknown option %q", k)
-		}
-		if err != nil {
-			return c, fmt.Errorf("kubernetes: option %s=%q: %w", k, v, err)
-		}
-	}
-	return c, nil
+	o := workers.ReadOptions("kubernetes", opts)
+	o.String("kubeconfig", &c.Kubeconfig)
+	o.String("namespace", &c.Namespace)
+	o.Bool("per_user_namespaces", &c.PerUserNamespaces)
+	o.String("namespace_prefix", &c.NamespacePrefix)
+	o.Bool("allow_kernel_namespace", &c.AllowKernelNamespace)
+	o.String("kernel_cluster_role", &c.KernelClusterRole)
+	o.String("service_account", &c.ServiceAccount)
+	o.Bool("allow_kernel_service_account", &c.AllowKernelServiceAccount)
+	o.String("image", &c.Image)
+	o.Bool("allow_kernel_image", &c.AllowKernelImage)
+	o.String("pod_template", &c.PodTemplate)
+	o.String("launcher_path", &c.LauncherPath)
+	o.Bool("allow_kernel_resources", &c.AllowKernelResources)
+	o.Bool("allow_user_ids", &c.AllowUserIDs)
+	o.String("prohibited_uids", &c.ProhibitedUIDs)
+	o.String("prohibited_gids", &c.ProhibitedGIDs)
+	o.Bool("allow_working_dir", &c.AllowWorkingDir)
+	o.Bool("allow_volumes", &c.AllowVolumes)
+	o.Bool("fail_unschedulable", &c.FailUnschedulable)
+	o.Duration("stop_grace", &c.StopGrace)
+	return c, o.Err()
 }
 
 // restConfig finds the cluster: an explicit kubeconfig, in-cluster, then

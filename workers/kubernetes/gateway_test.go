@@ -18,9 +18,11 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/nodeagent"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -62,6 +64,16 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	worker := startProc(t, "worker", kb, workerArgs...)
 	c := &client.Client{BaseURL: gw.url}
 	cs := cl.Client
+
+	t.Run("backend contract", func(t *testing.T) {
+		var r workers.Registry
+		kbk8s.Register(&r, zerolog.Nop())
+		be, err := r.New(kbk8s.Name, workers.BackendConfig{LauncherPath: launcher, Options: map[string]string{"kubeconfig": cl.Kubeconfig}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		workerstest.Harness{Backend: be}.Run(t)
+	})
 
 	t.Run("lifecycle", func(t *testing.T) {
 		var latencies []time.Duration
@@ -226,6 +238,10 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		// A new worker adopts the pod by its labels.
 		worker.stop(t)
 		worker = startProc(t, "worker", kb, workerArgs...)
+		// The pod goes once the new worker follows pods: on a loaded
+		// machine the launcher's own report (killed by a signal) would
+		// otherwise come first.
+		worker.waitLog(t, "following kernel pods")
 
 		if err := cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -380,6 +396,16 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
+	log  string
+}
+
+// waitLog waits until the process has logged what.
+func (p *proc) waitLog(t *testing.T, what string) {
+	t.Helper()
+	jstest.WaitFor(t, time.Minute, fmt.Sprintf("%s to log %q", p.cmd.Path, what), func() bool {
+		b, _ := os.ReadFile(p.log)
+		return strings.Contains(string(b), what)
+	})
 }
 
 // startProc runs a kernelbus part; the test's end (or its own death) stops it.
@@ -395,7 +421,7 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &proc{cmd: cmd, done: make(chan struct{}), log: logf.Name()}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop(t)

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -89,9 +88,11 @@ func NewWithConfig(cfg Config, rc *rest.Config, log zerolog.Logger) (*Backend, e
 
 func (b *Backend) Name() string { return Name }
 
-// Capabilities: signals go through the launcher (Kubernetes has no API to
-// signal a container).
-func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{} }
+// What the kubernetes backend offers beyond workers.Backend.
+var (
+	_ workers.Backend  = (*Backend)(nil)
+	_ workers.Follower = (*Backend)(nil)
+)
 
 // Start creates the kernel's namespace (per-user mode), Secret and pod. It
 // is idempotent on the kernel id: a pod this kernel already has is adopted.
@@ -218,12 +219,6 @@ func (b *Backend) Poll(ctx context.Context, h workers.Handle) (workers.Status, e
 		return workers.Status{Exited: true, Reason: podEnded(pod)}, nil
 	}
 	return workers.Status{Running: true}, nil
-}
-
-// Signal is not something Kubernetes offers; the pool interrupts through
-// the launcher.
-func (b *Backend) Signal(ctx context.Context, h workers.Handle, sig syscall.Signal) error {
-	return fmt.Errorf("kubernetes: cannot send %s to a pod: %w", sig, errors.ErrUnsupported)
 }
 
 // Stop deletes the kernel's pod (its grace period lets the launcher shut

@@ -14,13 +14,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
-	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
-	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 )
 
 // BenchmarkStart measures a start through the local pool, from the start
@@ -49,19 +46,7 @@ func BenchmarkStart(b *testing.B) {
 
 func benchStart(b *testing.B, scoped, withTLS bool) {
 	js := jstest.Start(b, jstest.Options{Auth: true, TLS: withTLS})
-	exe, err := os.Executable()
-	if err != nil {
-		b.Fatal(err)
-	}
-	be, err := local.New(exe, zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	wbus, err := kbjs.Open(context.Background(), js.Connect(b, access.RoleWorker, broker.RMLocal))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := workers.PoolConfig{NATSURLs: js.URL, NATSCA: string(js.CA), StopGrace: 2 * time.Second, Specs: testSpecs, Env: testPolicy}
+	cfg := workers.PoolConfig{NATSCA: string(js.CA)}
 	if scoped {
 		cfg.Minter = js.Minter
 	} else {
@@ -71,14 +56,7 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 		}
 		cfg.NATSCreds = string(creds)
 	}
-	pool, err := workers.NewPool(cfg, wbus, be, zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := pool.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Stop)
+	startPool(b, js, testBackend(b), cfg)
 	pidfile := filepath.Join(b.TempDir(), "pids")
 	b.Cleanup(func() {
 		data, _ := os.ReadFile(pidfile)

@@ -56,7 +56,11 @@ type child struct {
 // Register adds the local backend to r.
 func Register(r *workers.Registry, log zerolog.Logger) {
 	r.Register(Name, func(cfg workers.BackendConfig) (workers.Backend, error) {
-		return NewRunAs(cfg.LauncherPath, ParseRunAs(cfg.Options), log)
+		ra, err := ParseRunAs(cfg.Options)
+		if err != nil {
+			return nil, err
+		}
+		return NewRunAs(cfg.LauncherPath, ra, log)
 	})
 }
 
@@ -96,7 +100,11 @@ func NewRunAs(launcher string, ra RunAs, log zerolog.Logger) (*Backend, error) {
 
 func (b *Backend) Name() string { return Name }
 
-func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{Signal: true} }
+// What the local backend offers beyond workers.Backend.
+var (
+	_ workers.Backend  = (*Backend)(nil)
+	_ workers.Signaler = (*Backend)(nil)
+)
 
 // baseEnv is what the launcher inherits from the worker: enough to find
 // programs and write temp files, never the worker's whole environment.

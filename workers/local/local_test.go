@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
@@ -21,6 +22,7 @@ import (
 	"github.com/kernelbus/kernelbus/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -143,6 +145,12 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
+	return setupWith(t, testBackend(t))
+}
+
+// testBackend is a local backend with this test binary as its launcher.
+func testBackend(t testing.TB) *local.Backend {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -151,30 +159,45 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return setupWith(t, be)
+	return be
 }
 
 func setupWith(t *testing.T, be *local.Backend) *env {
 	t.Helper()
 	js := jstest.Start(t, jstest.Options{Auth: true})
-	bus := js.Bus
-	// The pool runs with a worker's role credentials and mints each
-	// launcher its own, as under `kernelbus serve`.
+	reg := prometheus.NewRegistry()
+	e := startPool(t, js, be, workers.PoolConfig{Minter: js.Minter, Metrics: reg})
+	e.reg = reg
+	return e
+}
+
+// startPool runs a pool of be on js with a worker's role credentials, as
+// under `kernelbus serve`, and cfg; by default its launchers reach js.URL,
+// get 2s to stop, and it knows testSpecs under testPolicy.
+func startPool(t testing.TB, js *jstest.Env, be *local.Backend, cfg workers.PoolConfig) *env {
+	t.Helper()
 	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, StopGrace: 2 * time.Second, Metrics: reg,
-		Specs: testSpecs, Env: testPolicy}, wbus, be, zerolog.Nop())
+	if cfg.NATSURLs == "" {
+		cfg.NATSURLs = js.URL
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 2 * time.Second
+	}
+	if cfg.Specs == nil {
+		cfg.Specs, cfg.Env = testSpecs, testPolicy
+	}
+	pool, err := workers.NewPool(cfg, wbus, be, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := pool.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Stop)
-	return &env{bus: bus, pool: pool, be: be, reg: reg}
+	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
+	return &env{bus: js.Bus, pool: pool, be: be}
 }
 
 // waitStarts polls the pool's kernelbus_kernel_starts_total for outcome
@@ -248,20 +271,18 @@ func (e *env) submit(t *testing.T, k *broker.Kernel) {
 // waitFor polls the record until cond holds.
 func (e *env) waitFor(t *testing.T, id string, within time.Duration, cond func(*broker.Kernel) bool) *broker.Kernel {
 	t.Helper()
-	deadline := time.Now().Add(within)
 	var last *broker.Kernel
-	for time.Now().Before(deadline) {
+	jstest.WaitForNil(t, within, func() error {
 		k, _, err := e.bus.GetKernel(context.Background(), id)
 		if err == nil {
 			last = k
 			if cond(k) {
-				return k
+				return nil
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("kernel %s: condition not met within %s; last record: %+v", id, within, last)
-	return nil
+		return fmt.Errorf("kernel %s: condition not met; last record: %+v", id, last)
+	})
+	return last
 }
 
 func (e *env) events(t *testing.T, id string) []broker.Event {
@@ -331,13 +352,7 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitFor(t, id, 10*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateTerminated })
-	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d still alive after stop", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 5*time.Second, fmt.Sprintf("launcher %d to end after stop", pid), func() bool { return syscall.Kill(pid, 0) != nil })
 }
 
 func TestLauncherExitFailsStartWithReason(t *testing.T) {
@@ -364,17 +379,10 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 	}
 	e.waitStarts(t, workers.OutcomeTimeout, 1)
 	pid := pidOf(t, k)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	jstest.WaitFor(t, 10*time.Second, fmt.Sprintf("launcher %d to end after the timeout", pid), func() bool {
 		st, err := e.be.Poll(context.Background(), workers.Handle{Data: k.Handle})
-		if err == nil && st.Exited {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d left running after the timeout", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && st.Exited
+	})
 }
 
 func TestReadableLogLine(t *testing.T) {
@@ -471,4 +479,12 @@ func TestForgedRecordRefused(t *testing.T) {
 			t.Errorf("spec %s: want one start_failed event, got %d", c.spec, n)
 		}
 	}
+}
+
+// The local backend keeps the contract every backend keeps.
+func TestBackendContract(t *testing.T) {
+	workerstest.Harness{Backend: testBackend(t), Grace: 2 * time.Second, Launch: func(t *testing.T) *broker.LaunchConfig {
+		// A stand-in launcher that runs until it is signalled.
+		return &broker.LaunchConfig{V: 1, KernelID: uuid.NewString(), Argv: []string{"unused"}, Env: map[string]string{"FAKE": "hang"}, LaunchTimeout: broker.Duration(time.Minute)}
+	}}.Run(t)
 }

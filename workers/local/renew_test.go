@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +13,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
-	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 )
 
 // TestCredentialsRenewedOnlyWhileKernelRuns: launcher credentials expire
@@ -27,28 +24,7 @@ import (
 func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	const ttl = 3 * time.Second
 	js := jstest.Start(t, jstest.Options{Auth: true})
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	be, err := local.New(exe, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	wbus, err := kbjs.Open(context.Background(), js.Connect(t, access.RoleWorker, broker.RMLocal))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := workers.NewPool(workers.PoolConfig{NATSURLs: js.URL, Minter: js.Minter, LauncherCredsTTL: ttl, StopGrace: 2 * time.Second,
-		Specs: testSpecs, Env: testPolicy}, wbus, be, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pool.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Stop)
-	e := &env{bus: js.Bus, pool: pool, be: be}
+	e := startPool(t, js, testBackend(t), workers.PoolConfig{Minter: js.Minter, LauncherCredsTTL: ttl})
 	id := "00000000-0000-4000-8000-0000000000c1"
 	e.request(t, id, "ok", 20*time.Second)
 	e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/workers"
 )
 
 // RunAs says which OS account runs each kernel (its launcher and the
@@ -52,16 +53,16 @@ const (
 	OptRunAsSelf = "run_as_gateway_user"
 )
 
-// ParseRunAs reads RunAs from backend options.
-func ParseRunAs(opts map[string]string) RunAs {
-	ra := RunAs{User: strings.TrimSpace(opts[OptRunAs])}
-	ra.Self, _ = strconv.ParseBool(strings.TrimSpace(opts[OptRunAsSelf]))
-	for _, o := range strings.Split(opts[OptRunAsOwners], ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			ra.Owners = append(ra.Owners, o)
-		}
-	}
-	return ra
+// ParseRunAs reads RunAs from backend options (the local backend has no
+// others); unknown keys are errors.
+func ParseRunAs(opts map[string]string) (RunAs, error) {
+	var ra RunAs
+	o := workers.ReadOptions(Name, opts)
+	o.String(OptRunAs, &ra.User)
+	o.List(OptRunAsOwners, &ra.Owners)
+	o.Bool(OptRunAsSelf, &ra.Self)
+	ra.User = strings.TrimSpace(ra.User)
+	return ra, o.Err()
 }
 
 func (ra RunAs) enabled() bool { return ra.User != "" || len(ra.Owners) > 0 }

@@ -249,7 +249,11 @@ func TestRunAsDefaultAccount(t *testing.T) {
 	if err := os.WriteFile(closedInterpreter, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	be, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{}), zerolog.Nop())
+	ra, err := local.ParseRunAs(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.NewRunAs(copyBinary(t, 0o755), ra, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,10 +294,19 @@ func TestRunAsDefaultAccount(t *testing.T) {
 		t.Fatalf("closed launcher: want failed 500 naming the launcher, got %s %d %q", k.State, k.FailStatus, k.Reason)
 	}
 
-	if _, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{local.OptRunAsSelf: "true", local.OptRunAs: "nobody"}), zerolog.Nop()); err == nil {
+	if _, err := local.NewRunAs(copyBinary(t, 0o755), mustRunAs(t, map[string]string{local.OptRunAsSelf: "true", local.OptRunAs: "nobody"}), zerolog.Nop()); err == nil {
 		t.Fatal("run_as_gateway_user with run_as accepted")
 	}
-	if _, err := local.NewRunAs(copyBinary(t, 0o755), local.ParseRunAs(map[string]string{local.OptRunAsSelf: "true"}), zerolog.Nop()); err != nil {
+	if _, err := local.NewRunAs(copyBinary(t, 0o755), mustRunAs(t, map[string]string{local.OptRunAsSelf: "true"}), zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func mustRunAs(t *testing.T, opts map[string]string) local.RunAs {
+	t.Helper()
+	ra, err := local.ParseRunAs(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ra
 }

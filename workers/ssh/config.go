@@ -8,10 +8,11 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kernelbus/kernelbus/workers"
 )
 
 // Placement algorithms (JEG's EG_LOAD_BALANCING_ALGORITHM values).
@@ -82,57 +83,22 @@ var Options = []struct{ Name, Help string }{
 // bad values are errors.
 func ConfigFromOptions(opts map[string]string) (Config, error) {
 	c := Config{}
-	known := map[string]bool{}
-	var names []string
-	for _, o := range Options {
-		known[o.Name] = true
-		names = append(names, o.Name)
-	}
-	var unknown []string
-	for k := range opts {
-		if !known[k] {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return c, fmt.Errorf("ssh: unknown options %v (known: %v)", unknown, names)
-	}
-	c.Hosts = splitList(opts["hosts"])
-	c.User = opts["user"]
-	c.KeyFiles = splitList(opts["key"])
-	c.KnownHosts = splitList(opts["known-hosts"])
-	c.Placement = opts["placement"]
-	c.RemoteDir = opts["remote-dir"]
-	var err error
-	for _, b := range []struct {
-		name string
-		dst  *bool
-	}{{"agent", &c.Agent}, {"impersonate", &c.Impersonate}} {
-		if v := opts[b.name]; v != "" {
-			if *b.dst, err = strconv.ParseBool(v); err != nil {
-				return c, fmt.Errorf("ssh: option %s=%q is not a boolean", b.name, v)
-			}
-		}
-	}
-	if v := opts["allow-remote-host"]; v != "" {
-		allow, err := strconv.ParseBool(v)
-		if err != nil {
-			return c, fmt.Errorf("ssh: option allow-remote-host=%q is not a boolean", v)
-		}
-		c.ForbidRemoteHost = !allow
-	}
-	for _, d := range []struct {
-		name string
-		dst  *time.Duration
-	}{{"connect-timeout", &c.ConnectTimeout}, {"command-timeout", &c.CommandTimeout}, {"unhealthy-for", &c.UnhealthyFor}} {
-		if v := opts[d.name]; v != "" {
-			if *d.dst, err = time.ParseDuration(v); err != nil || *d.dst <= 0 {
-				return c, fmt.Errorf("ssh: option %s=%q is not a positive duration", d.name, v)
-			}
-		}
-	}
-	return c, nil
+	o := workers.ReadOptions("ssh", opts)
+	o.List("hosts", &c.Hosts)
+	o.String("user", &c.User)
+	o.List("key", &c.KeyFiles)
+	o.Bool("agent", &c.Agent)
+	o.List("known-hosts", &c.KnownHosts)
+	o.String("placement", &c.Placement)
+	o.String("remote-dir", &c.RemoteDir)
+	o.Duration("connect-timeout", &c.ConnectTimeout)
+	o.Duration("command-timeout", &c.CommandTimeout)
+	o.Duration("unhealthy-for", &c.UnhealthyFor)
+	o.Bool("impersonate", &c.Impersonate)
+	allow := true
+	o.Bool("allow-remote-host", &allow)
+	c.ForbidRemoteHost = !allow
+	return c, o.Err()
 }
 
 func splitList(s string) []string {

@@ -101,10 +101,18 @@ func New(cfg Config, launcher string, log zerolog.Logger) (*Backend, error) {
 
 func (b *Backend) Name() string { return Name }
 
-func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{Signal: true} }
-
 // Close drops the SSH connections. Launchers keep running.
-func (b *Backend) Close() { b.conns.closeAll() }
+func (b *Backend) Close() error {
+	b.conns.closeAll()
+	return nil
+}
+
+// What the ssh backend offers beyond workers.Backend.
+var (
+	_ workers.Backend  = (*Backend)(nil)
+	_ workers.Signaler = (*Backend)(nil)
+	_ io.Closer        = (*Backend)(nil)
+)
 
 // RemoteLauncherPath is where the launcher of this version lives on a host
 // (relative paths are under the remote user's home).

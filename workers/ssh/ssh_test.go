@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -117,10 +117,10 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(10 * time.Second); err != nil {
+	if err := srv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	g.srv = srv
 	g.natsURL = srv.ClientURL()
 	g.bus, err = kbjs.Setup(context.Background(), g.roleConn(t, access.RoleAdmin, ""), kbjs.Layout{IOMemory: true})
@@ -156,6 +156,9 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := fe.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +168,7 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = fe.Shutdown(ctx)
+		_ = fe.Stop(ctx)
 		<-done
 	})
 	g.c = &client.Client{BaseURL: "http://" + ln.Addr().String()}
@@ -190,7 +193,7 @@ func (g *gateway) newBackend(t *testing.T, cfg kbssh.Config) *kbssh.Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(be.Close)
+	t.Cleanup(func() { _ = be.Close() })
 	return be
 }
 
@@ -227,7 +230,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Stop)
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
 	return p
 }
 
@@ -288,13 +291,7 @@ func whereAmI(hostIP string) string {
 
 func waitGone(t *testing.T, h *labHost, pid int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for h.Alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("launcher %d still alive on %s", pid, h.Name)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 15*time.Second, fmt.Sprintf("launcher %d to end on %s", pid, h.Name), func() bool { return !h.Alive(pid) })
 }
 
 // TestKernelsOnHosts: JEG DistributedProcessProxy kernels start on both
@@ -379,30 +376,14 @@ func TestKernelsOnHosts(t *testing.T) {
 	}
 
 	// A restarted worker knows nothing but the records: a fresh backend
-	// (new connections) polls, signals and stops a running kernel.
+	// (new connections) keeps the backend contract on a running kernel
+	// (poll, signal, stop, poll, stop again), and on handles it never made.
 	k := ks[2]
 	h := g.host(t, k)
-	fresh := g.newBackend(t, kbssh.Config{})
-	wh := workers.Handle{Host: k.Host, Data: k.Handle}
-	ctx := context.Background()
-	if st, err := fresh.Poll(ctx, wh); err != nil || !st.Running {
-		t.Fatalf("re-adopted poll: %+v %v", st, err)
-	}
-	if err := fresh.Signal(ctx, wh, syscall.SIGCONT); err != nil {
-		t.Fatalf("re-adopted signal: %v", err)
-	}
-	if err := fresh.Stop(ctx, wh, 5*time.Second); err != nil {
-		t.Fatalf("re-adopted stop: %v", err)
-	}
+	fresh := workerstest.Harness{Backend: g.newBackend(t, kbssh.Config{}), Grace: 5 * time.Second}
+	fresh.Run(t)
+	fresh.Running(t, workers.Handle{Host: k.Host, Data: k.Handle})
 	waitGone(t, h, handlePID(t, k))
-	st, err := fresh.Poll(ctx, wh)
-	if err != nil || !st.Exited {
-		t.Fatalf("poll after stop: %+v %v", st, err)
-	}
-	// Stopping what is gone is not an error.
-	if err := fresh.Stop(ctx, wh, time.Second); err != nil {
-		t.Fatalf("second stop: %v", err)
-	}
 }
 
 // waitInput reads the kernel's messages until request id's code prints

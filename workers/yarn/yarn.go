@@ -81,11 +81,20 @@ type Backend struct {
 // user.
 func Register(r *workers.Registry, log zerolog.Logger) {
 	r.Register(Name, func(bc workers.BackendConfig) (workers.Backend, error) {
-		o := bc.Options
-		cfg := Config{Launcher: bc.LauncherPath, Endpoint: o["endpoint"], AltEndpoint: o["alt-endpoint"],
-			SparkHome: o["spark-home"], Impersonation: o["impersonation"] == "true", QueueCheck: o["queue-check"] == "true",
-			User: o["user"]}
-		for _, l := range strings.Split(o["spark-conf"], "\n") {
+		cfg := Config{Launcher: bc.LauncherPath}
+		var conf string
+		o := workers.ReadOptions(Name, bc.Options)
+		o.String("endpoint", &cfg.Endpoint)
+		o.String("alt-endpoint", &cfg.AltEndpoint)
+		o.String("spark-home", &cfg.SparkHome)
+		o.String("spark-conf", &conf)
+		o.Bool("impersonation", &cfg.Impersonation)
+		o.Bool("queue-check", &cfg.QueueCheck)
+		o.String("user", &cfg.User)
+		if err := o.Err(); err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(conf, "\n") {
 			if l = strings.TrimSpace(l); l != "" {
 				cfg.SparkConf = append(cfg.SparkConf, l)
 			}
@@ -137,8 +146,7 @@ func (b *Backend) RM() *RM { return b.rm }
 
 func (b *Backend) Name() string { return Name }
 
-// Capabilities: signals go through the launcher on the bus.
-func (b *Backend) Capabilities() workers.Capabilities { return workers.Capabilities{} }
+var _ workers.Backend = (*Backend)(nil)
 
 // Submission is one spark-submit run, built from a launch configuration.
 type Submission struct {
@@ -489,10 +497,6 @@ func Reason(a *App) string {
 }
 
 // Signal is not supported: interrupts reach the kernel through its launcher.
-func (b *Backend) Signal(ctx context.Context, h workers.Handle, sig syscall.Signal) error {
-	return errors.ErrUnsupported
-}
-
 // Stop kills the application and waits up to grace for YARN to say so.
 func (b *Backend) Stop(ctx context.Context, h workers.Handle, grace time.Duration) error {
 	yh, err := parse(h)

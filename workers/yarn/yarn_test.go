@@ -20,7 +20,10 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/workerstest"
 	"github.com/kernelbus/kernelbus/workers/yarn"
+	"github.com/rs/zerolog"
 )
 
 // The YARN suite runs on a real MiniYARNCluster with a real pip-installed
@@ -318,6 +321,15 @@ func TestPySparkOnYARN(t *testing.T) {
 		}
 		w := cl.RMs["yarn"].Workers[0]
 		return w.Cluster != nil && w.Cluster.Metrics.ActiveNodes >= 1 && w.Cluster.Metrics.TotalMB > 0
+	})
+	t.Run("backend contract", func(t *testing.T) {
+		var r workers.Registry
+		yarn.Register(&r, zerolog.Nop())
+		be, err := r.New(yarn.Name, workers.BackendConfig{LauncherPath: os.Getenv("KERNELBUS_LAUNCHER_BIN"), Options: map[string]string{"endpoint": rmURL}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		workerstest.Harness{Backend: be}.Run(t)
 	})
 
 	// The test's own RM client kills as a named administrator.
