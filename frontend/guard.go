@@ -155,6 +155,12 @@ func checkMediaType(c *fiber.Ctx) error {
 		return nil
 	}
 	ct := c.Get(fiber.HeaderContentType)
+	if ct == "" {
+		// Scripts and JEG's own GatewayClient post JSON with no type at
+		// all. A browser can too (a typeless body), but it then sends
+		// Origin, which checkCrossSite judged already.
+		return nil
+	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err == nil && (mt == fiber.MIMEApplicationJSON || strings.HasSuffix(mt, "+json")) {
 		return nil

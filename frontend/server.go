@@ -69,6 +69,12 @@ type Server struct {
 	started    atomic.Bool
 	shutOnce   sync.Once
 	shutErr    error
+	// lnMu guards ln, the listener Serve serves, and stopped: Stop closes
+	// the listener itself, so a Serve that had not reached the listener
+	// when Stop ran cannot go on serving after it.
+	lnMu    sync.Mutex
+	ln      net.Listener
+	stopped bool
 }
 
 // New validates cfg and builds the Fiber app; it starts nothing. Start
@@ -178,9 +184,20 @@ func (s *Server) Serve(ln net.Listener) error {
 	if !s.started.Load() {
 		return errors.New("frontend: Serve before Start")
 	}
+	s.lnMu.Lock()
+	if s.stopped {
+		s.lnMu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.ln = ln
+	s.lnMu.Unlock()
 	s.log.Info().Str("addr", ln.Addr().String()).Str("base_url", s.cfg.BaseURL).Msg("front-end listening")
 	err := s.app.Listener(ln)
-	if s.ctx.Err() != nil {
+	s.lnMu.Lock()
+	stopped := s.stopped
+	s.lnMu.Unlock()
+	if stopped {
 		return nil // stopped by Stop
 	}
 	return err
@@ -193,9 +210,16 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Stop(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.draining.Store(true)
+		s.lnMu.Lock()
+		s.stopped = true
+		ln := s.ln
+		s.lnMu.Unlock()
 		s.hub.closeAll(closeServiceRestart, "front-end shutting down")
 		if err := s.app.ShutdownWithContext(ctx); err != nil {
 			s.shutErr = err
+		}
+		if ln != nil {
+			_ = ln.Close() // already closed by the shutdown, unless Serve had not begun to accept
 		}
 		if s.releaseSub != nil {
 			_ = s.releaseSub.Unsubscribe()
