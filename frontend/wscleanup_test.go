@@ -65,6 +65,8 @@ func TestWSClosedSocketsLeaveNoConsumersAndBoundedSessions(t *testing.T) {
 	if !kept {
 		t.Fatal("the connected session's record was pruned")
 	}
-	// The open socket still works.
-	keep.send("shell", "kernel_info_request", map[string]any{})
+	// The open socket still works; waiting for the idle status also leaves
+	// nothing of the fake launcher's in flight when the bus closes.
+	id := keep.send("shell", "kernel_info_request", map[string]any{})
+	keep.until(isIdleOf(id))
 }
