@@ -53,18 +53,9 @@ print("REACH" + json.dumps(res))
 // launcher credentials, against bob's kernel B with a real NATS client:
 // each attempt is denied, and B is untouched.
 func TestServeKernelIsolation(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" || os.Getenv("KB_CI") != "" {
-			t.Fatal("this test needs root (serve switches kernels to an unprivileged account); CI runs as root")
-		}
-		t.Skip("needs root: serve runs kernels as an unprivileged account only when it is root")
+		jstest.MissingSetup(t, "needs root: serve runs kernels as an unprivileged account only when it is root")
 	}
 	py := jstest.Python(t)
 	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
@@ -278,18 +269,9 @@ print("PROBE" + json.dumps(res))
 // as that user's account, and neither kernel can read the other's
 // connection file or signal the other's kernel; each can read its own.
 func TestServeRunAsOwners(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
+	bin := jstest.KernelbusBin(t)
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" || os.Getenv("KB_CI") != "" {
-			t.Fatal("this test needs root (it creates two OS users and serve switches to them); CI runs as root")
-		}
-		t.Skip("needs root: it creates two OS users")
+		jstest.MissingSetup(t, "needs root: it creates two OS users")
 	}
 	names := []string{"kbiso-alice", "kbiso-bob"}
 	uids := []string{osUser(t, names[0]), osUser(t, names[1])}
