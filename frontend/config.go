@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 )

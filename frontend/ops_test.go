@@ -11,7 +11,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

@@ -17,8 +17,8 @@ import (
 
 	fws "github.com/fasthttp/websocket"
 	"github.com/gofiber/fiber/v2"
-	"github.com/kernelbus/kernelbus/internal/testca"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/jetstream/jstest/testca"
 )
 
 // tlsFiles is a test CA, a server certificate and the options serving it.

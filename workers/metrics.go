@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/kernelbus/kernelbus/broker"
-	"github.com/kernelbus/kernelbus/internal/routines"
+	"github.com/kernelbus/kernelbus/broker/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/nats-io/nats.go"

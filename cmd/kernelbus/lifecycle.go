@@ -9,7 +9,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"

@@ -19,7 +19,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 )
 
 func TestHelpExitsZero(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/local"

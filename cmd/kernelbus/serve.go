@@ -23,7 +23,7 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
-	"github.com/kernelbus/kernelbus/metrics"
+	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"

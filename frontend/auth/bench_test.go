@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
-	"github.com/kernelbus/kernelbus/internal/testca"
+	"github.com/kernelbus/kernelbus/jetstream/jstest/testca"
 )
 
 // The per-request cost of each source once it has decided (a cached Hub

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
-	"github.com/kernelbus/kernelbus/internal/testca"
+	"github.com/kernelbus/kernelbus/jetstream/jstest/testca"
 )
 
 func TestCertSource(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/rs/zerolog"
 )
@@ -104,7 +105,7 @@ func uidOf(t *testing.T, pid int) string {
 // that maps to root is refused with 403.
 func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test creates two OS users and the worker switches to them")
+		jstest.MissingSetup(t, "needs root: the test creates two OS users and the worker switches to them")
 	}
 	alice, bob := testUser(t, "kbtest-alice"), testUser(t, "kbtest-bob")
 	// The launcher (this test binary) must be runnable by them: a copy in
@@ -233,10 +234,7 @@ func copyBinary(t *testing.T, mode os.FileMode) string {
 // the worker's account and excludes naming accounts.
 func TestRunAsDefaultAccount(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("KB_CI") != "" {
-			t.Fatal("needs root: CI runs as root")
-		}
-		t.Skip("needs root: the default account applies to a worker running as root")
+		jstest.MissingSetup(t, "needs root: the default account applies to a worker running as root")
 	}
 	nobody, err := user.Lookup(local.DefaultAccount)
 	if err != nil {
