@@ -22,7 +22,7 @@ import (
 )
 
 // TestRelayPerformance measures the launcher against a Go kernel that
-// answers at once (fakeKernel), so the numbers are the relay's and the
+// answers at once (synthkernel), so the numbers are the relay's and the
 // bus's, not ipykernel's: an execute round trip (client publish → bus →
 // launcher → kernel → launcher → bus → client) and iopub throughput. It
 // logs the numbers and only checks that nothing is lost: thresholds on a
@@ -88,7 +88,7 @@ func TestRelayPerformance(t *testing.T) {
 	defer sub.Unsubscribe()
 	k.stopCollecting()
 	t0 := time.Now()
-	k.execute(fmt.Sprintf("flood %d", n), false)
+	k.execute(fmt.Sprintf("emit n=%d size=41", n), false)
 	select {
 	case <-all:
 	case <-time.After(60 * time.Second):

@@ -1,4 +1,4 @@
-package main
+package synthkernel
 
 import (
 	"crypto/rand"
