@@ -23,15 +23,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 )
-
-func testLogger(t testing.TB) zerolog.Logger {
-	if os.Getenv("KB_TEST_LOG") != "" {
-		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	}
-	return zerolog.Nop()
-}
 
 // testBus starts an in-process NATS with JetStream and sets up kernelbus.
 func testBus(t testing.TB) *kbjs.Bus {
@@ -125,7 +117,7 @@ func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wra
 	if cfg.WSPingInterval == 0 {
 		cfg.WSPingInterval = 500 * time.Millisecond
 	}
-	fe, err := New(cfg, bus, testSpecs(t), testLogger(t))
+	fe, err := New(cfg, bus, testSpecs(t), jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

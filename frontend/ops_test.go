@@ -218,7 +218,7 @@ func TestMetricsRegistryConflictIsAnError(t *testing.T) {
 	bus := testBus(t)
 	reg := metrics.NewRegistry()
 	startFrontend(t, bus, Config{Metrics: reg})
-	if _, err := New(Config{Metrics: reg}, bus, testSpecs(t), testLogger(t)); err == nil || !strings.Contains(err.Error(), "metrics") {
+	if _, err := New(Config{Metrics: reg}, bus, testSpecs(t), jstest.Logger(t)); err == nil || !strings.Contains(err.Error(), "metrics") {
 		t.Fatalf("second front-end on the same registry: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // What HTTPS costs the front-end: a request on a kept-alive connection,
@@ -24,7 +25,7 @@ func benchServer(b *testing.B, o *TLSOptions) string {
 	}
 	scheme := "http"
 	if o != nil {
-		if ln, err = TLSListener(ln, *o, testLogger(b)); err != nil {
+		if ln, err = TLSListener(ln, *o, jstest.Logger(b)); err != nil {
 			b.Fatal(err)
 		}
 		scheme = "https"

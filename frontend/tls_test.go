@@ -76,7 +76,7 @@ func startTLSFrontend(t *testing.T, o TLSOptions) (*testEnv, string) {
 	bus := testBus(t)
 	w := startFakeWorker(t, bus)
 	fe, base := startFrontendOn(t, bus, Config{}, "https", func(ln net.Listener) (net.Listener, error) {
-		return TLSListener(ln, o, testLogger(t))
+		return TLSListener(ln, o, jstest.Logger(t))
 	})
 	return &testEnv{t: t, bus: bus, fe: fe, base: base, worker: w}, base
 }
@@ -157,7 +157,7 @@ func certEcho(t *testing.T, o TLSOptions) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := TLSListener(raw, o, testLogger(t))
+	ln, err := TLSListener(raw, o, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestTLSOptionsErrors(t *testing.T) {
 		{"CA not PEM", TLSOptions{CertFile: f.opts.CertFile, KeyFile: f.opts.KeyFile, ClientCAFile: f.opts.KeyFile}, "no PEM certificate"},
 	}
 	for _, c := range cases {
-		_, err := NewTLSConfig(c.o, testLogger(t))
+		_, err := NewTLSConfig(c.o, jstest.Logger(t))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one mentioning %q", c.name, err, c.want)
 		}
@@ -327,7 +327,7 @@ func TestTLSOptionsErrors(t *testing.T) {
 	// A client CA alone means require.
 	o := f.opts
 	o.ClientAuth = ""
-	cfg, err := NewTLSConfig(o, testLogger(t))
+	cfg, err := NewTLSConfig(o, jstest.Logger(t))
 	if err != nil || cfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		t.Fatalf("CA without mode: %v %v", cfg.ClientAuth, err)
 	}

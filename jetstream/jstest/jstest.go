@@ -18,6 +18,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 )
 
 // Env is a running bus.
@@ -205,4 +206,30 @@ func KernelbusBin(t testing.TB) string {
 		MissingSetup(t, "KERNELBUS_BIN is not set (task test:go builds and sets it)")
 	}
 	return bin
+}
+
+// Logger is the logger tests give the parts they run: silent, or with
+// KB_TEST_LOG set, every line at debug level in the test's output.
+func Logger(t testing.TB) zerolog.Logger {
+	if os.Getenv("KB_TEST_LOG") != "" {
+		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	}
+	return zerolog.Nop()
+}
+
+// LauncherBin is the kernelbus-launcher under test: $KERNELBUS_LAUNCHER_BIN
+// (task test:go builds and sets it), else one built here, static, so that
+// it also runs on the hosts and in the images a test copies it to.
+func LauncherBin(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("KERNELBUS_LAUNCHER_BIN"); p != "" {
+		return p
+	}
+	out := filepath.Join(t.TempDir(), "kernelbus-launcher")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/kernelbus/kernelbus/cmd/kernelbus-launcher")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build launcher: %v: %s", err, b)
+	}
+	return out
 }

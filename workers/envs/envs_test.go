@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,29 +24,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/envs"
 	"github.com/kernelbus/kernelbus/workers/local"
-	"github.com/rs/zerolog"
 )
-
-func testLogger(t testing.TB) zerolog.Logger {
-	if os.Getenv("KB_TEST_LOG") != "" {
-		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	}
-	return zerolog.Nop()
-}
-
-func launcherBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("KERNELBUS_LAUNCHER_BIN"); p != "" {
-		return p
-	}
-	out := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/kernelbus/kernelbus/cmd/kernelbus-launcher")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build launcher: %v: %s", err, b)
-	}
-	return out
-}
 
 // users is an identity source for tests: "Authorization: token u-NAME"
 // is user NAME, "token a-NAME" administrator NAME.
@@ -92,7 +68,7 @@ func start(t *testing.T) *installation {
 		}
 		return b
 	}
-	b, err := envs.NewBuilder(ctx, envs.BuilderConfig{Pythons: pythons, WorkDir: t.TempDir()}, roleBus(access.RoleWorker, broker.RMBuild), testLogger(t))
+	b, err := envs.NewBuilder(ctx, envs.BuilderConfig{Pythons: pythons, WorkDir: t.TempDir()}, roleBus(access.RoleWorker, broker.RMBuild), jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,15 +88,15 @@ func start(t *testing.T) *installation {
 	}
 	wctx, wcancel := context.WithCancel(ctx)
 	t.Cleanup(wcancel)
-	specs, err := kbjs.WatchEnvSpecs(wctx, ev.Specs, workers.SpecList{}, testLogger(t))
+	specs, err := kbjs.WatchEnvSpecs(wctx, ev.Specs, workers.SpecList{}, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := local.New(launcherBinary(t), testLogger(t))
+	be, err := local.New(jstest.LauncherBin(t), jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: in.env.URL, Minter: in.env.Minter, StopGrace: 3 * time.Second, Environments: cache, Specs: specs}, wbus, be, testLogger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: in.env.URL, Minter: in.env.Minter, StopGrace: 3 * time.Second, Environments: cache, Specs: specs}, wbus, be, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +120,7 @@ func start(t *testing.T) *installation {
 
 func startFrontend(t *testing.T, bus *kbjs.Bus, cfg frontend.Config) string {
 	t.Helper()
-	fe, err := frontend.New(cfg, bus, &frontend.StaticSpecs{}, testLogger(t))
+	fe, err := frontend.New(cfg, bus, &frontend.StaticSpecs{}, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

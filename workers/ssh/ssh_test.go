@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -27,31 +26,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers/workerstest"
 	natsjwt "github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/rs/zerolog"
 )
-
-func testLogger(t testing.TB) zerolog.Logger {
-	if os.Getenv("KB_TEST_LOG") != "" {
-		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	}
-	return zerolog.Nop()
-}
-
-// launcherBinary is the static launcher the worker copies to the hosts:
-// KERNELBUS_LAUNCHER_BIN (task builds it), else built here.
-func launcherBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("KERNELBUS_LAUNCHER_BIN"); p != "" {
-		return p
-	}
-	out := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/kernelbus/kernelbus/cmd/kernelbus-launcher")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build launcher: %v: %s", err, b)
-	}
-	return out
-}
 
 // gateway is a front-end, an ssh pool and a local pool on one NATS that
 // listens where the hosts can reach it.
@@ -98,7 +73,7 @@ func toAny(ss []string) []any {
 func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Helper()
 	py := jstest.Python(t)
-	g := &gateway{lab: l, launcher: launcherBinary(t)}
+	g := &gateway{lab: l, launcher: jstest.LauncherBin(t)}
 	var err error
 	if g.inst, err = access.Generate(); err != nil {
 		t.Fatal(err)
@@ -142,7 +117,7 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	g.specs = specs
 	g.be = g.newBackend(t, cfg)
 	g.startPool(t, g.be)
-	lbe, err := local.New(g.launcher, testLogger(t))
+	lbe, err := local.New(g.launcher, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +127,7 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs, testLogger(t))
+	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +164,7 @@ func (g *gateway) newBackend(t *testing.T, cfg kbssh.Config) *kbssh.Backend {
 	if cfg.RemoteDir == "" {
 		cfg.RemoteDir = g.lab.RemoteDir
 	}
-	be, err := kbssh.New(cfg, g.launcher, testLogger(t))
+	be, err := kbssh.New(cfg, g.launcher, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +198,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs}, bus, be, testLogger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs}, bus, be, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +464,7 @@ func TestHostKeys(t *testing.T) {
 	}
 	wrong := filepath.Join(t.TempDir(), "known_hosts")
 	writeFile(t, wrong, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
-	g := &gateway{lab: l, launcher: launcherBinary(t)}
+	g := &gateway{lab: l, launcher: jstest.LauncherBin(t)}
 	cfg := &broker.LaunchConfig{V: 1, KernelID: "k-hostkey", Spec: "s", Argv: []string{"true"}, NATSURLs: "nats://" + l.HostIP + ":1"}
 
 	be := g.newBackend(t, kbssh.Config{Hosts: []string{a.Addr}, KnownHosts: []string{wrong}})
