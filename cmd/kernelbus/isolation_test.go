@@ -53,26 +53,16 @@ print("REACH" + json.dumps(res))
 // launcher credentials, against bob's kernel B with a real NATS client:
 // each attempt is denied, and B is untouched.
 func TestServeKernelIsolation(t *testing.T) {
-	bin := jstest.KernelbusBin(t)
 	if os.Geteuid() != 0 {
 		jstest.MissingSetup(t, "needs root: serve runs kernels as an unprivileged account only when it is root")
 	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
+	se := newServeEnv(t)
+	dir, data := filepath.Dir(se.data), se.data
 	// The folder above the data folder is open, as a home folder may be:
 	// the data folder's own mode must keep kernels out.
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
 	users := filepath.Join(dir, "users.json")
 	token := func(name string) string {
 		code, tok, errOut := runCLI("users", "add", "--file", users, name)
@@ -82,12 +72,7 @@ func TestServeKernelIsolation(t *testing.T) {
 		return strings.TrimSpace(tok)
 	}
 	ta, tb := token("alice"), token("bob")
-	args := []string{"--kernelspec-dir", specs, "--users-file", users}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := startServe(t, bin, data, logPath, args...)
+	srv := startServe(t, se.bin, data, se.logPath, append(se.args, "--users-file", users)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	ca, cb := &client.Client{BaseURL: srv.url, Token: ta}, &client.Client{BaseURL: srv.url, Token: tb}
@@ -269,29 +254,14 @@ print("PROBE" + json.dumps(res))
 // as that user's account, and neither kernel can read the other's
 // connection file or signal the other's kernel; each can read its own.
 func TestServeRunAsOwners(t *testing.T) {
-	bin := jstest.KernelbusBin(t)
 	if os.Geteuid() != 0 {
 		jstest.MissingSetup(t, "needs root: it creates two OS users")
 	}
+	se := newServeEnv(t)
 	names := []string{"kbiso-alice", "kbiso-bob"}
 	uids := []string{osUser(t, names[0]), osUser(t, names[1])}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
-	t.Cleanup(func() {
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("serve log:\n%s", log)
-		}
-	})
-	users := filepath.Join(dir, "users.json")
+	users := filepath.Join(filepath.Dir(se.data), "users.json")
 	var clients []*client.Client
-	args := []string{"--kernelspec-dir", specs, "--users-file", users, "--run-as-owners", strings.Join(names, ",")}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
 	for _, n := range names {
 		code, tok, errOut := runCLI("users", "add", "--file", users, n)
 		if code != 0 {
@@ -299,8 +269,7 @@ func TestServeRunAsOwners(t *testing.T) {
 		}
 		clients = append(clients, &client.Client{Token: strings.TrimSpace(tok)})
 	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := startServe(t, bin, data, logPath, args...)
+	srv := startServe(t, se.bin, se.data, se.logPath, append(se.args, "--users-file", users, "--run-as-owners", strings.Join(names, ","))...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	type kernel struct {

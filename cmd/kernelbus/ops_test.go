@@ -192,10 +192,7 @@ func TestOperations(t *testing.T) {
 // and returns the base URL of its operations endpoints once it is ready.
 func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
 	t.Helper()
-	args := []string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--metrics-listen", "127.0.0.1:0", "--metrics-token", token}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
+	args := withLauncher([]string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--metrics-listen", "127.0.0.1:0", "--metrics-token", token})
 	p, addr := startProc(t, bin, args, logPath, "worker metrics and health serving", "addr")
 	t.Cleanup(func() {
 		if t.Failed() {

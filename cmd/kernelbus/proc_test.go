@@ -114,7 +114,9 @@ func logField(path string, offset int64, msg, field string) (string, error) {
 // (the venv's python first on PATH).
 type serveEnv struct {
 	bin, data, logPath string
-	args               []string
+	// specs is the venv's kernelspec folder, already in args.
+	specs string
+	args  []string
 }
 
 func newServeEnv(t *testing.T) serveEnv {
@@ -122,11 +124,9 @@ func newServeEnv(t *testing.T) serveEnv {
 	bin := jstest.KernelbusBin(t)
 	py := jstest.Python(t)
 	dir := t.TempDir()
-	e := serveEnv{bin: bin, data: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "serve.log"),
-		args: []string{"--kernelspec-dir", filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")}}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		e.args = append(e.args, "--launcher", l)
-	}
+	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
+	e := serveEnv{bin: bin, data: filepath.Join(dir, "data"), logPath: filepath.Join(dir, "serve.log"), specs: specs,
+		args: withLauncher([]string{"--kernelspec-dir", specs})}
 	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -135,4 +135,14 @@ func newServeEnv(t *testing.T) serveEnv {
 		}
 	})
 	return e
+}
+
+// withLauncher adds the launcher under test ($KERNELBUS_LAUNCHER_BIN, when
+// set) to the arguments of serve or worker; without it they find
+// kernelbus-launcher beside themselves.
+func withLauncher(args []string) []string {
+	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
+		return append(args, "--launcher", l)
+	}
+	return args
 }

@@ -98,11 +98,7 @@ func TestServeAuthDefaults(t *testing.T) {
 	bin := jstest.KernelbusBin(t)
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "serve.log")
-	args := []string{}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	srv := launchServe(t, bin, filepath.Join(dir, "data"), logPath, args...)
+	srv := launchServe(t, bin, filepath.Join(dir, "data"), logPath, withLauncher(nil)...)
 	var token string
 	jstest.WaitFor(t, 30*time.Second, "serve to print its token", func() bool {
 		log, _ := os.ReadFile(logPath)

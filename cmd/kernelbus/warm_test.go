@@ -31,10 +31,7 @@ func startWarmWorker(t *testing.T, bin, natsConn, logPath string, args ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append([]string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--log-level", "debug"}, args...)
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
+	args = withLauncher(append([]string{"worker", "--nats-conn", natsConn, "--rm", "local", "--setup=false", "--log-level", "debug"}, args...))
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -136,33 +133,19 @@ func processGroupAlive(pgid int) bool {
 // leaves no process behind once another worker keeps the pool; a changed
 // kernelspec has its warm kernels reaped and replaced.
 func TestWarmPool(t *testing.T) {
-	bin := os.Getenv("KERNELBUS_BIN")
-	if bin == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KERNELBUS_BIN is not set in CI: run through `task test:go`")
-		}
-		t.Skip("KERNELBUS_BIN is not set (task test:go builds and sets it)")
-	}
-	py := jstest.Python(t)
-	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	logPath := filepath.Join(dir, "serve.log")
+	se := newServeEnv(t)
+	bin, data, specs := se.bin, se.data, se.specs
+	dir := filepath.Dir(data)
 	w1Log, w2Log := filepath.Join(dir, "w1.log"), filepath.Join(dir, "w2.log")
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range []string{logPath, w1Log, w2Log} {
+			for _, p := range []string{w1Log, w2Log} {
 				log, _ := os.ReadFile(p)
 				t.Logf("%s:\n%s", filepath.Base(p), log)
 			}
 		}
 	})
-	args := []string{"--kernelspec-dir", specs}
-	if l := os.Getenv("KERNELBUS_LAUNCHER_BIN"); l != "" {
-		args = append(args, "--launcher", l)
-	}
-	t.Setenv("PATH", filepath.Dir(py)+":"+os.Getenv("PATH"))
-	srv := startServe(t, bin, data, logPath, args...)
+	srv := startServe(t, bin, data, se.logPath, se.args...)
 	natsConn := filepath.Join(data, "nats.conn")
 	w1 := startWarmWorker(t, bin, natsConn, w1Log, "--id", "warm-w1", "--warm", "python3=2,idle=10m", "--kernelspec-dir", specs)
 	c := &client.Client{BaseURL: srv.url}

@@ -111,13 +111,7 @@ func TestCullerFollowsJupyterRules(t *testing.T) {
 		launcherFor(t, env.NC, k.ID)
 	}
 
-	d, err := duties.New(ctx, duties.Config{CullIdleTimeout: time.Minute}, bus, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.CullOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := cullOnce(t, ctx, bus, duties.Config{CullIdleTimeout: time.Minute})
 	if !gone(bus, idle.ID) {
 		t.Fatal("the idle kernel's record is still there")
 	}
@@ -148,13 +142,7 @@ func TestCullerFollowsJupyterRules(t *testing.T) {
 
 	// cull_busy and cull_connected widen the rules; a second round never
 	// culls twice.
-	d2, err := duties.New(ctx, duties.Config{CullIdleTimeout: time.Minute, CullBusy: true, CullConnected: true}, bus, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d2.CullOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d2 := cullOnce(t, ctx, bus, duties.Config{CullIdleTimeout: time.Minute, CullBusy: true, CullConnected: true})
 	if !gone(bus, busy.ID) || !gone(bus, connected.ID) || gone(bus, fresh.ID) {
 		t.Fatal("cull_busy / cull_connected not applied")
 	}
@@ -315,17 +303,24 @@ func TestCullerAndWarmKernels(t *testing.T) {
 	for _, k := range []*broker.Kernel{waiting, justTaken, takenLongAgo} {
 		launcherFor(t, env.NC, k.ID)
 	}
-	d, err := duties.New(ctx, duties.Config{CullIdleTimeout: time.Minute}, bus, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.CullOnce(ctx); err != nil {
-		t.Fatal(err)
-	}
+	cullOnce(t, ctx, bus, duties.Config{CullIdleTimeout: time.Minute})
 	if gone(bus, waiting.ID) || gone(bus, justTaken.ID) {
 		t.Fatal("the culler ended a waiting warm kernel or one a request just took")
 	}
 	if !gone(bus, takenLongAgo.ID) {
 		t.Fatal("a warm kernel taken 30 minutes ago and idle since was not culled")
 	}
+}
+
+// cullOnce runs one culling round of new duties with cfg.
+func cullOnce(t *testing.T, ctx context.Context, bus *kbjs.Bus, cfg duties.Config) *duties.Duties {
+	t.Helper()
+	d, err := duties.New(ctx, cfg, bus, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CullOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -110,23 +110,7 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 	alice, bob := testUser(t, "kbtest-alice"), testUser(t, "kbtest-bob")
 	// The launcher (this test binary) must be runnable by them: a copy in
 	// a folder they can reach.
-	dir, err := os.MkdirTemp("", "kb-runas-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	exe, _ := os.Executable()
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "launcher.test")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := copyBinary(t, 0o755)
 	be, err := local.NewRunAs(bin, local.RunAs{Owners: []string{alice.Username, bob.Username, "root"}}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
