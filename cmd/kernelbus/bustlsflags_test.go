@@ -1,14 +1,13 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest/testca"
 )
 
 // TestBusTLSFlags: the generated certificate names where launchers reach
@@ -21,7 +20,7 @@ func TestBusTLSFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
-	c := readCertFile(t, files.Cert)
+	c := testca.ReadCert(t, files.Cert)
 	for _, name := range []string{"bus.example", host, "127.0.0.1", "localhost"} {
 		if err := c.VerifyHostname(name); err != nil {
 			t.Errorf("listening on 0.0.0.0, the certificate does not name %s: %v", name, err)
@@ -31,7 +30,7 @@ func TestBusTLSFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := readCertFile(t, files.Cert).VerifyHostname("10.1.1.1"); err != nil {
+	if err := testca.ReadCert(t, files.Cert).VerifyHostname("10.1.1.1"); err != nil {
 		t.Errorf("the certificate does not name the listen address: %v", err)
 	}
 	if files, err := (&busTLSFlags{on: false}).files(filepath.Join(dir, "c"), "127.0.0.1"); err != nil || files.Cert != "" {
@@ -60,21 +59,4 @@ func TestBusTLSFlags(t *testing.T) {
 	if err != nil || got != own {
 		t.Errorf("own files: %+v %v, want %+v", got, err, own)
 	}
-}
-
-func readCertFile(t *testing.T, path string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

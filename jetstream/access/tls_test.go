@@ -3,7 +3,6 @@ package access_test
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"net"
 	"net/url"
 	"os"
@@ -15,24 +14,8 @@ import (
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/jetstream/jstest/testca"
 )
-
-func readCert(t *testing.T, path string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s: no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // TestWriteTLSKeepsWhatFits: a second run keeps the CA and certificate;
 // a new host renews the server certificate under the same CA, so clients
@@ -45,7 +28,7 @@ func TestWriteTLSKeepsWhatFits(t *testing.T) {
 	}
 	ca1, _ := os.ReadFile(f.CA)
 	cert1, _ := os.ReadFile(f.Cert)
-	c := readCert(t, f.Cert)
+	c := testca.ReadCert(t, f.Cert)
 	for _, want := range []string{"localhost", "nats.example"} {
 		if err := c.VerifyHostname(want); err != nil {
 			t.Errorf("certificate does not name %s: %v", want, err)
@@ -77,7 +60,7 @@ func TestWriteTLSKeepsWhatFits(t *testing.T) {
 	if !bytes.Equal(ca1, ca3) {
 		t.Error("the CA changed")
 	}
-	c3 := readCert(t, f.Cert)
+	c3 := testca.ReadCert(t, f.Cert)
 	if err := c3.VerifyHostname("other.example"); err != nil {
 		t.Errorf("renewed certificate: %v", err)
 	}
