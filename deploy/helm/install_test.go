@@ -103,21 +103,8 @@ func TestChartInstall(t *testing.T) {
 
 	// The bus and its credentials Secret.
 	bus := jstest.Start(t, jstest.Options{Auth: true, TLS: true})
-	authDir := filepath.Join(work, "auth")
-	if err := access.WriteFiles(authDir, bus.Auth); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: gwNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// What the chart's README has operators put in the Secret: the parts'
-	// files, not the installation's keys nor the admin's credentials.
-	authData := map[string][]byte{}
-	for _, f := range []string{access.FrontendCreds, access.WorkerCreds("kubernetes"), access.MinterFileName, access.ServerConfFile} {
-		if authData[f], err = os.ReadFile(filepath.Join(authDir, f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNamespaces(t, ctx, cs, gwNamespace)
+	authData := authSecret(t, bus.Auth, filepath.Join(work, "auth"))
 	token := randomHex(16)
 	// The front-end's HTTPS certificate, from a private CA the client trusts.
 	feTLS, err := access.WriteTLS(filepath.Join(work, "fe-tls"), []string{"127.0.0.1"})
@@ -167,13 +154,7 @@ func TestChartInstall(t *testing.T) {
 
 	// Every pod shares this machine's network: free ports for the listeners.
 	fePort, metricsPort := freePort(t), freePort(t)
-	kernelJSON, _ := json.Marshal(map[string]any{
-		"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, "display_name": "Python on Kubernetes", "language": "python",
-		"metadata": map[string]any{"process_proxy": map[string]any{
-			"class_name": "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy",
-			"config":     map[string]any{"image_name": kernelImage},
-		}},
-	})
+	kernelJSON := k8sKernelJSON(py)
 	values := map[string]any{
 		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
 		"nats":  map[string]any{"url": bus.URL, "caSecret": "nats-ca"},
@@ -188,20 +169,7 @@ func TestChartInstall(t *testing.T) {
 		"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort, "logLevel": "debug",
 			"kubernetes": map[string]any{"perUserNamespaces": true, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
 	}
-	vb, err := yaml.Marshal(values)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vf := filepath.Join(work, "values.yaml")
-	if err := os.WriteFile(vf, vb, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t1 := time.Now()
-	if out, err := helm(t, "install", "kb", chartDir(), "--namespace", gwNamespace, "--kubeconfig", cl.Kubeconfig,
-		"--values", vf, "--wait", "--timeout", "3m"); err != nil {
-		t.Fatalf("helm install: %v\n%s", err, out)
-	}
-	t.Logf("helm install --wait took %s", time.Since(t1).Round(time.Millisecond))
+	t.Logf("helm install --wait took %s", helmInstall(t, cl, "kb", gwNamespace, values))
 
 	// --wait waited for the pods' readiness probes (/readyz over HTTPS for
 	// the front-end): the front-end answers now.
@@ -393,25 +361,12 @@ func TestChartInstall(t *testing.T) {
 func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py, launcher string) {
 	cs := cl.Client
 	const ns, kernels = "kb2", "kb2-kernels"
-	for _, n := range []string{ns, kernels} {
-		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createNamespaces(t, ctx, cs, ns, kernels)
 	inst, err := access.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	authDir := t.TempDir()
-	if err := access.WriteFiles(authDir, inst); err != nil {
-		t.Fatal(err)
-	}
-	authData := map[string][]byte{}
-	for _, f := range []string{access.FrontendCreds, access.WorkerCreds("kubernetes"), access.MinterFileName, access.ServerConfFile} {
-		if authData[f], err = os.ReadFile(filepath.Join(authDir, f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	authData := authSecret(t, inst, t.TempDir())
 	token := randomHex(16)
 	for name, data := range map[string]map[string][]byte{"kernelbus-nats-auth": authData, "gw-token": {"token": []byte(token)}} {
 		if _, err := cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}, metav1.CreateOptions{}); err != nil {
@@ -419,13 +374,7 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 		}
 	}
 	client1, cluster, monitor, fePort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
-	kernelJSON, _ := json.Marshal(map[string]any{
-		"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, "display_name": "Python on Kubernetes", "language": "python",
-		"metadata": map[string]any{"process_proxy": map[string]any{
-			"class_name": "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy",
-			"config":     map[string]any{"image_name": kernelImage},
-		}},
-	})
+	kernelJSON := k8sKernelJSON(py)
 	values := map[string]any{
 		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
 		"nats": map[string]any{"cluster": map[string]any{"enabled": true, "replicas": 1, "image": natsImage, "storage": "",
@@ -437,17 +386,7 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 		"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort,
 			"kubernetes": map[string]any{"namespace": kernels, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
 	}
-	vb, _ := yaml.Marshal(values)
-	vf := filepath.Join(t.TempDir(), "values.yaml")
-	if err := os.WriteFile(vf, vb, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t1 := time.Now()
-	if out, err := helm(t, "install", "kb2", chartDir(), "--namespace", ns, "--kubeconfig", cl.Kubeconfig,
-		"--values", vf, "--wait", "--timeout", "3m"); err != nil {
-		t.Fatalf("helm install: %v\n%s", err, out)
-	}
-	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", time.Since(t1).Round(time.Millisecond))
+	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", helmInstall(t, cl, "kb2", ns, values))
 	c := &client.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", fePort), Token: token}
 	m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "erin"})
 	if err != nil {
@@ -471,6 +410,67 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 	if out, err := helm(t, "uninstall", "kb2", "--namespace", ns, "--kubeconfig", cl.Kubeconfig, "--wait", "--timeout", "2m"); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
+}
+
+// authSecret writes the installation's files into dir and returns what the
+// chart's README has operators put in the bus credentials Secret: the
+// parts' files, not the installation's keys nor the admin's credentials.
+func authSecret(t *testing.T, inst *access.Installation, dir string) map[string][]byte {
+	t.Helper()
+	if err := access.WriteFiles(dir, inst); err != nil {
+		t.Fatal(err)
+	}
+	data := map[string][]byte{}
+	for _, f := range []string{access.FrontendCreds, access.WorkerCreds("kubernetes"), access.MinterFileName, access.ServerConfFile} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[f] = b
+	}
+	return data
+}
+
+func createNamespaces(t *testing.T, ctx context.Context, cs k8s.Interface, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// k8sKernelJSON is a JEG Kubernetes kernelspec whose pods run the kernel
+// image with the host's Python (the node agent runs them on this machine).
+func k8sKernelJSON(py string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"}, "display_name": "Python on Kubernetes", "language": "python",
+		"metadata": map[string]any{"process_proxy": map[string]any{
+			"class_name": "enterprise_gateway.services.processproxies.k8s.KubernetesProcessProxy",
+			"config":     map[string]any{"image_name": kernelImage},
+		}},
+	})
+	return b
+}
+
+// helmInstall installs the chart as release into namespace with values,
+// waits for its pods to be ready and returns how long that took.
+func helmInstall(t *testing.T, cl *k8stest.Cluster, release, namespace string, values map[string]any) time.Duration {
+	t.Helper()
+	vb, err := yaml.Marshal(values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vf := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(vf, vb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if out, err := helm(t, "install", release, chartDir(), "--namespace", namespace, "--kubeconfig", cl.Kubeconfig,
+		"--values", vf, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	return time.Since(t0).Round(time.Millisecond)
 }
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) {
