@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend"
 	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/frontend/frontendtest"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
@@ -113,33 +113,9 @@ func start(t *testing.T) *installation {
 			Limits:  frontend.EnvLimits{MemoryMB: 4096, CPUs: 4},
 		},
 	}
-	in.fe1 = startFrontend(t, roleBus(access.RoleFrontend, ""), cfg)
-	in.fe2 = startFrontend(t, roleBus(access.RoleFrontend, ""), cfg)
+	in.fe1 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
+	in.fe2 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
 	return in
-}
-
-func startFrontend(t *testing.T, bus *kbjs.Bus, cfg frontend.Config) string {
-	t.Helper()
-	fe, err := frontend.New(cfg, bus, &frontend.StaticSpecs{}, jstest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fe.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- fe.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = fe.Stop(ctx)
-		<-done
-	})
-	return "http://" + ln.Addr().String()
 }
 
 // call makes one API call and decodes a JSON answer into out.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/frontend/frontendtest"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
@@ -127,26 +127,7 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fe, err := frontend.New(frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs, jstest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := fe.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- fe.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = fe.Stop(ctx)
-		<-done
-	})
-	g.c = &client.Client{BaseURL: "http://" + ln.Addr().String()}
+	g.c = &client.Client{BaseURL: frontendtest.Start(t, frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs)}
 	return g
 }
 
