@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -321,13 +320,7 @@ scrape_configs:
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
+		jstest.Stop(cmd.Process.Pid, done, 30*time.Second)
 		if t.Failed() {
 			log, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
 			t.Logf("prometheus log:\n%s", log)

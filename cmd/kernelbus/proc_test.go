@@ -69,18 +69,7 @@ func (p *proc) failIfExited(t *testing.T) {
 
 // stop ends the process: SIGTERM, then SIGKILL after a minute.
 func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	jstest.Stop(p.cmd.Process.Pid, p.done, 60*time.Second)
 }
 
 // logField finds, from offset on, the first JSON log line with message msg

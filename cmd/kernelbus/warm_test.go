@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,15 +38,7 @@ func startWarmWorker(t *testing.T, bin, natsConn, logPath string, args ...string
 	}
 	w := &warmWorker{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); f.Close(); close(w.done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-w.done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-w.done
-		}
-	})
+	t.Cleanup(func() { jstest.Stop(cmd.Process.Pid, w.done, 30*time.Second) })
 	return w
 }
 

@@ -147,7 +147,7 @@ func TestChartInstall(t *testing.T) {
 			logs, _ := filepath.Glob(filepath.Join(cl.Dir, gwNamespace+"_*.log"))
 			for _, l := range logs {
 				b, _ := os.ReadFile(l)
-				t.Logf("--- %s:\n%s", filepath.Base(l), tail(string(b), 40))
+				t.Logf("--- %s:\n%s", filepath.Base(l), jstest.Tail(string(b), 40))
 			}
 		}
 	})
@@ -522,12 +522,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -89,17 +89,7 @@ func (p *proc) stop() {
 	if p.cmd == nil {
 		return
 	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.kill()
-	}
+	jstest.Stop(p.cmd.Process.Pid, p.done, 10*time.Second)
 }
 
 func (p *proc) running() bool {

@@ -125,18 +125,7 @@ c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
 // stop ends the Hub (SIGTERM, so it stops its proxy) and, if it lingers,
 // the whole process group.
 func (h *realHub) stop() {
-	select {
-	case <-h.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-h.done:
-	case <-time.After(15 * time.Second):
-		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
-		<-h.done
-	}
+	jstest.Stop(-h.cmd.Process.Pid, h.done, 15*time.Second)
 }
 
 // call makes a Hub API request with the service token.

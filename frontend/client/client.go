@@ -139,6 +139,29 @@ func (c *Client) Restart(ctx context.Context, id string) (*Model, error) {
 	return &m, err
 }
 
+// ClusterReports GETs the overview (/api/cluster) and returns the cluster
+// reports of resource manager rm's workers, one per worker that sent one,
+// as sent: each resource manager reports its own shape.
+func (c *Client) ClusterReports(ctx context.Context, rm string) ([]json.RawMessage, error) {
+	var v struct {
+		RMs map[string]struct {
+			Workers []struct {
+				Cluster json.RawMessage `json:"cluster"`
+			} `json:"workers"`
+		} `json:"resource_managers"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/api/cluster", nil, &v); err != nil {
+		return nil, err
+	}
+	var out []json.RawMessage
+	for _, w := range v.RMs[rm].Workers {
+		if len(w.Cluster) > 0 && string(w.Cluster) != "null" {
+			out = append(out, w.Cluster)
+		}
+	}
+	return out, nil
+}
+
 // Msg is a received Jupyter message.
 type Msg struct {
 	Channel      string

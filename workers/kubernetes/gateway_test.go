@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,29 +98,20 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		// The overview (GET /api/cluster) shows the node and the kernel
 		// pods, as the worker reports them in its presence.
 		jstest.WaitForNil(t, 60*time.Second, func() error {
-			resp, err := http.Get(strings.TrimRight(gw.url, "/") + "/api/cluster")
+			reps, err := (&client.Client{BaseURL: gw.url}).ClusterReports(ctx, "kubernetes")
 			if err != nil {
 				return err
 			}
-			defer resp.Body.Close()
-			var cl struct {
-				RMs map[string]struct {
-					Workers []struct {
-						Cluster *struct {
-							Nodes      []kbk8s.NodeUse           `json:"nodes"`
-							KernelPods map[string]map[string]int `json:"kernel_pods"`
-						} `json:"cluster"`
-					} `json:"workers"`
-				} `json:"resource_managers"`
+			if len(reps) == 0 {
+				return errors.New("no kubernetes report yet")
 			}
-			if err := json.NewDecoder(resp.Body).Decode(&cl); err != nil {
+			var c struct {
+				Nodes      []kbk8s.NodeUse           `json:"nodes"`
+				KernelPods map[string]map[string]int `json:"kernel_pods"`
+			}
+			if err := json.Unmarshal(reps[0], &c); err != nil {
 				return err
 			}
-			ws := cl.RMs["kubernetes"].Workers
-			if len(ws) == 0 || ws[0].Cluster == nil {
-				return fmt.Errorf("no kubernetes report yet: %+v", cl)
-			}
-			c := ws[0].Cluster
 			if len(c.Nodes) != 1 || c.Nodes[0].Name != "node-1" || c.Nodes[0].AllocatableCPU != "4" || c.Nodes[0].KernelPods < 1 {
 				return fmt.Errorf("nodes: %+v", c.Nodes)
 			}
@@ -427,7 +417,7 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 		p.stop(t)
 		if t.Failed() {
 			if b, err := os.ReadFile(logf.Name()); err == nil {
-				t.Logf("--- %s log:\n%s", name, tailOf(string(b), 60))
+				t.Logf("--- %s log:\n%s", name, jstest.Tail(string(b), 60))
 			}
 		}
 		logf.Close()
@@ -436,27 +426,9 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 }
 
 func (p *proc) stop(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
+	if jstest.Stop(-p.cmd.Process.Pid, p.done, 20*time.Second) {
 		t.Errorf("%s ignored SIGTERM for 20s", p.cmd.Path)
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
 	}
-}
-
-func tailOf(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // waitGone watches kind/name until the API server deletes it.

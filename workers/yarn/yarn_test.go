@@ -295,32 +295,14 @@ func TestPySparkOnYARN(t *testing.T) {
 	// The overview (GET /api/cluster) shows the MiniYARNCluster's metrics,
 	// which the yarn worker reports in its presence.
 	jstest.WaitFor(t, time.Minute, "YARN's cluster metrics in /api/cluster", func() bool {
-		req, _ := http.NewRequest("GET", strings.TrimRight(c.BaseURL, "/")+"/api/cluster", nil)
-		if c.Token != "" {
-			req.Header.Set("Authorization", "token "+c.Token)
+		reps, err := c.ClusterReports(ctx, "yarn")
+		var rep struct {
+			Metrics struct {
+				ActiveNodes int `json:"activeNodes"`
+				TotalMB     int `json:"totalMB"`
+			} `json:"metrics"`
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var cl struct {
-			RMs map[string]struct {
-				Workers []struct {
-					Cluster *struct {
-						Metrics struct {
-							ActiveNodes int `json:"activeNodes"`
-							TotalMB     int `json:"totalMB"`
-						} `json:"metrics"`
-					} `json:"cluster"`
-				} `json:"workers"`
-			} `json:"resource_managers"`
-		}
-		if json.NewDecoder(resp.Body).Decode(&cl) != nil || len(cl.RMs["yarn"].Workers) == 0 {
-			return false
-		}
-		w := cl.RMs["yarn"].Workers[0]
-		return w.Cluster != nil && w.Cluster.Metrics.ActiveNodes >= 1 && w.Cluster.Metrics.TotalMB > 0
+		return err == nil && len(reps) > 0 && json.Unmarshal(reps[0], &rep) == nil && rep.Metrics.ActiveNodes >= 1 && rep.Metrics.TotalMB > 0
 	})
 	t.Run("backend contract", func(t *testing.T) {
 		var r workers.Registry
