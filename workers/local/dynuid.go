@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/kernelbus/kernelbus/broker"
 )
 
 // IDRange is a range of numeric uids (each also used as the gid) handed
@@ -125,7 +127,7 @@ func (b *Backend) dynamicAccount() (*account, error) {
 		return &account{name: name, home: home, private: true,
 			cred: &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}}, nil
 	}
-	return nil, fmt.Errorf("local: every uid of the range %s is taken by a live kernel or an account; widen --run-as-range", r)
+	return nil, broker.Errorf(broker.ErrLimit, "every uid of the range %s is taken by a live kernel, an account or a group on this host; widen --run-as-range", r)
 }
 
 // releaseID removes the kernel's home and frees its id.
