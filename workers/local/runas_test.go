@@ -215,7 +215,7 @@ var closedInterpreter = filepath.Join(os.TempDir(), "kb-closed-interpreter", "py
 
 // copyBinary copies the test binary (the fake launcher) into a new folder
 // of the given mode.
-func copyBinary(t *testing.T, mode os.FileMode) string {
+func copyBinary(t testing.TB, mode os.FileMode) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "kb-runas-")
 	if err != nil {
