@@ -8,7 +8,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=$(mktemp -d)
-# Run as root, kernelbus runs local kernels as nobody, which must reach the clone's
+# Run as root, kernelbus runs local kernels as unprivileged uids, which must reach the clone's
 # kernelbus-launcher: mktemp's folder is 0700.
 chmod 755 "$work"
 pid=""

@@ -58,7 +58,7 @@ import json, sys
 spec = json.load(open(sys.argv[1]))
 assert spec["argv"] and spec["language"] == "python", spec
 PY
-# A worker running as root runs local kernels as an unprivileged account (nobody by
+# A worker running as root runs local kernels as unprivileged uids (one per kernel by
 # default), which must be able to run this venv's python: every folder above the venv and
 # above the interpreter it links to needs o+x (search only, no listing), the venv itself o+rX.
 open_up() { # path: o+x on each folder from / down to path's folder (those we own)

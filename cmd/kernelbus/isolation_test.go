@@ -44,14 +44,87 @@ tryit("SIGTERM gateway", lambda: os.kill(%[2]d, signal.SIGTERM))
 print("REACH" + json.dumps(res))
 `
 
+// crossCell is what kernel A tries against kernel B on the same host
+// beyond bus credentials: B's connection file (its HMAC key), B's and its
+// launcher's environment, B's home and the homes folder, signals to B and
+// its launcher, and then every TCP port listening on 127.0.0.1 but its
+// own, with a ZMQ execute_request signed with A's own key and one unsigned,
+// whose code would mark B; the same message to A's own shell port is the
+// control that runs. Each read or signal is "ok" or the error's type.
+const crossCell = `
+import os, json, signal, hmac, hashlib, uuid
+res = {"uid": os.getuid()}
+def tryit(name, f):
+    try:
+        f()
+        res[name] = "ok"
+    except Exception as e:
+        res[name] = type(e).__name__
+tryit("read B's connection file", lambda: open(%[1]q).read())
+tryit("read B's environ", lambda: open("/proc/%[2]d/environ").read())
+tryit("read B's launcher's environ", lambda: open("/proc/%[3]d/environ").read())
+tryit("list B's home", lambda: os.listdir(%[4]q))
+tryit("list the kernel homes", lambda: os.listdir(%[5]q))
+tryit("signal 0 B", lambda: os.kill(%[2]d, 0))
+tryit("SIGTERM B", lambda: os.kill(%[2]d, signal.SIGTERM))
+tryit("SIGTERM B's launcher", lambda: os.kill(%[3]d, signal.SIGTERM))
+def zmq_attack():
+    import zmq
+    from ipykernel.connect import get_connection_file
+    own = json.load(open(get_connection_file()))
+    mine = {v for k, v in own.items() if k.endswith("_port")}
+    ports = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[1].startswith("0100007F:"):
+            p = int(f[1].split(":")[1], 16)
+            if p not in mine:
+                ports.add(p)
+    code = 'pwned_by_a = 1; open(%[6]q, "w").write("pwned")'
+    ctx = zmq.Context.instance()
+    replies = 0
+    for p in sorted(ports):
+        for key in (own["key"].encode(), b""):
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect("tcp://127.0.0.1:%%d" %% p)
+            hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+            parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": code, "silent": False}).encode()]
+            sig = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode() if key else b""
+            s.send_multipart([b"<IDS|MSG>", sig] + parts)
+            if s.poll(200):
+                replies += 1
+            s.close()
+    # The control: the same message, signed with A's own key, to A's own
+    # shell port runs (after this cell), so the denials above are not
+    # those of a malformed message.
+    hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+    parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": 'open(%[7]q, "w").write("self")', "silent": False}).encode()]
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 1000
+    s.connect("tcp://127.0.0.1:%%d" %% own["shell_port"])
+    s.send_multipart([b"<IDS|MSG>", hmac.new(own["key"].encode(), b"".join(parts), hashlib.sha256).hexdigest().encode()] + parts)
+    s.close()
+    res["zmq_ports"] = sorted(ports)
+    res["zmq_replies"] = replies
+try:
+    zmq_attack()
+except Exception:
+    import traceback
+    res["zmq_error"] = traceback.format_exc()
+print("CROSS" + json.dumps(res))
+`
+
 // TestServeKernelIsolation: `kernelbus serve` run as root with its
-// defaults (a users file with alice and bob) runs local kernels as an
-// unprivileged account. Code in alice's kernel A reads everything it can
-// (every /proc environ and cmdline, its launcher's fds and memory, the
-// gateway's data folder) and cannot read the data folder or signal the
-// gateway; the test then tries every credential A found, and A's own
-// launcher credentials, against bob's kernel B with a real NATS client:
-// each attempt is denied, and B is untouched.
+// defaults (a users file with alice and bob) runs each local kernel under
+// an unprivileged uid of its own. Code in alice's kernel A reads
+// everything it can (every /proc environ and cmdline, its launcher's fds
+// and memory, the gateway's data folder) and cannot read the data folder
+// or signal the gateway; nor can it read bob's kernel B's connection
+// file, environment or home, signal B, or make B run anything over ZMQ;
+// the test then tries every credential A found, and A's own launcher
+// credentials, against B with a real NATS client: each attempt is
+// denied, and B is untouched.
 func TestServeKernelIsolation(t *testing.T) {
 	if os.Geteuid() != 0 {
 		jstest.MissingSetup(t, "needs root: serve runs kernels as an unprivileged account only when it is root")
@@ -127,6 +200,66 @@ func TestServeKernelIsolation(t *testing.T) {
 		t.Errorf("data folder mode: %v %v", st.Mode(), err)
 	}
 
+	// B itself, on the same host: under serve's defaults A and B run
+	// under uids of their own, so A can neither read B's key nor signal
+	// B, and what A sends to B's ZMQ ports (signed with the only key it
+	// has, its own) runs nothing.
+	pidB, connFileB := kernelProc(t, b)
+	pidA, _ := kernelProc(t, a)
+	uidA, uidB := procUID(t, pidA), procUID(t, pidB)
+	if uidA == uidB || uidA == 0 || uidB == 0 {
+		t.Fatalf("kernels A and B run as uids %d and %d: want two distinct unprivileged ones", uidA, uidB)
+	}
+	var portsB struct {
+		Shell   int `json:"shell_port"`
+		Control int `json:"control_port"`
+	}
+	if data, err := os.ReadFile(connFileB); err != nil || json.Unmarshal(data, &portsB) != nil || portsB.Shell == 0 {
+		t.Fatalf("B's connection file %s: %v", connFileB, err)
+	}
+	homeB := filepath.Dir(filepath.Dir(connFileB))
+	selfMark := attack.PwnedFile(a) + "-self"
+	t.Cleanup(func() { os.Remove(selfMark) })
+	r, err = connA.Execute(fmt.Sprintf(crossCell, connFileB, pidB, parentPID(t, pidB), homeB, filepath.Dir(homeB), attack.PwnedFile(b), selfMark), 2*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the cross-kernel cell: %+v %v", r, err)
+	}
+	out = r.Stdout.String()
+	i = strings.Index(out, "CROSS")
+	if i < 0 {
+		t.Fatalf("the cross-kernel cell printed %q", out)
+	}
+	cross := map[string]any{}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out[i+len("CROSS"):])), &cross); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel A (uid %d) tried kernel B (uid %d, pid %d, home %s): %v", uidA, uidB, pidB, homeB, cross)
+	for k, v := range cross {
+		switch k {
+		case "uid", "zmq_ports", "zmq_replies":
+		case "zmq_error":
+			t.Errorf("kernel A's ZMQ attempts failed: %v", v)
+		default:
+			if v != "PermissionError" {
+				t.Errorf("kernel A: %s: got %v, want PermissionError", k, v)
+			}
+		}
+	}
+	tried := map[int]bool{}
+	ports, _ := cross["zmq_ports"].([]any)
+	for _, p := range ports {
+		if f, ok := p.(float64); ok {
+			tried[int(f)] = true
+		}
+	}
+	if !tried[portsB.Shell] || !tried[portsB.Control] {
+		t.Fatalf("kernel A's ZMQ attempts missed B's shell and control ports %d, %d (tried %v)", portsB.Shell, portsB.Control, ports)
+	}
+	jstest.WaitFor(t, time.Minute, "the control: A's message to its own shell port runs", func() bool {
+		_, err := os.Stat(selfMark)
+		return err == nil
+	})
+
 	// Bus credentials, wherever A can find them.
 	r, err = connA.Execute(attack.HostileCell, 2*time.Minute)
 	if err != nil || r.Status != "ok" {
@@ -178,7 +311,10 @@ func TestServeKernelIsolation(t *testing.T) {
 		t.Fatalf("B after the attacks: %+v %v", r, err)
 	}
 	if _, err := os.Stat(attack.PwnedFile(b)); err == nil {
-		t.Fatal("B ran code published by A")
+		t.Fatal("B ran code published or sent by A")
+	}
+	if r, err := connB.Execute("print('pwned_by_a' in globals())", time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "False" {
+		t.Fatalf("B ran code A sent over ZMQ: %+v %v", r, err)
 	}
 	admin, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: "admin"})
 	if err != nil {
@@ -232,6 +368,36 @@ func kernelProc(t *testing.T, id string) (pid int, connFile string) {
 		return false
 	})
 	return pid, connFile
+}
+
+// procUID is the real uid of process pid.
+func procUID(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatalf("no Uid in /proc/%d/status", pid)
+	return 0
+}
+
+// parentPID is process pid's parent (a kernel's: its launcher).
+func parentPID(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	n, _ := strconv.Atoi(f[1])
+	return n
 }
 
 // probeCell tries to read a connection file and to signal a process.

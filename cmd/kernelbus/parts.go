@@ -410,10 +410,11 @@ func readConnFile(path string) (connFile, error) {
 // localFlags are the local resource manager's: which OS accounts run
 // kernels when the worker runs as root.
 func localFlags(fs *flagSet) func() (map[string]string, error) {
-	runAs := fs.String("run-as", "", "local kernels: OS account that runs kernels when the worker runs as root (not root; default: "+local.DefaultAccount+" when root, else the worker's own)")
+	runAs := fs.String("run-as", "", "local kernels: one OS account that runs every kernel when the worker runs as root (not root; e.g. "+local.DefaultAccount+"; kernels sharing it can reach each other; default: a uid per kernel, see --run-as-range)")
+	idRange := fs.String("run-as-range", "", "local kernels: uids FIRST-LAST (each also the gid) given one per kernel, with a private HOME, when the worker runs as root: never 0, an existing account or group, or a live kernel's (default "+local.DefaultRange.String()+" when root and no --run-as/--run-as-owners)")
 	self := fs.Bool("run-as-gateway-user", false, "local kernels: run them as the worker's own account even when it is root (they can then read the bus data folder and signal the gateway; only where every kernel is trusted)")
 	owners := fs.String("run-as-owners", "", "local kernels: kernel owners (comma separated; * for all) that run as the OS account of the same name, never uid 0; others run as --run-as; the owner is only as trustworthy as the front-ends' authentication (without it, the client's KERNEL_USERNAME)")
 	return func() (map[string]string, error) {
-		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsSelf: strconv.FormatBool(*self)}, nil
+		return map[string]string{local.OptRunAs: *runAs, local.OptRunAsOwners: *owners, local.OptRunAsRange: *idRange, local.OptRunAsSelf: strconv.FormatBool(*self)}, nil
 	}
 }

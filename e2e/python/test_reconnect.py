@@ -62,7 +62,7 @@ def _numbers(msgs: list[dict], msg_id: str) -> list[int]:
 @pytest.mark.kernelbus_only
 @pytest.mark.parametrize("protocol", [None, V1], ids=["legacy", "v1"])
 def test_reconnect_same_session_gets_every_message_once(gateway, kernel, request, protocol):
-    # Under a root gateway the kernel runs as another account (nobody by default), which
+    # Under a root gateway the kernel runs as another uid (one of its own by default), which
     # cannot enter pytest's 0700 tmp_path: the progress file lives in a folder it may write.
     pdir = Path(tempfile.mkdtemp(prefix="kb-reconnect-"))
     os.chmod(pdir, 0o777)

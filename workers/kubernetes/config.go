@@ -65,6 +65,12 @@ type Config struct {
 	// (JEG's EG_PROHIBITED_UIDS/GIDS). Default "0".
 	ProhibitedUIDs string `opt:"prohibited_uids"`
 	ProhibitedGIDs string `opt:"prohibited_gids"`
+	// KernelUID and KernelGID run a kernel pod whose template names no
+	// runAsUser/runAsGroup (and whose client set no KERNEL_UID): never
+	// root, as the image's USER may be. Default "1000" and "100" (the
+	// Jupyter images' jovyan:users).
+	KernelUID string `opt:"kernel_uid"`
+	KernelGID string `opt:"kernel_gid"`
 	// AllowWorkingDir honours KERNEL_WORKING_DIR (JEG's
 	// EG_MIRROR_WORKING_DIRS). Default false.
 	AllowWorkingDir bool `opt:"allow_working_dir"`
@@ -101,6 +107,12 @@ func (c *Config) defaults() {
 	if c.StopGrace <= 0 {
 		c.StopGrace = 10 * time.Second
 	}
+	if c.KernelUID == "" {
+		c.KernelUID = "1000"
+	}
+	if c.KernelGID == "" {
+		c.KernelGID = "100"
+	}
 }
 
 // ParseOptions reads a Config from worker options; unknown keys and bad
@@ -124,6 +136,8 @@ func ParseOptions(opts map[string]string) (Config, error) {
 	o.Bool("allow_user_ids", &c.AllowUserIDs)
 	o.String("prohibited_uids", &c.ProhibitedUIDs)
 	o.String("prohibited_gids", &c.ProhibitedGIDs)
+	o.String("kernel_uid", &c.KernelUID)
+	o.String("kernel_gid", &c.KernelGID)
 	o.Bool("allow_working_dir", &c.AllowWorkingDir)
 	o.Bool("allow_volumes", &c.AllowVolumes)
 	o.Bool("fail_unschedulable", &c.FailUnschedulable)

@@ -273,6 +273,9 @@ func (c *Config) buildPod(cfg *broker.LaunchConfig, p placement) (*corev1.Pod, *
 	if err := c.identity(cfg, pod); err != nil {
 		return nil, nil, err
 	}
+	if err := c.nonRoot(pod, ctr); err != nil {
+		return nil, nil, err
+	}
 	if wd := cfg.Env[EnvWorkingDir]; wd != "" {
 		if !c.AllowWorkingDir {
 			return nil, nil, fmt.Errorf("%s: %w (allow_working_dir is off)", EnvWorkingDir, ErrRefused)
@@ -391,6 +394,39 @@ func (c *Config) identity(cfg *broker.LaunchConfig, pod *corev1.Pod) error {
 			pod.Spec.SecurityContext = &corev1.PodSecurityContext{}
 		}
 		v.set(pod.Spec.SecurityContext, id)
+	}
+	return nil
+}
+
+// nonRoot gives the pod KernelUID/KernelGID where neither the pod nor
+// the kernel container names a user or group, and runAsNonRoot, so that
+// kernel code never runs as root whatever the image's USER: root in a
+// container is one kernel bug away from the node. A template may still
+// name other ids; the pod then runs as it says.
+func (c *Config) nonRoot(pod *corev1.Pod, ctr *corev1.Container) error {
+	uid, err1 := strconv.ParseInt(c.KernelUID, 10, 64)
+	gid, err2 := strconv.ParseInt(c.KernelGID, 10, 64)
+	if err1 != nil || err2 != nil || uid <= 0 || gid <= 0 || uid > math.MaxInt32 || gid > math.MaxInt32 {
+		return fmt.Errorf("kernel_uid %q / kernel_gid %q: want ids from 1 to %d (kernels never run as root)", c.KernelUID, c.KernelGID, math.MaxInt32)
+	}
+	sc := pod.Spec.SecurityContext
+	if sc == nil {
+		sc = &corev1.PodSecurityContext{}
+		pod.Spec.SecurityContext = sc
+	}
+	csc := ctr.SecurityContext
+	if sc.RunAsUser == nil && (csc == nil || csc.RunAsUser == nil) {
+		sc.RunAsUser = &uid
+	}
+	if sc.RunAsGroup == nil && (csc == nil || csc.RunAsGroup == nil) {
+		sc.RunAsGroup = &gid
+		if sc.FSGroup == nil {
+			sc.FSGroup = &gid
+		}
+	}
+	if sc.RunAsNonRoot == nil && (csc == nil || csc.RunAsNonRoot == nil) {
+		yes := true
+		sc.RunAsNonRoot = &yes
 	}
 	return nil
 }

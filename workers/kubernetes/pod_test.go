@@ -227,3 +227,54 @@ func TestRefusalStatus(t *testing.T) {
 		t.Errorf("bad namespace: want 400, got %v", err)
 	}
 }
+
+// A kernel pod runs as a non-root user whatever its image says: the
+// worker's kernel_uid/kernel_gid where nothing names one, KERNEL_UID when
+// allowed, the template's own ids when it names them; kernel_uid 0 is a
+// configuration error, not a root pod.
+func TestBuildPodNonRoot(t *testing.T) {
+	ids := func(pod *corev1.Pod) (uid, gid, fs int64, nonRoot bool) {
+		sc := pod.Spec.SecurityContext
+		if sc == nil || sc.RunAsUser == nil || sc.RunAsGroup == nil || sc.FSGroup == nil || sc.RunAsNonRoot == nil {
+			t.Fatalf("security context %+v", sc)
+		}
+		return *sc.RunAsUser, *sc.RunAsGroup, *sc.FSGroup, *sc.RunAsNonRoot
+	}
+	pod, _, err := build(t, Config{}, launchCfg(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, g, f, nr := ids(pod); u != 1000 || g != 100 || f != 100 || !nr {
+		t.Fatalf("default: uid %d gid %d fsGroup %d runAsNonRoot %v, want 1000 100 100 true", u, g, f, nr)
+	}
+	pod, _, err = build(t, Config{KernelUID: "2000", KernelGID: "3000"}, launchCfg(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, g, f, _ := ids(pod); u != 2000 || g != 3000 || f != 3000 {
+		t.Fatalf("kernel_uid 2000 kernel_gid 3000: got %d %d %d", u, g, f)
+	}
+	pod, _, err = build(t, Config{AllowUserIDs: true}, launchCfg(map[string]string{EnvUID: "4242", EnvGID: "4343"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, g, f, _ := ids(pod); u != 4242 || g != 4343 || f != 4343 {
+		t.Fatalf("KERNEL_UID 4242 KERNEL_GID 4343: got %d %d %d", u, g, f)
+	}
+	tmpl := filepath.Join(t.TempDir(), "pod.yaml")
+	if err := os.WriteFile(tmpl, []byte("spec:\n  containers:\n  - name: kernel\n    securityContext: {runAsUser: 555, runAsGroup: 556}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pod, _, err = build(t, Config{PodTemplate: tmpl}, launchCfg(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc := pod.Spec.SecurityContext; sc.RunAsUser != nil || sc.RunAsGroup != nil || *pod.Spec.Containers[0].SecurityContext.RunAsUser != 555 {
+		t.Fatalf("a template's container ids were overridden: pod %+v container %+v", sc, pod.Spec.Containers[0].SecurityContext)
+	}
+	for _, bad := range []Config{{KernelUID: "0"}, {KernelGID: "0"}, {KernelUID: "-1"}, {KernelUID: "root"}} {
+		if _, _, err := build(t, bad, launchCfg(nil)); err == nil || !strings.Contains(err.Error(), "never run as root") {
+			t.Errorf("%+v: want an error, got %v", bad, err)
+		}
+	}
+}

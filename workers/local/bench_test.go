@@ -17,7 +17,9 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/local"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // BenchmarkStart measures a start through the local pool, from the start
@@ -26,25 +28,34 @@ import (
 // credentials it was given and reports running). It compares launchers
 // sharing the worker's credentials with launchers given credentials
 // minted for their kernel, with and without TLS on the bus, so the cost
-// of minting shows:
+// of minting shows, and (as root) with each launcher under a uid of its
+// own from the default range, as a root worker runs them by default, so
+// the cost of picking a free id (a pass over /proc) and making and
+// removing the kernel's home shows:
 //
 //	go test ./workers/local -run '^$' -bench Start -benchtime 40x
 //
 // p50-ms and p90-ms are the start latencies' median and 90th percentile.
 func BenchmarkStart(b *testing.B) {
 	for _, c := range []struct {
-		name        string
-		scoped, tls bool
+		name                string
+		scoped, tls, ownUID bool
 	}{
-		{"shared-worker-creds", false, false},
-		{"scoped-creds", true, false},
-		{"scoped-creds+tls", true, true},
+		{"shared-worker-creds", false, false, false},
+		{"scoped-creds", true, false, false},
+		{"scoped-creds+tls", true, true, false},
+		{"scoped-creds+tls+own-uid", true, true, true},
 	} {
-		b.Run(c.name, func(b *testing.B) { benchStart(b, c.scoped, c.tls) })
+		b.Run(c.name, func(b *testing.B) {
+			if c.ownUID && os.Geteuid() != 0 {
+				b.Skip("needs root: only a root worker switches uids")
+			}
+			benchStart(b, c.scoped, c.tls, c.ownUID)
+		})
 	}
 }
 
-func benchStart(b *testing.B, scoped, withTLS bool) {
+func benchStart(b *testing.B, scoped, withTLS, ownUID bool) {
 	js := jstest.Start(b, jstest.Options{Auth: true, TLS: withTLS})
 	cfg := workers.PoolConfig{NATSCA: string(js.CA)}
 	if scoped {
@@ -56,8 +67,28 @@ func benchStart(b *testing.B, scoped, withTLS bool) {
 		}
 		cfg.NATSCreds = string(creds)
 	}
-	startPool(b, js, testBackend(b), cfg)
-	pidfile := filepath.Join(b.TempDir(), "pids")
+	be := testBackend(b)
+	pids := b.TempDir()
+	if ownUID {
+		var err error
+		if be, err = local.NewRunAs(copyBinary(b, 0o755), local.RunAs{Range: local.DefaultRange}, zerolog.Nop()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	startPool(b, js, be, cfg)
+	pidfile := filepath.Join(pids, "pids")
+	if ownUID {
+		// The launchers, under uids of their own, append their pids.
+		if err := os.Chmod(pids, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(pidfile, nil, 0o666); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Chmod(pidfile, 0o666); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.Cleanup(func() {
 		data, _ := os.ReadFile(pidfile)
 		for _, f := range strings.Fields(string(data)) {

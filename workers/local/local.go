@@ -33,6 +33,10 @@ type handle struct {
 	PID       int    `json:"pid"`
 	PGID      int    `json:"pgid"`
 	StartTime string `json:"start_time,omitempty"`
+	// UID and Home are set for a kernel run under a uid of its own
+	// (RunAs.Range): Stop removes the home even after a worker restart.
+	UID  uint32 `json:"uid,omitempty"`
+	Home string `json:"home,omitempty"`
 }
 
 // Backend starts launchers on this machine.
@@ -44,7 +48,8 @@ type Backend struct {
 	fixed    *account // RunAs.User's
 
 	mu       sync.Mutex
-	children map[int]*child // launchers this process started
+	children map[int]*child  // launchers this process started
+	ids      map[uint32]bool // RunAs.Range ids of live launchers
 }
 
 type child struct {
@@ -73,7 +78,7 @@ func New(launcher string, log zerolog.Logger) (*Backend, error) {
 		return nil, fmt.Errorf("local: launcher binary: %w", err)
 	}
 	host, _ := os.Hostname()
-	return &Backend{launcher: launcher, host: host, log: log, children: map[int]*child{}}, nil
+	return &Backend{launcher: launcher, host: host, log: log, children: map[int]*child{}, ids: map[uint32]bool{}}, nil
 }
 
 // NewRunAs is New with kernels run as the OS accounts ra names.
@@ -93,7 +98,7 @@ func NewRunAs(launcher string, ra RunAs, log zerolog.Logger) (*Backend, error) {
 	case os.Geteuid() != 0:
 		log.Info().Msg("local kernels run as the worker's own account (it is not root and cannot switch users): they are trusted code that can read the bus data folder")
 	default:
-		log.Info().Str("run_as", ra.User).Strs("run_as_owners", ra.Owners).Msg("local kernels run as unprivileged accounts")
+		log.Info().Str("run_as", ra.User).Strs("run_as_owners", ra.Owners).Stringer("run_as_range", ra.Range).Msg("local kernels run as unprivileged accounts")
 	}
 	return b, nil
 }
@@ -116,6 +121,12 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	if err != nil {
 		return workers.Handle{}, err
 	}
+	started := false
+	defer func() {
+		if !started {
+			b.releaseID(acct)
+		}
+	}()
 	enc, err := cfg.Encode()
 	if err != nil {
 		return workers.Handle{}, err
@@ -148,6 +159,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	if err := cmd.Start(); err != nil {
 		return workers.Handle{}, fmt.Errorf("start launcher: %w", err)
 	}
+	started = true
 	pid := cmd.Process.Pid
 	c := &child{done: make(chan struct{}), tail: newTail(20)}
 	b.mu.Lock()
@@ -166,6 +178,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		}
 		_, _ = io.Copy(io.Discard, stderr)
 		err := cmd.Wait()
+		b.releaseID(acct)
 		c.reason = exitReason(err) + lastLines(c.tail)
 		close(c.done)
 		log.Info().Str("exit", exitReason(err)).Msg("launcher exited")
@@ -177,6 +190,9 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		})
 	}()
 	h := handle{V: 1, PID: pid, PGID: pid, StartTime: procStartTime(pid)}
+	if acct != nil && acct.private {
+		h.UID, h.Home = acct.cred.Uid, acct.home
+	}
 	data, _ := json.Marshal(h)
 	return workers.Handle{Host: b.host, Data: data}, nil
 }
@@ -210,6 +226,8 @@ func (b *Backend) Poll(ctx context.Context, h workers.Handle) (workers.Status, e
 	if alive(lh) {
 		return workers.Status{Running: true}, nil
 	}
+	// Started by an earlier worker process: its home is ours to clear.
+	removeHome(lh.Home)
 	return workers.Status{Exited: true, Reason: "the launcher process is gone"}, nil
 }
 
@@ -234,6 +252,14 @@ func (b *Backend) Stop(ctx context.Context, h workers.Handle, grace time.Duratio
 	lh, err := parse(h)
 	if err != nil {
 		return err
+	}
+	b.mu.Lock()
+	ours := b.children[lh.PID] != nil
+	b.mu.Unlock()
+	if !ours {
+		// Started by an earlier worker process: its home is ours to
+		// clear once the kernel is gone (ours clear theirs on exit).
+		defer removeHome(lh.Home)
 	}
 	if !alive(lh) {
 		return nil

@@ -34,6 +34,11 @@ type RunAs struct {
 	// identities. Without authentication it is the client's
 	// KERNEL_USERNAME, and any client could pick any listed account.
 	Owners []string
+	// Range gives every kernel no owner mapping applies to a uid (and
+	// gid) of its own from the range, with a private HOME; it excludes
+	// User. Set to DefaultRange when the worker runs as root and names
+	// no account (unless Self).
+	Range IDRange
 	// Self opts out of the default: a worker running as root runs
 	// kernels as root (they can read the bus data, each other's files and
 	// signal the worker). Only for single-user machines that trust every
@@ -41,14 +46,16 @@ type RunAs struct {
 	Self bool
 }
 
-// DefaultAccount runs kernels when the worker runs as root and names no
-// account: an unprivileged one that owns no files of the gateway.
+// DefaultAccount is the usual shared unprivileged account
+// (--run-as nobody); by default kernels get a uid each (DefaultRange).
 const DefaultAccount = "nobody"
 
 // Options keys of the local backend (BackendConfig.Options).
 const (
 	OptRunAs       = "run_as"
 	OptRunAsOwners = "run_as_owners"
+	// OptRunAsRange ("FIRST-LAST") gives each kernel a uid of its own.
+	OptRunAsRange = "run_as_range"
 	// OptRunAsSelf ("true") keeps kernels on the worker's own account.
 	OptRunAsSelf = "run_as_gateway_user"
 )
@@ -61,16 +68,28 @@ func ParseRunAs(opts map[string]string) (RunAs, error) {
 	o.String(OptRunAs, &ra.User)
 	o.List(OptRunAsOwners, &ra.Owners)
 	o.Bool(OptRunAsSelf, &ra.Self)
+	var rng string
+	o.String(OptRunAsRange, &rng)
 	ra.User = strings.TrimSpace(ra.User)
-	return ra, o.Err()
+	if err := o.Err(); err != nil {
+		return ra, err
+	}
+	var err error
+	if ra.Range, err = ParseIDRange(rng); err != nil {
+		return ra, fmt.Errorf("local: %s: %w", OptRunAsRange, err)
+	}
+	return ra, nil
 }
 
-func (ra RunAs) enabled() bool { return ra.User != "" || len(ra.Owners) > 0 }
+func (ra RunAs) enabled() bool { return ra.User != "" || len(ra.Owners) > 0 || ra.Range.set() }
 
 // account is an OS account a launcher runs as.
 type account struct {
 	name, home string
 	cred       *syscall.Credential
+	// private marks a dynamic uid of RunAs.Range: its home is the
+	// kernel's own, made for it and removed after it.
+	private bool
 }
 
 var osUserName = regexp.MustCompile(`^[a-z_][a-z0-9_.-]{0,31}$`)
@@ -103,11 +122,11 @@ func lookupAccount(name string) (*account, error) {
 	return &account{name: name, home: u.HomeDir, cred: cred}, nil
 }
 
-// defaults fills in DefaultAccount when the worker runs as root (euid)
-// and ra names no account and does not opt out.
+// defaults gives each kernel a uid of DefaultRange when the worker runs
+// as root (euid) and ra names no account and does not opt out.
 func (ra RunAs) defaults(euid int) RunAs {
 	if euid == 0 && !ra.Self && !ra.enabled() {
-		ra.User = DefaultAccount
+		ra.Range = DefaultRange
 	}
 	return ra
 }
@@ -117,13 +136,19 @@ func (ra RunAs) defaults(euid int) RunAs {
 // naming accounts.
 func checkRunAs(ra RunAs) (*account, error) {
 	if ra.Self && ra.enabled() {
-		return nil, fmt.Errorf("local: %s excludes %s and %s", OptRunAsSelf, OptRunAs, OptRunAsOwners)
+		return nil, fmt.Errorf("local: %s excludes %s, %s and %s", OptRunAsSelf, OptRunAs, OptRunAsOwners, OptRunAsRange)
+	}
+	if ra.User != "" && ra.Range.set() {
+		return nil, fmt.Errorf("local: %s and %s exclude each other: one account for every kernel, or one uid per kernel", OptRunAs, OptRunAsRange)
 	}
 	if !ra.enabled() {
 		return nil, nil
 	}
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("local: %s/%s need the worker to run as root (it runs as uid %d)", OptRunAs, OptRunAsOwners, os.Geteuid())
+		return nil, fmt.Errorf("local: %s/%s/%s need the worker to run as root (it runs as uid %d)", OptRunAs, OptRunAsOwners, OptRunAsRange, os.Geteuid())
+	}
+	if ra.Range.set() {
+		return nil, prepareHomes()
 	}
 	if ra.User == "" {
 		return nil, nil
@@ -136,8 +161,10 @@ func checkRunAs(ra RunAs) (*account, error) {
 }
 
 // accountFor is the account kernel cfg runs as: its owner's when the owner
-// is mapped, else the fixed one, else nil (the worker's own). A refusal is
-// a 403 the client's start answers with.
+// is mapped, else the fixed one, else a uid of its own from the range,
+// else nil (the worker's own). A refusal is a 403 the client's start
+// answers with. A private account's id and home are released with
+// releaseID.
 func (b *Backend) accountFor(cfg *broker.LaunchConfig) (*account, error) {
 	if !b.runAs.enabled() {
 		return nil, nil
@@ -147,14 +174,17 @@ func (b *Backend) accountFor(cfg *broker.LaunchConfig) (*account, error) {
 		if err == nil {
 			return a, nil
 		}
-		if !errors.As(err, new(user.UnknownUserError)) || b.fixed == nil {
+		if !errors.As(err, new(user.UnknownUserError)) || (b.fixed == nil && !b.runAs.Range.set()) {
 			return nil, broker.Errorf(broker.ErrForbidden, "kernel owner %s cannot run local kernels: %v", owner, err)
 		}
 	}
 	if b.fixed != nil {
 		return b.fixed, nil
 	}
-	return nil, broker.Errorf(broker.ErrForbidden, "kernel owner %q has no OS account on this host and the worker has no %s account", cfg.User, OptRunAs)
+	if b.runAs.Range.set() {
+		return b.dynamicAccount()
+	}
+	return nil, broker.Errorf(broker.ErrForbidden, "kernel owner %q has no OS account on this host and the worker has no %s account or %s", cfg.User, OptRunAs, OptRunAsRange)
 }
 
 func (b *Backend) ownerMapped(owner string) bool {
@@ -168,7 +198,9 @@ func (b *Backend) ownerMapped(owner string) bool {
 
 // asAccount makes cmd run as a: its credentials, its HOME, USER and
 // LOGNAME, and its home (or /) as the working folder unless the launch
-// names one, since the worker's may be closed to it.
+// names one, since the worker's may be closed to it. A private account's
+// temporary files (the launcher's connection-file folder among them) go
+// into its home too, so they go when the kernel ends.
 func asAccount(cmd *syscall.SysProcAttr, env []string, dir string, a *account) ([]string, string) {
 	cmd.Credential = a.cred
 	out := env[:0:0]
@@ -177,10 +209,17 @@ func asAccount(cmd *syscall.SysProcAttr, env []string, dir string, a *account) (
 		switch k {
 		case "HOME", "USER", "LOGNAME":
 			continue
+		case "TMPDIR":
+			if a.private {
+				continue
+			}
 		}
 		out = append(out, kv)
 	}
 	out = append(out, "HOME="+a.home, "USER="+a.name, "LOGNAME="+a.name)
+	if a.private {
+		out = append(out, "TMPDIR="+a.home)
+	}
 	if dir == "" {
 		dir = "/"
 		if fi, err := os.Stat(a.home); err == nil && fi.IsDir() {

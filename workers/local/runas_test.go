@@ -1,6 +1,7 @@
 package local_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/google/uuid"
@@ -179,10 +180,18 @@ func TestRunAsChecks(t *testing.T) {
 		}
 		return
 	}
-	for _, ra := range []local.RunAs{{User: "root"}, {User: "no-such-user-kb"}, {User: "x;id"}} {
+	for _, ra := range []local.RunAs{{User: "root"}, {User: "no-such-user-kb"}, {User: "x;id"}, {User: "nobody", Range: local.DefaultRange}} {
 		if _, err := local.NewRunAs(exe, ra, zerolog.Nop()); err == nil {
 			t.Errorf("%+v accepted", ra)
 		}
+	}
+	for _, r := range []string{"0-10", "10-5", "x", "5", "1-4294967295"} {
+		if _, err := local.ParseRunAs(map[string]string{local.OptRunAsRange: r}); err == nil || !strings.Contains(err.Error(), local.OptRunAsRange) {
+			t.Errorf("range %q: want an error naming %s, got %v", r, local.OptRunAsRange, err)
+		}
+	}
+	if ra, err := local.ParseRunAs(map[string]string{local.OptRunAsRange: " 300000-300009 "}); err != nil || ra.Range != (local.IDRange{First: 300000, Last: 300009}) {
+		t.Errorf("range 300000-300009: %+v %v", ra.Range, err)
 	}
 }
 
@@ -190,7 +199,7 @@ var closedInterpreter = filepath.Join(os.TempDir(), "kb-closed-interpreter", "py
 
 // copyBinary copies the test binary (the fake launcher) into a new folder
 // of the given mode.
-func copyBinary(t *testing.T, mode os.FileMode) string {
+func copyBinary(t testing.TB, mode os.FileMode) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "kb-runas-")
 	if err != nil {
@@ -212,17 +221,14 @@ func copyBinary(t *testing.T, mode os.FileMode) string {
 	return bin
 }
 
-// A worker running as root with no run-as settings runs kernels as
-// nobody; a launcher or kernelspec interpreter nobody cannot reach fails
+// A worker running as root with no run-as settings runs each kernel
+// under a uid of its own; a launcher or kernelspec interpreter such a uid
+// cannot reach fails
 // the start with a 500 saying what to open; --run-as-gateway-user keeps
 // the worker's account and excludes naming accounts.
 func TestRunAsDefaultAccount(t *testing.T) {
 	if os.Geteuid() != 0 {
 		jstest.MissingSetup(t, "needs root: the default account applies to a worker running as root")
-	}
-	nobody, err := user.Lookup(local.DefaultAccount)
-	if err != nil {
-		t.Fatalf("the default account: %v", err)
 	}
 	if err := os.MkdirAll(filepath.Dir(closedInterpreter), 0o700); err != nil {
 		t.Fatal(err)
@@ -251,16 +257,16 @@ func TestRunAsDefaultAccount(t *testing.T) {
 	if k.State != broker.StateRunning {
 		t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
 	}
-	if uid := uidOf(t, pidOf(t, k)); uid != nobody.Uid {
-		t.Fatalf("launcher runs as uid %s, want nobody's %s", uid, nobody.Uid)
+	if uid, _ := strconv.Atoi(uidOf(t, pidOf(t, k))); uid < int(local.DefaultRange.First) || uid > int(local.DefaultRange.Last) {
+		t.Fatalf("launcher runs as uid %d, want one of %s", uid, local.DefaultRange)
 	}
 	k = start("00000000-0000-4000-8000-0000000000d2", "closed")
-	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "cannot run as account nobody") ||
-		!strings.Contains(k.Reason, "closed to account nobody") || !strings.Contains(k.Reason, "chmod o+x") {
+	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "cannot run as account kb") ||
+		!strings.Contains(k.Reason, "closed to account kb") || !strings.Contains(k.Reason, "chmod o+x") {
 		t.Fatalf("closed interpreter: want failed 500 saying what to open, got %s %d %q", k.State, k.FailStatus, k.Reason)
 	}
 
-	// A launcher in a folder nobody cannot enter.
+	// A launcher in a folder a kernel's uid cannot enter.
 	be2, err := local.NewRunAs(copyBinary(t, 0o700), local.RunAs{}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +278,7 @@ func TestRunAsDefaultAccount(t *testing.T) {
 		Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
 	e2.killAtCleanup(t, id)
 	k = e2.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
-	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "launcher cannot run as account nobody") {
+	if k.State != broker.StateFailed || (k.FailStatus != 0 && k.FailStatus != 500) || !strings.Contains(k.Reason, "launcher cannot run as account kb") {
 		t.Fatalf("closed launcher: want failed 500 naming the launcher, got %s %d %q", k.State, k.FailStatus, k.Reason)
 	}
 
@@ -291,4 +297,152 @@ func mustRunAs(t *testing.T, opts map[string]string) local.RunAs {
 		t.Fatal(err)
 	}
 	return ra
+}
+
+// runProbeAs runs the test binary as bare uid (and gid) id, as a kernel
+// under a uid of its own runs: no passwd entry, no supplementary groups.
+func runProbeAs(t *testing.T, bin string, id uint32, what, arg string) int {
+	t.Helper()
+	cmd := exec.Command(bin, what, arg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ee.ExitCode() == 1 {
+			t.Fatalf("probe %s %s as uid %d: %s", what, arg, id, out)
+		}
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0
+}
+
+// Under a root worker's defaults two kernels get two uids of the range,
+// neither an account's; each has a private home (0700, its uid's) holding
+// its temp files and so its connection file; neither kernel can read the
+// other's connection file, list the other's home or signal the other; the
+// home goes and the id is free again when the kernel ends. A second
+// worker (as after a restart) with the same range never hands out an id a
+// live kernel holds, and refuses with a 403 once every id is taken.
+func TestRunAsRangeKeepsKernelsApart(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("KB_CI") != "" {
+			t.Fatal("needs root: CI runs as root")
+		}
+		t.Skip("needs root: uids of their own are for a worker running as root")
+	}
+	bin := copyBinary(t, 0o755)
+	be, err := local.NewRunAs(bin, local.RunAs{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setupWith(t, be)
+	start := func(e *env, id string) *broker.Kernel {
+		now := time.Now().UTC()
+		e.submit(t, &broker.Kernel{ID: id, Spec: "fake", RM: broker.RMLocal, User: "alice", State: broker.StateRequested,
+			Created: now, Deadline: now.Add(20 * time.Second), Env: map[string]string{"FAKE": "connfile"}})
+		e.killAtCleanup(t, id)
+		return e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning || k.State.Terminal() })
+	}
+	type kern struct {
+		k         *broker.Kernel
+		pid       int
+		uid       uint32
+		home, cfg string
+	}
+	run := func(e *env) kern {
+		t.Helper()
+		id := uuid.NewString()
+		k := start(e, id)
+		if k.State != broker.StateRunning {
+			t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
+		}
+		pid := pidOf(t, k)
+		n, _ := strconv.ParseUint(uidOf(t, pid), 10, 32)
+		uid := uint32(n)
+		var h struct {
+			UID  uint32
+			Home string
+		}
+		if err := json.Unmarshal(k.Handle, &h); err != nil || h.UID != uid || filepath.Dir(h.Home) != local.HomesDir() {
+			t.Fatalf("handle %s: want uid %d and a home in %s", k.Handle, uid, local.HomesDir())
+		}
+		var files []string
+		jstest.WaitFor(t, 10*time.Second, "the connection file in the kernel's home", func() bool {
+			files, _ = filepath.Glob(filepath.Join(h.Home, "kernelbus-"+id+"-*", "kernel-"+id+".json"))
+			return len(files) == 1
+		})
+		return kern{k, pid, uid, h.Home, files[0]}
+	}
+	a, b := run(e), run(e)
+	for _, k := range []kern{a, b} {
+		if k.uid < local.DefaultRange.First || k.uid > local.DefaultRange.Last {
+			t.Errorf("uid %d is outside %s", k.uid, local.DefaultRange)
+		}
+		if _, err := user.LookupId(strconv.Itoa(int(k.uid))); err == nil {
+			t.Errorf("uid %d is an account's", k.uid)
+		}
+		fi, err := os.Stat(k.home)
+		if err != nil || fi.Mode().Perm() != 0o700 || fi.Sys().(*syscall.Stat_t).Uid != k.uid {
+			t.Errorf("home %s: %v %v, want 0700 and uid %d's", k.home, fi.Mode(), err, k.uid)
+		}
+	}
+	if a.uid == b.uid {
+		t.Fatalf("two kernels share uid %d", a.uid)
+	}
+	if runProbeAs(t, bin, a.uid, "--probe-read", a.cfg) != 0 || runProbeAs(t, bin, b.uid, "--probe-read", b.cfg) != 0 {
+		t.Fatal("a kernel cannot read its own connection file")
+	}
+	if runProbeAs(t, bin, a.uid, "--probe-read", b.cfg) != 13 || runProbeAs(t, bin, b.uid, "--probe-read", a.cfg) != 13 {
+		t.Fatal("one kernel can read the other's connection file")
+	}
+	if runProbeAs(t, bin, a.uid, "--probe-read", fmt.Sprintf("/proc/%d/environ", b.pid)) != 13 {
+		t.Fatal("one kernel can read the other's environment")
+	}
+	if runProbeAs(t, bin, a.uid, "--probe-signal", strconv.Itoa(b.pid)) != 13 || runProbeAs(t, bin, b.uid, "--probe-signal", strconv.Itoa(a.pid)) != 13 {
+		t.Fatal("one kernel can signal the other")
+	}
+	if runProbeAs(t, bin, a.uid, "--probe-signal", strconv.Itoa(os.Getpid())) != 13 {
+		t.Fatal("a kernel can signal the worker")
+	}
+
+	// The kernel ends: its home goes.
+	if err := syscall.Kill(-a.pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	jstest.WaitFor(t, 15*time.Second, "kernel A's home removed", func() bool {
+		_, err := os.Stat(a.home)
+		return errors.Is(err, fs.ErrNotExist)
+	})
+
+	// A second worker of the same host with a range of two ids, one held
+	// by B's live kernel: it gets the other, then has none left.
+	known := func(id uint32) bool {
+		_, err1 := user.LookupId(strconv.Itoa(int(id)))
+		_, err2 := user.LookupGroupId(strconv.Itoa(int(id)))
+		return err1 == nil || err2 == nil
+	}
+	r, free := local.IDRange{First: b.uid - 1, Last: b.uid}, b.uid-1
+	if known(free) {
+		r, free = local.IDRange{First: b.uid, Last: b.uid + 1}, b.uid+1
+		if known(free) {
+			t.Skipf("the ids next to B's %d are accounts'", b.uid)
+		}
+	}
+	be2, err := local.NewRunAs(bin, local.RunAs{Range: r}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := setupWith(t, be2)
+	c := run(e2)
+	if c.uid != free {
+		t.Fatalf("second worker gave uid %d, want %d (B holds %d)", c.uid, free, b.uid)
+	}
+	k := start(e2, uuid.NewString())
+	if k.State != broker.StateFailed || k.FailStatus != 403 || !strings.Contains(k.Reason, "every uid of the range") || len(k.Handle) > 0 {
+		t.Fatalf("a full range: want a failed start saying so, got %s %d %q", k.State, k.FailStatus, k.Reason)
+	}
 }

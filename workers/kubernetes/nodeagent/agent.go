@@ -74,6 +74,13 @@ type Config struct {
 	// kubernetes Service's address (unroutable here), so that in-cluster
 	// clients find the API server. Empty: not set.
 	KubernetesService string
+	// SharedHost runs pods of host images as before: as the agent's user,
+	// in its pid and mount namespaces, where each can see, read and signal
+	// the others. By default a root agent runs each in a pid and mount
+	// namespace of its own (its own /proc, /tmp and /dev/shm) as its
+	// runAsUser/runAsGroup and fsGroup, as a kubelet would (sandboxArgv);
+	// an agent that is not root cannot, and shares.
+	SharedHost bool
 	// Log for the agent's own messages.
 	Log zerolog.Logger
 }
@@ -475,6 +482,17 @@ func (a *Agent) run(ctx context.Context, pod *corev1.Pod) error {
 		if dir == "" {
 			dir = "/"
 		}
+	}
+	sandboxed := !inRoot && !a.cfg.SharedHost && canSandbox()
+	if sandboxed {
+		uid, gid, fsGroup := hostUser(pod, c)
+		if uid != 0 {
+			// The agent's HOME (root's) is closed to the pod's user; a
+			// container's env may still name its own.
+			base = append(append([]string{}, base...), "HOME=/tmp")
+		}
+		argv = sandboxArgv(argv, uid, gid, fsGroup, dir)
+		dir = "/"
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if inRoot {

@@ -1,0 +1,195 @@
+package local
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/kernelbus/kernelbus/broker"
+)
+
+// IDRange is a range of numeric uids (each also used as the gid) handed
+// out one per kernel, systemd's DynamicUser idea: no passwd entry, so
+// nothing on the host belongs to the id but what its kernel creates, and
+// no two live kernels on this host share one. Kernels that share a uid
+// could read each other's connection files (their HMAC keys) and
+// /proc/<pid>/environ, and signal or ptrace each other.
+type IDRange struct{ First, Last uint32 }
+
+// DefaultRange is the range a worker running as root uses when it names
+// no account. It sits above the ids distributions hand out to people
+// and below the ranges container runtimes map (subuid starts at 100000
+// with 65536 ids on most hosts).
+var DefaultRange = IDRange{First: 200000, Last: 299999}
+
+func (r IDRange) set() bool { return r.Last != 0 }
+
+func (r IDRange) String() string {
+	if !r.set() {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// ParseIDRange reads "FIRST-LAST" (both included).
+func ParseIDRange(s string) (IDRange, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return IDRange{}, nil
+	}
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 32)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 32)
+	switch {
+	case !ok || err1 != nil || err2 != nil:
+		return IDRange{}, fmt.Errorf("%q is not a uid range: write FIRST-LAST, e.g. %s", s, DefaultRange)
+	case first == 0:
+		return IDRange{}, fmt.Errorf("uid range %s includes uid 0: kernels never run as root", s)
+	case first > last:
+		return IDRange{}, fmt.Errorf("uid range %s: the first id is above the last", s)
+	case last >= 1<<31-1:
+		// 2^32-1 is "no id" to the kernel; ids of 2^31 and above trip up
+		// tools that read them as signed.
+		return IDRange{}, fmt.Errorf("uid range %s: ids must stay below %d", s, uint32(1<<31-1))
+	}
+	return IDRange{uint32(first), uint32(last)}, nil
+}
+
+// homesDir holds the private HOME of each kernel run under a dynamic uid.
+// It is root's and 0711: a kernel can enter its own home (by name) but
+// cannot list the others'.
+var homesDir = filepath.Join(os.TempDir(), "kernelbus-kernel-homes")
+
+// prepareHomes creates homesDir, or checks that the one found is root's,
+// a real folder (not a link another account planted in /tmp) and closed
+// to listing.
+func prepareHomes() error {
+	if err := os.Mkdir(homesDir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("local: kernel homes folder: %w", err)
+	}
+	fi, err := os.Lstat(homesDir)
+	if err != nil {
+		return fmt.Errorf("local: kernel homes folder: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || st.Uid != 0 {
+		return fmt.Errorf("local: kernel homes folder %s is not a folder of root's (%s, uid %d): remove it and restart the worker", homesDir, fi.Mode(), ownerOf(fi))
+	}
+	return os.Chmod(homesDir, 0o711)
+}
+
+// dynamicAccount takes a free id from the range for one kernel and makes
+// its private HOME (0700, the id's). The id is released by releaseID
+// when the kernel's launcher ends.
+func (b *Backend) dynamicAccount() (*account, error) {
+	r := b.runAs.Range
+	busy := idsInUse(r)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	size := uint64(r.Last-r.First) + 1
+	// A random start spreads ids over the range, so an id is seldom
+	// reused soon after its kernel ended (what it left in /tmp or
+	// /dev/shm stays with that id).
+	start := rand.Uint64N(size)
+	for i := uint64(0); i < size; i++ {
+		id := r.First + uint32((start+i)%size)
+		if b.ids[id] || busy[id] || idKnown(id) {
+			continue
+		}
+		// Homes left by kernels of this id whose worker died go first:
+		// nothing of an earlier kernel reaches the next one with this id.
+		prefix := strconv.FormatUint(uint64(id), 10) + "."
+		stale, _ := filepath.Glob(filepath.Join(homesDir, prefix+"*"))
+		for _, h := range stale {
+			if err := os.RemoveAll(h); err != nil {
+				return nil, fmt.Errorf("local: remove the stale home %s: %w", h, err)
+			}
+		}
+		// The random part keeps an old handle's home (removed by Stop or
+		// Poll after a worker restart) from naming a later kernel's.
+		home, err := os.MkdirTemp(homesDir, prefix)
+		if err != nil {
+			return nil, fmt.Errorf("local: kernel home: %w", err)
+		}
+		if err := os.Chown(home, int(id), int(id)); err != nil {
+			_ = os.Remove(home)
+			return nil, fmt.Errorf("local: kernel home: %w", err)
+		}
+		b.ids[id] = true
+		name := "kb" + strconv.FormatUint(uint64(id), 10)
+		return &account{name: name, home: home, private: true,
+			cred: &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}}, nil
+	}
+	return nil, broker.Errorf(broker.ErrLimit, "every uid of the range %s is taken by a live kernel, an account or a group on this host; widen --run-as-range", r)
+}
+
+// releaseID removes the kernel's home and frees its id.
+func (b *Backend) releaseID(a *account) {
+	if a == nil || !a.private {
+		return
+	}
+	removeHome(a.home)
+	b.mu.Lock()
+	delete(b.ids, a.cred.Uid)
+	b.mu.Unlock()
+}
+
+// removeHome removes a kernel's private home, only ever one directly in
+// homesDir (the path comes from a handle).
+func removeHome(home string) {
+	if home == "" || filepath.Dir(filepath.Clean(home)) != homesDir {
+		return
+	}
+	_ = os.RemoveAll(home)
+}
+
+// idKnown reports whether id names an account or a group on this host: a
+// kernel must not get an existing account's files or a group's rights.
+func idKnown(id uint32) bool {
+	s := strconv.FormatUint(uint64(id), 10)
+	if _, err := user.LookupId(s); err == nil {
+		return true
+	}
+	_, err := user.LookupGroupId(s)
+	return err == nil
+}
+
+// idsInUse are the ids of r that any process on the host holds (real,
+// effective, saved or filesystem uid or gid). Reading /proc rather than
+// only what this worker handed out keeps a restarted worker, or a second
+// worker on the host, from giving a live kernel's id to another kernel,
+// and catches a kernel's processes that left its process group.
+func idsInUse(r IDRange) map[uint32]bool {
+	busy := map[uint32]bool{}
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return busy
+	}
+	for _, d := range dirs {
+		if c := d.Name()[0]; c < '0' || c > '9' {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + d.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range bytes.Split(data, []byte("\n")) {
+			if !bytes.HasPrefix(line, []byte("Uid:")) && !bytes.HasPrefix(line, []byte("Gid:")) {
+				continue
+			}
+			for _, f := range bytes.Fields(line[4:]) {
+				if n, err := strconv.ParseUint(string(f), 10, 32); err == nil && uint32(n) >= r.First && uint32(n) <= r.Last {
+					busy[uint32(n)] = true
+				}
+			}
+		}
+	}
+	return busy
+}
