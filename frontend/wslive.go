@@ -53,12 +53,17 @@ func launchID(h nats.Header) (run string, n uint64, chunk, ok bool) {
 // comes from the stream.
 func (c *conn) deliverLive(m *nats.Msg) {
 	run, n, chunk, ok := launchID(m.Header)
-	if !ok || chunk || m.Header.Get(broker.HeaderChunk) != "" {
-		return
-	}
 	c.omu.Lock()
 	defer c.omu.Unlock()
 	c.mu.Lock()
+	if !ok || chunk || m.Header.Get(broker.HeaderChunk) != "" {
+		// Not one the live path writes (a chunk, or a message the
+		// launcher did not number): what follows it waits until the
+		// stream has delivered it.
+		c.liveRun, c.liveNext = "", 0
+		c.mu.Unlock()
+		return
+	}
 	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext {
 		c.mu.Unlock()
 		return
@@ -73,6 +78,7 @@ func (c *conn) deliverLive(m *nats.Msg) {
 		}
 	}
 	c.liveNext = n + 1
+	c.s.liveWrites.Add(1)
 	if c.liveWritten == nil {
 		c.liveWritten = map[liveKey]struct{}{}
 	}
@@ -97,6 +103,8 @@ func (c *conn) deliverLive(m *nats.Msg) {
 func (c *conn) placeStream(h nats.Header, items []outItem) {
 	run, n, _, ok := launchID(h)
 	if !ok {
+		// Unnumbered: nothing goes live until a numbered message came.
+		c.liveRun, c.liveNext = "", 0
 		return
 	}
 	k := liveKey{run, n}
