@@ -64,7 +64,8 @@ func (c *conn) deliverLive(m *nats.Msg) {
 		c.mu.Unlock()
 		return
 	}
-	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext {
+	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext ||
+		run == c.recRun && n <= c.recThrough { // a resend of one written before a reconnect
 		c.mu.Unlock()
 		return
 	}
