@@ -153,8 +153,17 @@ type ClientSession struct {
 	// written: the messages in (Cursor, InFlight] may have reached the
 	// client. A reconnect with resume_after looks for the client's last
 	// message among them before it delivers any of them again.
-	InFlight uint64    `json:"in_flight,omitempty"`
-	Updated  time.Time `json:"updated"`
+	InFlight uint64 `json:"in_flight,omitempty"`
+	// LiveRun, LiveThrough and LiveInFlight describe output written from
+	// the live path (core NATS) before its stream copy moved Cursor: the
+	// launcher run (its Nats-Msg-Id prefix) and the last per-run number
+	// written, and of a write under way. A reconnect treats stream
+	// messages of that run numbered up to LiveThrough as written, and
+	// those up to LiveInFlight like InFlight.
+	LiveRun      string    `json:"live_run,omitempty"`
+	LiveThrough  uint64    `json:"live_through,omitempty"`
+	LiveInFlight uint64    `json:"live_in_flight,omitempty"`
+	Updated      time.Time `json:"updated"`
 }
 
 // SessionRelease asks the front-end holding a websocket session

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // testBus starts an in-process NATS with JetStream and sets up kernelbus.
@@ -116,6 +118,11 @@ func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wra
 	t.Helper()
 	if cfg.WSPingInterval == 0 {
 		cfg.WSPingInterval = 500 * time.Millisecond
+	}
+	// KB_TEST_LIVE_OUTPUT=1 runs every front-end of the tests with live
+	// output, so the websocket suites check it too.
+	if os.Getenv("KB_TEST_LIVE_OUTPUT") == "1" {
+		cfg.LiveOutput = true
 	}
 	fe, err := New(cfg, bus, testSpecs(t), jstest.Logger(t))
 	if err != nil {
@@ -304,6 +311,12 @@ type fakeLauncher struct {
 	cc      jetstream.ConsumeContext
 	ctl     *nats.Subscription
 
+	// run and next number bus messages as a launcher does
+	// ("<run>.<n>" in Nats-Msg-Id); pubMu keeps numbers in publish order.
+	pubMu sync.Mutex
+	run   string
+	next  uint64
+
 	mu       sync.Mutex
 	received []broker.Frame // every client message, in order
 	inputs   map[string][]byte
@@ -311,7 +324,7 @@ type fakeLauncher struct {
 }
 
 func startFakeLauncher(t testing.TB, bus *kbjs.Bus, id string) *fakeLauncher {
-	l := &fakeLauncher{t: t, bus: bus, id: id, session: uuid.NewString(), inputs: map[string][]byte{}}
+	l := &fakeLauncher{t: t, bus: bus, id: id, session: uuid.NewString(), inputs: map[string][]byte{}, run: nuid.Next()}
 	ctx := context.Background()
 	cons, err := bus.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.SubjectIn(id)}})
 	if err != nil {
@@ -419,6 +432,13 @@ func (l *fakeLauncher) handle(f broker.Frame, h nats.Header) {
 
 // publish writes one kernel message to the bus as a launcher would.
 func (l *fakeLauncher) publish(channel, msgType, session string, parent []byte, content string, buffers [][]byte) string {
+	m, id := l.message(channel, msgType, session, parent, content, buffers)
+	l.publishBus(m)
+	return id
+}
+
+// message makes the bus message of one kernel message, and its msg_id.
+func (l *fakeLauncher) message(channel, msgType, session string, parent []byte, content string, buffers [][]byte) (*nats.Msg, string) {
 	id := uuid.NewString()
 	hdr, _ := json.Marshal(map[string]any{
 		"msg_id": id, "msg_type": msgType, "session": l.session, "username": "kernel",
@@ -436,12 +456,26 @@ func (l *fakeLauncher) publish(channel, msgType, session string, parent []byte, 
 		broker.HeaderChannel: {channel}, broker.HeaderMsgType: {msgType}, broker.HeaderMsgID: {id},
 		broker.HeaderSession: {session}, broker.HeaderParentType: {ptype}, broker.HeaderVersion: {broker.EnvelopeVersion},
 	}}
+	return m, id
+}
+
+// publishBus publishes one bus message numbered as the launcher does.
+func (l *fakeLauncher) publishBus(m *nats.Msg) {
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	l.next++
+	l.publishAs(m, l.next)
+}
+
+// publishAs publishes m as the launcher's bus message number n (a test
+// repeats a number, or skips one, this way). pubMu is held.
+func (l *fakeLauncher) publishAs(m *nats.Msg, n uint64) {
+	m.Header.Set(jetstream.MsgIDHeader, l.run+"."+strconv.FormatUint(n, 10))
 	ctx, cancel := context.WithTimeout(context.Background(), slow*10*time.Second)
 	defer cancel()
 	if _, err := kbjs.Publish(ctx, l.bus.NC, l.bus.JS, m); err != nil {
 		l.t.Errorf("launcher publish: %v", err)
 	}
-	return id
 }
 
 // wsMsg is a message as a test client sees it.

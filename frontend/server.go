@@ -33,6 +33,9 @@ type Server struct {
 	origins  originSet
 	policy   broker.EnvPolicy
 	ioStream jetstream.Stream
+	// liveWrites counts bus messages written to websockets from the live
+	// path (wslive.go), for tests and the benchmark's log.
+	liveWrites atomic.Int64
 	// sources prove identities (Config.Token first, then Identities);
 	// failures limits failed attempts per remote address.
 	sources  []auth.Source

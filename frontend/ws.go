@@ -15,6 +15,7 @@ import (
 	"github.com/kernelbus/kernelbus/frontend/auth"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/metrics"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -248,6 +249,23 @@ type conn struct {
 	written    uint64 // the writer is done with every message up to here
 	inFlight   uint64 // last message of a multi-message write under way
 
+	// Live output (wslive.go). omu orders what the live path and the
+	// stream handler queue; the rest is guarded by mu. liveRun/liveNext:
+	// the launcher run last handled and its next number; liveWritten:
+	// numbers written live whose stream copy has not come; wRun/wThrough:
+	// the last number the writer wrote live (the record's LiveThrough);
+	// recRun/recThrough/recInFlight: what the record resumed from says.
+	omu                     sync.Mutex
+	live                    *nats.Subscription
+	liveRun                 string
+	liveNext                uint64
+	liveWritten             map[liveKey]struct{}
+	wRun                    string
+	wThrough                uint64
+	liveInFlight            liveKey
+	recRun                  string
+	recThrough, recInFlight uint64
+
 	// The queue between the consumer's handler and the writer (wsout.go).
 	qmu     sync.Mutex
 	q       []outItem
@@ -353,6 +371,18 @@ func (c *conn) start() error {
 	}
 	c.cc = cc
 	c.mu.Unlock()
+	if c.s.cfg.LiveOutput {
+		// After the consumer: live messages are written only once the
+		// stream has shown which run and number come next.
+		sub, err := c.s.bus.NC.Subscribe(broker.SubjectOutAll(c.kernel), c.deliverLive)
+		if err != nil {
+			c.log.Warn().Err(err).Msg("no live output subscription: delivering from the stream only")
+		} else {
+			c.mu.Lock()
+			c.live = sub
+			c.mu.Unlock()
+		}
+	}
 	c.save(true, false)
 	return nil
 }
@@ -466,8 +496,11 @@ func (c *conn) isFinished() bool {
 func (c *conn) finish(code int, text string) {
 	c.once.Do(func() {
 		c.mu.Lock()
-		cc := c.cc
+		cc, live := c.cc, c.live
 		c.mu.Unlock()
+		if live != nil {
+			_ = live.Unsubscribe()
+		}
 		if cc != nil {
 			cc.Stop()
 			go c.s.dropConsumer(cc)

@@ -49,6 +49,12 @@ type outItem struct {
 	// of one bus message share its sequence, and the cursor passes it
 	// only once all of them are written.
 	last bool
+	// run and num are the launcher's number of the bus message (see
+	// wslive.go); live marks one from the live path, which has no stream
+	// sequence (seq 0) and moves no cursor.
+	run  string
+	num  uint64
+	live bool
 }
 
 var errConnClosed = errors.New("connection closed")
@@ -66,6 +72,10 @@ func (c *conn) deliver(m jetstream.Msg) {
 	}
 	seq := meta.Sequence.Stream
 	h := m.Headers()
+	// omu keeps what the live path and this handler queue in the order
+	// they placed it (enqueue runs outside mu).
+	c.omu.Lock()
+	defer c.omu.Unlock()
 	c.mu.Lock()
 	if c.finished || c.broken || seq <= c.seen {
 		c.mu.Unlock()
@@ -106,17 +116,22 @@ func (c *conn) deliver(m jetstream.Msg) {
 			return
 		}
 	}
+	run, num, _, _ := launchID(h)
 	items := make([]outItem, 0, len(frames))
 	for i, f := range frames {
-		it := outItem{seq: seq, data: f, h: h, subject: m.Subject(), last: i == len(frames)-1}
+		it := outItem{seq: seq, data: f, h: h, subject: m.Subject(), last: i == len(frames)-1, run: run, num: num}
 		// Replayed chunks may complete messages behind the saved cursor;
 		// they are not written, and the cursor never moves back for them.
-		it.write = seq > c.skipUpTo && c.routed(h, it.subject)
+		// Nor are messages the record says were written live.
+		it.write = seq > c.skipUpTo && !c.writtenLive(it) && c.routed(h, it.subject)
 		if c.seekID != "" {
 			items = append(items, c.seek(it)...)
 		} else {
 			items = append(items, it)
 		}
+	}
+	if c.s.cfg.LiveOutput {
+		c.placeStream(h, items)
 	}
 	c.qmu.Lock()
 	c.pending += len(items)
@@ -207,7 +222,7 @@ func (c *conn) take() []outItem {
 		it := &c.q[n]
 		if it.write {
 			full := bytes+len(it.data) > maxBatchBytes || frames >= maxBatchFrames
-			if frames > 0 && full && c.q[n-1].seq != it.seq {
+			if frames > 0 && full && !sameBusMsg(&c.q[n-1], it) {
 				break
 			}
 			bytes += len(it.data)
@@ -227,6 +242,14 @@ func (c *conn) take() []outItem {
 	return batch
 }
 
+// sameBusMsg reports whether two queued items come from one bus message.
+func sameBusMsg(a, b *outItem) bool {
+	if a.live || b.live {
+		return a.live && b.live && a.run == b.run && a.num == b.num
+	}
+	return a.seq == b.seq
+}
+
 // writeBatch writes the batch's messages to the socket in one write and
 // then records the cursor past the whole batch. A write of several
 // messages is announced in the record first (InFlight), so that a client
@@ -238,24 +261,34 @@ func (c *conn) writeBatch(batch []outItem) bool {
 		c.pending -= len(batch)
 		c.qmu.Unlock()
 	}()
-	last := batch[len(batch)-1].seq
-	var lastWritten uint64
+	// Live items have no stream sequence (0): the cursor moves for the
+	// stream's items only, the live mark for the live ones.
+	var last, lastWritten, liveLast uint64
+	var liveRun string
 	frames := 0
 	for _, it := range batch {
+		last = max(last, it.seq)
+		if it.live {
+			liveRun, liveLast = it.run, it.num
+		}
 		if it.write {
 			frames++
-			lastWritten = it.seq
+			lastWritten = max(lastWritten, it.seq)
 		}
 	}
 	if frames == 0 {
 		c.mu.Lock()
 		c.advanceLocked(last)
+		c.markLiveLocked(liveRun, liveLast)
 		c.mu.Unlock()
 		return true
 	}
 	if frames > 1 {
 		c.mu.Lock()
 		c.inFlight = lastWritten
+		if liveRun != "" {
+			c.liveInFlight = liveKey{liveRun, liveLast}
+		}
 		c.persistLocked()
 		c.mu.Unlock()
 	}
@@ -272,8 +305,9 @@ func (c *conn) writeBatch(batch []outItem) bool {
 		_ = c.ws.NetConn().Close() // ends the read loop, which finishes
 		return false
 	}
-	c.inFlight = 0
+	c.inFlight, c.liveInFlight = 0, liveKey{}
 	c.advanceLocked(last)
+	c.markLiveLocked(liveRun, liveLast)
 	c.persistLocked()
 	c.mu.Unlock()
 	for _, it := range batch {
@@ -290,6 +324,18 @@ func (c *conn) advanceLocked(seq uint64) {
 	c.cursor = max(c.cursor, seq)
 	c.written = max(c.written, seq)
 	c.dirty = true
+}
+
+// markLiveLocked records that live output up to number n of run is
+// written (run "" is nothing). mu is held.
+func (c *conn) markLiveLocked(run string, n uint64) {
+	if run == "" {
+		return
+	}
+	if run != c.wRun || n > c.wThrough {
+		c.wRun, c.wThrough = run, n
+		c.dirty = true
+	}
 }
 
 // writeFrames writes the batch's messages as websocket frames: as they are

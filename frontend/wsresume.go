@@ -66,6 +66,8 @@ func (c *conn) resumePoint(ctx context.Context) (uint64, error) {
 			start = cs.ReplayFrom
 		}
 		c.cursor, c.skipUpTo = cs.Cursor, cs.Cursor
+		c.recRun, c.recThrough, c.recInFlight = cs.LiveRun, cs.LiveThrough, cs.LiveInFlight
+		c.wRun, c.wThrough = cs.LiveRun, cs.LiveThrough
 		if c.resumeAfter != "" {
 			c.seekID = c.resumeAfter
 			c.seekEnd = max(cs.InFlight, cs.Cursor)
@@ -115,7 +117,7 @@ func (c *conn) loadSession(ctx context.Context) (broker.ClientSession, bool, err
 // way seeking ends there.
 func (c *conn) seek(it outItem) []outItem {
 	routed := c.routed(it.h, it.subject)
-	if it.seq <= c.skipUpTo {
+	if it.seq <= c.skipUpTo || c.writtenLive(it) {
 		if routed && msgIDOf(it.data, it.h) == c.seekID {
 			c.log.Debug().Str("resume_after", c.seekID).Uint64("seq", it.seq).Uint64("saved_cursor", c.skipUpTo).
 				Msg("resume_after found at or before the saved cursor: delivering from right after it")
@@ -124,6 +126,19 @@ func (c *conn) seek(it outItem) []outItem {
 			upTo := it.seq
 			if !it.last {
 				upTo--
+			}
+			if c.writtenLive(it) {
+				// What follows it was not received: no longer written.
+				c.skipUpTo = max(c.skipUpTo, upTo)
+				c.recThrough = it.num
+				if !it.last {
+					c.recThrough--
+				}
+				if c.wRun == it.run {
+					c.wThrough = min(c.wThrough, c.recThrough)
+				}
+				c.cursor, c.dirty = max(c.cursor, upTo), true
+				return nil
 			}
 			c.skipUpTo, c.cursor, c.dirty = upTo, upTo, true
 		}
@@ -142,7 +157,8 @@ func (c *conn) seek(it outItem) []outItem {
 	}
 	c.held = append(c.held, it)
 	c.heldRouted = c.heldRouted || routed
-	if it.seq < c.seekEnd || !it.last {
+	inLiveFlight := it.run != "" && it.run == c.recRun && it.num <= c.recInFlight
+	if it.seq < c.seekEnd || inLiveFlight || !it.last {
 		return nil // the rest of the window (or of the batch) may hold it
 	}
 	out := c.held
@@ -252,6 +268,13 @@ func (c *conn) recordLocked(connected bool) broker.ClientSession {
 	}
 	if c.inFlight > c.cursor {
 		cs.InFlight = c.inFlight
+	}
+	cs.LiveRun, cs.LiveThrough = c.wRun, c.wThrough
+	if c.liveInFlight.run != "" {
+		if c.liveInFlight.run != c.wRun {
+			cs.LiveRun, cs.LiveThrough = c.liveInFlight.run, 0
+		}
+		cs.LiveInFlight = c.liveInFlight.n
 	}
 	now := time.Now()
 	for id, p := range c.partial {

@@ -61,7 +61,7 @@ func startKernelbus(ctx context.Context, cfg *config, specDir string, extra ...s
 		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
 		// Kernel ports below Linux's ephemeral range (32768-60999), which
 		// the launchers' and clients' own connections take from.
-		"--launch-timeout", "120s", "--port-range", "20000..31999", "--insecure-no-auth"}, extra...)
+		"--launch-timeout", "120s", "--port-range", "20000..31999", "--insecure-no-auth"}, append(cfg.kbArgs, extra...)...)
 	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
 	if err != nil {
 		return nil, err

@@ -32,6 +32,8 @@ type config struct {
 	markdown, jsonOut                   string
 	work                                string
 	maxK                                int
+	// kbArgs are extra flags for every `kernelbus serve` (e.g. --live-output).
+	kbArgs []string
 	// only, when not empty, holds the scenario numbers to run.
 	only map[int]bool
 }
@@ -53,6 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results as Markdown here (e.g. docs/benchmarks.md)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
+	kbArgs := fs.String("kernelbus-args", "", "extra flags for `kernelbus serve`, space separated (e.g. --live-output)")
 	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-7; default: all)")
 	fromJSON := fs.String("from-json", "", "run nothing: render the table and --markdown again from a JSON file this command wrote")
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	cfg.kbArgs = strings.Fields(*kbArgs)
 	cfg.only = map[int]bool{}
 	for _, f := range strings.Split(*scenarios, ",") {
 		if f = strings.TrimSpace(f); f != "" {

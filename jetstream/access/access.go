@@ -164,7 +164,9 @@ func Permissions(role, rm string) (jwt.Permissions, error) {
 			kvSubject(broker.BucketHandles, ">"),
 			SubjectRenewAll,
 		}, jsAdminOnly...)
-		p.Sub.Allow = jwt.StringList{"_INBOX.>", "kb.fe.>"}
+		// kb.io.*.out.>: live kernel output (core NATS), which the
+		// front-end relays anyway; no other role subscribes to it.
+		p.Sub.Allow = jwt.StringList{"_INBOX.>", "kb.fe.>", broker.SubjectOutAll("*")}
 	case RoleWorker:
 		if !validRM(rm) {
 			return p, fmt.Errorf("worker credentials: resource manager %q is not a name", rm)

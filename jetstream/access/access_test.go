@@ -371,6 +371,11 @@ func TestRoleCredentials(t *testing.T) {
 		{"front-end purges environment archives", fe, func(p *probe) error {
 			return p.nc.PublishRequest("$JS.API.STREAM.PURGE.OBJ_"+broker.ObjectEnvArchives, "_INBOX.x", nil)
 		}, "STREAM.PURGE"},
+		// Live output (core NATS) is the front-ends' alone.
+		{"local worker reads a kernel's live output", local, func(p *probe) error {
+			_, err := p.nc.Subscribe(broker.SubjectOutAll("k1"), func(*nats.Msg) {})
+			return err
+		}, "Subscription to \"" + broker.SubjectOutAll("k1")},
 		{"local worker purges KB_IO", local, func(p *probe) error {
 			return p.nc.PublishRequest("$JS.API.STREAM.PURGE.KB_IO", "_INBOX.x", nil)
 		}, "STREAM.PURGE"},
@@ -385,6 +390,27 @@ func TestRoleCredentials(t *testing.T) {
 			p.denied(t, c.what)
 		})
 	}
+	t.Run("front-end reads live output", func(t *testing.T) {
+		p := connect(t, e, fe, "")
+		got := make(chan string, 1)
+		if _, err := p.nc.Subscribe(broker.SubjectOutAll("k1"), func(m *nats.Msg) { got <- string(m.Data) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Bus.NC.Publish(broker.SubjectOut("k1", "iopub"), []byte("out")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			if m != "out" {
+				t.Fatalf("got %q", m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no live output reached the front-end (violations %v)", p.errs)
+		}
+	})
 	t.Run("local worker claims its own", func(t *testing.T) {
 		p := connect(t, e, local, "")
 		js, _ := jetstream.New(p.nc)

@@ -1,0 +1,173 @@
+package frontend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/nats-io/nats.go"
+)
+
+// streamLast is KB_IO's last sequence now.
+func streamLast(t *testing.T, e *testEnv) uint64 {
+	t.Helper()
+	info, err := e.fe.ioStream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// publishStreamsNumbered publishes n iopub stream messages named prefix-i
+// as the launcher, returning their texts, msg_ids and launcher numbers.
+func publishStreamsNumbered(l *fakeLauncher, prefix string, n int) (texts, ids []string, nums []uint64) {
+	for i := range n {
+		text := fmt.Sprintf("%s-%d", prefix, i)
+		c, _ := json.Marshal(map[string]string{"name": "stdout", "text": text})
+		m, id := l.message("iopub", "stream", "", nil, string(c), nil)
+		l.publishBus(m)
+		l.pubMu.Lock()
+		nums = append(nums, l.next)
+		l.pubMu.Unlock()
+		texts, ids = append(texts, text), append(ids, id)
+	}
+	return texts, ids, nums
+}
+
+// TestWSLiveOutput: with live output, kernel messages reach the socket
+// from the live path, each once and in the launcher's order, while the
+// stream's copies carry the cursor to the stream's end, and the session
+// record names the last message written live.
+func TestWSLiveOutput(t *testing.T) {
+	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	c := e.dial(k.ID, "S", true)
+	// A round trip first: the connection is set up and has seen the
+	// launcher's numbering.
+	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
+	c.until(isIdleOf(id))
+	sent, _, nums := publishStreamsNumbered(l, "a", 300)
+	sameTexts(t, "live", readTexts(t, c, sent[len(sent)-1]), sent)
+	if n := e.fe.liveWrites.Load(); n == 0 {
+		t.Fatal("no message went out from the live path")
+	}
+	last := streamLast(t, e)
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		cs := sessionRecord(t, e, k.ID, "S")
+		if cs.Cursor != last {
+			return fmt.Errorf("cursor %d, want the stream's last %d", cs.Cursor, last)
+		}
+		if cs.LiveRun != l.run || cs.LiveThrough == 0 || cs.LiveThrough > nums[len(nums)-1] {
+			return fmt.Errorf("live mark %s.%d, want %s.<= %d", cs.LiveRun, cs.LiveThrough, l.run, nums[len(nums)-1])
+		}
+		return nil
+	})
+	// Nothing more comes: the stream's copies were not written again.
+	next, _, _ := publishStreamsNumbered(l, "b", 1)
+	sameTexts(t, "then", readTexts(t, c, next[0]), next)
+}
+
+// TestWSLiveRepeatAndGap: a retried publish reaches the live path twice
+// (the stream keeps one), and a message that lands on the bus after the
+// one numbered behind it leaves a gap the live path does not fill; the
+// client gets each message once, and live delivery resumes after.
+func TestWSLiveRepeatAndGap(t *testing.T) {
+	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	c := e.dial(k.ID, "S", true)
+	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
+	c.until(isIdleOf(id))
+	first, _, _ := publishStreamsNumbered(l, "a", 3)
+
+	msg := func(text string) *nats.Msg {
+		cont, _ := json.Marshal(map[string]string{"name": "stdout", "text": text})
+		m, _ := l.message("iopub", "stream", "", nil, string(cont), nil)
+		return m
+	}
+	l.pubMu.Lock()
+	// The last one again, as nats.go or the launcher resends it.
+	again := msg("a-2")
+	l.publishAs(again, l.next)
+	// Then two, the second landing first.
+	n := l.next
+	l.publishAs(msg("gap-2"), n+2)
+	l.publishAs(msg("gap-1"), n+1)
+	l.next = n + 2
+	l.pubMu.Unlock()
+	after, _, _ := publishStreamsNumbered(l, "b", 20)
+
+	got := readTexts(t, c, after[len(after)-1])
+	want := append(append(first, "gap-1", "gap-2"), after...)
+	if len(got) != len(want) {
+		t.Fatalf("got %d messages %v, want %d %v", len(got), got, len(want), want)
+	}
+	seen := map[string]int{}
+	for _, s := range got {
+		seen[s]++
+	}
+	for _, s := range want {
+		if seen[s] != 1 {
+			t.Fatalf("%s came %d times: %v", s, seen[s], got)
+		}
+	}
+	// a-*, then the gap pair in either order, then b-* in order.
+	sameTexts(t, "before the gap", got[:3], first)
+	sameTexts(t, "after the gap", got[5:], after)
+}
+
+// TestWSLiveResume: a record whose cursor is behind messages written live
+// (a front-end killed before their stream copies came) resumes after the
+// live mark without resume_after, and with resume_after from right after
+// the client's last message, whether that lies at or before the live mark
+// or inside a live write under way.
+func TestWSLiveResume(t *testing.T) {
+	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	sessions := []string{"stock", "behind", "inflight"}
+	var clients []*wsClient
+	for _, s := range sessions {
+		clients = append(clients, e.dial(k.ID, s, true))
+	}
+	before := streamLast(t, e)
+	sent, ids, nums := publishStreamsNumbered(l, "a", 8)
+	for _, c := range clients {
+		sameTexts(t, c.session, readTexts(t, c, sent[7]), sent)
+		closeWS(t, e, c, k.ID)
+	}
+	// The records as a front-end killed after writing a-0..a-5 live
+	// leaves them: no stream copy came, the live mark is at a-5 (and, for
+	// "inflight", a write of a-6 and a-7 was under way).
+	rewrite := func(session string, inFlight uint64) {
+		cs := sessionRecord(t, e, k.ID, session)
+		cs.Cursor, cs.ReplayFrom, cs.InFlight = before, 0, 0
+		cs.LiveRun, cs.LiveThrough, cs.LiveInFlight = l.run, nums[5], inFlight
+		data, _ := json.Marshal(cs)
+		if _, err := e.bus.Sessions.Put(context.Background(), sessionKVKey(k.ID, session), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rewrite("stock", 0)
+	rewrite("behind", 0)
+	rewrite("inflight", nums[7])
+	more, _, _ := publishStreamsNumbered(l, "b", 2)
+
+	c := e.dial(k.ID, "stock", true)
+	sameTexts(t, "stock client", readTexts(t, c, more[1]), append(sent[6:], more...))
+	// The client received up to a-3 only: a-4 and on again.
+	c = e.dialResume(k.ID, "behind", ids[3], true)
+	sameTexts(t, "resume_after at or before the live mark", readTexts(t, c, more[1]), append(sent[4:], more...))
+	// The write of a-6, a-7 reached the client: neither again.
+	c = e.dialResume(k.ID, "inflight", ids[7], true)
+	sameTexts(t, "resume_after inside the live write under way", readTexts(t, c, more[1]), more)
+	for _, s := range sessions {
+		if cs := sessionRecord(t, e, k.ID, s); cs.LiveRun == "" {
+			t.Fatalf("%s: the record lost its live mark: %+v", s, cs)
+		}
+	}
+}

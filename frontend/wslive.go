@@ -1,0 +1,127 @@
+package frontend
+
+// Live output (Config.LiveOutput): a core NATS subscription on the
+// kernel's output subjects sees each message as the launcher publishes it,
+// before the stream has stored it and a consumer has pulled it. The
+// launcher numbers its bus messages (Nats-Msg-Id "<run>.<n>"), so the
+// connection writes a live message only when it is the next of the run it
+// last handled; anything else (a gap after a dropped core message or a
+// reconnect, a repeat of a retried publish, chunks, a new launcher run) is
+// left to the stream consumer, which still delivers everything: a stream
+// copy of a message already written live only moves the cursor, any other
+// is written as before. Whichever path handles a number first writes it,
+// so each message is written once and in the launcher's order, and after
+// a gap delivery switches back to live by itself once the stream has
+// caught up. The session record carries the last number written live
+// (LiveThrough), so a front-end that takes over skips those too.
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// liveKey names one bus message of a launcher run.
+type liveKey struct {
+	run string
+	n   uint64
+}
+
+// launchID reads the launcher's number of a bus message from its
+// Nats-Msg-Id: "<run>.<n>", or "<run>.<n>/<i>" for chunk i (chunk true).
+func launchID(h nats.Header) (run string, n uint64, chunk, ok bool) {
+	id := h.Get(jetstream.MsgIDHeader)
+	if slash := strings.IndexByte(id, '/'); slash >= 0 {
+		id, chunk = id[:slash], true
+	}
+	dot := strings.LastIndexByte(id, '.')
+	if dot <= 0 {
+		return "", 0, false, false
+	}
+	n, err := strconv.ParseUint(id[dot+1:], 10, 64)
+	if err != nil || n == 0 {
+		return "", 0, false, false
+	}
+	return id[:dot], n, chunk, true
+}
+
+// deliverLive is the live subscription's handler: a message that is the
+// next of the current run is written now; any other is dropped here and
+// comes from the stream.
+func (c *conn) deliverLive(m *nats.Msg) {
+	run, n, chunk, ok := launchID(m.Header)
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	c.mu.Lock()
+	if !ok || chunk || m.Header.Get(broker.HeaderChunk) != "" {
+		// Not one the live path writes (a chunk, or a message the
+		// launcher did not number): what follows it waits until the
+		// stream has delivered it.
+		c.liveRun, c.liveNext = "", 0
+		c.mu.Unlock()
+		return
+	}
+	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext ||
+		run == c.recRun && n <= c.recThrough { // a resend of one written before a reconnect
+		c.mu.Unlock()
+		return
+	}
+	frames := [][]byte{m.Data}
+	if nb := m.Header.Get(broker.HeaderBatch); nb != "" {
+		k, _ := strconv.Atoi(nb)
+		var err error
+		if frames, err = broker.SplitBatch(m.Data, k); err != nil {
+			c.mu.Unlock()
+			return // the stream copy is dropped the same way
+		}
+	}
+	c.liveNext = n + 1
+	c.s.liveWrites.Add(1)
+	if c.liveWritten == nil {
+		c.liveWritten = map[liveKey]struct{}{}
+	}
+	c.liveWritten[liveKey{run, n}] = struct{}{}
+	items := make([]outItem, 0, len(frames))
+	for i, f := range frames {
+		it := outItem{data: f, h: m.Header, subject: m.Subject, last: i == len(frames)-1, run: run, num: n, live: true}
+		it.write = c.routed(m.Header, m.Subject)
+		items = append(items, it)
+	}
+	c.qmu.Lock()
+	c.pending += len(items)
+	c.qmu.Unlock()
+	c.mu.Unlock()
+	c.enqueue(items)
+}
+
+// placeStream is the stream side of live delivery, for the items of one
+// whole bus message: a copy of a message written live only moves the
+// cursor; otherwise the run's next expected number moves past it. mu is
+// held.
+func (c *conn) placeStream(h nats.Header, items []outItem) {
+	run, n, _, ok := launchID(h)
+	if !ok {
+		// Unnumbered: nothing goes live until a numbered message came.
+		c.liveRun, c.liveNext = "", 0
+		return
+	}
+	k := liveKey{run, n}
+	if _, done := c.liveWritten[k]; done {
+		delete(c.liveWritten, k)
+		for i := range items {
+			items[i].write = false
+		}
+	}
+	if run != c.liveRun || n >= c.liveNext {
+		c.liveRun, c.liveNext = run, n+1
+	}
+}
+
+// writtenLive reports whether the record this connection resumed from
+// says the message was written from the live path. mu is held.
+func (c *conn) writtenLive(it outItem) bool {
+	return it.run != "" && it.run == c.recRun && it.num > 0 && it.num <= c.recThrough
+}
