@@ -300,6 +300,7 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 	// No user and no client env: only what every request of the spec
 	// would get, which is what lets any of them take it.
 	r.Launch = broker.NewLaunchConfig(spec, r.ID, "", nil, w.LaunchTimeout)
+	r.Launch.Warm = true
 	if _, err := p.bus.CreateKernel(ctx, r); err != nil {
 		return nil, err
 	}
