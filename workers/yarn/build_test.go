@@ -214,6 +214,9 @@ func TestBuildWarmSparkContext(t *testing.T) {
 		if m := got.Env["KERNELBUS_SPARK_CONTEXT"]; m != c.want {
 			t.Errorf("spec mode %q, warm %v: the kernel builds its context %q, want %q", c.spec, c.warm, m, c.want)
 		}
+		if w := got.Env["KERNELBUS_SPARK_WARMUP"] == "1"; w != c.warm {
+			t.Errorf("spec mode %q, warm %v: warm-up job %v", c.spec, c.warm, w)
+		}
 		if c.spec != "" && cfg.RMConfig["spark_context"] != c.spec {
 			t.Errorf("Build changed the spec's settings: %v", cfg.RMConfig)
 		}

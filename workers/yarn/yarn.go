@@ -148,6 +148,11 @@ func (b *Backend) Name() string { return Name }
 
 var _ workers.Backend = (*Backend)(nil)
 
+// RunsAsUser: with impersonation an application runs as KERNEL_USERNAME
+// (--proxy-user), which a warm kernel, submitted before anyone asked,
+// cannot; requests that name a user then get cold starts.
+func (b *Backend) RunsAsUser() bool { return b.cfg.Impersonation }
+
 // Submission is one spark-submit run, built from a launch configuration.
 type Submission struct {
 	SparkHome string
@@ -187,6 +192,12 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 		lc.Argv = []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"}
 	}
 	lc.Env["KERNELBUS_SPARK_CONTEXT"] = sparkContextMode(mode, cfg.Warm)
+	if cfg.Warm {
+		// A warm kernel also runs a first job before it answers (its
+		// executor up, see startup.py), so a request's first job runs at
+		// once.
+		lc.Env["KERNELBUS_SPARK_WARMUP"] = "1"
+	}
 	home := env["SPARK_HOME"]
 	if home == "" {
 		home = b.cfg.SparkHome
