@@ -28,10 +28,29 @@ while IFS=: read -r file fn; do
   pkg=$(go list "$dir")
   echo "fuzz: $dir $fn for $fuzztime" >&2
   # The binary runs in its package's folder, where testdata/fuzz is.
-  if ! (cd "$dir" && "$bin" -test.run='^$' -test.fuzz="^${fn}\$" -test.fuzztime="$fuzztime" \
-    -test.fuzzcachedir="$cachedir/$pkg" -test.parallel="${FUZZPARALLEL:-2}"); then
-    echo "fuzz: $dir $fn FAILED (input saved under $dir/testdata/fuzz/$fn)" >&2
+  corpus=$dir/testdata/fuzz/$fn
+  before=$(ls "$corpus" 2>/dev/null | sort || true)
+  for attempt in 1 2; do
+    out=$bindir/out.txt
+    # The binary runs in its package's folder, where testdata/fuzz is.
+    if (cd "$dir" && "$bin" -test.run='^$' -test.fuzz="^${fn}\$" -test.fuzztime="$fuzztime" \
+      -test.fuzzcachedir="$cachedir/$pkg" -test.parallel="${FUZZPARALLEL:-2}") >"$out" 2>&1; then
+      cat "$out" >&2
+      break
+    fi
+    cat "$out" >&2
+    # Go's fuzzer can end a run that found nothing with "context deadline exceeded"
+    # when its time runs out mid-exchange with a worker. That is not a finding: no
+    # input was saved. Run the target once more; a second such run, or any run that
+    # saved an input, fails.
+    after=$(ls "$corpus" 2>/dev/null | sort || true)
+    if [[ $attempt == 1 && "$before" == "$after" ]] && grep -q 'context deadline exceeded' "$out" && ! grep -q 'Failing input written' "$out"; then
+      echo "fuzz: $dir $fn: the fuzzer's own timeout, no input saved; running it again" >&2
+      continue
+    fi
+    echo "fuzz: $dir $fn FAILED (input saved under $corpus)" >&2
     status=1
-  fi
+    break
+  done
 done < <(git ls-files '*_test.go' | xargs grep -Ho '^func Fuzz[A-Za-z0-9_]*' | sed 's/:func /:/' | sort)
 exit $status
