@@ -102,6 +102,10 @@ type Warm struct {
 	// Accept names client env variables a request may set and still take
 	// it (the operator's warm pool setting); the kernel does not have them.
 	Accept []string `json:"accept,omitempty"`
+	// AnyUser says the kernel runs as the same user whoever takes it (its
+	// resource manager does not run kernels as KERNEL_USERNAME), so a
+	// request naming a user may take it. Local kernels always may.
+	AnyUser bool `json:"any_user,omitempty"`
 }
 
 // WarmIdle reports whether k is a warm kernel no request has taken yet:

@@ -53,6 +53,11 @@ type LaunchConfig struct {
 	// digest) and replaces {env_prefix} in Argv and Env with its folder
 	// before the launcher sees them.
 	Environment *EnvRef `json:"environment,omitempty"`
+	// Warm marks the launch of a warm pool's kernel, which nobody waits
+	// for yet: a resource manager may do at start what it would otherwise
+	// leave for later (a YARN kernel builds its SparkContext before it
+	// answers), so that the kernel is ready when a request takes it.
+	Warm bool `json:"warm,omitempty"`
 
 	// How to reach the bus. NATSCreds are the kernel's own credentials
 	// (a creds file's contents: a user JWT scoped to this kernel and its

@@ -565,9 +565,11 @@ func warmServes(k *broker.Kernel, rm string, env map[string]string) string {
 		switch {
 		case name == broker.EnvLaunchTimeout, slices.Contains(k.Warm.Accept, name):
 		case name == broker.EnvUsername:
-			if rm != broker.RMLocal {
-				// Remote kernels run as KERNEL_USERNAME; local ones as
-				// the worker's user whoever asks.
+			if rm != broker.RMLocal && !k.Warm.AnyUser {
+				// This resource manager runs kernels as KERNEL_USERNAME
+				// (impersonation), and the warm one runs as the worker's
+				// user; local kernels run as the worker's user whoever
+				// asks.
 				return "the kernel must run as " + name
 			}
 		default:

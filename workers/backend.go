@@ -73,6 +73,15 @@ type Signaler interface {
 	Signal(ctx context.Context, h Handle, sig syscall.Signal) error
 }
 
+// UserBound is an optional extra of a Backend whose kernels run as the
+// requesting user (KERNEL_USERNAME): a YARN application submitted with
+// --proxy-user. A warm kernel, started before anyone asked, runs as the
+// worker's user, so such a backend's warm kernels serve no request that
+// names a user. Backends without it run every kernel as the same user.
+type UserBound interface {
+	RunsAsUser() bool
+}
+
 // A backend that holds resources of its own (connections) implements
 // io.Closer; the worker closes it after its pool stopped.
 

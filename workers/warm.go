@@ -297,9 +297,13 @@ func (k *keeper) startWarm(ctx context.Context, w WarmPool) (*broker.Kernel, err
 		Created: now, Deadline: now.Add(w.LaunchTimeout),
 		Warm: &broker.Warm{Pool: broker.WarmPoolKey(p.be.Name(), spec.Name), Keeper: p.cfg.ID, Since: now, Digest: spec.Digest(), Accept: w.Accept},
 	}
+	if ub, ok := p.be.(UserBound); !ok || !ub.RunsAsUser() {
+		r.Warm.AnyUser = true
+	}
 	// No user and no client env: only what every request of the spec
 	// would get, which is what lets any of them take it.
 	r.Launch = broker.NewLaunchConfig(spec, r.ID, "", nil, w.LaunchTimeout)
+	r.Launch.Warm = true
 	if _, err := p.bus.CreateKernel(ctx, r); err != nil {
 		return nil, err
 	}

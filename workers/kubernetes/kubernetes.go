@@ -88,6 +88,11 @@ func NewWithConfig(cfg Config, rc *rest.Config, log zerolog.Logger) (*Backend, e
 
 func (b *Backend) Name() string { return Name }
 
+// RunsAsUser: a kernel pod carries its user (an annotation, and with
+// per-user namespaces its namespace), which a warm pod, created before
+// anyone asked, cannot be given afterwards.
+func (b *Backend) RunsAsUser() bool { return true }
+
 // What the kubernetes backend offers beyond workers.Backend.
 var (
 	_ workers.Backend  = (*Backend)(nil)

@@ -101,6 +101,10 @@ func New(cfg Config, launcher string, log zerolog.Logger) (*Backend, error) {
 
 func (b *Backend) Name() string { return Name }
 
+// RunsAsUser: with impersonation a kernel logs in as KERNEL_USERNAME, which
+// a warm kernel, started before anyone asked, cannot.
+func (b *Backend) RunsAsUser() bool { return b.cfg.Impersonate }
+
 // Close drops the SSH connections. Launchers keep running.
 func (b *Backend) Close() error {
 	b.conns.closeAll()

@@ -1,6 +1,7 @@
 package yarn
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -173,4 +174,51 @@ func FuzzClientSparkOpts(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A warm kernel builds its SparkContext before it answers (and so before
+// a request can take it); a spec's lazy mode stays lazy for cold starts,
+// and a spec that wants no context gets none, warm or not.
+func TestBuildWarmSparkContext(t *testing.T) {
+	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		spec string
+		warm bool
+		want string
+	}{
+		{"", false, "lazy"}, {"", true, "eager"},
+		{"lazy", false, "lazy"}, {"lazy", true, "eager"},
+		{"eager", false, "eager"}, {"eager", true, "eager"},
+		{"none", false, "none"}, {"none", true, "none"},
+	} {
+		cfg := &broker.LaunchConfig{KernelID: "k-1", Warm: c.warm, Argv: []string{"python"}, Env: map[string]string{}}
+		if c.spec != "" {
+			cfg.RMConfig = map[string]any{"spark_context": c.spec}
+		}
+		launch := filepath.Join(t.TempDir(), "launch.json")
+		if _, err := b.Build(cfg, launch); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(launch)
+		var got broker.LaunchConfig
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatal(err)
+		}
+		if m := got.Env["KERNELBUS_SPARK_CONTEXT"]; m != c.want {
+			t.Errorf("spec mode %q, warm %v: the kernel builds its context %q, want %q", c.spec, c.warm, m, c.want)
+		}
+		if w := got.Env["KERNELBUS_SPARK_WARMUP"] == "1"; w != c.warm {
+			t.Errorf("spec mode %q, warm %v: warm-up job %v", c.spec, c.warm, w)
+		}
+		if c.spec != "" && cfg.RMConfig["spark_context"] != c.spec {
+			t.Errorf("Build changed the spec's settings: %v", cfg.RMConfig)
+		}
+	}
 }

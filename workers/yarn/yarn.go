@@ -148,6 +148,11 @@ func (b *Backend) Name() string { return Name }
 
 var _ workers.Backend = (*Backend)(nil)
 
+// RunsAsUser: with impersonation an application runs as KERNEL_USERNAME
+// (--proxy-user), which a warm kernel, submitted before anyone asked,
+// cannot; requests that name a user then get cold starts.
+func (b *Backend) RunsAsUser() bool { return b.cfg.Impersonation }
+
 // Submission is one spark-submit run, built from a launch configuration.
 type Submission struct {
 	SparkHome string
@@ -186,10 +191,13 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 		}
 		lc.Argv = []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"}
 	}
-	if mode == "" {
-		mode = "lazy"
+	lc.Env["KERNELBUS_SPARK_CONTEXT"] = sparkContextMode(mode, cfg.Warm)
+	if cfg.Warm {
+		// A warm kernel also runs a first job before it answers (its
+		// executor up, see startup.py), so a request's first job runs at
+		// once.
+		lc.Env["KERNELBUS_SPARK_WARMUP"] = "1"
 	}
-	lc.Env["KERNELBUS_SPARK_CONTEXT"] = mode
 	home := env["SPARK_HOME"]
 	if home == "" {
 		home = b.cfg.SparkHome
@@ -246,6 +254,24 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 		launchFile + "#kb-launch.json",
 	}, ","), filepath.Join(b.dir, "kb_driver.py"))
 	return &Submission{SparkHome: home, Args: args, Files: launchFile}, nil
+}
+
+// sparkContextMode is when the kernel builds its SparkContext (see
+// startup.py): the spec's choice, lazy by default. A warm kernel builds it
+// eagerly, before it answers kernel_info and so before its record says
+// running and a request may take it: its first Spark job then runs at once
+// instead of waiting for the context a lazy kernel builds meanwhile.
+func sparkContextMode(spec string, warm bool) string {
+	switch {
+	case spec == "":
+		if warm {
+			return "eager"
+		}
+		return "lazy"
+	case spec == "lazy" && warm:
+		return "eager"
+	}
+	return spec
 }
 
 // clientSparkFlags are the spark-submit options a client may pass in
