@@ -7,6 +7,9 @@
 #
 # Env: KB_CACHE (default ~/.cache/kernelbus), KB_HELM_VERSION (default v3.22.0).
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 cache="${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}"
 version="${KB_HELM_VERSION:-v3.22.0}"
 bin="$cache/bin/helm-$version"
@@ -25,4 +28,4 @@ if [ ! -x "$bin" ]; then
     "helm.sh/helm/v3/cmd/helm@$version" >&2
   mv "$tmp/helm" "$bin"
 fi
-echo "$bin"
+echo "$bin" >&3

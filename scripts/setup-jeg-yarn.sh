@@ -21,6 +21,9 @@
 #   KB_CACHE        cache folder (default ~/.cache/kernelbus)
 #   KB_JEG_VERSION  jupyter_enterprise_gateway version (default 3.3.0)
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 version=${KB_JEG_VERSION:-3.3.0}
@@ -139,4 +142,4 @@ PY
 else
   echo "setup-jeg-yarn: $spec is current" >&2
 fi
-echo "$root/kernels"
+echo "$root/kernels" >&3

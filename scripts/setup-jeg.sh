@@ -13,6 +13,9 @@
 #   KB_PYTHON    interpreter used to create the venv (default python3)
 #   KB_JEG_VERSION  jupyter_enterprise_gateway version (default 3.3.0)
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 version=${KB_JEG_VERSION:-3.3.0}
@@ -38,4 +41,4 @@ else
   echo "setup-jeg: $venv is current" >&2
 fi
 "$venv/bin/jupyter-enterprisegateway" --version >/dev/null
-echo "$venv"
+echo "$venv" >&3

@@ -12,6 +12,9 @@
 #   KB_JUPYTERHUB_VERSION  jupyterhub version (default 6.1.1)
 #   KB_CHP_VERSION         configurable-http-proxy version (default 5.3.0)
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 version=${KB_JUPYTERHUB_VERSION:-6.1.1}
@@ -45,4 +48,4 @@ fi
 # Fail here, not inside a test, if the install is unusable.
 "$venv/bin/jupyterhub" --version >/dev/null
 "$venv/bin/configurable-http-proxy" --version >/dev/null
-echo "$venv"
+echo "$venv" >&3

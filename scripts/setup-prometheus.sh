@@ -4,8 +4,11 @@
 # package's service is not started: the test runs its own server on a
 # random port with a throwaway configuration and storage.
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 if bin="$(command -v prometheus 2>/dev/null)"; then
-  echo "$bin"
+  echo "$bin" >&3
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
@@ -20,4 +23,4 @@ fi
 # Where an init system starts the package's own service, it stays on its
 # default port, apart from the test's servers.
 apt-get install -y -qq --no-install-recommends prometheus >&2
-command -v prometheus
+command -v prometheus >&3

@@ -7,10 +7,13 @@
 # Needs root (the tests need it anyway for network namespaces). Prints the
 # path of sshd.
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...);
+# whatever an installer prints (npm, pip, apt) goes to stderr.
+exec 3>&1 1>&2
 
 sshd=/usr/sbin/sshd
 if [ -x "$sshd" ]; then
-  echo "$sshd"
+  echo "$sshd" >&3
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -36,4 +39,4 @@ if [ ! -x "$sshd" ]; then
   echo "setup-ssh: apt-get finished but $sshd is missing" >&2
   exit 1
 fi
-echo "$sshd"
+echo "$sshd" >&3
