@@ -54,7 +54,7 @@ func profileHeapOnSignal(path string) {
 		for n := 1; ; n++ {
 			<-ch
 			if f, err := os.Create(fmt.Sprintf("%s.%d", path, n)); err == nil {
-				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				_ = pprof.Lookup("heap").WriteTo(f, 1) // text: with runtime.MemStats at the end
 				f.Close()
 			}
 		}
