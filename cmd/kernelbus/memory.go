@@ -15,7 +15,7 @@ import (
 // process grew to ~750 MiB with ~100 MiB live (kernelbus-bench scenario 3
 // then 4). The limit makes the collector run before then and the runtime
 // hand freed pages back.
-const defaultServeMemoryLimitMiB = 256
+const defaultServeMemoryLimitMiB = 160
 
 const memoryLimitUsage = "soft limit of the process's memory in MiB (as Go's GOMEMLIMIT, but raised with the live heap, so a large one never makes the collector run non-stop; nothing is ever refused or killed for it); 0: none; GOMEMLIMIT in the environment wins"
 
