@@ -36,6 +36,11 @@ type Server struct {
 	// liveWrites counts bus messages written to websockets from the live
 	// path (wslive.go), for tests and the benchmark's log.
 	liveWrites atomic.Int64
+	// liveDropped counts live messages a slow socket's subscription
+	// dropped (they came from the stream); livePending bounds that
+	// subscription's queue, in messages and bytes (wslive.go).
+	liveDropped atomic.Int64
+	livePending [2]int
 	// sources prove identities (Config.Token first, then Identities);
 	// failures limits failed attempts per remote address.
 	sources  []auth.Source
@@ -94,7 +99,7 @@ func New(cfg Config, bus *kbjs.Bus, specs SpecSource, log zerolog.Logger) (*Serv
 	origins, _ := parseOrigins(cfg.AllowOrigin)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: cfg, bus: bus, specs: specs, origins: origins,
+		cfg: cfg, bus: bus, specs: specs, origins: origins, livePending: [2]int{livePendingMsgs, livePendingBytes},
 		log:    log.With().Str("frontend", cfg.FrontendID).Logger(),
 		policy: broker.EnvPolicy{Allowed: cfg.AllowedEnv, DefaultLaunchTimeout: cfg.DefaultLaunchTimeout, MaxLaunchTimeout: cfg.MaxLaunchTimeout},
 		ctx:    ctx, cancel: cancel,

@@ -375,6 +375,14 @@ func (c *conn) start() error {
 		// After the consumer: live messages are written only once the
 		// stream has shown which run and number come next.
 		sub, err := c.s.bus.NC.Subscribe(broker.SubjectOutAll(c.kernel), c.deliverLive)
+		if err == nil {
+			// What the live path cannot keep up with is dropped here and
+			// comes from the stream, so its queue stays small (nats.go's
+			// default holds up to 64 MiB per subscription).
+			if err = sub.SetPendingLimits(c.s.livePending[0], c.s.livePending[1]); err != nil {
+				_ = sub.Unsubscribe()
+			}
+		}
 		if err != nil {
 			c.log.Warn().Err(err).Msg("no live output subscription: delivering from the stream only")
 		} else {
@@ -499,6 +507,9 @@ func (c *conn) finish(code int, text string) {
 		cc, live := c.cc, c.live
 		c.mu.Unlock()
 		if live != nil {
+			if n, err := live.Dropped(); err == nil {
+				c.s.liveDropped.Add(int64(n))
+			}
 			_ = live.Unsubscribe()
 		}
 		if cc != nil {

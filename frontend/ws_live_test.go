@@ -3,7 +3,9 @@ package frontend
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,4 +172,51 @@ func TestWSLiveResume(t *testing.T) {
 			t.Fatalf("%s: the record lost its live mark: %+v", s, cs)
 		}
 	}
+}
+
+// TestWSLiveSlowClient: a client that stops reading while a kernel floods
+// output fills its socket and queue; the live subscription then drops
+// what it cannot hold (its queue is bounded, not nats.go's 64 MiB), and
+// the stream delivers those. The client still gets every message once and
+// in order.
+func TestWSLiveSlowClient(t *testing.T) {
+	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	e.fe.livePending = [2]int{16, 256 << 10}
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	c := e.dial(k.ID, "S", true)
+	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
+	c.until(isIdleOf(id))
+	// 400 × 64 KiB: more than the socket buffers, the writer's queue
+	// and the subscription's queue hold while the client reads nothing.
+	const n = 400
+	pad := strings.Repeat("x", 64<<10)
+	var want []string
+	for i := range n {
+		text := fmt.Sprintf("m-%d", i)
+		cont, _ := json.Marshal(map[string]string{"name": "stdout", "text": text + "|" + pad})
+		m, _ := l.message("iopub", "stream", "", nil, string(cont), nil)
+		l.publishBus(m)
+		want = append(want, text)
+	}
+	var got []string
+	for len(got) < n {
+		m := c.mustRead()
+		if m.MsgType != "stream" {
+			continue
+		}
+		var s struct{ Text string }
+		_ = json.Unmarshal(m.Content, &s)
+		text, _, _ := strings.Cut(s.Text, "|")
+		got = append(got, text)
+	}
+	sameTexts(t, "slow client", got, want)
+	c.c.Close()
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		if e.fe.liveDropped.Load() == 0 {
+			return errors.New("the live subscription dropped nothing: its queue is not bounded")
+		}
+		return nil
+	})
+	t.Logf("live writes %d, dropped %d", e.fe.liveWrites.Load(), e.fe.liveDropped.Load())
 }

@@ -24,6 +24,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// The live subscription's queue of messages not yet handled: beyond it
+// nats.go drops (a slow consumer), and the stream consumer delivers them.
+const (
+	livePendingMsgs  = 1024
+	livePendingBytes = 4 << 20
+)
+
 // liveKey names one bus message of a launcher run.
 type liveKey struct {
 	run string

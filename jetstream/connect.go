@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -112,6 +114,20 @@ func Connect(opts ConnectOptions) (*nats.Conn, error) {
 	if opts.CertFile != "" {
 		o = append(o, nats.ClientCert(opts.CertFile, opts.KeyFile))
 	}
+	// A live output subscription (a front-end's, frontend/wslive.go) drops
+	// what a slow websocket cannot take, on purpose: the stream delivers
+	// it. That is not worth nats.go's line on stderr; other async errors
+	// still get it.
+	o = append(o, nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) && strings.HasPrefix(sub.Subject, "kb.io.") && strings.Contains(sub.Subject, ".out.") {
+			return
+		}
+		if sub != nil {
+			fmt.Fprintf(os.Stderr, "nats: %v for subscription on %q\n", err, sub.Subject)
+			return
+		}
+		fmt.Fprintf(os.Stderr, "nats: %v\n", err)
+	}))
 	if f := opts.OnState; f != nil {
 		o = append(o,
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { f("disconnected", err) }),

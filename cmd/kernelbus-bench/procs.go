@@ -91,6 +91,9 @@ func (p *proc) stop(grace time.Duration) {
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
+// signal sends sig to the process itself (not its group).
+func (p *proc) signal(sig os.Signal) { _ = p.cmd.Process.Signal(sig) }
+
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 // children maps each pid to its children, from /proc.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -384,6 +385,17 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 		}()
 	}
 	wg.Wait()
+	if g != nil && len(ss) > 0 {
+		// Memory under load: the larger of the samples after the starts
+		// and at the end of the load, with every kernel still connected.
+		if os.Getenv("KB_HEAPPROFILE") != "" {
+			g.main.signal(syscall.SIGUSR1) // serve writes a heap profile (cmd/kernelbus)
+		}
+		m := sampleMemory(g)
+		if v, ok := b.res.value(scn, "gateway RSS", t.Name()); !ok || float64(m.mainRSS)/1024 > v {
+			b.res.set(scn, "gateway RSS", "MiB", "lower", t.Name(), float64(m.mainRSS)/1024)
+		}
+	}
 	expected := scheduled.Load()
 	b.res.set(scn, "completed / scheduled", "%", "higher", t.Name(), 100*float64(completed.Load())/float64(max(expected, 1)))
 	b.res.set(scn, "executes/s", "exec/s", "higher", t.Name(), float64(completed.Load())/dur.Seconds())

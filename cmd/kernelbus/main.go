@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/pprof"
+	"syscall"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -15,6 +17,7 @@ var version = "0.1.0-dev"
 
 func main() {
 	stop := profileCPU(os.Getenv("KB_CPUPROFILE"))
+	profileHeapOnSignal(os.Getenv("KB_HEAPPROFILE"))
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -35,6 +38,27 @@ func profileCPU(path string) func() {
 		return func() {}
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// profileHeapOnSignal writes a heap profile to path.1, path.2, ... each
+// time the process gets SIGUSR1 (kernelbus-bench sends it at the end of a
+// many-kernels load: how serve's memory under load was found); ""
+// installs nothing, and SIGUSR1 keeps its default action.
+func profileHeapOnSignal(path string) {
+	if path == "" {
+		return
+	}
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	go func() {
+		for n := 1; ; n++ {
+			<-ch
+			if f, err := os.Create(fmt.Sprintf("%s.%d", path, n)); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 1) // text: with runtime.MemStats at the end
+				f.Close()
+			}
+		}
+	}()
 }
 
 // stdin is what commands read input from (tests replace it).

@@ -182,6 +182,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	var tf busTLSFlags
 	tf.register(fs)
 	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)
+	memLimit := fs.Int("memory-limit-mib", defaultServeMemoryLimitMiB, memoryLimitUsage)
 	if err := parse(fs.FlagSet, args); err != nil {
 		return err
 	}
@@ -189,6 +190,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer keepMemoryLimit(*memLimit)()
 	// Like jupyter_server: with no authentication configured, a token for
 	// this run, shown once below.
 	generated := false
