@@ -100,25 +100,20 @@ c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
 			t.Logf("hub log:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		resp, err := http.Get(h.api + "/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
+	jstest.WaitFor(t, 90*time.Second, "jupyterhub to answer", func() bool {
 		select {
 		case <-h.done:
 			b, _ := os.ReadFile(logPath)
 			t.Fatalf("jupyterhub exited at startup:\n%s", b)
-		case <-time.After(200 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("jupyterhub did not answer within 90s")
+		resp, err := http.Get(h.api + "/")
+		if err != nil {
+			return false
 		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 	return h
 }
 
