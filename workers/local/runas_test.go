@@ -51,14 +51,21 @@ func runProbe(t *testing.T, bin string, u *user.User, what, arg string) int {
 	t.Helper()
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
+	return probeAs(t, bin, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, u.Username, what, arg)
+}
+
+// probeAs runs the test binary with cred (who names it in a failure) and
+// returns the probe's exit code, 0 or 13; anything else fails the test.
+func probeAs(t *testing.T, bin string, cred *syscall.Credential, who, what, arg string) int {
+	t.Helper()
 	cmd := exec.Command(bin, what, arg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ee.ExitCode() == 1 {
-			t.Fatalf("probe %s %s as %s: %s", what, arg, u.Username, out)
+			t.Fatalf("probe %s %s as %s: %s", what, arg, who, out)
 		}
 		return ee.ExitCode()
 	}
@@ -271,21 +278,7 @@ func mustRunAs(t *testing.T, opts map[string]string) local.RunAs {
 // under a uid of its own runs: no passwd entry, no supplementary groups.
 func runProbeAs(t *testing.T, bin string, id uint32, what, arg string) int {
 	t.Helper()
-	cmd := exec.Command(bin, what, arg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}}
-	cmd.Dir = "/"
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ee.ExitCode() == 1 {
-			t.Fatalf("probe %s %s as uid %d: %s", what, arg, id, out)
-		}
-		return ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0
+	return probeAs(t, bin, &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}, fmt.Sprint("uid ", id), what, arg)
 }
 
 // Under a root worker's defaults two kernels get two uids of the range,
