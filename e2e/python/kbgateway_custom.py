@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import time
 import uuid
 from pathlib import Path
-
-import requests
 
 import kbprocs
 
@@ -44,34 +41,11 @@ def start_kernelbus(workdir: Path, extra_args: list[str], name: str = "gateway-c
                          log_path=log_path, proc=proc, workdir=workdir, marker=marker, cmd=cmd)
     kbprocs._STARTED.append(srv)
     try:
-        _wait_ready(srv, ready_headers if ready_headers is not None else srv.headers(), ready_kw)
+        kbprocs.wait_ready(srv, "/api", ready_headers, **ready_kw)
     except BaseException:
         srv.stop()
         raise
     return srv
-
-
-def _wait_ready(srv: kbprocs.Server, headers: dict, kw: dict) -> None:
-    deadline = time.monotonic() + kbprocs.READY_TIMEOUT
-    last = "no answer yet"
-    while True:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"{srv.name} exited with {srv.proc.returncode} before it was ready\n"
-                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
-        try:
-            r = requests.get(srv.url + "/api", headers=headers, timeout=2, **kw)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{srv.name} not ready within {kbprocs.READY_TIMEOUT:.0f}s (last: {last})\n"
-                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
-        try:
-            srv.proc.wait(timeout=0.1)  # a short pause that also notices the process exiting
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def start_jupyter_server(workdir: Path, gateway_url: str, gateway_token: str | None,

@@ -248,14 +248,18 @@ def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str, token:
                  workdir=workdir, marker=marker, cmd=cmd)
     _STARTED.append(srv)
     try:
-        _wait_ready(srv, ready_path)
+        wait_ready(srv, ready_path)
     except BaseException:
         srv.stop()
         raise
     return srv
 
 
-def _wait_ready(srv: Server, path: str) -> None:
+def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> None:
+    """Polls GET path on srv until it answers 200 (headers: srv's own by
+    default; kw goes to requests, e.g. TLS options), failing with the log's
+    tail when the process exits first or READY_TIMEOUT passes."""
+    headers = srv.headers() if headers is None else headers
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer yet"
     while True:
@@ -265,7 +269,7 @@ def _wait_ready(srv: Server, path: str) -> None:
                 f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
             )
         try:
-            r = requests.get(srv.url + path, headers=srv.headers(), timeout=2)
+            r = requests.get(srv.url + path, headers=headers, timeout=2, **kw)
             if r.status_code == 200:
                 return
             last = f"HTTP {r.status_code}: {r.text[:200]}"
