@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,14 +450,7 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 	})
 
 	t.Run("round trip", func(t *testing.T) {
-		var lat []time.Duration
-		for i := 0; i < 30; i++ {
-			t0 := time.Now()
-			id := k.execute("pass", false)
-			k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
-			lat = append(lat, time.Since(t0))
-		}
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		lat := k.roundTrips(30)
 		t.Logf("execute_request → execute_reply through bus+launcher: p50 %s, p90 %s, max %s",
 			lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)-1])
 	})
@@ -684,6 +676,21 @@ func TestLauncherSupersededWhileStarting(t *testing.T) {
 	if evs := k.events(); len(evs) != 0 {
 		t.Errorf("the superseded launcher emitted %v", evs)
 	}
+}
+
+// roundTrips times n execute_request → execute_reply round trips, one
+// after the other, and returns them sorted.
+func (k *testKernel) roundTrips(n int) []time.Duration {
+	k.t.Helper()
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		id := k.execute("pass", false)
+		k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	return lat
 }
 
 // exited waits up to d for Run to return and returns its error, left in
