@@ -8,7 +8,6 @@ The Server it returns is kbprocs.Server, so teardown (SIGTERM, leak check) is th
 from __future__ import annotations
 
 import secrets
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -18,33 +17,24 @@ import kbprocs
 def start_kernelbus(workdir: Path, extra_args: list[str], name: str = "gateway-custom",
                     scheme: str = "http", token: str | None = None,
                     ready_headers: dict | None = None, **ready_kw) -> kbprocs.Server:
-    """Start kernelbus serve on a random port with extra_args; ready once GET /api with
+    """Start kernelbus serve on port 0 with extra_args; ready once GET /api with
     ready_headers and ready_kw (requests' verify=, cert=) answers 200."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = kbprocs.free_port()
     data = workdir / "data"
     data.mkdir(exist_ok=True)
-    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", f"127.0.0.1:{port}",
+    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", "127.0.0.1:0",
            "--data-dir", str(data), "--kernelspec-dir", str(kbprocs.KERNELS_DIR),
            "--launcher", str(kbprocs.launcher_bin()), "--log-level", "info"]
     if token:
         cmd += ["--token", token]
     cmd += extra_args
-    marker = uuid.uuid4().hex
-    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython"), kbprocs.MARKER_VAR: marker})
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(workdir), start_new_session=True)
-    srv = kbprocs.Server(name=name, url=f"{scheme}://127.0.0.1:{port}", token=token,
-                         log_path=log_path, proc=proc, workdir=workdir, marker=marker, cmd=cmd)
-    kbprocs._STARTED.append(srv)
-    try:
-        kbprocs.wait_ready(srv, "/api", ready_headers, **ready_kw)
-    except BaseException:
+    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython")})
+    srv = kbprocs._spawn(name, cmd, env, workdir, None, token, "/api", uuid.uuid4().hex,
+                         ready_headers, **ready_kw)
+    if not srv.url.startswith(scheme + "://"):
         srv.stop()
-        raise
+        raise RuntimeError(f"{name} serves at {srv.url}, want {scheme}")
     return srv
 
 

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import atexit
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,9 +227,12 @@ def _stop_leftovers() -> None:
                 pass
 
 
-def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str, token: str | None,
-           ready_path: str, marker: str) -> Server:
+def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str | None, token: str | None,
+           ready_path: str, marker: str, ready_headers: dict | None = None, **ready_kw) -> Server:
+    """Runs cmd and waits until GET ready_path answers 200. url None: the server is
+    kernelbus listening on port 0, and its address is the one its log says it serves on."""
     log_path = workdir / f"{name}.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     logf = open(log_path, "ab")
     env = dict(env)
     env[MARKER_VAR] = marker
@@ -244,15 +248,45 @@ def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str, token:
         )
     finally:
         logf.close()
-    srv = Server(name=name, url=url, token=token, log_path=log_path, proc=proc,
+    srv = Server(name=name, url=url or "", token=token, log_path=log_path, proc=proc,
                  workdir=workdir, marker=marker, cmd=cmd)
     _STARTED.append(srv)
     try:
-        wait_ready(srv, ready_path)
+        if url is None:
+            srv.url = _logged_url(srv, offset)
+        wait_ready(srv, ready_path, ready_headers, **ready_kw)
     except BaseException:
         srv.stop()
         raise
     return srv
+
+
+def _logged_url(srv: Server, offset: int) -> str:
+    """scheme://host:port of the "kernelbus serving" line that kernelbus serve, started
+    with --listen 127.0.0.1:0, logs (JSON) once it listens: no port is picked beforehand
+    that another process could take first."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        with open(srv.log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("message") == "kernelbus serving" and rec.get("url"):
+                u = urllib.parse.urlsplit(rec["url"])
+                return f"{u.scheme}://{u.netloc}"
+        if srv.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{srv.name} never logged where it serves (exit code {srv.proc.poll()})\n"
+                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
+            )
+        try:
+            srv.proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> None:
@@ -297,10 +331,12 @@ def start_gateway(workdir: Path, token: str | None = None,
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     marker = uuid.uuid4().hex
     t = target()
+    # kernelbus listens on port 0 and logs its address; the reference servers need a
+    # port picked beforehand.
+    port = free_port() if t != "kernelbus" else 0
+    url = f"http://127.0.0.1:{port}" if port else None
 
     if t == "kernelbus":
         kb, launcher = kernelbus_bin(), launcher_bin()
@@ -311,7 +347,7 @@ def start_gateway(workdir: Path, token: str | None = None,
                 )
         data_dir = workdir / "data"
         data_dir.mkdir(exist_ok=True)
-        cmd = [str(kb), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+        cmd = [str(kb), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
                "--kernelspec-dir", str(KERNELS_DIR)]
         for d in extra_kernelspec_dirs:
             cmd += ["--kernelspec-dir", str(d)]
