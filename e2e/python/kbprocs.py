@@ -324,7 +324,8 @@ def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> Non
 def start_gateway(workdir: Path, token: str | None = None,
                   extra_kernelspec_dirs: tuple[Path, ...] | list[Path] = (),
                   name: str = "gateway", extra_args: tuple[str, ...] | list[str] = ()) -> Server:
-    """Start the gateway under test (kernelbus on port 0; the others on a free port) and wait until GET /api answers 200.
+    """Start the gateway under test (kernelbus on port 0, the reference servers on a free
+    port) and wait until GET /api answers 200.
 
     extra_kernelspec_dirs are folders that hold <name>/kernel.json subfolders, like
     <venv>/share/jupyter/kernels. extra_args are more kernelbus flags (kernelbus only).
