@@ -261,12 +261,36 @@ def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str | None,
     return srv
 
 
+def _poll(srv: Server, what: str, attempt):
+    """Calls attempt() -> (value, note) until value is not None, a short pause between
+    tries that also notices the process exiting; fails with the log's tail when the process
+    exits first or READY_TIMEOUT passes (note says what the last try saw)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if srv.proc.poll() is not None:
+            raise RuntimeError(
+                f"{srv.name} exited with code {srv.proc.returncode} before {what}\n"
+                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
+            )
+        value, note = attempt()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{srv.name}: no {what} within {READY_TIMEOUT:.0f}s (last: {note})\n"
+                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
+            )
+        try:
+            srv.proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def _logged_url(srv: Server, offset: int) -> str:
     """scheme://host:port of the "kernelbus serving" line that kernelbus serve, started
     with --listen 127.0.0.1:0, logs (JSON) once it listens: no port is picked beforehand
     that another process could take first."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
+    def attempt():
         with open(srv.log_path, "rb") as f:
             f.seek(offset)
             lines = f.read().decode(errors="replace").splitlines()
@@ -277,16 +301,9 @@ def _logged_url(srv: Server, offset: int) -> str:
                 continue
             if isinstance(rec, dict) and rec.get("message") == "kernelbus serving" and rec.get("url"):
                 u = urllib.parse.urlsplit(rec["url"])
-                return f"{u.scheme}://{u.netloc}"
-        if srv.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{srv.name} never logged where it serves (exit code {srv.proc.poll()})\n"
-                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
-            )
-        try:
-            srv.proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
+                return f"{u.scheme}://{u.netloc}", ""
+        return None, "no 'kernelbus serving' line yet"
+    return _poll(srv, "the 'kernelbus serving' log line", attempt)
 
 
 def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> None:
@@ -294,31 +311,16 @@ def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> Non
     default; kw goes to requests, e.g. TLS options), failing with the log's
     tail when the process exits first or READY_TIMEOUT passes."""
     headers = srv.headers() if headers is None else headers
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer yet"
-    while True:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(
-                f"{srv.name} exited with code {srv.proc.returncode} before it was ready\n"
-                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
-            )
+
+    def attempt():
         try:
             r = requests.get(srv.url + path, headers=headers, timeout=2, **kw)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
         except requests.RequestException as e:
-            last = repr(e)
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{srv.name} did not answer GET {path} with 200 within {READY_TIMEOUT:.0f}s "
-                f"(last: {last})\ncommand: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
-            )
-        # A short pause between attempts that also notices the process exiting.
-        try:
-            srv.proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
+            return None, repr(e)
+        if r.status_code == 200:
+            return True, ""
+        return None, f"HTTP {r.status_code}: {r.text[:200]}"
+    _poll(srv, f"200 on GET {path}", attempt)
 
 
 def start_gateway(workdir: Path, token: str | None = None,
