@@ -59,10 +59,11 @@ type LaunchConfig struct {
 	// answers), so that the kernel is ready when a request takes it.
 	Warm bool `json:"warm,omitempty"`
 
-	// How to reach the bus. NATSCreds are the kernel's own credentials
-	// (a creds file's contents: a user JWT scoped to this kernel and its
-	// nkey seed), minted by the worker for this launch; NATSToken is the
-	// legacy shared token of an installation without them. NATSCA is the
+	// How to reach the bus. NATSCreds are a creds file's contents: when
+	// the worker has the installation's minter (serve, `nats-auth init`),
+	// a user JWT scoped to this kernel and its nkey seed, minted for this
+	// launch; without one, the worker's own credentials. NATSToken is the
+	// legacy shared token of an installation without credentials. NATSCA is the
 	// PEM of the CA that signed the server's TLS certificate, if the bus
 	// uses TLS with a private CA.
 	NATSURLs  string `json:"nats_urls"`

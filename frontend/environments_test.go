@@ -10,6 +10,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // TestEnvironmentsAPI checks the environment endpoints' answers against
@@ -71,16 +72,11 @@ func TestEnvironmentsAPI(t *testing.T) {
 			Spec specBody `json:"spec"`
 		} `json:"kernelspecs"`
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	jstest.WaitFor(t, 10*time.Second, "the environment's spec", func() bool {
 		e.do("GET", "api/kernelspecs", nil, nil, &specs)
-		if _, ok := specs.Kernelspecs["sixes"]; ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the environment's spec never appeared")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		_, ok := specs.Kernelspecs["sixes"]
+		return ok
+	})
 	if _, ok := specs.Kernelspecs["forged"]; ok {
 		t.Fatal("a forged kb_specs entry is served")
 	}

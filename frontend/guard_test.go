@@ -3,6 +3,7 @@ package frontend
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/kernelbus/kernelbus/frontend/auth"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/valyala/fasthttp"
 )
 
@@ -176,18 +178,14 @@ func TestGuardWebsocketsPerCaller(t *testing.T) {
 		t.Fatalf("the shared token's holders share one cap: %q", got)
 	}
 	_ = a.c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	jstest.WaitForNil(t, 10*time.Second, func() error {
 		c, _, err := dialWS(e.base, k.ID, "s4", true, nil)
-		if err == nil {
-			_ = c.c.Close()
-			break
+		if err != nil {
+			return fmt.Errorf("a closed websocket did not free its slot: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a closed websocket did not free its slot: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		_ = c.c.Close()
+		return nil
+	})
 }
 
 // A start whose env is larger than MaxEnvBytes answers 400 saying so, even

@@ -164,12 +164,6 @@ func Open(ctx context.Context, nc *nats.Conn) (*Bus, error) {
 	return b, nil
 }
 
-// OpenForKernel binds only what a launcher needs, so that it can run with
-// credentials scoped to its own kernel's subjects and keys.
-func OpenForKernel(ctx context.Context, nc *nats.Conn) (*Bus, error) {
-	return Open(ctx, nc)
-}
-
 func storage(mem bool) jetstream.StorageType {
 	if mem {
 		return jetstream.MemoryStorage

@@ -10,7 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -328,30 +328,30 @@ func (k *testKernel) record() *broker.Kernel {
 // waitState polls the record until it reaches one of states.
 func (k *testKernel) waitState(timeout time.Duration, states ...broker.State) *broker.Kernel {
 	k.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		rec := k.record()
-		for _, s := range states {
-			if rec.State == s {
-				return rec
-			}
-		}
-		if time.Now().After(deadline) {
-			k.t.Fatalf("record state %s (reason %q), want %v within %s", rec.State, rec.Reason, states, timeout)
+	var rec *broker.Kernel
+	reached := func() bool {
+		rec = k.record()
+		return slices.Contains(states, rec.State)
+	}
+	ok := jstest.Eventually(timeout, func() bool {
+		if reached() {
+			return true
 		}
 		select {
 		case err := <-k.done:
 			k.done <- err
-			rec = k.record()
-			for _, s := range states {
-				if rec.State == s {
-					return rec
-				}
+			if !reached() {
+				k.t.Fatalf("launcher exited (%v) with record %s (%q), want %v", err, rec.State, rec.Reason, states)
 			}
-			k.t.Fatalf("launcher exited (%v) with record %s (%q), want %v", err, rec.State, rec.Reason, states)
-		case <-time.After(20 * time.Millisecond):
+			return true
+		default:
+			return false
 		}
+	})
+	if !ok {
+		k.t.Fatalf("record state %s (reason %q), want %v within %s", rec.State, rec.Reason, states, timeout)
 	}
+	return rec
 }
 
 // events lists the event types of the kernel so far.
@@ -450,14 +450,7 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 	})
 
 	t.Run("round trip", func(t *testing.T) {
-		var lat []time.Duration
-		for i := 0; i < 30; i++ {
-			t0 := time.Now()
-			id := k.execute("pass", false)
-			k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
-			lat = append(lat, time.Since(t0))
-		}
-		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		lat := k.roundTrips(30)
 		t.Logf("execute_request → execute_reply through bus+launcher: p50 %s, p90 %s, max %s",
 			lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)-1])
 	})
@@ -592,14 +585,8 @@ func TestLauncherWithIPyKernel(t *testing.T) {
 		if !r.OK || r.State != broker.StateTerminated {
 			t.Fatalf("shutdown reply %+v", r)
 		}
-		select {
-		case err := <-k.done:
-			k.done <- err
-			if err != nil {
-				t.Fatalf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("launcher still running 10s after shutdown")
+		if err := k.exited(t, 10*time.Second, "launcher still running after shutdown"); err != nil {
+			t.Fatalf("Run: %v", err)
 		}
 		if !processGone(pid) {
 			t.Errorf("kernel %d still alive", pid)
@@ -617,13 +604,7 @@ func TestLauncherStartFailure(t *testing.T) {
 	py := testPython(t)
 	tb := startBus(t)
 	k := launch(t, tb, []string{py, "-c", "import sys; sys.stderr.write('boom-marker\\n'); sys.exit(3)"}, nil)
-	var err error
-	select {
-	case err = <-k.done:
-		k.done <- err
-	case <-time.After(30 * time.Second):
-		t.Fatal("launcher did not give up")
-	}
+	err := k.exited(t, 30*time.Second, "launcher did not give up")
 	var se *StartError
 	if !errors.As(err, &se) {
 		t.Fatalf("Run returned %v, want a StartError", err)
@@ -697,17 +678,40 @@ func TestLauncherSupersededWhileStarting(t *testing.T) {
 	}
 }
 
-// awaitStandDown waits for the launcher to return ErrSuperseded.
-func (k *testKernel) awaitStandDown() {
+// roundTrips times n execute_request → execute_reply round trips, one
+// after the other, and returns them sorted.
+func (k *testKernel) roundTrips(n int) []time.Duration {
 	k.t.Helper()
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		id := k.execute("pass", false)
+		k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	return lat
+}
+
+// exited waits up to d for Run to return and returns its error, left in
+// k.done for the cleanup; t fails with "<what> within d" when it does not.
+func (k *testKernel) exited(t testing.TB, d time.Duration, what string) error {
+	t.Helper()
 	select {
 	case err := <-k.done:
 		k.done <- err
-		if !errors.Is(err, ErrSuperseded) {
-			k.t.Fatalf("Run returned %v, want ErrSuperseded", err)
-		}
-	case <-time.After(30 * time.Second):
-		k.t.Fatal("the superseded launcher did not stand down")
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s within %s", what, d)
+		return nil
+	}
+}
+
+// awaitStandDown waits for the launcher to return ErrSuperseded.
+func (k *testKernel) awaitStandDown() {
+	k.t.Helper()
+	if err := k.exited(k.t, 30*time.Second, "the superseded launcher did not stand down"); !errors.Is(err, ErrSuperseded) {
+		k.t.Fatalf("Run returned %v, want ErrSuperseded", err)
 	}
 }
 
@@ -765,13 +769,7 @@ IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])
 	if !strings.Contains(rec.Reason, "gave up after 2 restarts") || !strings.Contains(rec.Reason, "dies again") {
 		t.Errorf("reason %q", rec.Reason)
 	}
-	var err error
-	select {
-	case err = <-k.done:
-		k.done <- err
-	case <-time.After(10 * time.Second):
-		t.Fatal("launcher did not exit")
-	}
+	err := k.exited(t, 10*time.Second, "launcher did not exit")
 	var gu *GaveUpError
 	if !errors.As(err, &gu) {
 		t.Fatalf("Run returned %v", err)
@@ -801,8 +799,7 @@ func TestLauncherTimeoutAndAbort(t *testing.T) {
 		if !strings.Contains(rec.Reason, "no kernel_info_reply within 1s") {
 			t.Errorf("reason %q", rec.Reason)
 		}
-		err := <-k.done
-		k.done <- err
+		err := k.exited(t, 30*time.Second, "launcher did not give up")
 		var se *StartError
 		if !errors.As(err, &se) {
 			t.Errorf("Run: %v", err)
@@ -811,18 +808,15 @@ func TestLauncherTimeoutAndAbort(t *testing.T) {
 
 	t.Run("shutdown during start", func(t *testing.T) {
 		k := launch(t, tb, []string{sleep, "60"}, nil)
-		deadline := time.Now().Add(10 * time.Second)
 		var pid int
-		for pid == 0 && time.Now().Before(deadline) {
+		jstest.WaitFor(t, 10*time.Second, "a pid while starting", func() bool {
 			if r, err := tb.nc.Request(broker.SubjectControl(k.id), []byte(`{"op":"ping"}`), time.Second); err == nil {
 				var cr broker.ControlReply
 				_ = json.Unmarshal(r.Data, &cr)
 				pid = cr.PID
 			}
-		}
-		if pid == 0 {
-			t.Fatal("no pid while starting")
-		}
+			return pid != 0
+		})
 		var wg sync.WaitGroup
 		for i := 0; i < 2; i++ {
 			wg.Add(1)
@@ -924,23 +918,19 @@ func TestBusRestart(t *testing.T) {
 
 	// Publish as soon as the bus takes it again; the launcher may still be
 	// reconnecting, and its ordered consumer must pick the message up.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	jstest.WaitForNil(t, 30*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		id = newUUID()
 		hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": "execute_request", "session": k.session, "version": "5.3"})
 		f := broker.Frame{Channel: "shell", Header: hdr, Content: []byte(`{"code":"pass"}`)}
 		m := &nats.Msg{Subject: broker.SubjectIn(k.id), Data: f.V1(), Header: nats.Header{}}
 		m.Header.Set(broker.HeaderSession, k.session)
-		_, err := kbjs.Publish(ctx, nc, bus.JS, m)
-		cancel()
-		if err == nil {
-			break
+		if _, err := kbjs.Publish(ctx, nc, bus.JS, m); err != nil {
+			return fmt.Errorf("bus did not come back: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bus did not come back: %v", err)
-		}
-	}
+		return nil
+	})
 	rep := k.waitMsg(30*time.Second, "execute_reply after the restart", k.reply(id))
 	if rep.natsSession != k.session {
 		t.Errorf("Kb-Session %q after the restart", rep.natsSession)
@@ -963,12 +953,7 @@ func TestLauncherPortRange(t *testing.T) {
 	k := launch(t, tb, []string{py, "-c", script, "{connection_file}"}, func(c *broker.LaunchConfig) {
 		c.PortRange = fmt.Sprintf("%d..%d", lo, hi)
 	})
-	select {
-	case err := <-k.done:
-		k.done <- err
-	case <-time.After(30 * time.Second):
-		t.Fatal("launcher did not give up")
-	}
+	k.exited(t, 30*time.Second, "launcher did not give up")
 	reason := k.record().Reason
 	i := strings.Index(reason, "ports=")
 	if i < 0 {

@@ -37,14 +37,7 @@ func TestRelayPerformance(t *testing.T) {
 	})
 	k.waitState(30*time.Second, broker.StateRunning)
 
-	var lat []time.Duration
-	for i := 0; i < 300; i++ {
-		t0 := time.Now()
-		id := k.execute("pass", false)
-		k.waitMsg(10*time.Second, "execute_reply", k.reply(id))
-		lat = append(lat, time.Since(t0))
-	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	lat := k.roundTrips(300)
 	p50 := lat[len(lat)/2]
 	zmqFloor, busFloor := directRoundTrip(t), busRoundTrip(t, tb)
 	t.Logf("execute round trip with an instant kernel: p50 %s p90 %s p99 %s", p50, lat[len(lat)*9/10], lat[len(lat)*99/100])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the @jupyterlab/services suite (e2e/js) against a gateway that it starts itself,
-# exactly as the Python `gateway` fixture does (e2e/python/kbprocs.py: random port,
+# exactly as the Python `gateway` fixture does (e2e/python/kbprocs.py: port 0, read back from its log,
 # temporary data dir, the venv's kernelspecs, a random token), and stops it afterwards.
 #
 # Needs scripts/setup-python.sh and scripts/setup-node.sh to have run (scripts/e2e.sh

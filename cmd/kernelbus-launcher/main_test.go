@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,24 +74,24 @@ IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
 	}()
 
 	var rec *broker.Kernel
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	jstest.WaitForNil(t, 60*time.Second, func() error {
 		rec, _, err = bus.GetKernel(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec.State == broker.StateRunning {
-			break
-		}
-		if rec.State.Terminal() || time.Now().After(deadline) {
+		if rec.State.Terminal() {
 			t.Fatalf("record %s (%s)", rec.State, rec.Reason)
 		}
 		select {
 		case err := <-exited:
 			t.Fatalf("launcher exited: %v", err)
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
-	}
+		if rec.State != broker.StateRunning {
+			return fmt.Errorf("record %s (%s)", rec.State, rec.Reason)
+		}
+		return nil
+	})
 	var h struct{ PID int }
 	if err := json.Unmarshal(rec.Handle, &h); err != nil || h.PID == 0 {
 		t.Fatalf("handle %s: %v", rec.Handle, err)

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,10 +20,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// reachCell is what kernel A tries against the gateway itself beyond bus
-// credentials: list and read the data folder (keys, nats.conn, stream
-// files) and signal the gateway. Each entry is "ok" or the error's type.
-const reachCell = `
+// tryIt starts the cells below: tryit(name, f) records in res whether f
+// ran ("ok") or the type of the error it raised.
+const tryIt = `
 import os, json, signal
 res = {"uid": os.getuid()}
 def tryit(name, f):
@@ -34,7 +31,12 @@ def tryit(name, f):
         res[name] = "ok"
     except Exception as e:
         res[name] = type(e).__name__
-tryit("list data", lambda: os.listdir(%[1]q))
+`
+
+// reachCell is what kernel A tries against the gateway itself beyond bus
+// credentials: list and read the data folder (keys, nats.conn, stream
+// files) and signal the gateway. Each entry is "ok" or the error's type.
+const reachCell = tryIt + `tryit("list data", lambda: os.listdir(%[1]q))
 tryit("read nats.conn", lambda: open(%[1]q + "/nats.conn").read())
 tryit("read admin creds", lambda: open(%[1]q + "/auth/admin.creds").read())
 tryit("read minter", lambda: open(%[1]q + "/auth/launcher-minter.json").read())
@@ -51,15 +53,7 @@ print("REACH" + json.dumps(res))
 // own, with a ZMQ execute_request signed with A's own key and one unsigned,
 // whose code would mark B; the same message to A's own shell port is the
 // control that runs. Each read or signal is "ok" or the error's type.
-const crossCell = `
-import os, json, signal, hmac, hashlib, uuid
-res = {"uid": os.getuid()}
-def tryit(name, f):
-    try:
-        f()
-        res[name] = "ok"
-    except Exception as e:
-        res[name] = type(e).__name__
+const crossCell = tryIt + `import hmac, hashlib, uuid
 tryit("read B's connection file", lambda: open(%[1]q).read())
 tryit("read B's environ", lambda: open("/proc/%[2]d/environ").read())
 tryit("read B's launcher's environ", lambda: open("/proc/%[3]d/environ").read())
@@ -206,7 +200,7 @@ func TestServeKernelIsolation(t *testing.T) {
 	// has, its own) runs nothing.
 	pidB, connFileB := kernelProc(t, b)
 	pidA, _ := kernelProc(t, a)
-	uidA, uidB := procUID(t, pidA), procUID(t, pidB)
+	uidA, uidB := jstest.ProcUID(t, pidA), jstest.ProcUID(t, pidB)
 	if uidA == uidB || uidA == 0 || uidB == 0 {
 		t.Fatalf("kernels A and B run as uids %d and %d: want two distinct unprivileged ones", uidA, uidB)
 	}
@@ -261,47 +255,13 @@ func TestServeKernelIsolation(t *testing.T) {
 	})
 
 	// Bus credentials, wherever A can find them.
-	r, err = connA.Execute(attack.HostileCell, 2*time.Minute)
-	if err != nil || r.Status != "ok" {
-		t.Fatalf("the hostile cell: %+v %v", r, err)
-	}
-	l, err := attack.ParseLoot(r.Stdout.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("kernel A (uid %d, launcher pid %d) found %d JWTs and %d seeds; sources %v; denied %d reads, e.g. %v",
-		l.UID, l.PID, len(l.JWTs), len(l.Seeds), l.Sources, len(l.Denied), l.Denied[:min(len(l.Denied), 5)])
+	l := attack.Steal(t, connA)
 	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	minter, err := access.LoadMinter(filepath.Join(cf.authDir, access.MinterFileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mj, ms, err := minter.Launcher(a, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := append(l.Creds(), attack.Cred{Name: "kernel A's own launcher credentials", JWT: mj, Seed: ms})
-	connected := 0
-	for _, cr := range creds {
-		at, ok, err := attack.Dial(cf.url, cf.ca, cr)
-		if err != nil {
-			t.Error(err)
-		}
-		if !ok {
-			continue
-		}
-		connected++
-		t.Run(cr.Name, func(t *testing.T) {
-			defer at.NC.Close()
-			attack.Run(t, at, a, b)
-		})
-	}
-	if connected == 0 {
-		t.Fatal("no credential connected: the attacks ran with none (A's own minted credentials should connect)")
-	}
+	creds := append(l.Creds(), attack.Minted(t, filepath.Join(cf.authDir, access.MinterFileName), a))
+	attack.RunAll(t, cf.url, cf.ca, creds, a, b, nil)
 
 	// B is untouched: its record, its state, the streams.
 	if k, err := cb.Kernel(ctx, b); err != nil || k.ExecutionState == "dead" {
@@ -332,20 +292,6 @@ func TestServeKernelIsolation(t *testing.T) {
 	}
 }
 
-// osUser creates an OS account for the test and removes it afterwards.
-func osUser(t *testing.T, name string) string {
-	t.Helper()
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil && !strings.Contains(string(out), "already exists") {
-		t.Fatalf("useradd %s: %v %s", name, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Uid
-}
-
 // kernelProc finds kernel id's ipykernel process and connection file.
 func kernelProc(t *testing.T, id string) (pid int, connFile string) {
 	t.Helper()
@@ -368,23 +314,6 @@ func kernelProc(t *testing.T, id string) (pid int, connFile string) {
 		return false
 	})
 	return pid, connFile
-}
-
-// procUID is the real uid of process pid.
-func procUID(t *testing.T, pid int) int {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	t.Fatalf("no Uid in /proc/%d/status", pid)
-	return 0
 }
 
 // parentPID is process pid's parent (a kernel's: its launcher).
@@ -425,7 +354,7 @@ func TestServeRunAsOwners(t *testing.T) {
 	}
 	se := newServeEnv(t)
 	names := []string{"kbiso-alice", "kbiso-bob"}
-	uids := []string{osUser(t, names[0]), osUser(t, names[1])}
+	uids := []string{jstest.OSUser(t, names[0]).Uid, jstest.OSUser(t, names[1]).Uid}
 	users := filepath.Join(filepath.Dir(se.data), "users.json")
 	var clients []*client.Client
 	for _, n := range names {

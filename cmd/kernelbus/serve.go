@@ -178,7 +178,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	localOpts := localFlags(fs)
 	var warm warmFlag
 	fs.Var(&warm, "warm", warmUsage)
-	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down the kernels this process started when it exits")
+	stopKernels := fs.Bool("stop-kernels-on-exit", true, "shut down every kernel on its bus when it exits (false: they keep running after it)")
 	var tf busTLSFlags
 	tf.register(fs)
 	credsTTL := fs.Duration("launcher-creds-ttl", access.DefaultLauncherCredsTTL, launcherCredsTTLUsage)

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -153,7 +152,7 @@ func TestChartInstall(t *testing.T) {
 	})
 
 	// Every pod shares this machine's network: free ports for the listeners.
-	fePort, metricsPort := freePort(t), freePort(t)
+	fePort, metricsPort := jstest.FreePort(t), jstest.FreePort(t)
 	kernelJSON := k8sKernelJSON(py)
 	values := map[string]any{
 		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
@@ -373,7 +372,7 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 			t.Fatal(err)
 		}
 	}
-	client1, cluster, monitor, fePort, metricsPort := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	client1, cluster, monitor, fePort, metricsPort := jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t)
 	kernelJSON := k8sKernelJSON(py)
 	values := map[string]any{
 		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
@@ -507,15 +506,6 @@ func httpStatus(hc *http.Client, u, token string, want int) error {
 		return fmt.Errorf("GET %s: %s, want %d", u, resp.Status, want)
 	}
 	return nil
-}
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func randomHex(n int) string {

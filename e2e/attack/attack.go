@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -112,16 +114,79 @@ func (a *Attacker) Violations() []string {
 func (a *Attacker) DeniedTo(t testing.TB, what, kind, subject string) {
 	t.Helper()
 	want := strings.ToLower(kind + " to \"" + subject + "\"")
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	denied := jstest.Eventually(10*time.Second, func() bool {
 		for _, e := range a.Violations() {
 			if strings.Contains(strings.ToLower(e), want) {
-				return
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !denied {
+		t.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.Name, want, a.Violations())
 	}
-	t.Errorf("%s with %s: no permission violation for %s; the server reported %v", what, a.Name, want, a.Violations())
+}
+
+// Steal runs HostileCell in kernel A through conn and returns what it
+// found, logged for the test's record.
+func Steal(t testing.TB, conn *client.Conn) *Loot {
+	t.Helper()
+	r, err := conn.Execute(HostileCell, 2*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the hostile cell: %+v %v", r, err)
+	}
+	l, err := ParseLoot(r.Stdout.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel A (uid %d, launcher pid %d) found %d JWTs and %d seeds; sources %v; denied %d reads, e.g. %v",
+		l.UID, l.PID, len(l.JWTs), len(l.Seeds), l.Sources, len(l.Denied), l.Denied[:min(len(l.Denied), 5)])
+	return l
+}
+
+// Minted is kernel A's own launcher credentials, minted with the minter
+// in minterFile: the most a kernel can hold, tried whether or not the
+// cell found anything.
+func Minted(t testing.TB, minterFile, kernel string) Cred {
+	t.Helper()
+	minter, err := access.LoadMinter(minterFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwt, seed, err := minter.Launcher(kernel, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Cred{Name: "kernel A's own launcher credentials", JWT: jwt, Seed: seed}
+}
+
+// RunAll dials urls (TLS trusting caFile) with each credential and, in a
+// subtest for each one that connects, runs Run against a and b and then
+// after (when not nil). It fails the test when no credential connected:
+// the attacks would have run with none.
+func RunAll(t *testing.T, urls, caFile string, creds []Cred, a, b string, after func(t *testing.T, at *Attacker)) {
+	t.Helper()
+	connected := 0
+	for _, cr := range creds {
+		at, ok, err := Dial(urls, caFile, cr)
+		if err != nil {
+			t.Error(err)
+		}
+		if !ok {
+			continue
+		}
+		connected++
+		t.Run(cr.Name, func(t *testing.T) {
+			defer at.NC.Close()
+			Run(t, at, a, b)
+			if after != nil {
+				after(t, at)
+			}
+		})
+	}
+	if connected == 0 {
+		t.Fatal("no credential connected: the attacks ran with none (A's own minted credentials should connect)")
+	}
 }
 
 // ParseLoot reads the report the hostile cell printed on stdout.

@@ -8,12 +8,8 @@ The Server it returns is kbprocs.Server, so teardown (SIGTERM, leak check) is th
 from __future__ import annotations
 
 import secrets
-import subprocess
-import time
 import uuid
 from pathlib import Path
-
-import requests
 
 import kbprocs
 
@@ -21,57 +17,25 @@ import kbprocs
 def start_kernelbus(workdir: Path, extra_args: list[str], name: str = "gateway-custom",
                     scheme: str = "http", token: str | None = None,
                     ready_headers: dict | None = None, **ready_kw) -> kbprocs.Server:
-    """Start kernelbus serve on a random port with extra_args; ready once GET /api with
+    """Start kernelbus serve on port 0 with extra_args; ready once GET /api with
     ready_headers and ready_kw (requests' verify=, cert=) answers 200."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = kbprocs.free_port()
     data = workdir / "data"
     data.mkdir(exist_ok=True)
-    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", f"127.0.0.1:{port}",
+    cmd = [str(kbprocs.kernelbus_bin()), "serve", "--listen", "127.0.0.1:0",
            "--data-dir", str(data), "--kernelspec-dir", str(kbprocs.KERNELS_DIR),
            "--launcher", str(kbprocs.launcher_bin()), "--log-level", "info"]
     if token:
         cmd += ["--token", token]
     cmd += extra_args
-    marker = uuid.uuid4().hex
-    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython"), kbprocs.MARKER_VAR: marker})
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(workdir), start_new_session=True)
-    srv = kbprocs.Server(name=name, url=f"{scheme}://127.0.0.1:{port}", token=token,
-                         log_path=log_path, proc=proc, workdir=workdir, marker=marker, cmd=cmd)
-    kbprocs._STARTED.append(srv)
-    try:
-        _wait_ready(srv, ready_headers if ready_headers is not None else srv.headers(), ready_kw)
-    except BaseException:
+    env = kbprocs.venv_path_env({"IPYTHONDIR": str(workdir / "ipython")})
+    srv = kbprocs._spawn(name, cmd, env, workdir, None, token, "/api", uuid.uuid4().hex,
+                         ready_headers, **ready_kw)
+    if not srv.url.startswith(scheme + "://"):
         srv.stop()
-        raise
+        raise RuntimeError(f"{name} serves at {srv.url}, want {scheme}")
     return srv
-
-
-def _wait_ready(srv: kbprocs.Server, headers: dict, kw: dict) -> None:
-    deadline = time.monotonic() + kbprocs.READY_TIMEOUT
-    last = "no answer yet"
-    while True:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"{srv.name} exited with {srv.proc.returncode} before it was ready\n"
-                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
-        try:
-            r = requests.get(srv.url + "/api", headers=headers, timeout=2, **kw)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{srv.name} not ready within {kbprocs.READY_TIMEOUT:.0f}s (last: {last})\n"
-                               f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}")
-        try:
-            srv.proc.wait(timeout=0.1)  # a short pause that also notices the process exiting
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def start_jupyter_server(workdir: Path, gateway_url: str, gateway_token: str | None,

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import atexit
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,9 +227,12 @@ def _stop_leftovers() -> None:
                 pass
 
 
-def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str, token: str | None,
-           ready_path: str, marker: str) -> Server:
+def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str | None, token: str | None,
+           ready_path: str, marker: str, ready_headers: dict | None = None, **ready_kw) -> Server:
+    """Runs cmd and waits until GET ready_path answers 200. url None: the server is
+    kernelbus listening on port 0, and its address is the one its log says it serves on."""
     log_path = workdir / f"{name}.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     logf = open(log_path, "ab")
     env = dict(env)
     env[MARKER_VAR] = marker
@@ -244,59 +248,98 @@ def _spawn(name: str, cmd: list[str], env: dict, workdir: Path, url: str, token:
         )
     finally:
         logf.close()
-    srv = Server(name=name, url=url, token=token, log_path=log_path, proc=proc,
+    srv = Server(name=name, url=url or "", token=token, log_path=log_path, proc=proc,
                  workdir=workdir, marker=marker, cmd=cmd)
     _STARTED.append(srv)
     try:
-        _wait_ready(srv, ready_path)
+        if url is None:
+            srv.url = _logged_url(srv, offset)
+        wait_ready(srv, ready_path, ready_headers, **ready_kw)
     except BaseException:
         srv.stop()
         raise
     return srv
 
 
-def _wait_ready(srv: Server, path: str) -> None:
+def _poll(srv: Server, what: str, attempt):
+    """Calls attempt() -> (value, note) until value is not None, a short pause between
+    tries that also notices the process exiting; fails with the log's tail when the process
+    exits first or READY_TIMEOUT passes (note says what the last try saw)."""
     deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer yet"
     while True:
         if srv.proc.poll() is not None:
             raise RuntimeError(
-                f"{srv.name} exited with code {srv.proc.returncode} before it was ready\n"
+                f"{srv.name} exited with code {srv.proc.returncode} before {what}\n"
                 f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
             )
-        try:
-            r = requests.get(srv.url + path, headers=srv.headers(), timeout=2)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
+        value, note = attempt()
+        if value is not None:
+            return value
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"{srv.name} did not answer GET {path} with 200 within {READY_TIMEOUT:.0f}s "
-                f"(last: {last})\ncommand: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
+                f"{srv.name}: no {what} within {READY_TIMEOUT:.0f}s (last: {note})\n"
+                f"command: {' '.join(srv.cmd)}\n--- log tail ---\n{srv.log_tail()}"
             )
-        # A short pause between attempts that also notices the process exiting.
         try:
             srv.proc.wait(timeout=0.1)
         except subprocess.TimeoutExpired:
             pass
 
 
+def _logged_url(srv: Server, offset: int) -> str:
+    """scheme://host:port of the "kernelbus serving" line that kernelbus serve, started
+    with --listen 127.0.0.1:0, logs (JSON) once it listens: no port is picked beforehand
+    that another process could take first."""
+    def attempt():
+        with open(srv.log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("message") == "kernelbus serving" and rec.get("url"):
+                u = urllib.parse.urlsplit(rec["url"])
+                return f"{u.scheme}://{u.netloc}", ""
+        return None, "no 'kernelbus serving' line yet"
+    return _poll(srv, "the 'kernelbus serving' log line", attempt)
+
+
+def wait_ready(srv: Server, path: str, headers: dict | None = None, **kw) -> None:
+    """Polls GET path on srv until it answers 200 (headers: srv's own by
+    default; kw goes to requests, e.g. TLS options), failing with the log's
+    tail when the process exits first or READY_TIMEOUT passes."""
+    headers = srv.headers() if headers is None else headers
+
+    def attempt():
+        try:
+            r = requests.get(srv.url + path, headers=headers, timeout=2, **kw)
+        except requests.RequestException as e:
+            return None, repr(e)
+        if r.status_code == 200:
+            return True, ""
+        return None, f"HTTP {r.status_code}: {r.text[:200]}"
+    _poll(srv, f"200 on GET {path}", attempt)
+
+
 def start_gateway(workdir: Path, token: str | None = None,
                   extra_kernelspec_dirs: tuple[Path, ...] | list[Path] = (),
                   name: str = "gateway", extra_args: tuple[str, ...] | list[str] = ()) -> Server:
-    """Start the gateway under test on a random port and wait until GET /api answers 200.
+    """Start the gateway under test (kernelbus on port 0, the reference servers on a free
+    port) and wait until GET /api answers 200.
 
     extra_kernelspec_dirs are folders that hold <name>/kernel.json subfolders, like
     <venv>/share/jupyter/kernels. extra_args are more kernelbus flags (kernelbus only).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     marker = uuid.uuid4().hex
     t = target()
+    # kernelbus listens on port 0 and logs its address; the reference servers need a
+    # port picked beforehand.
+    port = free_port() if t != "kernelbus" else 0
+    url = f"http://127.0.0.1:{port}" if port else None
 
     if t == "kernelbus":
         kb, launcher = kernelbus_bin(), launcher_bin()
@@ -307,7 +350,7 @@ def start_gateway(workdir: Path, token: str | None = None,
                 )
         data_dir = workdir / "data"
         data_dir.mkdir(exist_ok=True)
-        cmd = [str(kb), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+        cmd = [str(kb), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
                "--kernelspec-dir", str(KERNELS_DIR)]
         for d in extra_kernelspec_dirs:
             cmd += ["--kernelspec-dir", str(d)]

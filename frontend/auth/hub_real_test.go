@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,16 +35,6 @@ type realHub struct {
 	done chan struct{}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startRealHub runs JupyterHub with the dummy authenticator and a service
 // whose token may manage users and tokens and holds the impersonation
 // scope; root is a Hub admin.
@@ -56,7 +45,7 @@ func startRealHub(t *testing.T) *realHub {
 		t.Fatal("KB_JUPYTERHUB_VENV is not set: run `task test:hub` (it installs the Hub with scripts/setup-jupyterhub.sh)")
 	}
 	dir := t.TempDir()
-	hubPort := freePort(t)
+	hubPort := jstest.FreePort(t)
 	cfg := fmt.Sprintf(`c = get_config()
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = %d
@@ -72,7 +61,7 @@ c.JupyterHub.custom_scopes = {%q: {"description": "start kernels for other users
 c.JupyterHub.services = [{"name": "kbtest", "api_token": %q}]
 c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
     "scopes": ["admin:users", "admin:groups", "tokens", %q]}]
-`, freePort(t), hubPort, freePort(t), dir, dir, dir, auth.DefaultImpersonateScope, realHubServiceToken, auth.DefaultImpersonateScope)
+`, jstest.FreePort(t), hubPort, jstest.FreePort(t), dir, dir, dir, auth.DefaultImpersonateScope, realHubServiceToken, auth.DefaultImpersonateScope)
 	if err := os.WriteFile(filepath.Join(dir, "jupyterhub_config.py"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,25 +89,20 @@ c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
 			t.Logf("hub log:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		resp, err := http.Get(h.api + "/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
+	jstest.WaitFor(t, 90*time.Second, "jupyterhub to answer", func() bool {
 		select {
 		case <-h.done:
 			b, _ := os.ReadFile(logPath)
 			t.Fatalf("jupyterhub exited at startup:\n%s", b)
-		case <-time.After(200 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("jupyterhub did not answer within 90s")
+		resp, err := http.Get(h.api + "/")
+		if err != nil {
+			return false
 		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 	return h
 }
 

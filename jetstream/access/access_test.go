@@ -53,7 +53,10 @@ func connect(t *testing.T, e *jstest.Env, creds string, inbox string) *probe {
 		nats.MaxReconnects(0),
 	}
 	if creds != "" {
-		userJWT, seed := mustSplitCreds(t, creds)
+		userJWT, seed, err := access.SplitCreds([]byte(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
 		opts = append(opts, nats.UserJWTAndSeed(userJWT, seed))
 	}
 	if inbox != "" {
@@ -66,24 +69,6 @@ func connect(t *testing.T, e *jstest.Env, creds string, inbox string) *probe {
 	t.Cleanup(nc.Close)
 	p.nc = nc
 	return p
-}
-
-func mustSplitCreds(t *testing.T, creds string) (string, string) {
-	t.Helper()
-	var jwtLine, seedLine string
-	lines := strings.Split(creds, "\n")
-	for i, l := range lines {
-		if strings.Contains(l, "BEGIN NATS USER JWT") {
-			jwtLine = strings.TrimSpace(lines[i+1])
-		}
-		if strings.Contains(l, "BEGIN USER NKEY SEED") {
-			seedLine = strings.TrimSpace(lines[i+1])
-		}
-	}
-	if jwtLine == "" || seedLine == "" {
-		t.Fatalf("not a creds file: %q", creds)
-	}
-	return jwtLine, seedLine
 }
 
 // kernel makes a record and an input consumer for a new kernel.

@@ -52,5 +52,22 @@ func ReadCreds(creds []byte) (CredsInfo, error) {
 	return info, nil
 }
 
+// SplitCreds returns the user JWT and nkey seed of a credentials file's
+// contents, for clients that take them apart (nats.UserJWTAndSeed).
+func SplitCreds(creds []byte) (userJWT, seed string, err error) {
+	if userJWT, err = jwt.ParseDecoratedJWT(creds); err != nil {
+		return "", "", fmt.Errorf("credentials: %w", err)
+	}
+	kp, err := jwt.ParseDecoratedNKey(creds)
+	if err != nil {
+		return "", "", fmt.Errorf("credentials: %w", err)
+	}
+	s, err := kp.Seed()
+	if err != nil {
+		return "", "", fmt.Errorf("credentials: %w", err)
+	}
+	return userJWT, string(s), nil
+}
+
 // ErrKernelEnded is a renewal refused because the kernel no longer runs.
 var ErrKernelEnded = errors.New("the kernel has ended: its credentials are not renewed")

@@ -1,8 +1,15 @@
 package jstest
 
 import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -34,4 +41,55 @@ func Tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// ProcUID is the real uid of process pid, from /proc.
+func ProcUID(t testing.TB, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			if n, err := strconv.Atoi(f[1]); err == nil {
+				return n
+			}
+		}
+	}
+	t.Fatalf("no Uid in /proc/%d/status", pid)
+	return 0
+}
+
+// OSUser is the OS account name, made for the test (system account, no
+// home, no login shell) and removed afterwards unless it existed before.
+// Making accounts needs root: without it the set-up is missing.
+func OSUser(t testing.TB, name string) *user.User {
+	t.Helper()
+	if u, err := user.Lookup(name); err == nil {
+		return u
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
+		MissingSetup(t, fmt.Sprintf("cannot create OS user %s (useradd: %v %s)", name, err, out))
+	}
+	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// FreePort is a loopback port that was free a moment ago, for third-party
+// servers that cannot listen on port 0 and say where (JupyterHub, pods on
+// the host network). Another process may take it first: kernelbus's own
+// processes listen on port 0 and report their address instead.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

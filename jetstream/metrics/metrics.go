@@ -149,44 +149,55 @@ func (r *Relay) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// busCollector reports a NATS connection's state from the client's own
-// statistics, so nothing has to hook the connection's callbacks.
-type busCollector struct {
-	nc                          *nats.Conn
-	connected, reconnects, msgs *prometheus.Desc
+// funcs is one collector made of several, registered (and refused) as
+// one: metrics whose values are read when scraped.
+type funcs []prometheus.Collector
+
+func (fs funcs) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range fs {
+		c.Describe(ch)
+	}
+}
+
+func (fs funcs) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range fs {
+		c.Collect(ch)
+	}
+}
+
+func gaugeFunc(name, help string, labels prometheus.Labels, f func() float64) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, f)
+}
+
+func counterFunc(name, help string, labels prometheus.Labels, f func() float64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, f)
+}
+
+func one(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // RegisterBus registers the state of nc, labelled part (frontend, worker,
-// serve...): kernelbus_bus_connected and kernelbus_bus_reconnects_total.
+// serve...), from the client's own statistics, so nothing has to hook the
+// connection's callbacks: kernelbus_bus_connected,
+// kernelbus_bus_reconnects_total and kernelbus_bus_messages_total.
 func RegisterBus(r prometheus.Registerer, part string, nc *nats.Conn) error {
 	labels := prometheus.Labels{"part": part}
-	return r.Register(&busCollector{
-		nc: nc,
-		connected: prometheus.NewDesc(Namespace+"_bus_connected",
-			"1 when the part's NATS connection is up.", nil, labels),
-		reconnects: prometheus.NewDesc(Namespace+"_bus_reconnects_total",
-			"Times the part's NATS connection was re-established.", nil, labels),
-		msgs: prometheus.NewDesc(Namespace+"_bus_messages_total",
-			"Messages on the part's NATS connection, by direction (in, out).", []string{"direction"}, labels),
-	})
-}
-
-func (b *busCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- b.connected
-	ch <- b.reconnects
-	ch <- b.msgs
-}
-
-func (b *busCollector) Collect(ch chan<- prometheus.Metric) {
-	up := 0.0
-	if b.nc.IsConnected() {
-		up = 1
+	msgs := func(direction string, n func(nats.Statistics) uint64) prometheus.Collector {
+		return counterFunc(Namespace+"_bus_messages_total", "Messages on the part's NATS connection, by direction (in, out).",
+			prometheus.Labels{"part": part, "direction": direction}, func() float64 { return float64(n(nc.Stats())) })
 	}
-	st := b.nc.Stats()
-	ch <- prometheus.MustNewConstMetric(b.connected, prometheus.GaugeValue, up)
-	ch <- prometheus.MustNewConstMetric(b.reconnects, prometheus.CounterValue, float64(st.Reconnects))
-	ch <- prometheus.MustNewConstMetric(b.msgs, prometheus.CounterValue, float64(st.InMsgs), "in")
-	ch <- prometheus.MustNewConstMetric(b.msgs, prometheus.CounterValue, float64(st.OutMsgs), "out")
+	return r.Register(funcs{
+		gaugeFunc(Namespace+"_bus_connected", "1 when the part's NATS connection is up.", labels,
+			func() float64 { return one(nc.IsConnected()) }),
+		counterFunc(Namespace+"_bus_reconnects_total", "Times the part's NATS connection was re-established.", labels,
+			func() float64 { return float64(nc.Stats().Reconnects) }),
+		msgs("in", func(st nats.Statistics) uint64 { return st.InMsgs }),
+		msgs("out", func(st nats.Statistics) uint64 { return st.OutMsgs }),
+	})
 }
 
 // DutiesState is what the duties collector reads: package duties'
@@ -197,40 +208,18 @@ type DutiesState interface {
 	Lost() uint64
 }
 
-type dutiesCollector struct {
-	d                    DutiesState
-	leader, culled, lost *prometheus.Desc
-}
-
 // RegisterDuties registers the duties lease and what its holder did.
 // holder names this process in the lease.
 func RegisterDuties(r prometheus.Registerer, holder string, d DutiesState) error {
 	labels := prometheus.Labels{"holder": holder}
-	return r.Register(&dutiesCollector{
-		d: d,
-		leader: prometheus.NewDesc(Namespace+"_duties_lease_held",
-			"1 while this process holds the duties lease (idle culler, lost-kernel detector).", nil, labels),
-		culled: prometheus.NewDesc(Namespace+"_kernels_culled_total",
-			"Idle kernels this process culled while it held the duties lease.", nil, labels),
-		lost: prometheus.NewDesc(Namespace+"_kernels_lost_total",
-			"Kernels this process declared lost (their launcher stopped answering) while it held the duties lease.", nil, labels),
+	return r.Register(funcs{
+		gaugeFunc(Namespace+"_duties_lease_held", "1 while this process holds the duties lease (idle culler, lost-kernel detector).", labels,
+			func() float64 { return one(d.Leader()) }),
+		counterFunc(Namespace+"_kernels_culled_total", "Idle kernels this process culled while it held the duties lease.", labels,
+			func() float64 { return float64(d.Culled()) }),
+		counterFunc(Namespace+"_kernels_lost_total", "Kernels this process declared lost (their launcher stopped answering) while it held the duties lease.", labels,
+			func() float64 { return float64(d.Lost()) }),
 	})
-}
-
-func (c *dutiesCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.leader
-	ch <- c.culled
-	ch <- c.lost
-}
-
-func (c *dutiesCollector) Collect(ch chan<- prometheus.Metric) {
-	held := 0.0
-	if c.d.Leader() {
-		held = 1
-	}
-	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, held)
-	ch <- prometheus.MustNewConstMetric(c.culled, prometheus.CounterValue, float64(c.d.Culled()))
-	ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(c.d.Lost()))
 }
 
 // StartBuckets are the start-latency histogram buckets, in seconds: a

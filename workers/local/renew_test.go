@@ -82,7 +82,11 @@ func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	jstest.WaitFor(t, 5*time.Second, "the server to drop the connection of expired credentials", func() bool {
 		return !live.IsConnected()
 	})
-	nc, err := nats.Connect(js.URL, nats.UserJWTAndSeed(splitCreds(t, r.Creds)), nats.MaxReconnects(0))
+	userJWT, seed, err := access.SplitCreds([]byte(r.Creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(js.URL, nats.UserJWTAndSeed(userJWT, seed), nats.MaxReconnects(0))
 	if err == nil {
 		nc.Close()
 		t.Fatal("expired credentials of an ended kernel connected")
@@ -90,24 +94,4 @@ func TestCredentialsRenewedOnlyWhileKernelRuns(t *testing.T) {
 	if !strings.Contains(strings.ToLower(err.Error()), "expired") && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
 		t.Fatalf("expired credentials: %v, want an authorization failure", err)
 	}
-}
-
-func splitCreds(t *testing.T, creds string) (string, string) {
-	t.Helper()
-	info, err := access.ReadCreds([]byte(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = info
-	var j, s string
-	lines := strings.Split(creds, "\n")
-	for i, l := range lines {
-		if strings.Contains(l, "BEGIN NATS USER JWT") {
-			j = strings.TrimSpace(lines[i+1])
-		}
-		if strings.Contains(l, "BEGIN USER NKEY SEED") {
-			s = strings.TrimSpace(lines[i+1])
-		}
-	}
-	return j, s
 }

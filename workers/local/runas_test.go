@@ -46,36 +46,26 @@ func probe(what, arg string) int {
 	return 1
 }
 
-// testUser makes an OS account for the test (removed afterwards).
-func testUser(t *testing.T, name string) *user.User {
-	t.Helper()
-	if u, err := user.Lookup(name); err == nil {
-		return u
-	}
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
-		t.Skipf("cannot create OS user %s (useradd: %v %s)", name, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("userdel", "-f", name).Run() })
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 // runProbe runs the test binary as u.
 func runProbe(t *testing.T, bin string, u *user.User, what, arg string) int {
 	t.Helper()
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
+	return probeAs(t, bin, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, u.Username, what, arg)
+}
+
+// probeAs runs the test binary with cred (who names it in a failure) and
+// returns the probe's exit code, 0 or 13; anything else fails the test.
+func probeAs(t *testing.T, bin string, cred *syscall.Credential, who, what, arg string) int {
+	t.Helper()
 	cmd := exec.Command(bin, what, arg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ee.ExitCode() == 1 {
-			t.Fatalf("probe %s %s as %s: %s", what, arg, u.Username, out)
+			t.Fatalf("probe %s %s as %s: %s", what, arg, who, out)
 		}
 		return ee.ExitCode()
 	}
@@ -83,21 +73,6 @@ func runProbe(t *testing.T, bin string, u *user.User, what, arg string) int {
 		t.Fatal(err)
 	}
 	return 0
-}
-
-func uidOf(t *testing.T, pid int) string {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
-			return f[1]
-		}
-	}
-	t.Fatalf("no Uid in /proc/%d/status", pid)
-	return ""
 }
 
 // Under a worker that runs as root with --run-as-owners, the kernels of
@@ -108,7 +83,7 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 	if os.Geteuid() != 0 {
 		jstest.MissingSetup(t, "needs root: the test creates two OS users and the worker switches to them")
 	}
-	alice, bob := testUser(t, "kbtest-alice"), testUser(t, "kbtest-bob")
+	alice, bob := jstest.OSUser(t, "kbtest-alice"), jstest.OSUser(t, "kbtest-bob")
 	// The launcher (this test binary) must be runnable by them: a copy in
 	// a folder they can reach.
 	bin := copyBinary(t, 0o755)
@@ -135,8 +110,8 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 		t.Fatalf("kernels did not run: %s %q / %s %q", ka.State, ka.Reason, kb.State, kb.Reason)
 	}
 	pa, pb := pidOf(t, ka), pidOf(t, kb)
-	if uidOf(t, pa) != alice.Uid || uidOf(t, pb) != bob.Uid {
-		t.Fatalf("launchers run as uid %s and %s, want %s and %s", uidOf(t, pa), uidOf(t, pb), alice.Uid, bob.Uid)
+	if ua, ub := strconv.Itoa(jstest.ProcUID(t, pa)), strconv.Itoa(jstest.ProcUID(t, pb)); ua != alice.Uid || ub != bob.Uid {
+		t.Fatalf("launchers run as uid %s and %s, want %s and %s", ua, ub, alice.Uid, bob.Uid)
 	}
 	connFile := func(id string) string {
 		files, _ := filepath.Glob(filepath.Join(os.TempDir(), "kernelbus-"+id+"-*", "kernel-"+id+".json"))
@@ -257,7 +232,7 @@ func TestRunAsDefaultAccount(t *testing.T) {
 	if k.State != broker.StateRunning {
 		t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
 	}
-	if uid, _ := strconv.Atoi(uidOf(t, pidOf(t, k))); uid < int(local.DefaultRange.First) || uid > int(local.DefaultRange.Last) {
+	if uid := jstest.ProcUID(t, pidOf(t, k)); uid < int(local.DefaultRange.First) || uid > int(local.DefaultRange.Last) {
 		t.Fatalf("launcher runs as uid %d, want one of %s", uid, local.DefaultRange)
 	}
 	k = start("00000000-0000-4000-8000-0000000000d2", "closed")
@@ -303,21 +278,7 @@ func mustRunAs(t *testing.T, opts map[string]string) local.RunAs {
 // under a uid of its own runs: no passwd entry, no supplementary groups.
 func runProbeAs(t *testing.T, bin string, id uint32, what, arg string) int {
 	t.Helper()
-	cmd := exec.Command(bin, what, arg)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}}
-	cmd.Dir = "/"
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ee.ExitCode() == 1 {
-			t.Fatalf("probe %s %s as uid %d: %s", what, arg, id, out)
-		}
-		return ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0
+	return probeAs(t, bin, &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}, fmt.Sprint("uid ", id), what, arg)
 }
 
 // Under a root worker's defaults two kernels get two uids of the range,
@@ -329,10 +290,7 @@ func runProbeAs(t *testing.T, bin string, id uint32, what, arg string) int {
 // live kernel holds, and refuses with a 403 once every id is taken.
 func TestRunAsRangeKeepsKernelsApart(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("KB_CI") != "" {
-			t.Fatal("needs root: CI runs as root")
-		}
-		t.Skip("needs root: uids of their own are for a worker running as root")
+		jstest.MissingSetup(t, "needs root: uids of their own are for a worker running as root")
 	}
 	bin := copyBinary(t, 0o755)
 	be, err := local.NewRunAs(bin, local.RunAs{}, zerolog.Nop())
@@ -361,8 +319,7 @@ func TestRunAsRangeKeepsKernelsApart(t *testing.T) {
 			t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
 		}
 		pid := pidOf(t, k)
-		n, _ := strconv.ParseUint(uidOf(t, pid), 10, 32)
-		uid := uint32(n)
+		uid := uint32(jstest.ProcUID(t, pid))
 		var h struct {
 			UID  uint32
 			Home string

@@ -1,0 +1,11 @@
+package yarn
+
+import "github.com/kernelbus/kernelbus/workers"
+
+// The optional extras of workers.Backend this backend has, checked at
+// compile time (the pool finds them by type assertion).
+var (
+	_ workers.Follower  = (*Backend)(nil)
+	_ workers.Reporter  = (*Backend)(nil)
+	_ workers.UserBound = (*Backend)(nil)
+)
