@@ -95,19 +95,26 @@ func identitySources(ff *frontendFlags, log zerolog.Logger) ([]auth.Source, erro
 }
 
 func (f *identityFlags) hubAPIToken() (string, error) {
-	if f.hubTokenFile == "" {
-		return f.hubToken, nil
+	return secretFlag("--hub-api-token", f.hubToken, f.hubTokenFile)
+}
+
+// secretFlag is the secret given to flag name either inline (value) or,
+// out of every process listing (/proc/<pid>/cmdline is world-readable),
+// in the file name+"-file" names (file), which must not be empty.
+func secretFlag(name, value, file string) (string, error) {
+	if file == "" {
+		return value, nil
 	}
-	if f.hubToken != "" {
-		return "", errors.New("give --hub-api-token or --hub-api-token-file, not both")
+	if value != "" {
+		return "", fmt.Errorf("give %s or %s-file, not both", name, name)
 	}
-	b, err := os.ReadFile(f.hubTokenFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
-		return "", fmt.Errorf("--hub-api-token-file: %w", err)
+		return "", fmt.Errorf("%s-file: %w", name, err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", fmt.Errorf("--hub-api-token-file %s is empty", f.hubTokenFile)
+		return "", fmt.Errorf("%s-file %s is empty", name, file)
 	}
 	return tok, nil
 }

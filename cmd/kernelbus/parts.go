@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -362,49 +361,13 @@ func registry(log zerolog.Logger) *workers.Registry {
 	return &r
 }
 
-// connFile is what a nats.conn says: how to reach an installation's NATS
-// (`kernelbus serve` writes one into its data folder; `kernelbus nats-auth
-// init` one for an operator's own cluster).
-type connFile struct {
-	// url of the NATS servers (comma separated).
-	url string
-	// authDir is the folder of role credentials files.
-	authDir string
-	// ca is the CA certificate (PEM file) the servers' TLS certificates
-	// chain to; empty when the bus has no TLS or a public CA.
-	ca string
-}
+// connFile is what a nats.conn says (access.ConnFile).
+type connFile struct{ url, authDir, ca string }
 
-// readConnFile reads a nats.conn: lines url=, auth= and ca=. Relative
-// paths are relative to the file's folder, so an installation's folder can
-// move or be mounted elsewhere.
+// readConnFile reads a nats.conn (access.ReadConnFile).
 func readConnFile(path string) (connFile, error) {
-	var c connFile
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return c, err
-	}
-	rel := func(v string) string {
-		if v != "" && !filepath.IsAbs(v) {
-			return filepath.Join(filepath.Dir(path), v)
-		}
-		return v
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
-		switch k {
-		case "url":
-			c.url = v
-		case "auth":
-			c.authDir = rel(v)
-		case "ca":
-			c.ca = rel(v)
-		}
-	}
-	if c.url == "" {
-		return c, fmt.Errorf("%s: no url= line", path)
-	}
-	return c, nil
+	c, err := access.ReadConnFile(path)
+	return connFile{url: c.URL, authDir: c.AuthDir, ca: c.CA}, err
 }
 
 // localFlags are the local resource manager's: which OS accounts run

@@ -33,6 +33,7 @@ import (
 type frontendFlags struct {
 	listen        string
 	token         string
+	tokenFile     string
 	tokenUser     string
 	usersFile     string
 	noAuth        bool
@@ -59,6 +60,7 @@ type frontendFlags struct {
 func (f *frontendFlags) register(fs *flagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8888", "address of the Jupyter gateway API")
 	fs.StringVar(&f.token, "token", "", "shared token clients may send (Authorization: token T or ?token=T); its holder is an administrator (serve: one is generated when no authentication is configured)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding --token (prefer it: a command line is readable by every local user, kernels included, in /proc/<pid>/cmdline)")
 	fs.StringVar(&f.tokenUser, "token-user", "admin", "user name of the --token identity")
 	fs.StringVar(&f.usersFile, "users-file", "", "users file with per-user tokens and passwords (`kernelbus users`)")
 	fs.BoolVar(&f.noAuth, "insecure-no-auth", false, "no authentication: every caller is an anonymous administrator (tests and trusted networks only)")
@@ -103,7 +105,7 @@ func (f *frontendFlags) identities(log zerolog.Logger) ([]auth.Source, error) {
 
 // authConfigured reports whether any authentication is configured.
 func (f *frontendFlags) authConfigured() bool {
-	return f.token != "" || f.usersFile != "" || f.ident.hubURL != "" || len(f.ident.proxyCIDRs) > 0 || f.tls.clientCA != ""
+	return f.token != "" || f.tokenFile != "" || f.usersFile != "" || f.ident.hubURL != "" || len(f.ident.proxyCIDRs) > 0 || f.tls.clientCA != ""
 }
 
 // checkAuth refuses a configuration with no authentication unless
@@ -111,8 +113,13 @@ func (f *frontendFlags) authConfigured() bool {
 // authentication (one of them is a mistake).
 func (f *frontendFlags) checkAuth(part string) error {
 	if f.noAuth && f.authConfigured() {
-		return errors.New("--insecure-no-auth cannot go with --token or --users-file: drop one")
+		return errors.New("--insecure-no-auth cannot go with --token, --token-file or --users-file: drop one")
 	}
+	tok, err := secretFlag("--token", f.token, f.tokenFile)
+	if err != nil {
+		return err
+	}
+	f.token, f.tokenFile = tok, ""
 	if !f.noAuth && !f.authConfigured() {
 		return fmt.Errorf("kernelbus %s needs authentication: pass --token (shared by every front-end), --users-file, or --insecure-no-auth to let anyone who reaches %s act as an administrator", part, f.listen)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -83,6 +84,115 @@ except Exception as e:
     found["denied"].append("launcher memory: %s" % type(e).__name__)
 print("FOUND" + json.dumps(found))
 `
+
+// zmqCell sends, from kernel A, to every TCP port listening on 127.0.0.1
+// but its own, a ZMQ execute_request signed with A's own key and one
+// unsigned, whose code would create %[1]q; then the same, signed with A's
+// key, to A's own shell port, whose code creates %[2]q: the control that
+// runs, so the denials are not those of a malformed message.
+const zmqCell = `
+import json, hmac, hashlib, uuid
+res = {}
+def zmq_attack():
+    import zmq
+    from ipykernel.connect import get_connection_file
+    own = json.load(open(get_connection_file()))
+    mine = {v for k, v in own.items() if k.endswith("_port")}
+    ports = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[1].startswith("0100007F:"):
+            p = int(f[1].split(":")[1], 16)
+            if p not in mine:
+                ports.add(p)
+    code = 'pwned_by_a = 1; open(%[1]q, "w").write("pwned")'
+    ctx = zmq.Context.instance()
+    replies = 0
+    for p in sorted(ports):
+        for key in (own["key"].encode(), b""):
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect("tcp://127.0.0.1:%%d" %% p)
+            hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+            parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": code, "silent": False}).encode()]
+            sig = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode() if key else b""
+            s.send_multipart([b"<IDS|MSG>", sig] + parts)
+            if s.poll(200):
+                replies += 1
+            s.close()
+    hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+    parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": 'open(%[2]q, "w").write("self")', "silent": False}).encode()]
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 1000
+    s.connect("tcp://127.0.0.1:%%d" %% own["shell_port"])
+    s.send_multipart([b"<IDS|MSG>", hmac.new(own["key"].encode(), b"".join(parts), hashlib.sha256).hexdigest().encode()] + parts)
+    s.close()
+    res["ports"] = sorted(ports)
+    res["replies"] = replies
+try:
+    zmq_attack()
+except Exception:
+    import traceback
+    res["error"] = traceback.format_exc()
+print("ZMQ" + json.dumps(res))
+`
+
+// ZMQ makes kernel A (through conn) send execute_requests to every other
+// ZMQ port on 127.0.0.1, signed with the only key it has (its own) and
+// unsigned, whose code would create pwned in the kernel that runs it; then
+// the control, the same signed message to A's own shell port, which
+// creates selfMark in A once this cell ends (the caller checks both). It
+// returns the ports tried.
+func ZMQ(t testing.TB, conn *client.Conn, pwned, selfMark string) map[int]bool {
+	t.Helper()
+	r, err := conn.Execute(fmt.Sprintf(zmqCell, pwned, selfMark), 2*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the ZMQ cell: %+v %v", r, err)
+	}
+	out := r.Stdout.String()
+	i := strings.Index(out, "ZMQ")
+	var res struct {
+		Ports   []int
+		Replies int
+		Error   string
+	}
+	if i < 0 || json.Unmarshal([]byte(strings.TrimSpace(out[i+len("ZMQ"):])), &res) != nil {
+		t.Fatalf("the ZMQ cell printed %q", out)
+	}
+	if res.Error != "" {
+		t.Fatalf("kernel A's ZMQ attempts failed: %s", res.Error)
+	}
+	t.Logf("kernel A sent signed and unsigned execute_requests to ports %v: %d replies", res.Ports, res.Replies)
+	tried := map[int]bool{}
+	for _, p := range res.Ports {
+		tried[p] = true
+	}
+	return tried
+}
+
+// KernelProc finds kernel id's ipykernel process on this host (seen from
+// the host's /proc) and its connection file.
+func KernelProc(t testing.TB, id string) (pid int, connFile string) {
+	t.Helper()
+	jstest.WaitFor(t, 30*time.Second, "kernel "+id+"'s process", func() bool {
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			n, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n))
+			for _, a := range strings.Split(string(cmd), "\x00") {
+				if strings.HasSuffix(a, "kernel-"+id+".json") && strings.Contains(string(cmd), "ipykernel") {
+					pid, connFile = n, a
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return pid, connFile
+}
 
 // Loot is what the hostile cell printed.
 type Loot struct {

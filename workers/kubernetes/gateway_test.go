@@ -10,12 +10,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kernelbus/kernelbus/e2e/attack"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
@@ -45,7 +48,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	t0 := time.Now()
 	cl := k8stest.Start(t)
 	t.Logf("control plane ready in %s", time.Since(t0).Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
 	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cl.Client, Node: "node-1", CPU: "4", Memory: "8Gi",
@@ -195,6 +198,10 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		waitGone(t, ctx, cs, "namespaces", "", ns)
 	})
 
+	t.Run("a hostile kernel against another user's", func(t *testing.T) {
+		hostileKernel(t, ctx, c, cs, gw)
+	})
+
 	t.Run("unschedulable", func(t *testing.T) {
 		start := time.Now()
 		_, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "carol", "KERNEL_MEMORY": "1Ti", "KERNEL_LAUNCH_TIMEOUT": "120"})
@@ -258,6 +265,177 @@ func TestGatewayOnKubernetes(t *testing.T) {
 
 	if left := agent.Running(); len(left) > 0 {
 		t.Errorf("kernel processes still running: %v", left)
+	}
+}
+
+// viewCell is what kernel A sees of the node from inside its pod: its
+// uid, the processes in its /proc (with their command lines) and /tmp;
+// and what it gets trying B's connection file (%[1]q, B's path in B's
+// pod) and B's kernel process (host pid %[2]d): read its environment,
+// signal it; and the gateway's data folder (%[3]q: its nats.conn, role
+// credentials, stream files). Each try is "ok" or the error's type.
+const viewCell = `
+import os, json
+procs = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            procs[p] = open("/proc/%%s/cmdline" %% p, "rb").read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except Exception as e:
+            procs[p] = type(e).__name__
+tries = {}
+def tryit(name, f):
+    try:
+        f()
+        tries[name] = "ok"
+    except Exception as e:
+        tries[name] = type(e).__name__
+tryit("read B's connection file", lambda: open(%[1]q).read())
+tryit("list B's connection folder", lambda: os.listdir(os.path.dirname(%[1]q)))
+tryit("read B's environ", lambda: open("/proc/%[2]d/environ").read())
+tryit("signal 0 B", lambda: os.kill(%[2]d, 0))
+tryit("list the gateway's data folder", lambda: os.listdir(%[3]q))
+tryit("read nats.conn", lambda: open(%[3]q + "/nats.conn").read())
+tryit("read admin creds", lambda: open(%[3]q + "/auth/admin.creds").read())
+print("VIEW" + json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "procs": procs, "tmp": os.listdir("/tmp"), "tries": tries}))
+`
+
+// hostileKernel: two users' kernels A and B on the Kubernetes pool, each
+// in its user's namespace. Their pods run as a non-root user (the
+// backend's default) in pid and mount namespaces of their own (the node
+// agent's, as a kubelet's): code in A sees only its own pod's processes
+// and /tmp, not B's kernel or connection file, and what it sends to B's
+// ZMQ ports (the stand-in's pods share the host's network) runs nothing
+// without B's key. It then reads everything it can (environments, /proc,
+// its launcher's files and memory) and the test tries every credential
+// found, and A's own launcher credentials, with a real NATS client against
+// B: every attempt is denied (attack.RunAll), and B ran nothing.
+func hostileKernel(t *testing.T, ctx context.Context, c *client.Client, cs k8s.Interface, gw gateway) {
+	start := func(user string) (string, *client.Conn) {
+		m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": user})
+		if err != nil {
+			t.Fatalf("%s's kernel: %v", user, err)
+		}
+		t.Cleanup(func() {
+			_ = c.DeleteKernel(context.Background(), m.ID)
+			waitGone(t, context.Background(), cs, "pods", "kb-"+user, kbk8s.PodName(m.ID))
+		})
+		conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		pod, err := cs.CoreV1().Pods("kb-"+user).Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc := pod.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser == 0 || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+			t.Fatalf("%s's kernel pod has no non-root user: %+v", user, sc)
+		}
+		return m.ID, conn
+	}
+	a, connA := start("eve")
+	b, connB := start("frank")
+	if r, err := connB.Execute("secret = 'frank-' + str(6*7); print(secret)", time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "frank-42" {
+		t.Fatalf("B: %+v %v", r, err)
+	}
+	// B's kernel process and connection file, as the host sees them (the
+	// file is in B's own /tmp: the host reads it through B's /proc root).
+	pidB, connFileB := attack.KernelProc(t, b)
+	var portsB struct {
+		Shell   int `json:"shell_port"`
+		Control int `json:"control_port"`
+	}
+	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s", pidB, connFileB)); err != nil || json.Unmarshal(data, &portsB) != nil || portsB.Shell == 0 {
+		t.Fatalf("B's connection file %s: %v", connFileB, err)
+	}
+
+	r, err := connA.Execute(fmt.Sprintf(viewCell, connFileB, pidB, filepath.Dir(gw.natsConn)), time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("the view cell: %+v %v", r, err)
+	}
+	out := r.Stdout.String()
+	i := strings.Index(out, "VIEW")
+	var view struct {
+		UID, GID int
+		Groups   []int
+		Procs    map[string]string
+		Tmp      []string
+		Tries    map[string]string
+	}
+	if i < 0 || json.Unmarshal([]byte(strings.TrimSpace(out[i+len("VIEW"):])), &view) != nil {
+		t.Fatalf("the view cell printed %q", out)
+	}
+	t.Logf("kernel A's view of the node: uid %d gid %d groups %v, processes %v, /tmp %v; against B: %v", view.UID, view.GID, view.Groups, view.Procs, view.Tmp, view.Tries)
+	if view.UID != 1000 || view.GID != 100 {
+		t.Errorf("kernel A runs as %d:%d, want the backend's default 1000:100", view.UID, view.GID)
+	}
+	for pid, cmd := range view.Procs {
+		if strings.Contains(cmd, b) || strings.Contains(cmd, "kernelbus serve") || strings.Contains(cmd, "kube-apiserver") {
+			t.Errorf("kernel A sees process %s %q outside its pod", pid, cmd)
+		}
+	}
+	if len(view.Procs) > 8 {
+		t.Errorf("kernel A sees %d processes: its pod has a launcher and a kernel", len(view.Procs))
+	}
+	for _, f := range view.Tmp {
+		if strings.Contains(f, b) {
+			t.Errorf("kernel A sees B's %s in /tmp", f)
+		}
+	}
+	// Not there at all in A's pod (B's pid, were it one of A's own, would
+	// be A's process, not B's).
+	want := map[string]string{"read B's connection file": "FileNotFoundError", "list B's connection folder": "FileNotFoundError",
+		"read B's environ": "FileNotFoundError", "signal 0 B": "ProcessLookupError"}
+	if _, mine := view.Procs[strconv.Itoa(pidB)]; mine {
+		delete(want, "read B's environ")
+		delete(want, "signal 0 B")
+	}
+	for k, w := range want {
+		if view.Tries[k] != w {
+			t.Errorf("kernel A: %s: got %q, want %s", k, view.Tries[k], w)
+		}
+	}
+	// The data folder is in the test's /tmp (not in A's pod) or, with
+	// another TMPDIR, closed to A (mode 0700).
+	for _, k := range []string{"list the gateway's data folder", "read nats.conn", "read admin creds"} {
+		if v := view.Tries[k]; v != "FileNotFoundError" && v != "PermissionError" {
+			t.Errorf("kernel A: %s: got %q, want FileNotFoundError or PermissionError", k, v)
+		}
+	}
+
+	// B's ZMQ ports, without B's key.
+	selfMark := attack.PwnedFile(a) + "-self"
+	tried := attack.ZMQ(t, connA, attack.PwnedFile(b), selfMark)
+	if !tried[portsB.Shell] || !tried[portsB.Control] {
+		t.Fatalf("kernel A's ZMQ attempts missed B's shell and control ports %d, %d (tried %v)", portsB.Shell, portsB.Control, tried)
+	}
+	jstest.WaitForNil(t, time.Minute, func() error {
+		r, err := connA.Execute(fmt.Sprintf("import os; print(os.path.exists(%q))", selfMark), time.Minute)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(r.Stdout.String()) != "True" {
+			return errors.New("the control: A's message to its own shell port has not run")
+		}
+		return nil
+	})
+
+	// Bus credentials, wherever A can find them.
+	l := attack.Steal(t, connA)
+	cf, err := access.ReadConnFile(gw.natsConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attack.RunAll(t, cf.URL, cf.CA, append(l.Creds(), attack.Minted(t, filepath.Join(cf.AuthDir, access.MinterFileName), a)), a, b, nil)
+
+	// B is untouched: alive, its state, nothing run.
+	if k, err := c.Kernel(ctx, b); err != nil || k.ExecutionState == "dead" {
+		t.Fatalf("B's record after the attacks: %+v %v", k, err)
+	}
+	r, err = connB.Execute(fmt.Sprintf("import os; print(secret, os.path.exists(%q), 'pwned_by_a' in globals())", attack.PwnedFile(b)), time.Minute)
+	if err != nil || strings.TrimSpace(r.Stdout.String()) != "frank-42 False False" {
+		t.Fatalf("B after the attacks (want its secret, no pwned file, no code run): %+v %v", r, err)
 	}
 }
 
