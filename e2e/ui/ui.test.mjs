@@ -51,7 +51,13 @@ async function poll(what, fn, timeoutMs = 60000) {
 const timings = {};
 const consoleErrors = [];
 let allowFailedLoad = null; // a URL part whose failed load is expected (a refused start)
-let serve, browser, base, aliceToken, rootToken, jupyter, jupyterBase, jupyterToken;
+let serve, browser, base, aliceToken, rootToken, jupyter, jupyterBase, jupyterToken, frontend2;
+
+// Kernel environments: the flag limit every request meets, and alice's
+// own (lower) one, set by the administrator in the admin panel.
+const envMaxMemoryMB = 4096;
+const aliceMemoryMB = 1024;
+const envBuildTimeoutMs = 420000; // 55-109 s measured under load; pip downloads besides
 
 // lab calls jupyter_server's REST API, as JupyterLab does.
 async function lab(method, path, body) {
@@ -119,18 +125,188 @@ async function signIn(page, how) {
   timings[`sign-in to overview (${how.user || "token"})`] = Date.now() - t0;
 }
 
+// spawnLogged starts a process whose output is kept for a failure report.
+function spawnLogged(cmd, args, env) {
+  const p = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  p.log = [];
+  p.stdout.on("data", (d) => p.log.push(d));
+  p.stderr.on("data", (d) => p.log.push(d));
+  return p;
+}
+
+async function stop(p, what) {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  p.kill("SIGTERM");
+  await poll(what + " to exit", () => p.exitCode !== null || p.signalCode !== null, 20000).catch(() => p.kill("SIGKILL"));
+}
+
+// execute runs code in a kernel over jupyter_server's kernel websocket,
+// from a browser page on jupyter_server's origin, as JupyterLab does, and
+// returns what the kernel printed (stream output) or its error.
+async function execute(kernelId, code) {
+  const lab = await newPage("jupyterlab");
+  await lab.goto(jupyterBase + "api/status?token=" + jupyterToken);
+  const url = jupyterBase.replace(/^http/, "ws") + `api/kernels/${kernelId}/channels?token=${jupyterToken}`;
+  const out = await lab.evaluate(({ url, code }) => new Promise((resolve, reject) => {
+    const session = crypto.randomUUID(), msgId = crypto.randomUUID();
+    const ws = new WebSocket(url);
+    let text = "";
+    const timer = setTimeout(() => { ws.close(); reject(new Error("no idle status within 90 s; output so far: " + text)); }, 90000);
+    ws.onerror = () => reject(new Error("websocket error"));
+    ws.onopen = () => ws.send(JSON.stringify({
+      header: { msg_id: msgId, msg_type: "execute_request", username: "alice", session, version: "5.3", date: new Date().toISOString() },
+      parent_header: {}, metadata: {}, channel: "shell", buffers: [],
+      content: { code, silent: false, store_history: false, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+    }));
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      if (!m.parent_header || m.parent_header.msg_id !== msgId) return;
+      const t = m.header.msg_type;
+      if (t === "stream") text += m.content.text;
+      if (t === "error") text += m.content.ename + ": " + m.content.evalue;
+      if (t === "status" && m.content.execution_state === "idle") { clearTimeout(timer); ws.close(); resolve(text); }
+    };
+  }), { url, code });
+  await lab.context().close();
+  pages.splice(pages.findIndex(([n]) => n === "jupyterlab"), 1);
+  return out;
+}
+
+// environments drives the kernel environments page as alice: refusals
+// (a package that does not exist, resources over the limits), then a
+// real build from PyPI whose kernel imports the package, and a second
+// front-end on the same bus that lists the new kernelspec.
+async function environments(page) {
+  await visit(page, "#/environments", "environments");
+  await page.waitForSelector("#env-form", { timeout: 15000 });
+  // Every field of the form has a label (its accessible name).
+  const unlabelled = await page.$$eval("#env-form input, #env-form select, #env-form textarea",
+    (els) => els.filter((e) => !e.labels || e.labels.length === 0).map((e) => e.id));
+  assert.deepEqual(unlabelled, [], "form fields without a label");
+  await shot(page, "environments");
+  const submitByKeyboard = async () => { await page.focus("#env-name"); await page.keyboard.press("Enter"); };
+
+  // A package that does not exist: refused before any build, pip's
+  // reason naming it, shown on the page.
+  await page.focus("#env-name");
+  await page.keyboard.type("uibad");
+  await page.fill("#env-requirements", "kb-no-such-package-4711");
+  allowFailedLoad = "/api/environments";
+  let t0 = Date.now();
+  await submitByKeyboard();
+  await page.waitForSelector("#view p[role=alert]:has-text('kb-no-such-package-4711')", { timeout: 180000 });
+  timings["environment refused: missing package (pip resolver)"] = Date.now() - t0;
+  await shot(page, "env-refused-package");
+
+  // Over the gateway's limit: the form says so before sending (the
+  // field's max, its placeholder and the browser's validation message)
+  // and the REST API refuses it, naming the field and the limit.
+  await page.fill("#env-requirements", "tabulate");
+  await page.fill("#env-memory_mb", String(envMaxMemoryMB * 4));
+  assert.equal(await page.getAttribute("#env-memory_mb", "placeholder"), `at most ${envMaxMemoryMB}`);
+  assert.match(await page.$eval("#env-memory_mb", (e) => e.validationMessage), new RegExp(String(envMaxMemoryMB)));
+  const over = await rest("POST", "api/environments", aliceToken,
+    { name: "uibig", python: await page.inputValue("#env-python"), requirements: "tabulate", resources: { memory_mb: envMaxMemoryMB * 4 } });
+  assert.equal(over.status, 400, JSON.stringify(over.body));
+  assert.match(over.body.message, new RegExp(`resources\\.memory_mb: ${envMaxMemoryMB * 4} is above the limit of ${envMaxMemoryMB} MB`));
+  // Over alice's own limit (the admin set driver_memory_mb): refused
+  // by the server, the page naming the limit.
+  await page.fill("#env-memory_mb", String(aliceMemoryMB * 2));
+  await submitByKeyboard();
+  await page.waitForSelector(`#view p[role=alert]:has-text('driver_memory_mb'):has-text('${aliceMemoryMB}')`, { timeout: 60000 });
+  allowFailedLoad = null;
+  await shot(page, "env-refused-limit");
+
+  // A real build: tabulate from PyPI, progress and log on the page.
+  await page.fill("#env-memory_mb", "");
+  await page.fill("#env-name", "uitab");
+  await page.fill("#env-display", "Tabulate (UI test)");
+  t0 = Date.now();
+  await submitByKeyboard();
+  // Accepted: the page follows the build (its progress bar and log).
+  await page.waitForSelector("#env-progress:not([hidden])", { timeout: 180000 });
+  timings["environment accepted (validated, resolved)"] = Date.now() - t0;
+  await poll("build log lines on the page", async () => (await page.textContent("#env-log")).trim().length > 0, 120000);
+  await shot(page, "env-building");
+  const done = await page.waitForSelector("#view p[role=status]:has-text('Environment uitab: ready.'), #view p[role=status]:has-text('Environment uitab: failed.')",
+    { timeout: envBuildTimeoutMs });
+  timings["environment build to ready (tabulate)"] = Date.now() - t0;
+  await shot(page, "env-ready");
+  assert.match(await done.textContent(), /ready/, "build failed; log:\n" + (await page.textContent("#env-log")));
+  assert.ok(await page.$eval("#env-progress", (e) => e.value) > 0, "the progress bar moved");
+  // The list links the new kernelspec; its details open from the keyboard.
+  await page.waitForSelector('#env-list a[href="#/specs/uitab"]', { timeout: 15000 });
+  await page.focus('#env-list a[href="#/specs/uitab"]');
+  await page.keyboard.press("Enter");
+  await page.waitForSelector('#view[data-ready="#/specs/uitab"]');
+  await page.waitForSelector("#spec-record");
+  assert.match(await page.textContent("#spec-record"), /Tabulate \(UI test\)/);
+  await shot(page, "kernelspec-uitab");
+
+  // JupyterLab's side sees the spec and starts a kernel from it, which
+  // imports the package.
+  const specs = await lab("GET", "api/kernelspecs");
+  assert.ok(specs.body.kernelspecs.uitab, "jupyter_server lists uitab: " + Object.keys(specs.body.kernelspecs));
+  t0 = Date.now();
+  const k = await lab("POST", "api/kernels", { name: "uitab" });
+  assert.equal(k.status, 201, JSON.stringify(k.body));
+  const out = await execute(k.body.id, "import sys, tabulate\nprint(sys.prefix)\nprint(tabulate.tabulate([['kernelbus', 16]], headers=['project', 'issue']))");
+  timings["kernel from the new spec: start + import"] = Date.now() - t0;
+  assert.match(out, /project\s+issue/, out);
+  assert.match(out, /kernelbus\s+16/, out);
+  assert.doesNotMatch(out, new RegExp(venv.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")), "the kernel runs in the environment, not the test's venv");
+  assert.equal((await lab("DELETE", "api/kernels/" + k.body.id)).status, 204);
+
+  // A second front-end on the same bus, with the frontend role's
+  // credentials from serve's data folder, lists the new spec.
+  const port2 = await freePort();
+  const base2 = `http://127.0.0.1:${port2}/`;
+  frontend2 = spawnLogged(kb, ["frontend", "--nats-conn", join(work, "data", "nats.conn"), "--listen", `127.0.0.1:${port2}`,
+    "--users-file", usersFile, "--log-level", "info"], process.env);
+  await poll("the second front-end to be ready", async () => (await fetch(base2 + "readyz")).ok, 60000);
+  const r2 = await fetch(base2 + "api/kernelspecs", { headers: { Authorization: "token " + aliceToken } });
+  assert.equal(r2.status, 200);
+  const specs2 = await r2.json();
+  assert.ok(specs2.kernelspecs.uitab, "the second front-end lists uitab: " + Object.keys(specs2.kernelspecs));
+  assert.equal(specs2.kernelspecs.uitab.spec.display_name, "Tabulate (UI test)");
+  // ... and shows it in its UI (the session cookie of the first one
+  // would do too, the signing key being on the bus; sign in afresh).
+  const page2 = await newPage("alice-frontend2");
+  const saved = base;
+  base = base2;
+  try {
+    await signIn(page2, { user: "alice", password: "alice-password" });
+    await visit(page2, "#/specs", "kernelspecs (second front-end)");
+    await page2.waitForSelector('a[href="#/specs/uitab"]', { timeout: 15000 });
+    await shot(page2, "kernelspecs-frontend2");
+  } finally { base = saved; }
+
+  // Deleting the environment (confirmed) removes its spec everywhere.
+  await visit(page, "#/environments", "environments (again)");
+  await page.click('button[aria-label="Delete environment uitab"]');
+  await poll("uitab to leave the second front-end's kernelspecs", async () => {
+    const r = await fetch(base2 + "api/kernelspecs", { headers: { Authorization: "token " + aliceToken } });
+    return !(await r.json()).kernelspecs.uitab;
+  }, 30000);
+  await page.waitForSelector("#env-list :text('No environments yet.')", { timeout: 15000 });
+}
+
 async function main() {
   // Users: alice (user: token and password), root (admin: token).
   aliceToken = users(["add", "--role", "user", "alice"]);
   users(["passwd", "alice"], "alice-password\n");
   rootToken = users(["add", "--role", "admin", "--role", "user", "root"]);
 
+  mkdirSync(join(work, "build"));
   const port = await freePort();
   base = `http://127.0.0.1:${port}/`;
   const env = { ...process.env, PATH: join(venv, "bin") + ":" + process.env.PATH, IPYTHONDIR: join(work, "ipython") };
   serve = spawn(kb, ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
     "--users-file", usersFile, "--kernelspec-dir", join(venv, "share", "jupyter", "kernels"),
-    "--launcher", launcher, "--log-level", "info", "--stop-kernels-on-exit"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    "--launcher", launcher, "--log-level", "info", "--stop-kernels-on-exit",
+    // A build worker runs in serve (--build-worker, on by default) with
+    // the venv's python3 (first on PATH) as the offered Python.
+    "--build-dir", join(work, "build"), "--env-max-memory-mb", String(envMaxMemoryMB)], { env, stdio: ["ignore", "pipe", "pipe"] });
   const log = [];
   serve.stdout.on("data", (d) => log.push(d));
   serve.stderr.on("data", (d) => log.push(d));
@@ -231,19 +407,6 @@ async function main() {
   await page.waitForSelector("#spec-record");
   assert.match(await page.textContent("#spec-record"), /languagepython/);
   await shot(page, "kernelspec-python3");
-  // Until kernel environments are served, the page's probe answers 404.
-  allowFailedLoad = "/api/environments";
-  await visit(page, "#/environments", "environments");
-  await page.waitForSelector("#env-unavailable, #env-form");
-  if (await page.$("#env-form")) {
-    // A package that does not exist is refused, naming it (pip's resolver).
-    await page.fill("#env-name", "uibad");
-    await page.fill("#env-requirements", "kb-no-such-package-4711");
-    await page.click("#env-form button[type=submit]");
-    await page.waitForSelector("#view p[role=alert]:has-text('kb-no-such-package-4711')", { timeout: 120000 });
-  }
-  allowFailedLoad = null;
-  await shot(page, "environments");
   await visit(page, "#/overview", "overview");
   await page.keyboard.press("Tab"); // the skip link comes first
   assert.equal(await page.evaluate(() => document.activeElement.className), "skip");
@@ -256,6 +419,7 @@ async function main() {
   await visit(adminPage, "#/admin", "admin");
   await adminPage.fill("#user-limits-user", "alice");
   await adminPage.fill("#user-limits-max_kernels", "1");
+  await adminPage.fill("#user-limits-driver_memory_mb", String(aliceMemoryMB)); // environments below
   await adminPage.focus("#user-limits-max_kernels");
   await adminPage.keyboard.press("Enter"); // submits the form
   await adminPage.waitForSelector("#view td:text-is('alice')", { timeout: 15000 });
@@ -282,6 +446,8 @@ async function main() {
   assert.equal(forbidden, 403);
   allowFailedLoad = null;
   assert.equal((await rest("DELETE", "api/kernels/" + one.body.id, aliceToken)).status, 204);
+
+  await environments(page);
 
   // Sign out ends the session.
   await page.click("#logout");
@@ -313,6 +479,10 @@ try {
     if (failed) console.error("--- jupyter_server log tail ---\n" + Buffer.concat(jupyter.log).toString().split("\n").slice(-20).join("\n"));
     jupyter.kill("SIGTERM");
     await poll("jupyter_server to exit", () => jupyter.exitCode !== null || jupyter.signalCode !== null, 20000).catch(() => jupyter.kill("SIGKILL"));
+  }
+  if (frontend2) {
+    if (failed) console.error("--- second front-end log tail ---\n" + Buffer.concat(frontend2.log).toString().split("\n").slice(-20).join("\n"));
+    await stop(frontend2, "the second front-end");
   }
   if (serve) {
     serve.kill("SIGTERM");
