@@ -63,6 +63,13 @@ try {
   // Queues: at least the default leaf, with its use.
   await page.waitForSelector('section[data-rm="yarn"] td:text-is("root.default")');
   await ui.shot(page, "overview-yarn");
+  // The link to the RM's own pages keeps the keyboard focus across the
+  // overview's refresh.
+  assert.equal(await page.getAttribute("#rm-web-yarn", "href"), rm + "/cluster");
+  await page.focus("#rm-web-yarn");
+  const loads = Number(await page.getAttribute("#overview-box", "data-loads"));
+  await poll("a refresh of the overview", async () => Number(await page.getAttribute("#overview-box", "data-loads")) > loads, 20000);
+  assert.equal(await page.evaluate(() => document.activeElement.id), "rm-web-yarn", "focus kept across the refresh");
 
   // The kernels page: the kernel's application, linked to the RM's page.
   await ui.visit(page, "#/kernels", "kernels (yarn)");
