@@ -247,6 +247,10 @@ async function main() {
     ui.timings[`overview reload to data shown #${i}`] = Date.now() - c0;
     ui.timings[`overview reload DOMContentLoaded #${i} (navigation timing)`] = Math.round(await page.evaluate(() => performance.getEntriesByType("navigation")[0].domContentLoadedEventEnd));
   }
+  // The UI's weight: the bodies of the page, its CSS and its script.
+  ui.timings["UI weight: bytes of index.html + app.css + app.js (not a time)"] = await page.evaluate(() =>
+    [...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")]
+      .filter((e) => /\/ui\/[^?]*$/.test(new URL(e.name).pathname)).reduce((n, e) => n + e.encodedBodySize, 0));
   await ui.shot(page, "overview-user");
 
   // A kernel started from JupyterLab's side appears in the table ...
