@@ -57,7 +57,9 @@ function spawnLogged(cmd, args, env) {
 // returns what the kernel printed (stream output) or its error.
 async function execute(kernelId, code) {
   const lab = await ui.newPage("jupyterlab");
-  await lab.goto(jupyterBase + "api/status?token=" + jupyterToken);
+  // An HTML page of jupyter_server: its API answers carry a CSP of
+  // default-src 'none', which forbids the page its own websocket.
+  await lab.goto(jupyterBase + "login");
   const url = jupyterBase.replace(/^http/, "ws") + `api/kernels/${kernelId}/channels?token=${jupyterToken}`;
   const out = await lab.evaluate(({ url, code }) => new Promise((resolve, reject) => {
     const session = crypto.randomUUID(), msgId = crypto.randomUUID();
