@@ -311,12 +311,12 @@ async function environments(root) {
   const err = alertBox(), msg = h("p", { role: "status", class: "ok" });
   const list = h("div", { id: "env-list" });
   const log = h("pre", { id: "env-log", hidden: true });
-  const progress = h("progress", { id: "env-progress", max: 100, value: 0, hidden: true });
+  const progress = h("progress", { id: "env-progress", max: 100, value: 0, hidden: true, "aria-label": "build progress" });
   const load = async () => {
     const envs = await api("GET", "api/environments");
     list.replaceChildren(table(["name", "display name", "python", "RM", "owner", "state", "kernelspec", ""],
       envs.map((e) => [e.name, e.display_name, e.python, e.rm, e.owner,
-        e.state + (e.state === "building" ? " " + e.progress + " %" : "") + (e.message ? ": " + e.message : ""),
+        e.state + (e.state === "building" ? " " + e.progress + " %" : "") + (e.message && e.message !== e.state ? ": " + e.message : ""),
         e.kernelspec ? h("a", { href: "#/specs/" + encodeURIComponent(e.kernelspec), text: e.kernelspec }) : "",
         h("button", { type: "button", "aria-label": "Delete environment " + e.name, text: "Delete", onclick: async () => {
           if (!confirm("Delete environment " + e.name + "? Its kernelspec goes; running kernels keep running.")) return;
