@@ -77,10 +77,12 @@ try {
   assert.equal(await link.getAttribute("href"), rm + "/cluster/app/" + app);
   await ui.shot(page, "kernels-yarn");
 
-  // The overview from the keyboard: the skip link, then the navigation.
+  // The overview from the keyboard: the page puts the focus on its
+  // content, and Tab reaches the link to the RM's pages from there.
   await ui.visit(page, "#/overview", "overview (yarn)");
+  await page.waitForSelector("#rm-web-yarn");
   await page.keyboard.press("Tab");
-  assert.equal(await page.evaluate(() => document.activeElement.className), "skip");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "rm-web-yarn", "Tab from the content's start");
   assert.deepEqual(ui.consoleErrors, [], "console errors");
 } catch (e) {
   failed = true;
