@@ -10,6 +10,7 @@
 // Env: KB_UI_BASE (the front-end, ending in /), KB_UI_TOKEN (an admin's
 // API token), KB_YARN_RM (the RM's web address), KB_YARN_APP (the
 // application of a running kernel), CHROMIUM (default /usr/bin/chromium).
+import { rmSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -17,7 +18,9 @@ import { Browser, poll } from "./lib.mjs";
 
 const need = (k) => { const v = process.env[k]; if (!v) throw new Error(k + " is not set"); return v; };
 const base = need("KB_UI_BASE"), token = need("KB_UI_TOKEN"), rm = need("KB_YARN_RM"), app = need("KB_YARN_APP");
-const ui = new Browser(join(dirname(fileURLToPath(import.meta.url)), "artifacts", "yarn"));
+const artifacts = join(dirname(fileURLToPath(import.meta.url)), "artifacts", "yarn");
+rmSync(artifacts, { recursive: true, force: true }); // no stale screenshots
+const ui = new Browser(artifacts);
 
 // shown is what the YARN section says, in the RM's terms.
 async function shown(page) {
