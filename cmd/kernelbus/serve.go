@@ -343,7 +343,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	if ff.env.cache == "" {
+	// Environments unpack beside the bus's data, except as root: kernels
+	// then run as other accounts, to which the data folder (0700) is
+	// closed, so the worker's default (/var/cache/kernelbus/envs) holds.
+	if ff.env.cache == "" && os.Geteuid() != 0 {
 		ff.env.cache = filepath.Join(*dataDir, "envs")
 	}
 	var baseSpecs workers.SpecSource = specCatalog(ff.specDirs, log)

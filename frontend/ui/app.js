@@ -58,6 +58,16 @@ function every(ms, fn) {
   cleanup.push(() => clearInterval(t));
 }
 
+// refresh replaces what box shows with what make returns, keeping the
+// keyboard focus on the element of the same id if it had it, and counts
+// the refreshes in box.dataset.loads (for tests that wait for one).
+function refresh(box, ...kids) {
+  const focused = box.contains(document.activeElement) ? document.activeElement.id : "";
+  box.replaceChildren(...kids);
+  if (focused) document.getElementById(focused)?.focus();
+  box.dataset.loads = String(Number(box.dataset.loads || 0) + 1);
+}
+
 function table(cols, rows, empty) {
   if (!rows.length) return h("p", { class: "muted", text: empty });
   return h("table", {},
@@ -69,14 +79,14 @@ function table(cols, rows, empty) {
 
 async function overview(root) {
   root.append(h("h1", { text: "Cluster overview" }));
-  const box = h("div");
+  const box = h("div", { id: "overview-box" });
   root.append(box);
   const load = async () => {
     const c = await api("GET", "api/cluster");
     const states = Object.entries(c.kernels_by_state).sort();
     const total = states.reduce((n, [, v]) => n + v, 0);
     const rms = Object.entries(c.resource_managers).sort();
-    box.replaceChildren(
+    refresh(box,
       h("div", { class: "cards" },
         h("section", { class: "card", "aria-label": "Kernels" }, h("h3", { text: "Kernels" }),
           h("div", { class: "num", id: "kernel-total", text: total }),
@@ -93,7 +103,7 @@ async function overview(root) {
             w.mem_total_mb ? (w.mem_available_mb + " / " + w.mem_total_mb + " MB") : "", ago(w.seen)]),
           "No live worker of this resource manager."),
         h("p", { class: "muted", text: "kernels: " + (Object.entries(rm.kernels).map(([k, v]) => k + " " + v).join(", ") || "none") }),
-        rmReport(rm),
+        rmReport(name, rm),
       )) : h("p", { class: "muted", text: "No worker is live and no kernel is known." })),
     );
   };
@@ -103,7 +113,7 @@ async function overview(root) {
 
 // rmReport shows what a worker reported of its resource manager (YARN:
 // cluster metrics and queues).
-function rmReport(rm) {
+function rmReport(name, rm) {
   const w = rm.workers.find((w) => w.cluster);
   const err = rm.workers.find((w) => w.cluster_error);
   if (!w) return err ? h("p", { class: "error", text: "the resource manager did not answer: " + err.cluster_error }) : null;
@@ -136,7 +146,7 @@ function rmReport(rm) {
     c.queues ? table(["queue (" + (c.scheduler || "") + ")", "state", "used MB", "used vCores", "max", "active apps"],
       c.queues.map((q) => [q.path, q.state || "", q.used_mb, q.used_vcores,
         q.max_mb ? q.max_mb + " MB" : q.abs_max_capacity ? q.abs_max_capacity + " %" : "", q.active_apps]), "No queues.") : null,
-    c.web && /^https?:\/\//.test(c.web) ? h("p", {}, h("a", { href: c.web + "/cluster", rel: "noopener", text: "ResourceManager" })) : null);
+    c.web && /^https?:\/\//.test(c.web) ? h("p", {}, h("a", { href: c.web + "/cluster", id: "rm-web-" + name, rel: "noopener", text: "ResourceManager" })) : null);
 }
 
 // ---- kernels ------------------------------------------------------------------
@@ -189,9 +199,8 @@ async function kernels(root) {
     if (q.value.trim()) params.set("q", q.value.trim());
     if (st.value) params.set("state", st.value);
     const ks = await api("GET", "api/kernel-records?" + params);
-    const focused = box.contains(document.activeElement) ? document.activeElement.id : "";
     const live = (k) => !["dead", "failed", "terminated"].includes(k.state);
-    box.replaceChildren(table(
+    const t = table(
       ["kernel", "owner", "spec", "RM", "where", "state", "conns", "started", "last activity", "actions"],
       ks.map((k) => [
         h("a", { href: "#/kernels/" + k.id, id: "link-" + k.id, text: k.id.slice(0, 8) }), k.owner, k.name, k.rm,
@@ -200,11 +209,9 @@ async function kernels(root) {
         live(k) ? h("span", {}, ["Interrupt", "Restart", "Shut down"].map((a) =>
           h("button", { type: "button", id: "act-" + a.replace(" ", "-").toLowerCase() + "-" + k.id, "data-action": a,
             "aria-label": a + " " + k.id, onclick: () => act(k, a), text: a }))) : "",
-      ]), "No kernels."));
-    box.querySelector("table")?.setAttribute("id", "kernels-table");
-    // The refresh replaces the rows: keep the keyboard focus where it was.
-    if (focused) document.getElementById(focused)?.focus();
-    box.dataset.loads = String(Number(box.dataset.loads || 0) + 1);
+      ]), "No kernels.");
+    if (t.tagName === "TABLE") t.id = "kernels-table";
+    refresh(box, t); // the rows are replaced; the keyboard focus stays
   };
   let timer;
   q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load().catch((e) => (err.textContent = e.message)), 250); });
@@ -300,27 +307,28 @@ async function specDetails(root, name) {
 
 async function environments(root) {
   root.append(h("h1", { text: "Kernel environments" }));
-  let opts;
-  try { opts = await api("GET", "api/environments/options"); } catch (e) {
-    root.append(h("p", { class: "muted", id: "env-unavailable", text: e.status === 404
-      ? "Kernel environments are not served by this gateway build (/api/environments)." : e.message }));
-    return;
-  }
+  const opts = await api("GET", "api/environments/options");
   const err = alertBox(), msg = h("p", { role: "status", class: "ok" });
   const list = h("div", { id: "env-list" });
   const log = h("pre", { id: "env-log", hidden: true });
-  const progress = h("progress", { id: "env-progress", max: 100, value: 0, hidden: true });
+  const progress = h("progress", { id: "env-progress", max: 100, value: 0, hidden: true, "aria-label": "build progress" });
   const load = async () => {
     const envs = await api("GET", "api/environments");
     list.replaceChildren(table(["name", "display name", "python", "RM", "owner", "state", "kernelspec", ""],
       envs.map((e) => [e.name, e.display_name, e.python, e.rm, e.owner,
-        e.state + (e.state === "building" ? " " + e.progress + " %" : "") + (e.message ? ": " + e.message : ""),
+        e.state + (e.state === "building" ? " " + e.progress + " %" : "") + (e.message && e.message !== e.state ? ": " + e.message : ""),
         e.kernelspec ? h("a", { href: "#/specs/" + encodeURIComponent(e.kernelspec), text: e.kernelspec }) : "",
         h("button", { type: "button", "aria-label": "Delete environment " + e.name, text: "Delete", onclick: async () => {
           if (!confirm("Delete environment " + e.name + "? Its kernelspec goes; running kernels keep running.")) return;
           try { await api("DELETE", "api/environments/" + encodeURIComponent(e.name)); await load(); } catch (x) { err.textContent = x.message; }
         } })]), "No environments yet."));
   };
+  if (!opts.enabled) { // existing environments can still be seen and deleted
+    root.append(h("p", { class: "muted", id: "env-unavailable",
+      text: "This front-end offers no Python to build new environments with (see --env-python)." }), err, list);
+    await load();
+    return;
+  }
   const follow = (env) => {
     log.hidden = false; progress.hidden = false;
     log.textContent = "";
