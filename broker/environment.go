@@ -200,15 +200,41 @@ func (s *EnvSpec) KernelSpec() *KernelSpec {
 	if !s.Public && s.Owner != "" {
 		kb["config"] = map[string]any{"authorized_users": []any{s.Owner}}
 	}
+	env := map[string]string{"VIRTUAL_ENV": "{" + EnvPrefixVar + "}"}
+	if opts := s.sparkOpts(); s.RM == RMYarn && opts != "" {
+		env["SPARK_OPTS"] = opts
+	}
 	return &KernelSpec{
 		Name:          s.Name,
 		DisplayName:   s.DisplayName,
 		Language:      "python",
 		InterruptMode: "signal",
 		Argv:          []string{"{" + EnvPrefixVar + "}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
-		Env:           map[string]string{"VIRTUAL_ENV": "{" + EnvPrefixVar + "}"},
+		Env:           env,
 		Metadata:      map[string]any{"kernelbus": kb, "debugger": true},
 	}
+}
+
+// sparkOpts asks YARN for the environment's resources: memory and cores
+// of the driver (the kernel), the number of executors. The worker adds
+// the site's settings before them and a client's KERNEL_EXTRA_SPARK_OPTS
+// after; the front-end's limits read them like any spec's SPARK_OPTS.
+func (s *EnvSpec) sparkOpts() string {
+	var o []string
+	r := s.Resources
+	if r.MemoryMB > 0 {
+		o = append(o, fmt.Sprintf("--driver-memory %dm", r.MemoryMB))
+	}
+	if r.CPUs > 0 {
+		o = append(o, fmt.Sprintf("--driver-cores %d", r.CPUs))
+	}
+	if r.Executors > 0 {
+		o = append(o, fmt.Sprintf("--num-executors %d", r.Executors))
+	}
+	if r.GPUs > 0 {
+		o = append(o, fmt.Sprintf("--conf spark.driver.resource.gpu.amount=%d", r.GPUs))
+	}
+	return strings.Join(o, " ")
 }
 
 // Environment returns the archive a spec's kernels run in, if any.
