@@ -114,6 +114,11 @@ func start(t *testing.T) *installation {
 		},
 	}
 	in.fe1 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
+	// The second front-end has no limits of its own: only the admin's and
+	// the cluster's bind it.
+	open := *cfg.Environments
+	open.Limits = frontend.EnvLimits{}
+	cfg.Environments = &open
 	in.fe2 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
 	return in
 }
@@ -187,6 +192,18 @@ func TestEnvironmentRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+	// Beyond the largest container the local resource manager has (its
+	// worker's machine, from the worker's presence): refused, for
+	// administrators too.
+	for _, c := range []struct {
+		res   map[string]any
+		field string
+	}{{map[string]any{"memory_mb": 1 << 30}, "resources.memory_mb"}, {map[string]any{"cpus": 1 << 16}, "resources.cpus"}} {
+		status, body := call(t, "POST", in.fe2+"/api/environments", "a-root", map[string]any{"name": "huge", "python": v, "resources": c.res}, nil)
+		if status != 400 || !strings.Contains(body, c.field) || !strings.Contains(body, "largest container") {
+			t.Fatalf("%v beyond the machine: %d %s", c.res, status, body)
+		}
 	}
 	// The admin panel's per-user limits (kb_limits, limit.default or
 	// limit.user.<user>) bind users, not administrators' own checks.
