@@ -35,6 +35,14 @@ const (
 	// TypeBuildLog is the HeaderType of a build log message.
 	TypeBuildLog = "build-log/1"
 
+	// TypeEnvRequest is the HeaderType of a launcher's request for a part
+	// of its kernel's environment archive, on its renewal subject
+	// (kb.creds.<id>); the body is EnvChunkRequest, the reply the bytes
+	// with HeaderEnvSize (or HeaderEnvError).
+	TypeEnvRequest = "env-request/1"
+	HeaderEnvSize  = "Kb-Env-Size"
+	HeaderEnvError = "Kb-Env-Error"
+
 	// EnvPrefixVar is the argv/env placeholder a worker replaces with the
 	// folder where it unpacked the environment: {env_prefix}.
 	EnvPrefixVar = "env_prefix"
@@ -101,6 +109,12 @@ type BuildLog struct {
 	Line     string    `json:"line,omitempty"`
 	Progress int       `json:"progress"`
 	State    string    `json:"state,omitempty"`
+}
+
+// EnvChunkRequest asks for the bytes of the kernel's environment archive
+// from Offset on.
+type EnvChunkRequest struct {
+	Offset int64 `json:"offset"`
 }
 
 // EnvRef names the archive a kernel's environment is unpacked from.

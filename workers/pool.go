@@ -474,6 +474,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, cfg)
+		h.Env = cfg.Environment
 		inputErr := <-input
 		if err == nil && inputErr != nil {
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
@@ -882,10 +883,11 @@ type trustedHandle struct {
 	Worker string          `json:"worker"`
 	Host   string          `json:"host,omitempty"`
 	Data   json.RawMessage `json:"data"`
+	Env    *broker.EnvRef  `json:"env,omitempty"`
 }
 
 func (p *Pool) saveHandle(ctx context.Context, id string, h Handle) error {
-	data, err := json.Marshal(trustedHandle{V: 1, RM: p.be.Name(), Worker: p.cfg.ID, Host: h.Host, Data: h.Data})
+	data, err := json.Marshal(trustedHandle{V: 1, RM: p.be.Name(), Worker: p.cfg.ID, Host: h.Host, Data: h.Data, Env: h.Env})
 	if err != nil {
 		return err
 	}
@@ -916,5 +918,5 @@ func (p *Pool) trustedHandle(ctx context.Context, id string) (Handle, error) {
 	if th.RM != p.be.Name() {
 		return Handle{}, nil
 	}
-	return Handle{Host: th.Host, Data: th.Data}, nil
+	return Handle{Host: th.Host, Data: th.Data, Env: th.Env}, nil
 }

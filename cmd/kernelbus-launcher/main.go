@@ -35,6 +35,7 @@ func run() int {
 	if len(os.Args) > 1 && os.Args[1] == "unpack-env" {
 		return unpackEnv(os.Args[2:])
 	}
+	launcher.UnpackEnv = envs.UnpackInto
 	log := newLogger()
 	// Nothing of this process may be read by the kernel it starts (the
 	// same OS user): no /proc/<pid>/environ, mem or ptrace. The kernel,
