@@ -53,19 +53,8 @@ func (s *Server) largestContainer(ctx context.Context, rm string) (*largest, err
 		return v, nil
 	}
 	c.mu.Unlock()
-	kl, err := s.bus.Workers.ListKeys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, broker.Wrap(broker.ErrUnavailable, err, "could not read the workers' presence")
-	}
 	var out *largest
-	for key := range kl.Keys() {
-		e, err := s.bus.Workers.Get(ctx, key)
-		if err != nil {
-			continue
-		}
+	err := s.eachWorker(ctx, func(rec []byte) {
 		var w struct {
 			RM         string `json:"rm"`
 			CPUs       int64  `json:"cpus"`
@@ -77,8 +66,8 @@ func (s *Server) largestContainer(ctx context.Context, rm string) (*largest, err
 				} `json:"max_allocation"`
 			} `json:"cluster"`
 		}
-		if json.Unmarshal(e.Value(), &w) != nil || w.RM != rm {
-			continue
+		if json.Unmarshal(rec, &w) != nil || w.RM != rm {
+			return
 		}
 		var l *largest
 		switch {
@@ -90,14 +79,16 @@ func (s *Server) largestContainer(ctx context.Context, rm string) (*largest, err
 			l = &largest{MemoryMB: w.MemTotalMB, VCores: w.CPUs,
 				MemoryFrom: "the memory of the largest local worker's machine", VCoresFrom: "the CPUs of the largest local worker's machine"}
 		}
-		if l == nil {
-			continue
-		}
-		if out == nil {
+		switch {
+		case l == nil:
+		case out == nil:
 			out = l
-			continue
+		default:
+			out.MemoryMB, out.VCores = max(out.MemoryMB, l.MemoryMB), max(out.VCores, l.VCores)
 		}
-		out.MemoryMB, out.VCores = max(out.MemoryMB, l.MemoryMB), max(out.VCores, l.VCores)
+	})
+	if err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	if c.at == nil {
@@ -134,6 +125,23 @@ func (s *Server) checkLargest(ctx context.Context, rm string, memMB, cores int64
 	}
 	if cores > 0 && l.VCores > 0 && cores > l.VCores {
 		return bad("%s: %d is above the cluster's largest container on %s: %d cores (%s)", coresField, cores, rm, l.VCores, l.VCoresFrom)
+	}
+	return nil
+}
+
+// eachWorker calls fn with every worker's presence record in kb_workers.
+func (s *Server) eachWorker(ctx context.Context, fn func(rec []byte)) error {
+	kl, err := s.bus.Workers.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil
+	}
+	if err != nil {
+		return broker.Wrap(broker.ErrUnavailable, err, "could not read the workers' presence")
+	}
+	for key := range kl.Keys() {
+		if e, err := s.bus.Workers.Get(ctx, key); err == nil {
+			fn(e.Value())
+		}
 	}
 	return nil
 }
