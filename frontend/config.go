@@ -154,7 +154,7 @@ type EnvironmentsConfig struct {
 	// configuration, PIP_INDEX_URL and pip.conf).
 	IndexURL string
 	// RMs are the resource managers environments may target. Default:
-	// local (ssh and yarn workers run them too; kubernetes not yet).
+	// local (every resource manager's workers run them).
 	RMs []string
 	// Limits bound the resources an environment's kernels may ask for.
 	Limits EnvLimits
