@@ -24,7 +24,8 @@ import (
 // a second kernel finds it unpacked (cached by digest on the host).
 func TestEnvironmentOnHost(t *testing.T) {
 	l := newLab(t, 1)
-	g := newGateway(t, l, kbssh.Config{})
+	// An environment's spec names no hosts: the worker's pool is used.
+	g := newGateway(t, l, kbssh.Config{Hosts: []string{l.Hosts[0].Addr}})
 	pythons := envs.DetectPythons(context.Background())
 	if len(pythons) == 0 {
 		t.Skip("no python3 with venv on PATH")
