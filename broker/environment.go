@@ -211,8 +211,15 @@ func (s *EnvSpec) KernelSpec() *KernelSpec {
 			"gpus": s.Resources.GPUs, "executors": s.Resources.Executors,
 		},
 	}
+	config := map[string]any{}
 	if !s.Public && s.Owner != "" {
-		kb["config"] = map[string]any{"authorized_users": []any{s.Owner}}
+		config["authorized_users"] = []any{s.Owner}
+	}
+	if r := s.podResources(); s.RM == RMKubernetes && r != nil {
+		config["resources"] = map[string]any{"requests": r, "limits": r}
+	}
+	if len(config) > 0 {
+		kb["config"] = config
 	}
 	env := map[string]string{"VIRTUAL_ENV": "{" + EnvPrefixVar + "}"}
 	if opts := s.sparkOpts(); s.RM == RMYarn && opts != "" {
@@ -227,6 +234,25 @@ func (s *EnvSpec) KernelSpec() *KernelSpec {
 		Env:           env,
 		Metadata:      map[string]any{"kernelbus": kb, "debugger": true},
 	}
+}
+
+// podResources are the environment's resources as a Kubernetes pod's
+// requests and limits (the kubernetes worker reads config.resources).
+func (s *EnvSpec) podResources() map[string]any {
+	r := map[string]any{}
+	if s.Resources.MemoryMB > 0 {
+		r["memory"] = fmt.Sprintf("%dMi", s.Resources.MemoryMB)
+	}
+	if s.Resources.CPUs > 0 {
+		r["cpu"] = fmt.Sprint(s.Resources.CPUs)
+	}
+	if s.Resources.GPUs > 0 {
+		r["nvidia.com/gpu"] = fmt.Sprint(s.Resources.GPUs)
+	}
+	if len(r) == 0 {
+		return nil
+	}
+	return r
 }
 
 // sparkOpts asks YARN for the environment's resources: memory and cores

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,8 +21,8 @@ import (
 // kb_workers (it talks to nothing but the bus): a YARN worker reports the
 // ResourceManager's yarn.scheduler.maximum-allocation-mb/-vcores (bounded
 // by its largest node), a local worker its host's memory and CPUs.
-// Resource managers without such a report (SSH, Kubernetes) and a
-// resource manager no worker reports for are not checked here.
+// A Kubernetes worker reports its nodes' allocatable memory and CPUs. SSH
+// hosts and a resource manager no worker reports for are not checked here.
 
 // largest is the largest container of one resource manager.
 type largest struct {
@@ -64,6 +66,11 @@ func (s *Server) largestContainer(ctx context.Context, rm string) (*largest, err
 					MemoryMB int64 `json:"memory_mb"`
 					VCores   int64 `json:"vcores"`
 				} `json:"max_allocation"`
+				Nodes []struct {
+					Ready  bool   `json:"ready"`
+					CPU    string `json:"allocatable_cpu"`
+					Memory string `json:"allocatable_memory"`
+				} `json:"nodes"`
 			} `json:"cluster"`
 		}
 		if json.Unmarshal(rec, &w) != nil || w.RM != rm {
@@ -75,6 +82,14 @@ func (s *Server) largestContainer(ctx context.Context, rm string) (*largest, err
 			m := w.Cluster.MaxAllocation
 			l = &largest{MemoryMB: m.MemoryMB, VCores: m.VCores, SparkOverhead: true,
 				MemoryFrom: "YARN's largest container, yarn.scheduler.maximum-allocation-mb", VCoresFrom: "YARN's largest container, yarn.scheduler.maximum-allocation-vcores"}
+		case rm == broker.RMKubernetes && len(w.Cluster.Nodes) > 0:
+			l = &largest{MemoryFrom: "the largest node's allocatable memory", VCoresFrom: "the largest node's allocatable CPUs"}
+			for _, n := range w.Cluster.Nodes {
+				mb, _ := parseMemMB(n.Memory)
+				if n.Ready {
+					l.MemoryMB, l.VCores = max(l.MemoryMB, int64(mb)), max(l.VCores, cpuCores(n.CPU))
+				}
+			}
 		case rm == broker.RMLocal && w.MemTotalMB > 0:
 			l = &largest{MemoryMB: w.MemTotalMB, VCores: w.CPUs,
 				MemoryFrom: "the memory of the largest local worker's machine", VCoresFrom: "the CPUs of the largest local worker's machine"}
@@ -144,4 +159,16 @@ func (s *Server) eachWorker(ctx context.Context, fn func(rec []byte)) error {
 		}
 	}
 	return nil
+}
+
+// cpuCores reads a Kubernetes CPU quantity ("4", "3500m") as whole cores,
+// rounded down (a kernel cannot use a part of a core it asks for whole).
+func cpuCores(q string) int64 {
+	q = strings.TrimSpace(q)
+	if m, ok := strings.CutSuffix(q, "m"); ok {
+		n, _ := strconv.ParseInt(m, 10, 64)
+		return n / 1000
+	}
+	f, _ := strconv.ParseFloat(q, 64)
+	return int64(f)
 }
