@@ -247,7 +247,14 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("start a kernel of the environment: %v", err)
 		}
-		defer func() { _ = c.DeleteKernel(context.Background(), m.ID) }()
+		pods, err := cs.CoreV1().Pods("").List(ectx, metav1.ListOptions{LabelSelector: kbk8s.LabelKernelID + "=" + m.ID})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("the kernel's pod: %v %v", pods, err)
+		}
+		defer func() {
+			_ = c.DeleteKernel(ectx, m.ID)
+			waitGone(t, ectx, cs, "pods", pods.Items[0].Namespace, pods.Items[0].Name)
+		}()
 		conn, err := c.Connect(ectx, m.ID, client.NewID(), true)
 		if err != nil {
 			t.Fatal(err)
