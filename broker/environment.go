@@ -35,6 +35,14 @@ const (
 	// TypeBuildLog is the HeaderType of a build log message.
 	TypeBuildLog = "build-log/1"
 
+	// TypeEnvRequest is the HeaderType of a launcher's request for a part
+	// of its kernel's environment archive, on its renewal subject
+	// (kb.creds.<id>); the body is EnvChunkRequest, the reply the bytes
+	// with HeaderEnvSize (or HeaderEnvError).
+	TypeEnvRequest = "env-request/1"
+	HeaderEnvSize  = "Kb-Env-Size"
+	HeaderEnvError = "Kb-Env-Error"
+
 	// EnvPrefixVar is the argv/env placeholder a worker replaces with the
 	// folder where it unpacked the environment: {env_prefix}.
 	EnvPrefixVar = "env_prefix"
@@ -101,6 +109,12 @@ type BuildLog struct {
 	Line     string    `json:"line,omitempty"`
 	Progress int       `json:"progress"`
 	State    string    `json:"state,omitempty"`
+}
+
+// EnvChunkRequest asks for the bytes of the kernel's environment archive
+// from Offset on.
+type EnvChunkRequest struct {
+	Offset int64 `json:"offset"`
 }
 
 // EnvRef names the archive a kernel's environment is unpacked from.
@@ -197,8 +211,19 @@ func (s *EnvSpec) KernelSpec() *KernelSpec {
 			"gpus": s.Resources.GPUs, "executors": s.Resources.Executors,
 		},
 	}
+	config := map[string]any{}
 	if !s.Public && s.Owner != "" {
-		kb["config"] = map[string]any{"authorized_users": []any{s.Owner}}
+		config["authorized_users"] = []any{s.Owner}
+	}
+	if r := s.podResources(); s.RM == RMKubernetes && r != nil {
+		config["resources"] = map[string]any{"requests": r, "limits": r}
+	}
+	if len(config) > 0 {
+		kb["config"] = config
+	}
+	env := map[string]string{"VIRTUAL_ENV": "{" + EnvPrefixVar + "}"}
+	if opts := s.sparkOpts(); s.RM == RMYarn && opts != "" {
+		env["SPARK_OPTS"] = opts
 	}
 	return &KernelSpec{
 		Name:          s.Name,
@@ -206,9 +231,50 @@ func (s *EnvSpec) KernelSpec() *KernelSpec {
 		Language:      "python",
 		InterruptMode: "signal",
 		Argv:          []string{"{" + EnvPrefixVar + "}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
-		Env:           map[string]string{"VIRTUAL_ENV": "{" + EnvPrefixVar + "}"},
+		Env:           env,
 		Metadata:      map[string]any{"kernelbus": kb, "debugger": true},
 	}
+}
+
+// podResources are the environment's resources as a Kubernetes pod's
+// requests and limits (the kubernetes worker reads config.resources).
+func (s *EnvSpec) podResources() map[string]any {
+	r := map[string]any{}
+	if s.Resources.MemoryMB > 0 {
+		r["memory"] = fmt.Sprintf("%dMi", s.Resources.MemoryMB)
+	}
+	if s.Resources.CPUs > 0 {
+		r["cpu"] = fmt.Sprint(s.Resources.CPUs)
+	}
+	if s.Resources.GPUs > 0 {
+		r["nvidia.com/gpu"] = fmt.Sprint(s.Resources.GPUs)
+	}
+	if len(r) == 0 {
+		return nil
+	}
+	return r
+}
+
+// sparkOpts asks YARN for the environment's resources: memory and cores
+// of the driver (the kernel), the number of executors. The worker adds
+// the site's settings before them and a client's KERNEL_EXTRA_SPARK_OPTS
+// after; the front-end's limits read them like any spec's SPARK_OPTS.
+func (s *EnvSpec) sparkOpts() string {
+	var o []string
+	r := s.Resources
+	if r.MemoryMB > 0 {
+		o = append(o, fmt.Sprintf("--driver-memory %dm", r.MemoryMB))
+	}
+	if r.CPUs > 0 {
+		o = append(o, fmt.Sprintf("--driver-cores %d", r.CPUs))
+	}
+	if r.Executors > 0 {
+		o = append(o, fmt.Sprintf("--num-executors %d", r.Executors))
+	}
+	if r.GPUs > 0 {
+		o = append(o, fmt.Sprintf("--conf spark.driver.resource.gpu.amount=%d", r.GPUs))
+	}
+	return strings.Join(o, " ")
 }
 
 // Environment returns the archive a spec's kernels run in, if any.

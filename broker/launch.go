@@ -53,6 +53,11 @@ type LaunchConfig struct {
 	// digest) and replaces {env_prefix} in Argv and Env with its folder
 	// before the launcher sees them.
 	Environment *EnvRef `json:"environment,omitempty"`
+	// EnvArchive is the path, on the worker's host, of the environment's
+	// archive (digest-checked) for resource managers that ship it to the
+	// kernel's host themselves (workers.EnvShipper: YARN, SSH). It is
+	// the worker's own business and never leaves it.
+	EnvArchive string `json:"-"`
 	// Warm marks the launch of a warm pool's kernel, which nobody waits
 	// for yet: a resource manager may do at start what it would otherwise
 	// leave for later (a YARN kernel builds its SparkContext before it

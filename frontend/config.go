@@ -154,7 +154,7 @@ type EnvironmentsConfig struct {
 	// configuration, PIP_INDEX_URL and pip.conf).
 	IndexURL string
 	// RMs are the resource managers environments may target. Default:
-	// local, the only one whose workers unpack environments so far.
+	// local (every resource manager's workers run them).
 	RMs []string
 	// Limits bound the resources an environment's kernels may ask for.
 	Limits EnvLimits

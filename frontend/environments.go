@@ -356,6 +356,9 @@ func (s *Server) postEnvironment(c *fiber.Ctx) error {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 3*time.Minute)
 	defer cancel()
+	if err := s.checkLargest(ctx, req.RM, int64(req.Resources.MemoryMB), int64(req.Resources.CPUs), "resources.memory_mb", "resources.cpus"); err != nil {
+		return err
+	}
 	if !who.IsAdmin() {
 		if err := s.checkAdminLimits(ctx, who.Name, &req); err != nil {
 			return err

@@ -207,6 +207,18 @@ func (s *Server) startKernel(who *auth.Identity, specName string, clientEnv map[
 			return nil, err
 		}
 	}
+	// An environment's kernel asking more than its resource manager's
+	// largest container (which may have shrunk since the environment was
+	// made) is refused here rather than by the resource manager.
+	if spec.Environment() != nil {
+		a, err := askedOf(broker.NewLaunchConfig(spec, "", user, env, timeout))
+		if err != nil {
+			return nil, err
+		}
+		if err := s.checkLargest(s.ctx, rm, int64(a.DriverMemoryMB), int64(a.Cores), "driver memory", "driver cores"); err != nil {
+			return nil, err
+		}
+	}
 
 	if k, err := s.claimWarm(spec, rm, env, user, reqID, lim.MaxKernels); k != nil || err != nil {
 		return k, err

@@ -56,6 +56,9 @@ type Server struct {
 	// pip resolvers running at once.
 	envs      *kbjs.Envs
 	resolving chan struct{}
+	// largest caches the resource managers' largest containers
+	// (largest.go).
+	largest largestCache
 
 	// ctx ends at Stop; every goroutine the server starts watches it
 	// and is one of routines.

@@ -383,22 +383,15 @@ func (s *Server) getCluster(c *fiber.Ctx) error {
 		}
 		return rms[rm]
 	}
-	if kl, err := s.bus.Workers.ListKeys(ctx); err == nil {
-		for key := range kl.Keys() {
-			e, err := s.bus.Workers.Get(ctx, key)
-			if err != nil {
-				continue
-			}
-			var w struct {
-				RM string `json:"rm"`
-			}
-			if json.Unmarshal(e.Value(), &w) != nil || w.RM == "" {
-				continue
-			}
-			view(w.RM).Workers = append(view(w.RM).Workers, json.RawMessage(e.Value()))
+	if err := s.eachWorker(ctx, func(rec []byte) {
+		var w struct {
+			RM string `json:"rm"`
 		}
-	} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return broker.Wrap(broker.ErrUnavailable, err, "could not read the workers' presence")
+		if json.Unmarshal(rec, &w) == nil && w.RM != "" {
+			view(w.RM).Workers = append(view(w.RM).Workers, json.RawMessage(rec))
+		}
+	}); err != nil {
+		return err
 	}
 	byState := map[string]int{}
 	for _, k := range s.state.listKernels() {

@@ -283,6 +283,20 @@ func (l *launcher) run(ctx context.Context) (err error) {
 		_ = sub.Unsubscribe()
 	}()
 
+	// A kernel environment its worker could not bring here (a pod): the
+	// launcher fetches it from the workers first.
+	if needsEnv(l.cfg) {
+		if err := l.fetchEnv(ctx); err != nil {
+			reason := err.Error()
+			l.log.Error().Str("reason", reason).Msg("kernel environment unavailable")
+			l.state.Store(broker.StateFailed)
+			_ = l.update(true, func(k *broker.Kernel) { k.State, k.Reason = broker.StateFailed, reason })
+			l.emit(broker.EvStartFailed, reason, "")
+			return &StartError{Reason: reason}
+		}
+		l.env = usableHome(kernelEnv(l.cfg.Env), l.dir)
+	}
+
 	ports, err := broker.ParsePortRange(l.cfg.PortRange)
 	if err != nil {
 		return err

@@ -26,6 +26,10 @@ type Handle struct {
 	// Data is the backend's own versioned, opaque description (pid, YARN
 	// application id, pod name...).
 	Data json.RawMessage
+	// Env is the environment the launch runs in, set by the pool and kept
+	// with the trusted handle: the only archive the kernel's launcher may
+	// fetch from the workers (envserve.go).
+	Env *broker.EnvRef
 }
 
 // Status is what Poll learns about a submitted launcher.

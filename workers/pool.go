@@ -83,7 +83,22 @@ type PoolConfig struct {
 
 // EnvironmentSource makes a packed environment available to kernels.
 type EnvironmentSource interface {
+	// Ensure unpacks ref's archive on the worker's host (cached by
+	// digest) and returns its folder.
 	Ensure(ctx context.Context, ref *broker.EnvRef) (string, error)
+	// Archive returns the path of ref's archive on the worker's host
+	// (cached by digest, its bytes checked against it), for backends
+	// that ship it (EnvShipper).
+	Archive(ctx context.Context, ref *broker.EnvRef) (string, error)
+}
+
+// EnvShipper is a Backend whose kernels run on hosts other than the
+// worker's: it is handed the environment's archive in
+// LaunchConfig.EnvArchive and says where the kernel finds it unpacked
+// ({env_prefix}), which may be a placeholder its launch fills in on the
+// kernel's host. Backends without it get the folder Ensure unpacked.
+type EnvShipper interface {
+	EnvPrefix(cfg *broker.LaunchConfig) (string, error)
 }
 
 // SpecSource finds kernelspecs by name; frontend.Catalog is one.
@@ -446,17 +461,20 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 				p.countStart(k, OutcomeFailed)
 				return p.fail(k, nil, fmt.Sprintf("kernels of environment %s cannot run on %s yet: its workers do not unpack environments", cfg.Environment.Name, p.be.Name()))
 			}
-			dir, err := p.cfg.Environments.Ensure(ctx, cfg.Environment)
-			if err != nil {
-				p.countStart(k, OutcomeFailed)
-				return p.fail(k, nil, "the worker could not unpack the kernel's environment: "+err.Error())
+			if err := p.environment(ctx, cfg); err != nil {
+				if RefusedStatus(err) != 0 {
+					p.countStart(k, OutcomeRefused)
+				} else {
+					p.countStart(k, OutcomeFailed)
+				}
+				return p.failStatus(k, nil, RefusedStatus(err), err.Error())
 			}
-			cfg.FillEnvPrefix(dir)
 		}
 		if d := time.Until(k.Deadline); !k.Deadline.IsZero() && d < time.Duration(cfg.LaunchTimeout) {
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, cfg)
+		h.Env = cfg.Environment
 		inputErr := <-input
 		if err == nil && inputErr != nil {
 			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
@@ -505,6 +523,32 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 	}
 	release()
 	return p.follow(m, k, log)
+}
+
+// environment brings the kernel's packed environment where its launcher
+// runs and fills {env_prefix} in: unpacked here (cached by digest), or, for
+// an EnvShipper, the archive handed to the backend to ship.
+func (p *Pool) environment(ctx context.Context, cfg *broker.LaunchConfig) error {
+	sh, ships := p.be.(EnvShipper)
+	if !ships {
+		dir, err := p.cfg.Environments.Ensure(ctx, cfg.Environment)
+		if err != nil {
+			return fmt.Errorf("the worker could not unpack the kernel's environment: %w", err)
+		}
+		cfg.FillEnvPrefix(dir)
+		return nil
+	}
+	archive, err := p.cfg.Environments.Archive(ctx, cfg.Environment)
+	if err != nil {
+		return fmt.Errorf("the worker could not fetch the kernel's environment: %w", err)
+	}
+	prefix, err := sh.EnvPrefix(cfg)
+	if err != nil {
+		return fmt.Errorf("%s cannot run the kernel's environment: %w", p.be.Name(), err)
+	}
+	cfg.EnvArchive = archive
+	cfg.FillEnvPrefix(prefix)
+	return nil
 }
 
 var (
@@ -839,10 +883,11 @@ type trustedHandle struct {
 	Worker string          `json:"worker"`
 	Host   string          `json:"host,omitempty"`
 	Data   json.RawMessage `json:"data"`
+	Env    *broker.EnvRef  `json:"env,omitempty"`
 }
 
 func (p *Pool) saveHandle(ctx context.Context, id string, h Handle) error {
-	data, err := json.Marshal(trustedHandle{V: 1, RM: p.be.Name(), Worker: p.cfg.ID, Host: h.Host, Data: h.Data})
+	data, err := json.Marshal(trustedHandle{V: 1, RM: p.be.Name(), Worker: p.cfg.ID, Host: h.Host, Data: h.Data, Env: h.Env})
 	if err != nil {
 		return err
 	}
@@ -873,5 +918,5 @@ func (p *Pool) trustedHandle(ctx context.Context, id string) (Handle, error) {
 	if th.RM != p.be.Name() {
 		return Handle{}, nil
 	}
-	return Handle{Host: th.Host, Data: th.Data}, nil
+	return Handle{Host: th.Host, Data: th.Data, Env: th.Env}, nil
 }

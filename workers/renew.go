@@ -26,6 +26,10 @@ func (p *Pool) serveRenewals() (*nats.Subscription, error) {
 			p.log.Warn().Str("subject", m.Subject).Str("reply", m.Reply).Msg("credential renewal request not from a kernel's inbox; ignored")
 			return
 		}
+		if m.Header.Get(broker.HeaderType) == broker.TypeEnvRequest {
+			p.routines.Go(func() { p.serveEnv(m, id) })
+			return
+		}
 		p.routines.Go(func() { p.renew(m, id) })
 	})
 }

@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/launcher"
+	"github.com/kernelbus/kernelbus/workers/envs"
 	"github.com/rs/zerolog"
 )
 
@@ -30,6 +32,10 @@ func run() int {
 		fmt.Println("kernelbus-launcher", version)
 		return 0
 	}
+	if len(os.Args) > 1 && os.Args[1] == "unpack-env" {
+		return unpackEnv(os.Args[2:])
+	}
+	launcher.UnpackEnv = envs.UnpackInto
 	log := newLogger()
 	// Nothing of this process may be read by the kernel it starts (the
 	// same OS user): no /proc/<pid>/environ, mem or ptrace. The kernel,
@@ -103,4 +109,31 @@ func newLogger() zerolog.Logger {
 		}
 	}
 	return w.Level(level).With().Timestamp().Str("component", "launcher").Str("version", version).Logger()
+}
+
+// unpackEnv is `kernelbus-launcher unpack-env CACHE DIGEST`: an SSH worker
+// pipes a kernel environment's archive to it on the kernel's host. It
+// checks the bytes against the digest, unpacks them into CACHE/DIGEST
+// (refusing members that would land outside it, relocating the venv) and
+// prints that folder's absolute path. A folder already there is kept.
+func unpackEnv(args []string) int {
+	if len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: kernelbus-launcher unpack-env CACHE-DIR DIGEST <archive.tar.gz")
+		return 2
+	}
+	cache, err := filepath.Abs(args[0])
+	if err == nil {
+		err = os.MkdirAll(cache, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "unpack-env:", err)
+		return 1
+	}
+	dir, err := envs.UnpackInto(cache, args[1], os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "unpack-env:", err)
+		return 1
+	}
+	fmt.Println(dir)
+	return 0
 }

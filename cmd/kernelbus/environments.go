@@ -44,7 +44,7 @@ func (e *envFlags) registerFrontend(fs *flagSet) {
 }
 
 func (e *envFlags) registerWorker(fs *flagSet) {
-	fs.StringVar(&e.cache, "env-cache", "", "folder where local workers unpack kernel environments, one per digest (default: /var/cache/kernelbus/envs as root, else ~/.cache/kernelbus/envs)")
+	fs.StringVar(&e.cache, "env-cache", "", "folder where workers cache kernel environments by digest (local: unpacked; yarn, ssh: archives they ship) (default: /var/cache/kernelbus/envs as root, else ~/.cache/kernelbus/envs)")
 	fs.StringVar(&e.buildDir, "build-dir", "", "folder where build workers build environments (default: the temp folder)")
 }
 
@@ -100,9 +100,10 @@ func (e *envFlags) cacheDir() string {
 	return filepath.Join(os.TempDir(), "kernelbus-envs")
 }
 
-// localEnvironments binds the archive store and the unpack folder of a
-// local worker, and adds the specs of built environments to its own.
-func (e *envFlags) localEnvironments(ctx context.Context, bus *kbjs.Bus, specs workers.SpecSource, log zerolog.Logger) (*envs.Cache, workers.SpecSource, error) {
+// workerEnvironments binds the archive store and the cache folder of a
+// worker (unpacked environments for local kernels, archives for those
+// shipped elsewhere), and adds the specs of built environments to its own.
+func (e *envFlags) workerEnvironments(ctx context.Context, bus *kbjs.Bus, specs workers.SpecSource, log zerolog.Logger) (*envs.Cache, workers.SpecSource, error) {
 	ev, err := kbjs.OpenEnvs(ctx, bus.JS, 1)
 	if err != nil {
 		return nil, nil, err

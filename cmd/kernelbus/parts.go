@@ -311,10 +311,10 @@ func cmdWorker(args []string, stderr io.Writer) error {
 			pcfg.NATSCreds = string(b)
 		}
 	}
-	if *rm == broker.RMLocal {
-		if pcfg.Environments, pcfg.Specs, err = ef.localEnvironments(ctx, bus, pcfg.Specs, log); err != nil {
-			return err
-		}
+	// Every resource manager runs kernel environments: local unpacks
+	// them here, the others ship the archive (workers.EnvShipper).
+	if pcfg.Environments, pcfg.Specs, err = ef.workerEnvironments(ctx, bus, pcfg.Specs, log); err != nil {
+		return err
 	}
 	pool, err := workers.NewPool(pcfg, bus, be, log)
 	if err != nil {

@@ -353,7 +353,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if len(warm) > 0 {
 		baseSpecs = warmSpecs(specCatalog(ff.specDirs, log))
 	}
-	envCache, wSpecs, err := ff.env.localEnvironments(ctx, wBus, baseSpecs, log)
+	envCache, wSpecs, err := ff.env.workerEnvironments(ctx, wBus, baseSpecs, log)
 	if err != nil {
 		return err
 	}

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +27,7 @@ import (
 	"github.com/kernelbus/kernelbus/workers"
 	"github.com/kernelbus/kernelbus/workers/envs"
 	"github.com/kernelbus/kernelbus/workers/local"
+	"github.com/nats-io/nats.go"
 )
 
 // users is an identity source for tests: "Authorization: token u-NAME"
@@ -114,6 +118,11 @@ func start(t *testing.T) *installation {
 		},
 	}
 	in.fe1 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
+	// The second front-end has no limits of its own: only the admin's and
+	// the cluster's bind it.
+	open := *cfg.Environments
+	open.Limits = frontend.EnvLimits{}
+	cfg.Environments = &open
 	in.fe2 = frontendtest.Start(t, cfg, roleBus(access.RoleFrontend, ""), &frontend.StaticSpecs{})
 	return in
 }
@@ -187,6 +196,18 @@ func TestEnvironmentRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+	// Beyond the largest container the local resource manager has (its
+	// worker's machine, from the worker's presence): refused, for
+	// administrators too.
+	for _, c := range []struct {
+		res   map[string]any
+		field string
+	}{{map[string]any{"memory_mb": 1 << 30}, "resources.memory_mb"}, {map[string]any{"cpus": 1 << 16}, "resources.cpus"}} {
+		status, body := call(t, "POST", in.fe2+"/api/environments", "a-root", map[string]any{"name": "huge", "python": v, "resources": c.res}, nil)
+		if status != 400 || !strings.Contains(body, c.field) || !strings.Contains(body, "largest container") {
+			t.Fatalf("%v beyond the machine: %d %s", c.res, status, body)
+		}
 	}
 	// The admin panel's per-user limits (kb_limits, limit.default or
 	// limit.user.<user>) bind users, not administrators' own checks.
@@ -309,6 +330,8 @@ func TestEnvironmentBuiltAndUsed(t *testing.T) {
 		t.Fatalf("kernel output %q (status %s); want the prefix %s and a table", out, r.Status, want)
 	}
 
+	launcherFetchesOnlyItsEnvironment(t, in, m.ID, m2.ID, fmt.Sprint(env["digest"]))
+
 	// Deleting the environment removes its spec everywhere, not the kernel.
 	if s, b := call(t, "DELETE", in.fe1+"/api/environments/tab", "u-alice", nil, nil); s != 204 {
 		t.Fatalf("delete: %d %s", s, b)
@@ -389,5 +412,70 @@ func waitSpec(t *testing.T, fe, token, name string, present bool) {
 			t.Fatalf("spec %s present=%v never seen on %s", name, present, fe)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// launcherFetchesOnlyItsEnvironment: what a Kubernetes pod's launcher does
+// (launcher/env.go), with a kernel's own scoped credentials: it gets the
+// archive its kernel's trusted handle names, byte for byte, from the
+// workers over its renewal subject; it cannot ask on another kernel's
+// subject, and a kernel with no trusted handle gets no archive at all.
+func launcherFetchesOnlyItsEnvironment(t *testing.T, in *installation, id, other, digest string) {
+	t.Helper()
+	creds, err := in.env.Minter.LauncherCreds(id, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: in.env.URL, Creds: []byte(creds), InboxPrefix: broker.InboxPrefix(id), Name: "test launcher " + id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ask := func(subject string, off int64) (*nats.Msg, error) {
+		req := nats.NewMsg(subject)
+		req.Header.Set(broker.HeaderType, broker.TypeEnvRequest)
+		req.Data, _ = json.Marshal(broker.EnvChunkRequest{Offset: off})
+		return nc.RequestMsg(req, 5*time.Second)
+	}
+	h := sha256.New()
+	var off, size int64 = 0, -1
+	for size < 0 || off < size {
+		m, err := ask(access.SubjectRenew(id), off)
+		if err != nil {
+			t.Fatalf("environment request at %d: %v", off, err)
+		}
+		if why := m.Header.Get(broker.HeaderEnvError); why != "" {
+			t.Fatalf("environment refused: %s", why)
+		}
+		size, _ = strconv.ParseInt(m.Header.Get(broker.HeaderEnvSize), 10, 64)
+		h.Write(m.Data)
+		off += int64(len(m.Data))
+		if len(m.Data) == 0 {
+			t.Fatalf("empty part at %d of %d", off, size)
+		}
+	}
+	if got := "sha256-" + hex.EncodeToString(h.Sum(nil)); got != digest {
+		t.Fatalf("the archive fetched over the bus hashes to %s, not %s", got, digest)
+	}
+	// Another kernel's subject: refused by the server.
+	if _, err := ask(access.SubjectRenew(other), 0); err == nil {
+		t.Fatalf("kernel %s's launcher got an answer on kernel %s's subject", id, other)
+	}
+	// A kernel no worker started (no trusted handle): nobody answers.
+	ghost := "00000000-0000-4000-8000-000000000000"
+	gcreds, err := in.env.Minter.LauncherCreds(ghost, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gnc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: in.env.URL, Creds: []byte(gcreds), InboxPrefix: broker.InboxPrefix(ghost), Name: "test ghost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gnc.Close()
+	req := nats.NewMsg(access.SubjectRenew(ghost))
+	req.Header.Set(broker.HeaderType, broker.TypeEnvRequest)
+	req.Data = []byte(`{"offset":0}`)
+	if m, err := gnc.RequestMsg(req, 3*time.Second); err == nil && len(m.Data) > 0 {
+		t.Fatalf("a kernel without a trusted handle got %d bytes of an archive", len(m.Data))
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/envs"
 	kbk8s "github.com/kernelbus/kernelbus/workers/kubernetes"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/nodeagent"
@@ -48,7 +49,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	t0 := time.Now()
 	cl := k8stest.Start(t)
 	t.Logf("control plane ready in %s", time.Since(t0).Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 14*time.Minute)
 	defer cancel()
 
 	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cl.Client, Node: "node-1", CPU: "4", Memory: "8Gi",
@@ -62,7 +63,7 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	gw := startServe(t, kb, launcher, specs)
 	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats-conn", gw.natsConn, "--kernelspec-dir", specs,
 		"--launcher", launcher, "--kubeconfig", cl.Kubeconfig, "--k8s-per-user-namespaces",
-		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s"}
+		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s", "--k8s-opt", "image=" + testImage}
 	worker := startProc(t, "worker", kb, workerArgs...)
 	c := &client.Client{BaseURL: gw.url}
 	cs := cl.Client
@@ -224,6 +225,56 @@ func TestGatewayOnKubernetes(t *testing.T) {
 			t.Fatalf("start with a missing image: got %v, want ErrImagePull", err)
 		}
 		waitGone(t, ctx, cs, "namespaces", "", "kb-dave")
+	})
+
+	// An environment built for Kubernetes (a small real PyPI package): the
+	// pod's launcher fetches the archive its kernel's trusted handle names
+	// from the workers over its own bus credentials, unpacks it in the pod
+	// and runs its python.
+	t.Run("environment", func(t *testing.T) {
+		pythons := envs.DetectPythons(context.Background())
+		if len(pythons) == 0 {
+			t.Skip("no python3 with venv on PATH")
+		}
+		ectx, ecancel := context.WithTimeout(context.Background(), 8*time.Minute)
+		defer ecancel()
+		if _, err := c.CreateEnvironment(ectx, map[string]any{"name": "tabk", "python": envs.Versions(pythons)[0], "rm": "kubernetes", "pip": []string{"tabulate"}}); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		var e *client.Environment
+		jstest.WaitFor(t, 8*time.Minute, "the environment's build", func() bool {
+			var err error
+			e, err = c.Environment(ectx, "tabk")
+			return err == nil && (e.State == "ready" || e.State == "failed")
+		})
+		if e.State != "ready" {
+			t.Fatalf("build: %+v", e)
+		}
+		m, err := c.StartKernel(ectx, "tabk", nil)
+		if err != nil {
+			t.Fatalf("start a kernel of the environment: %v", err)
+		}
+		pods, err := cs.CoreV1().Pods("").List(ectx, metav1.ListOptions{LabelSelector: kbk8s.LabelKernelID + "=" + m.ID})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("the kernel's pod: %v %v", pods, err)
+		}
+		defer func() {
+			_ = c.DeleteKernel(ectx, m.ID)
+			waitGone(t, ectx, cs, "pods", pods.Items[0].Namespace, pods.Items[0].Name)
+		}()
+		conn, err := c.Connect(ectx, m.ID, client.NewID(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		r, err := conn.Execute("import sys, os, tabulate\nprint(sys.prefix)\nprint(os.environ.get('KERNEL_POD_NAME'))\nprint(tabulate.tabulate([[1, 2]], tablefmt='plain'))", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := r.Stdout.String()
+		if r.Status != "ok" || !strings.Contains(out, "kernelbus-envs/"+e.Digest) || !strings.Contains(out, kbk8s.PodName(m.ID)) || !strings.Contains(out, "1  2") {
+			t.Fatalf("kernel output %q (%s); want the pod's unpacked environment, the pod's name and a table", out, r.Status)
+		}
 	})
 
 	t.Run("pod deleted behind the gateway's back, after a worker restart", func(t *testing.T) {
@@ -537,7 +588,7 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth")
+	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth", "--env-rms", "local,kubernetes")
 	var g gateway
 	g.url = "http://" + addr
 	// serve writes nats.conn (its NATS URL and role credentials) once its

@@ -88,6 +88,17 @@ func NewWithConfig(cfg Config, rc *rest.Config, log zerolog.Logger) (*Backend, e
 
 func (b *Backend) Name() string { return Name }
 
+// EnvPrefix implements workers.EnvShipper: no worker can write into a pod,
+// so {env_prefix} stays; the pod's launcher fetches the archive its
+// kernel's trusted handle names from the workers over its own bus
+// credentials (workers/envserve.go) and unpacks it before the kernel
+// starts. The worker keeps the archive in its cache to serve it.
+func (b *Backend) EnvPrefix(cfg *broker.LaunchConfig) (string, error) {
+	return "{" + broker.EnvPrefixVar + "}", nil
+}
+
+var _ workers.EnvShipper = (*Backend)(nil)
+
 // RunsAsUser: a kernel pod carries its user (an annotation, and with
 // per-user namespaces its namespace), which a warm pod, created before
 // anyone asked, cannot be given afterwards.

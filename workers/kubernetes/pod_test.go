@@ -278,3 +278,33 @@ func TestBuildPodNonRoot(t *testing.T) {
 		}
 	}
 }
+
+// An environment's resources become its kernel pods' requests and limits;
+// the pod's launcher is left {env_prefix} to fill in (it fetches the
+// archive itself).
+func TestBuildPodOfEnvironment(t *testing.T) {
+	es := broker.EnvSpec{Name: "tab", RM: broker.RMKubernetes, Digest: "sha256-" + strings.Repeat("b", 64),
+		Resources: broker.EnvResources{MemoryMB: 1024, CPUs: 2}}
+	cfg := broker.NewLaunchConfig(es.KernelSpec(), "ABC-1", "jo", nil, 0)
+	cfg.NATSURLs = "nats://127.0.0.1:4222"
+	prefix, err := (&Backend{}).EnvPrefix(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.FillEnvPrefix(prefix)
+	pod, sec, err := build(t, Config{Image: "img:1"}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := pod.Spec.Containers[0].Resources
+	if q := r.Requests[corev1.ResourceMemory]; q.String() != "1Gi" {
+		t.Errorf("memory request %v", r.Requests)
+	}
+	if q := r.Limits[corev1.ResourceCPU]; q.String() != "2" {
+		t.Errorf("cpu limit %v", r.Limits)
+	}
+	got, err := broker.DecodeLaunchConfig(sec.StringData[SecretKey])
+	if err != nil || got.Environment == nil || got.Environment.Digest != es.Digest || got.Argv[0] != "{env_prefix}/bin/python" {
+		t.Fatalf("the pod's launch config: %+v %v", got, err)
+	}
+}

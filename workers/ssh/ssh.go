@@ -57,7 +57,8 @@ type Backend struct {
 	hosts    *hosts
 
 	mu        sync.Mutex
-	installed map[connKey]bool // launcher known present, per user and host
+	installed map[connKey]bool  // launcher known present, per user and host
+	envs      map[envKey]string // unpacked environments' folders
 }
 
 // Register adds the ssh backend to r.
@@ -96,7 +97,7 @@ func New(cfg Config, launcher string, log zerolog.Logger) (*Backend, error) {
 		return nil, err
 	}
 	return &Backend{cfg: cfg, launcher: launcher, version: hex.EncodeToString(h.Sum(nil)), log: log.With().Str("rm", Name).Logger(),
-		conns: cs, hosts: newHosts(cfg.UnhealthyFor), installed: map[connKey]bool{}}, nil
+		conns: cs, hosts: newHosts(cfg.UnhealthyFor), installed: map[connKey]bool{}, envs: map[envKey]string{}}, nil
 }
 
 func (b *Backend) Name() string { return Name }
@@ -144,10 +145,6 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		}
 		user = cfg.User
 	}
-	enc, err := cfg.Encode()
-	if err != nil {
-		return workers.Handle{}, err
-	}
 	var load map[string]int
 	if placement == LeastConnection {
 		load = b.load(ctx, user, pool)
@@ -158,7 +155,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 			return workers.Handle{}, err
 		}
 		b.hosts.begin(addr)
-		h, err := b.startOn(ctx, user, addr, cfg, enc)
+		h, err := b.startOn(ctx, user, addr, cfg)
 		b.hosts.end(addr)
 		if err == nil {
 			b.hosts.markHealthy(addr)
@@ -286,9 +283,23 @@ func (b *Backend) load(ctx context.Context, user string, pool []string) map[stri
 // (Linux truncates it to 15 characters).
 const countScript = `n=0; for f in /proc/[0-9]*/comm; do IFS= read -r c <"$f" 2>/dev/null && [ "$c" = kernelbus-launc ] && n=$((n+1)); done; echo $n`
 
-// startOn installs the launcher on addr if needed and starts it.
-func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.LaunchConfig, enc string) (handle, error) {
+// startOn installs the launcher on addr if needed (and the kernel's
+// environment) and starts it.
+func (b *Backend) startOn(ctx context.Context, user, addr string, cfg *broker.LaunchConfig) (handle, error) {
 	if err := b.ensureLauncher(ctx, user, addr); err != nil {
+		return handle{}, err
+	}
+	if cfg.EnvArchive != "" {
+		dir, err := b.ensureEnv(ctx, user, addr, cfg)
+		if err != nil {
+			return handle{}, err
+		}
+		c := *cfg
+		c.FillEnvPrefix(dir)
+		cfg = &c
+	}
+	enc, err := cfg.Encode()
+	if err != nil {
 		return handle{}, err
 	}
 	logFile := path.Join(b.cfg.RemoteDir, "logs", cfg.KernelID+".log")
@@ -360,6 +371,68 @@ func (b *Backend) ensureLauncher(ctx context.Context, user, addr string) error {
 	b.installed[k] = true
 	b.mu.Unlock()
 	return nil
+}
+
+// EnvPrefix implements workers.EnvShipper: the environment is unpacked on
+// the host the kernel goes to (ensureEnv), whose folder is known only
+// then, so {env_prefix} stays for startOn to fill in.
+func (b *Backend) EnvPrefix(cfg *broker.LaunchConfig) (string, error) {
+	return "{" + broker.EnvPrefixVar + "}", nil
+}
+
+var _ workers.EnvShipper = (*Backend)(nil)
+
+// remoteEnvDir is where hosts keep unpacked environments, one folder per
+// digest.
+func (b *Backend) remoteEnvDir() string { return path.Join(b.cfg.RemoteDir, "envs") }
+
+// ensureEnv unpacks the kernel's environment on the host unless it is
+// there, and returns its absolute folder. The archive goes over the SSH
+// session's stdin to the launcher (`kernelbus-launcher unpack-env`), which
+// checks it against its digest and unpacks it as a local worker does.
+func (b *Backend) ensureEnv(ctx context.Context, user, addr string, cfg *broker.LaunchConfig) (string, error) {
+	digest := cfg.Environment.Digest
+	if !broker.ValidDigest(digest) {
+		return "", fmt.Errorf("environment %s: no valid archive digest", cfg.Environment.Name)
+	}
+	k := envKey{connKey{user, addr}, digest}
+	b.mu.Lock()
+	dir := b.envs[k]
+	b.mu.Unlock()
+	if dir != "" {
+		return dir, nil
+	}
+	d := shellQuote(path.Join(b.remoteEnvDir(), digest))
+	out, err := b.conns.run(ctx, user, addr, "if [ -d "+d+" ]; then cd "+d+" && pwd -P; fi", nil)
+	if err != nil {
+		return "", err
+	}
+	if dir = strings.TrimSpace(out); dir == "" {
+		f, err := os.Open(cfg.EnvArchive)
+		if err != nil {
+			return "", fmt.Errorf("environment archive: %w", err)
+		}
+		defer f.Close()
+		b.log.Info().Str("host", displayHost(addr)).Str("env", cfg.Environment.Name).Str("digest", digest).Msg("unpacking the environment on the host")
+		script := "umask 022\nexec " + shellQuote(b.RemoteLauncherPath()) + " unpack-env " + shellQuote(b.remoteEnvDir()) + " " + shellQuote(digest) + "\n"
+		if out, err = b.conns.run(ctx, user, addr, script, f); err != nil {
+			return "", fmt.Errorf("unpack environment %s: %w", cfg.Environment.Name, err)
+		}
+		dir = strings.TrimSpace(out)
+	}
+	if !path.IsAbs(dir) || strings.ContainsAny(dir, "\n\x00") {
+		return "", fmt.Errorf("unpack environment %s: unexpected answer %q", cfg.Environment.Name, out)
+	}
+	b.mu.Lock()
+	b.envs[k] = dir
+	b.mu.Unlock()
+	return dir, nil
+}
+
+// envKey names an environment unpacked for a user on a host.
+type envKey struct {
+	connKey
+	digest string
 }
 
 func (b *Backend) upload(ctx context.Context, user, addr, p string) error {

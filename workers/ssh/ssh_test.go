@@ -21,6 +21,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/embedded"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers"
+	"github.com/kernelbus/kernelbus/workers/envs"
 	"github.com/kernelbus/kernelbus/workers/local"
 	kbssh "github.com/kernelbus/kernelbus/workers/ssh"
 	"github.com/kernelbus/kernelbus/workers/workerstest"
@@ -42,8 +43,11 @@ type gateway struct {
 	inst   *access.Installation
 	srv    *embedded.Server
 	natsCA string
-	// specs are the kernelspecs of the front-end and of every pool.
-	specs workers.SpecSource
+	// specs are the kernelspecs of the front-end and of every pool, with
+	// those of built environments (kb_specs); envCache is the pools'
+	// environment cache.
+	specs    workers.SpecSource
+	envCache *envs.Cache
 }
 
 // jegSpec is a JEG kernelspec, as JEG ships them, for the lab's hosts.
@@ -113,8 +117,20 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		jegSpec("py-lc", py, addrs, map[string]any{"load_balancing_algorithm": "least-connection"}),
 		jegSpec("py-rr", py, addrs, nil),
 	}}
-	// The workers read the same specs as the front-end.
-	g.specs = specs
+	// The workers read the same specs as the front-end, and those of
+	// built environments.
+	ev, err := kbjs.OpenEnvs(context.Background(), g.bus.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.envCache, err = envs.NewCache(t.TempDir(), ev.Archives); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	t.Cleanup(wcancel)
+	if g.specs, err = kbjs.WatchEnvSpecs(wctx, ev.Specs, specs, jstest.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
 	g.be = g.newBackend(t, cfg)
 	g.startPool(t, g.be)
 	lbe, err := local.New(g.launcher, jstest.Logger(t))
@@ -127,7 +143,9 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.c = &client.Client{BaseURL: frontendtest.Start(t, frontend.Config{DefaultLaunchTimeout: 60 * time.Second}, feBus, specs)}
+	fcfg := frontend.Config{DefaultLaunchTimeout: 60 * time.Second,
+		Environments: &frontend.EnvironmentsConfig{Pythons: envs.DetectPythons(context.Background()), RMs: []string{broker.RMSSH, broker.RMLocal}}}
+	g.c = &client.Client{BaseURL: frontendtest.Start(t, fcfg, feBus, specs)}
 	return g
 }
 
@@ -179,7 +197,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs}, bus, be, jstest.Logger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs, Environments: g.envCache}, bus, be, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

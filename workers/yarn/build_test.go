@@ -222,3 +222,68 @@ func TestBuildWarmSparkContext(t *testing.T) {
 		}
 	}
 }
+
+// A kernel of an environment spec ships the archive the worker fetched
+// (spark.yarn.dist.archives=<archive>#kbenv) and runs its python in the
+// driver and the executors, whatever the site's and the client's settings
+// say; the environment's resources become spark-submit's sizes.
+func TestBuildEnvironment(t *testing.T) {
+	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark",
+		SparkConf: []string{"spark.pyspark.python=/site/python"}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := broker.EnvSpec{Name: "tab", Python: "3.11", RM: broker.RMYarn, Digest: "sha256-" + strings.Repeat("a", 64),
+		Resources: broker.EnvResources{MemoryMB: 768, CPUs: 2, Executors: 3}}
+	cfg := broker.NewLaunchConfig(es.KernelSpec(), "k-1", "alice", map[string]string{"KERNEL_EXTRA_SPARK_OPTS": "--conf spark.pyspark.python=/client/python"}, 0)
+	prefix, err := b.EnvPrefix(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.EnvArchive = "/cache/.archives/" + es.Digest + ".tar.gz"
+	cfg.FillEnvPrefix(prefix)
+	launch := filepath.Join(t.TempDir(), "launch.json")
+	sub, err := b.Build(cfg, launch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(sub.Args, " ")
+	for _, want := range []string{
+		"--driver-memory 768m", "--driver-cores 2", "--num-executors 3",
+		"spark.yarn.dist.archives=" + cfg.EnvArchive + "#kbenv",
+		"spark.yarn.appMasterEnv.PYSPARK_PYTHON=./kbenv/bin/python",
+		"spark.executorEnv.PYSPARK_PYTHON=./kbenv/bin/python",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args lack %q:\n%s", want, args)
+		}
+	}
+	// The environment's python is the last word on spark.pyspark.python.
+	last := ""
+	for i, a := range sub.Args {
+		if i > 0 && sub.Args[i-1] == "--conf" && strings.HasPrefix(a, "spark.pyspark.python=") {
+			last = a
+		}
+	}
+	if last != "spark.pyspark.python=./kbenv/bin/python" {
+		t.Errorf("the last spark.pyspark.python is %q:\n%s", last, args)
+	}
+	// The launcher is told the archive's folder in the container, never
+	// the worker's path of the archive.
+	data, _ := os.ReadFile(launch)
+	var lc broker.LaunchConfig
+	if err := json.Unmarshal(data, &lc); err != nil {
+		t.Fatal(err)
+	}
+	if lc.Argv[0] != "{container_dir}/kbenv/bin/python" || lc.Env["VIRTUAL_ENV"] != "{container_dir}/kbenv" || strings.Contains(string(data), "/cache/") {
+		t.Errorf("launch config: argv %v, env %v\n%s", lc.Argv, lc.Env, data)
+	}
+	cfg.EnvArchive = "/cache/archive.zip"
+	if _, err := b.Build(cfg, launch); err == nil {
+		t.Error("an archive YARN would not unpack was shipped")
+	}
+}

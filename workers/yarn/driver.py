@@ -70,8 +70,14 @@ def main():
     os.makedirs(startup, exist_ok=True)
     shutil.copy(os.path.join(here, "kb_spark_startup.py"), os.path.join(startup, "00-kernelbus-spark.py"))
     env["IPYTHONDIR"] = ipdir
+    # A kernel environment is unpacked by YARN beside this file (its
+    # archive went with spark.yarn.dist.archives): the worker wrote its
+    # folder as {container_dir}/<alias>.
+    argv = [a.replace("{container_dir}", here) for a in (cfg.get("argv") or [])]
+    for k, v in list(env.items()):
+        if isinstance(v, str) and "{container_dir}" in v:
+            env[k] = v.replace("{container_dir}", here)
     # The kernel runs under the Python Spark chose for the driver.
-    argv = cfg.get("argv") or []
     if argv and argv[0] in ("python", "python3", "{python}"):
         argv[0] = sys.executable
     cfg["argv"] = argv

@@ -2,7 +2,9 @@ package yarn
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -44,6 +46,68 @@ func (r *RM) Metrics(ctx context.Context) (*ClusterMetrics, error) {
 	return &out.ClusterMetrics, nil
 }
 
+// Allocation is the largest container the ResourceManager grants.
+type Allocation struct {
+	MemoryMB int64 `json:"memory_mb"`
+	VCores   int64 `json:"vcores"`
+}
+
+// confProperty reads one setting of the ResourceManager's running
+// configuration (its /conf servlet, JSON).
+func (r *RM) confProperty(ctx context.Context, name string) (int64, error) {
+	var out struct {
+		Property *struct {
+			Key   string `json:"key"`
+			Value string `json:"value"`
+		} `json:"property"`
+	}
+	if err := r.do(ctx, http.MethodGet, "/conf?format=json&name="+name, nil, &out); err != nil {
+		return 0, err
+	}
+	if out.Property == nil {
+		return 0, fmt.Errorf("yarn: the ResourceManager's configuration has no %s", name)
+	}
+	return strconv.ParseInt(strings.TrimSpace(out.Property.Value), 10, 64)
+}
+
+// MaxAllocation is the largest container YARN grants:
+// yarn.scheduler.maximum-allocation-mb and -vcores, bounded, as the
+// scheduler does, by the largest running node.
+func (r *RM) MaxAllocation(ctx context.Context) (*Allocation, error) {
+	mb, err := r.confProperty(ctx, "yarn.scheduler.maximum-allocation-mb")
+	if err != nil {
+		return nil, err
+	}
+	vc, err := r.confProperty(ctx, "yarn.scheduler.maximum-allocation-vcores")
+	if err != nil {
+		return nil, err
+	}
+	var nodes struct {
+		Nodes *struct {
+			Node []struct {
+				State         string `json:"state"`
+				UsedMemoryMB  int64  `json:"usedMemoryMB"`
+				AvailMemoryMB int64  `json:"availMemoryMB"`
+				UsedVCores    int64  `json:"usedVirtualCores"`
+				AvailVCores   int64  `json:"availableVirtualCores"`
+			} `json:"node"`
+		} `json:"nodes"`
+	}
+	if err := r.do(ctx, http.MethodGet, "/ws/v1/cluster/nodes?states=RUNNING", nil, &nodes); err == nil && nodes.Nodes != nil && len(nodes.Nodes.Node) > 0 {
+		var nmb, nvc int64
+		for _, n := range nodes.Nodes.Node {
+			nmb, nvc = max(nmb, n.UsedMemoryMB+n.AvailMemoryMB), max(nvc, n.UsedVCores+n.AvailVCores)
+		}
+		if nmb > 0 {
+			mb = min(mb, nmb)
+		}
+		if nvc > 0 {
+			vc = min(vc, nvc)
+		}
+	}
+	return &Allocation{MemoryMB: mb, VCores: vc}, nil
+}
+
 // Web is the ResourceManager's web address in use.
 func (r *RM) Web() string {
 	r.mu.Lock()
@@ -59,6 +123,11 @@ func (b *Backend) Report(ctx context.Context) (any, error) {
 		return nil, err
 	}
 	out := map[string]any{"web": b.rm.Web(), "metrics": m}
+	// The largest container: front-ends refuse environments and starts
+	// that ask more (frontend/largest.go).
+	if a, err := b.rm.MaxAllocation(ctx); err == nil {
+		out["max_allocation"] = a
+	}
 	if s, err := b.rm.Scheduler(ctx); err == nil {
 		queues := []QueueUse{}
 		var walk func(q *Queue, path string)

@@ -81,3 +81,33 @@ func TestRMFailover(t *testing.T) {
 		t.Fatal("the active RM was never asked")
 	}
 }
+
+// The largest container is the scheduler's maximum allocation (the RM's
+// /conf servlet), bounded by the largest running node.
+func TestMaxAllocation(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/conf" && r.URL.Query().Get("name") == "yarn.scheduler.maximum-allocation-mb":
+			_, _ = io.WriteString(w, `{"property":{"key":"yarn.scheduler.maximum-allocation-mb","value":"8192","isFinal":false,"resource":"yarn-site.xml"}}`)
+		case r.URL.Path == "/conf" && r.URL.Query().Get("name") == "yarn.scheduler.maximum-allocation-vcores":
+			_, _ = io.WriteString(w, `{"property":{"key":"yarn.scheduler.maximum-allocation-vcores","value":"8","isFinal":false,"resource":"yarn-site.xml"}}`)
+		case r.URL.Path == "/ws/v1/cluster/nodes":
+			_, _ = io.WriteString(w, `{"nodes":{"node":[{"state":"RUNNING","usedMemoryMB":1024,"availMemoryMB":3072,"usedVirtualCores":1,"availableVirtualCores":15},
+				{"state":"RUNNING","usedMemoryMB":0,"availMemoryMB":2048,"usedVirtualCores":0,"availableVirtualCores":2}]}}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	rm, err := NewRM(srv.URL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := rm.MaxAllocation(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.MemoryMB != 4096 || a.VCores != 8 {
+		t.Fatalf("largest container %+v; want 4096 MB (the largest node) and 8 vcores (the scheduler's)", a)
+	}
+}

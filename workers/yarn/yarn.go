@@ -229,7 +229,25 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 		return nil, fmt.Errorf("SPARK_OPTS: %w", err)
 	}
 	args = append(args, stripOwn(opts)...)
-	if archives := rmList(cfg.RMConfig["archives"]); archives != "" {
+	archives := rmList(cfg.RMConfig["archives"])
+	if cfg.EnvArchive != "" && !strings.HasSuffix(cfg.EnvArchive, ".tar.gz") {
+		return nil, fmt.Errorf("the environment archive %s must end in .tar.gz for YARN to unpack it", cfg.EnvArchive)
+	}
+	if cfg.EnvArchive != "" {
+		// The kernel's environment: YARN localizes the archive into the
+		// driver's and every executor's container as ./kbenv, and both
+		// run its python (settings after the site's and the spec's, so
+		// they win).
+		if archives != "" {
+			archives += ","
+		}
+		archives += cfg.EnvArchive + "#" + envAlias
+		py := "./" + envAlias + "/bin/python"
+		for _, c := range []string{"spark.pyspark.python", "spark.pyspark.driver.python", "spark.yarn.appMasterEnv.PYSPARK_PYTHON", "spark.executorEnv.PYSPARK_PYTHON"} {
+			args = append(args, "--conf", c+"="+py)
+		}
+	}
+	if archives != "" {
 		args = append(args, "--conf", "spark.yarn.dist.archives="+archives)
 	}
 	if b.cfg.Impersonation {
@@ -255,6 +273,21 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 	}, ","), filepath.Join(b.dir, "kb_driver.py"))
 	return &Submission{SparkHome: home, Args: args, Files: launchFile}, nil
 }
+
+// envAlias is the folder YARN unpacks a kernel environment's archive to in
+// each container of the application.
+const envAlias = "kbenv"
+
+// EnvPrefix implements workers.EnvShipper: the archive goes with the
+// application (spark.yarn.dist.archives), YARN unpacks it into the
+// application master's container, and driver.py fills in the
+// container's folder. The archive's name must end in .tar.gz for YARN to
+// unpack it.
+func (b *Backend) EnvPrefix(cfg *broker.LaunchConfig) (string, error) {
+	return "{container_dir}/" + envAlias, nil
+}
+
+var _ workers.EnvShipper = (*Backend)(nil)
 
 // sparkContextMode is when the kernel builds its SparkContext (see
 // startup.py): the spec's choice, lazy by default. A warm kernel builds it
