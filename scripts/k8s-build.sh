@@ -15,6 +15,8 @@
 #   KB_K8S_VERSION   default v1.34.4
 #   KB_ETCD_VERSION  default v3.6.5
 set -euo pipefail
+# Only the result goes to stdout, where callers read it with $(...).
+exec 3>&1 1>&2
 
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 kver=${KB_K8S_VERSION:-v1.34.4}
@@ -72,4 +74,4 @@ if [ ! -x "$out/etcd" ] || [ ! -f "$out/.etcd-$ever" ]; then
 fi
 
 echo "k8s-build: done in $((SECONDS - start)) s: $out" >&2
-echo "$out"
+echo "$out" >&3
