@@ -27,12 +27,12 @@ mkdir -p "$out"
 cmds="kube-apiserver kube-controller-manager kube-scheduler"
 missing() { for c in $cmds; do [ -x "$out/$c" ] || echo "$c"; done; }
 have() { [ -z "$(missing)" ] && [ -x "$out/etcd" ] && [ -f "$out/.etcd-$ever" ]; }
-if have; then echo "$out"; exit 0; fi
+if have; then echo "$out" >&3; exit 0; fi
 
 exec 9>"$out/.lock"
 echo "k8s-build: waiting for the build lock $out/.lock" >&2
 flock 9
-if have; then echo "$out"; exit 0; fi
+if have; then echo "$out" >&3; exit 0; fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kb-k8s-build.XXXXXX")
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
