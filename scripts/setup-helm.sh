@@ -13,7 +13,7 @@ exec 3>&1 1>&2
 cache="${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}"
 version="${KB_HELM_VERSION:-v3.22.0}"
 bin="$cache/bin/helm-$version"
-if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
+if [ -x "$bin" ]; then echo "$bin" >&3; exit 0; fi
 mkdir -p "$cache/bin"
 exec 9>"$bin.lock"
 flock 9
