@@ -457,13 +457,8 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, cfg)
-		inputErr := <-input
-		if err == nil && inputErr != nil {
-			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
-			p.countStart(k, OutcomeFailed)
-			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
-		}
 		if err != nil {
+			<-input
 			if RefusedStatus(err) != 0 {
 				p.countStart(k, OutcomeRefused)
 			} else {
@@ -502,6 +497,16 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			return nil
 		}
 		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
+		// The input consumer is waited for only now: the launcher needs it
+		// once its kernel is ready, and waits for the record to say
+		// submitted before it reports started, so writing the record first
+		// keeps a consumer creation queued on the JetStream API off the
+		// path of every start.
+		if inputErr := <-input; inputErr != nil {
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
+			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
+		}
 	}
 	release()
 	return p.follow(m, k, log)

@@ -172,8 +172,8 @@ func idKnown(id uint32) bool {
 // Backend.ids, which dynamicAccount checks under its lock.
 type procScans struct {
 	mu      sync.Mutex
-	running *procScan // under way: too old for callers arriving now
-	next    *procScan // starts when running ends; callers arriving now join it
+	running *procScan                     // under way: too old for callers arriving now
+	next    *procScan                     // starts when running ends; callers arriving now join it
 	scan    func(IDRange) map[uint32]bool // idsInUse; tests replace it
 }
 
