@@ -817,7 +817,14 @@ func (p *Pool) resolveLaunch(k *broker.Kernel) (*broker.LaunchConfig, int, error
 	// KERNEL_USERNAME is the record's owner: the front-end decides who
 	// that is; a client value that differs does not reach the kernel.
 	delete(env, broker.EnvUsername)
-	return broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout), 0, nil
+	cfg := broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout)
+	// A warm pool's kernel (its keeper wrote the record) is started ready
+	// for its first request (a YARN driver builds its SparkContext and
+	// runs a first job before it answers). Without this the backend never
+	// saw LaunchConfig.Warm: the keeper's record carried it, but the launch
+	// is rebuilt here from the spec.
+	cfg.Warm = k.Warm != nil
+	return cfg, 0, nil
 }
 
 // launchCreds gives a launch its way onto the bus: credentials scoped to
