@@ -474,14 +474,8 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			cfg.LaunchTimeout = broker.Duration(d)
 		}
 		h, err := p.be.Start(ctx, cfg)
-		h.Env = cfg.Environment
-		inputErr := <-input
-		if err == nil && inputErr != nil {
-			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
-			p.countStart(k, OutcomeFailed)
-			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
-		}
 		if err != nil {
+			<-input
 			if RefusedStatus(err) != 0 {
 				p.countStart(k, OutcomeRefused)
 			} else {
@@ -489,6 +483,7 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			}
 			return p.failStatus(k, nil, RefusedStatus(err), fmt.Sprintf("%s could not start the kernel: %v", p.be.Name(), err))
 		}
+		h.Env = cfg.Environment
 		// submitted goes to the log before the record says so: the
 		// launcher waits for the record before it reports started, so the
 		// log keeps submitted before started however fast the kernel is.
@@ -520,6 +515,16 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 			return nil
 		}
 		log.Info().Str("host", h.Host).RawJSON("handle", h.Data).Msg("launcher submitted")
+		// The input consumer is waited for only now: the launcher needs it
+		// once its kernel is ready, and waits for the record to say
+		// submitted before it reports started, so writing the record first
+		// keeps a consumer creation queued on the JetStream API off the
+		// path of every start.
+		if inputErr := <-input; inputErr != nil {
+			_ = p.be.Stop(context.Background(), h, p.cfg.StopGrace)
+			p.countStart(k, OutcomeFailed)
+			return p.fail(k, nil, "the worker could not create the kernel's input consumer: "+inputErr.Error())
+		}
 	}
 	release()
 	return p.follow(m, k, log)
@@ -856,7 +861,14 @@ func (p *Pool) resolveLaunch(k *broker.Kernel) (*broker.LaunchConfig, int, error
 	// KERNEL_USERNAME is the record's owner: the front-end decides who
 	// that is; a client value that differs does not reach the kernel.
 	delete(env, broker.EnvUsername)
-	return broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout), 0, nil
+	cfg := broker.NewLaunchConfig(spec, k.ID, k.User, env, timeout)
+	// A warm pool's kernel (its keeper wrote the record) is started ready
+	// for its first request (a YARN driver builds its SparkContext and
+	// runs a first job before it answers). Without this the backend never
+	// saw LaunchConfig.Warm: the keeper's record carried it, but the launch
+	// is rebuilt here from the spec.
+	cfg.Warm = k.Warm != nil
+	return cfg, 0, nil
 }
 
 // launchCreds gives a launch its way onto the bus: credentials scoped to

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -90,7 +91,7 @@ func prepareHomes() error {
 // when the kernel's launcher ends.
 func (b *Backend) dynamicAccount() (*account, error) {
 	r := b.runAs.Range
-	busy := idsInUse(r)
+	busy := b.scans.busy(r)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	size := uint64(r.Last-r.First) + 1
@@ -159,6 +160,71 @@ func idKnown(id uint32) bool {
 	}
 	_, err := user.LookupGroupId(s)
 	return err == nil
+}
+
+// procScans shares scans of /proc among the starts that wait for one at
+// the same time. A scan reads every process's status (about 50 µs each):
+// one per start made concurrent starts quadratic in the kernels running
+// (hundreds of kernels, two processes each). A start may use a scan that
+// began after it asked, which is as fresh as one of its own; one that was
+// already under way when it asked may miss a process started just before,
+// so it waits for the next. Ids this worker hands out meanwhile are in
+// Backend.ids, which dynamicAccount checks under its lock.
+type procScans struct {
+	mu      sync.Mutex
+	running *procScan                     // under way: too old for callers arriving now
+	next    *procScan                     // starts when running ends; callers arriving now join it
+	scan    func(IDRange) map[uint32]bool // idsInUse; tests replace it
+}
+
+type procScan struct {
+	done    chan struct{}
+	busy    map[uint32]bool
+	waiters int // callers that joined it before it began
+}
+
+// busy returns the ids of r held by processes, from a scan that began no
+// earlier than the call.
+func (s *procScans) busy(r IDRange) map[uint32]bool {
+	s.mu.Lock()
+	if s.running == nil {
+		c := &procScan{done: make(chan struct{})}
+		s.running = c
+		s.mu.Unlock()
+		s.run(c, r)
+		return c.busy
+	}
+	c, lead, prev := s.next, false, s.running
+	if c == nil {
+		c, lead = &procScan{done: make(chan struct{})}, true
+		s.next = c
+	}
+	c.waiters++
+	s.mu.Unlock()
+	if !lead {
+		<-c.done
+		return c.busy
+	}
+	<-prev.done
+	s.mu.Lock()
+	s.running, s.next = c, nil
+	s.mu.Unlock()
+	s.run(c, r)
+	return c.busy
+}
+
+func (s *procScans) run(c *procScan, r IDRange) {
+	scan := s.scan
+	if scan == nil {
+		scan = idsInUse
+	}
+	c.busy = scan(r)
+	close(c.done)
+	s.mu.Lock()
+	if s.running == c {
+		s.running = nil
+	}
+	s.mu.Unlock()
 }
 
 // idsInUse are the ids of r that any process on the host holds (real,

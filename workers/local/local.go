@@ -50,6 +50,7 @@ type Backend struct {
 	mu       sync.Mutex
 	children map[int]*child  // launchers this process started
 	ids      map[uint32]bool // RunAs.Range ids of live launchers
+	scans    procScans       // /proc scans for RunAs.Range ids in use
 }
 
 type child struct {
