@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // Quick connects, each with a new session, leave no output consumer on
@@ -51,16 +52,12 @@ func TestWSClosedSocketsLeaveNoConsumersAndBoundedSessions(t *testing.T) {
 	}
 	var cons, total int
 	var kept bool
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	if !jstest.Eventually(30*time.Second, func() bool {
 		cons = outputConsumers()
 		total, kept = sessions()
-		if cons == 1 && total <= maxClosedSessions+1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %d closed sockets: %d output consumers of the kernel (want 1, the open socket's), %d session records (want <= %d)", n, cons, total, maxClosedSessions+1)
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval
+		return cons == 1 && total <= maxClosedSessions+1
+	}) {
+		t.Fatalf("after %d closed sockets: %d output consumers of the kernel (want 1, the open socket's), %d session records (want <= %d)", n, cons, total, maxClosedSessions+1)
 	}
 	if !kept {
 		t.Fatal("the connected session's record was pruned")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/rs/zerolog"
 )
 
@@ -53,17 +54,11 @@ func TestLaunchScriptPassesHostileValuesInertly(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("script: %v: %s", err, out)
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	var data []byte
-	for {
-		if data, err = os.ReadFile(got); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the launcher never got its config")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	jstest.WaitFor(t, 10*time.Second, "the launcher's config", func() bool {
+		data, err = os.ReadFile(got)
+		return err == nil
+	})
 	if strings.TrimSpace(string(data)) != enc {
 		t.Fatalf("the config reached the launcher altered:\n got %q\nwant %q", data, enc)
 	}
