@@ -2,12 +2,8 @@ package yarn_test
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,28 +16,7 @@ import (
 // own process group and returns a kill that ends the group with SIGKILL (a
 // worker that dies without a word); cleanup ends it too.
 func startWarmWorker(t *testing.T, g *gateway, extra ...string) (kill func()) {
-	cmd := exec.Command(g.kb, append(append([]string{}, g.workerArgs...), extra...)...)
-	cmd.Dir = t.TempDir()
-	cmd.Env = append(os.Environ(), g.workerEnv...)
-	logf, _ := os.Create(filepath.Join(cmd.Dir, "log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	kill = func() {
-		once.Do(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			_ = cmd.Wait()
-		})
-	}
-	t.Cleanup(func() {
-		kill()
-		if t.Failed() {
-			tailFile(t, logf.Name(), 40)
-		}
-	})
+	_, kill = runGroup(t, true, g.workerEnv, g.kb, append(append([]string{}, g.workerArgs...), extra...)...)
 	return kill
 }
 

@@ -163,6 +163,14 @@ func run(t *testing.T, name string, args ...string) (stop func()) {
 // temporary folder that also holds its log. stop (also run at cleanup, once)
 // ends the group: SIGTERM, then SIGKILL after 20 s.
 func runEnv(t *testing.T, env []string, name string, args ...string) (stop func()) {
+	stop, _ = runGroup(t, false, env, name, args...)
+	return stop
+}
+
+// runGroup is runEnv that also returns kill, which ends the group with
+// SIGKILL at once (a process that dies without a word); stop and kill run
+// at most once between them, and cleanup runs kill when hard, else stop.
+func runGroup(t *testing.T, hard bool, env []string, name string, args ...string) (stop, kill func()) {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), env...)
@@ -179,13 +187,23 @@ func runEnv(t *testing.T, env []string, name string, args ...string) (stop func(
 			waitOrKill(cmd, 20*time.Second)
 		})
 	}
+	kill = func() {
+		once.Do(func() {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+		})
+	}
 	t.Cleanup(func() {
-		stop()
+		if hard {
+			kill()
+		} else {
+			stop()
+		}
 		if t.Failed() {
 			tailFile(t, logf.Name(), 40)
 		}
 	})
-	return stop
+	return stop, kill
 }
 
 func getJSON(url string, out any) error {
