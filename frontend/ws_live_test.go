@@ -39,19 +39,29 @@ func publishStreamsNumbered(l *fakeLauncher, prefix string, n int) (texts, ids [
 	return texts, ids, nums
 }
 
+// liveSocket starts a front-end with live output (set up further by
+// setup, when not nil), a kernel and a socket to it, and makes one round
+// trip: the connection is set up and has seen the launcher's numbering.
+func liveSocket(t *testing.T, setup func(e *testEnv)) (*testEnv, KernelModel, *fakeLauncher, *wsClient) {
+	t.Helper()
+	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	if setup != nil {
+		setup(e)
+	}
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	c := e.dial(k.ID, "S", true)
+	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
+	c.until(isIdleOf(id))
+	return e, k, l, c
+}
+
 // TestWSLiveOutput: with live output, kernel messages reach the socket
 // from the live path, each once and in the launcher's order, while the
 // stream's copies carry the cursor to the stream's end, and the session
 // record names the last message written live.
 func TestWSLiveOutput(t *testing.T) {
-	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
-	k := e.startKernel()
-	l := e.worker.launcher(k.ID)
-	c := e.dial(k.ID, "S", true)
-	// A round trip first: the connection is set up and has seen the
-	// launcher's numbering.
-	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
-	c.until(isIdleOf(id))
+	e, k, l, c := liveSocket(t, nil)
 	sent, _, nums := publishStreamsNumbered(l, "a", 300)
 	sameTexts(t, "live", readTexts(t, c, sent[len(sent)-1]), sent)
 	if n := e.fe.liveWrites.Load(); n == 0 {
@@ -78,12 +88,7 @@ func TestWSLiveOutput(t *testing.T) {
 // one numbered behind it leaves a gap the live path does not fill; the
 // client gets each message once, and live delivery resumes after.
 func TestWSLiveRepeatAndGap(t *testing.T) {
-	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
-	k := e.startKernel()
-	l := e.worker.launcher(k.ID)
-	c := e.dial(k.ID, "S", true)
-	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
-	c.until(isIdleOf(id))
+	_, _, l, c := liveSocket(t, nil)
 	first, _, _ := publishStreamsNumbered(l, "a", 3)
 
 	msg := func(text string) *nats.Msg {
@@ -180,13 +185,7 @@ func TestWSLiveResume(t *testing.T) {
 // the stream delivers those. The client still gets every message once and
 // in order.
 func TestWSLiveSlowClient(t *testing.T) {
-	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
-	e.fe.livePending = [2]int{16, 256 << 10}
-	k := e.startKernel()
-	l := e.worker.launcher(k.ID)
-	c := e.dial(k.ID, "S", true)
-	id := c.send("shell", "execute_request", map[string]any{"code": "hello"})
-	c.until(isIdleOf(id))
+	e, _, l, c := liveSocket(t, func(e *testEnv) { e.fe.livePending = [2]int{16, 256 << 10} })
 	// 400 × 64 KiB: more than the socket buffers, the writer's queue
 	// and the subscription's queue hold while the client reads nothing.
 	const n = 400
