@@ -139,6 +139,22 @@ func (c *Client) Restart(ctx context.Context, id string) (*Model, error) {
 	return &m, err
 }
 
+// Warm is a warm kernel nobody took, as GET /api/warm lists it.
+type Warm struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Pool  string `json:"pool"`
+	State string `json:"state"`
+}
+
+// Warm lists the warm kernels that wait for a request (administrators
+// only).
+func (c *Client) Warm(ctx context.Context) ([]Warm, error) {
+	var ws []Warm
+	err := c.do(ctx, http.MethodGet, "/api/warm", nil, &ws)
+	return ws, err
+}
+
 // ClusterReports GETs the overview (/api/cluster) and returns the cluster
 // reports of resource manager rm's workers, one per worker that sent one,
 // as sent: each resource manager reports its own shape.

@@ -52,18 +52,11 @@ func TestGatewayOnKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 14*time.Minute)
 	defer cancel()
 
-	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cl.Client, Node: "node-1", CPU: "4", Memory: "8Gi",
-		Images: []string{testImage}, LogDir: cl.Dir, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(agent.Stop)
+	agent := startAgent(t, ctx, cl)
 
 	specs := writeSpecs(t, py)
 	gw := startServe(t, kb, launcher, specs)
-	workerArgs := []string{"worker", "--rm", "kubernetes", "--nats-conn", gw.natsConn, "--kernelspec-dir", specs,
-		"--launcher", launcher, "--kubeconfig", cl.Kubeconfig, "--k8s-per-user-namespaces",
-		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s", "--k8s-opt", "image=" + testImage}
+	workerArgs := append(gw.workerArgs(specs, launcher, cl.Kubeconfig), "--k8s-per-user-namespaces")
 	worker := startProc(t, "worker", kb, workerArgs...)
 	c := &client.Client{BaseURL: gw.url}
 	cs := cl.Client
@@ -576,11 +569,34 @@ spec:
 	return dir
 }
 
+// startAgent runs the test node agent (node-1, 4 CPUs, 8Gi, the test
+// image) until the test ends.
+func startAgent(t *testing.T, ctx context.Context, cl *k8stest.Cluster) *nodeagent.Agent {
+	t.Helper()
+	agent, err := nodeagent.Start(ctx, nodeagent.Config{Client: cl.Client, Node: "node-1", CPU: "4", Memory: "8Gi",
+		Images: []string{testImage}, LogDir: cl.Dir, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(agent.Stop)
+	return agent
+}
+
 type gateway struct {
 	url, natsConn string
 }
 
-func startServe(t *testing.T, kb, launcher, specs string) gateway {
+// workerArgs is `kernelbus worker --rm kubernetes` on g's bus, with the
+// test image and a short stop grace.
+func (g gateway) workerArgs(specs, launcher, kubeconfig string) []string {
+	return []string{"worker", "--rm", "kubernetes", "--nats-conn", g.natsConn, "--kernelspec-dir", specs,
+		"--launcher", launcher, "--kubeconfig", kubeconfig,
+		"--k8s-launcher-path", launcher, "--k8s-opt", "allow_kernel_image=true", "--k8s-opt", "stop_grace=5s", "--k8s-opt", "image=" + testImage}
+}
+
+// startServe runs `kernelbus serve` (with a local pool; extra are more
+// flags) on a free port, without authentication.
+func startServe(t *testing.T, kb, launcher, specs string, extra ...string) gateway {
 	data := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -588,7 +604,7 @@ func startServe(t *testing.T, kb, launcher, specs string) gateway {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	startProc(t, "serve", kb, "serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth", "--env-rms", "local,kubernetes")
+	startProc(t, "serve", kb, append([]string{"serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth", "--env-rms", "local,kubernetes"}, extra...)...)
 	var g gateway
 	g.url = "http://" + addr
 	// serve writes nats.conn (its NATS URL and role credentials) once its

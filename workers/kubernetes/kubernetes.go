@@ -99,10 +99,14 @@ func (b *Backend) EnvPrefix(cfg *broker.LaunchConfig) (string, error) {
 
 var _ workers.EnvShipper = (*Backend)(nil)
 
-// RunsAsUser: a kernel pod carries its user (an annotation, and with
-// per-user namespaces its namespace), which a warm pod, created before
-// anyone asked, cannot be given afterwards.
-func (b *Backend) RunsAsUser() bool { return true }
+// RunsAsUser: with per-user namespaces a kernel pod runs in its user's
+// namespace, as its service account, which a warm pod, created before
+// anyone asked, cannot be moved to. In a shared namespace every user's pod
+// runs as the same service account and uid; the user is only the pod's
+// kernelbus.io/user annotation (empty on a warm pod) and its
+// KERNEL_USERNAME (absent, as on a warm local kernel), so a warm pod
+// serves a request that names a user.
+func (b *Backend) RunsAsUser() bool { return b.cfg.PerUserNamespaces }
 
 // What the kubernetes backend offers beyond workers.Backend.
 var (

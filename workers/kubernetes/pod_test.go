@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -306,5 +308,39 @@ func TestBuildPodOfEnvironment(t *testing.T) {
 	got, err := broker.DecodeLaunchConfig(sec.StringData[SecretKey])
 	if err != nil || got.Environment == nil || got.Environment.Digest != es.Digest || got.Argv[0] != "{env_prefix}/bin/python" {
 		t.Fatalf("the pod's launch config: %+v %v", got, err)
+	}
+}
+
+// TestWarmPodServesNamedUsers: in a shared namespace, the pod of a warm
+// kernel (no user) and that of a user's cold start differ only in the user
+// annotation and KERNEL_USERNAME: same namespace, service account, uid and
+// security context; so a warm pod may serve a request that names a user
+// (RunsAsUser false). With per-user namespaces they differ in namespace
+// and service account, and it may not.
+func TestWarmPodServesNamedUsers(t *testing.T) {
+	warm := launchCfg(nil)
+	warm.User = ""
+	delete(warm.Env, broker.EnvUsername)
+	for _, perUser := range []bool{false, true} {
+		c := Config{PerUserNamespaces: perUser}
+		wp, _, err := build(t, c, warm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up, _, err := build(t, c, launchCfg(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The user's pod without what names its user.
+		ctr := &up.Spec.Containers[0]
+		ctr.Env = slices.DeleteFunc(ctr.Env, func(e corev1.EnvVar) bool { return e.Name == broker.EnvUsername })
+		up.Annotations[AnnotationUser] = ""
+		same := wp.Namespace == up.Namespace && reflect.DeepEqual(wp.Spec, up.Spec) && reflect.DeepEqual(wp.ObjectMeta, up.ObjectMeta)
+		if b := (&Backend{cfg: c}); same == b.RunsAsUser() {
+			t.Errorf("per_user_namespaces=%v: the pods are alike but for the user: %v; yet RunsAsUser() = %v", perUser, same, b.RunsAsUser())
+		}
+		if !perUser && !same {
+			t.Errorf("shared namespace: a warm pod differs from a user's in more than its user:\n%+v\n%+v", wp, up)
+		}
 	}
 }

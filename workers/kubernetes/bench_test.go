@@ -1,0 +1,127 @@
+package kubernetes_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kernelbus/kernelbus/e2e/startbench"
+	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
+)
+
+// warmPool is the size of each warm pool of the start benchmarks.
+const warmPool = 2
+
+// TestBenchKubernetesStart measures kernel starts through `kernelbus serve`
+// on the test control plane: ipykernel pods (the node agent runs each
+// pod's launcher) started cold and taken from a warm pool of the worker,
+// and local ipykernel kernels cold and warm from serve's own pool, for
+// comparison. A benchmark, not a test: it runs only with KB_RM_BENCH=1
+// (`task bench:rm`), and writes its section of KB_RM_BENCH_OUT.
+func TestBenchKubernetesStart(t *testing.T) {
+	if !startbench.Enabled() {
+		t.Skip("a benchmark: set KB_RM_BENCH=1 (`task bench:rm`)")
+	}
+	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	n, err := startbench.N()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := startbench.Info{Key: "kubernetes", Title: "Kubernetes (test control plane) and local, through `kernelbus serve`",
+		Began: time.Now(), LoadBefore: startbench.LoadAvg()}
+	cl := k8stest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	startAgent(t, ctx, cl)
+
+	// Each warm pool has its own spec, a copy of the cold one under
+	// another name, so that cold starts stay cold while the pools are up.
+	specs := writeSpecs(t, py)
+	copySpec(t, specs, "python3-k8s", "python3-k8s-warm")
+	local, _ := json.Marshal(map[string]any{"argv": []string{py, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
+		"display_name": "Python (local)", "language": "python"})
+	for _, name := range []string{"python3-local", "python3-local-warm"} {
+		writeFile(t, filepath.Join(specs, name, "kernel.json"), local)
+	}
+	warm := func(spec string) string { return fmt.Sprintf("%s=%d,idle=1h", spec, warmPool) }
+	gw := startServe(t, kb, launcher, specs, "--warm", warm("python3-local-warm"))
+	startProc(t, "worker", kb, append(gw.workerArgs(specs, launcher, cl.Kubeconfig), "--warm", warm("python3-k8s-warm"))...)
+	c := &client.Client{BaseURL: gw.url}
+	pools := map[string]int{"local/python3-local-warm": warmPool, "kubernetes/python3-k8s-warm": warmPool}
+
+	rows := []startbench.Row{
+		{RM: "kubernetes", Mode: "cold", Spec: "python3-k8s"},
+		{RM: "kubernetes", Mode: "warm", Spec: "python3-k8s-warm"},
+		{RM: "local", Mode: "cold", Spec: "python3-local"},
+		{RM: "local", Mode: "warm", Spec: "python3-local-warm"},
+	}
+	// The client names a user, as an authenticated one always does.
+	env := map[string]string{"KERNEL_USERNAME": "bench"}
+	for round := 0; round <= n; round++ {
+		for i := range rows {
+			// Every start finds both pools full: no refill runs beside a
+			// measured start, cold or warm.
+			var warmIDs map[string]bool
+			jstest.WaitForNil(t, 3*time.Minute, func() (err error) { warmIDs, err = startbench.WarmReady(ctx, c, pools); return err })
+			s, err := startbench.Measure(ctx, c, rows[i].Spec, env, 3*time.Minute)
+			if err != nil {
+				t.Fatalf("%s %s: %v", rows[i].RM, rows[i].Mode, err)
+			}
+			s.Warm = warmIDs[s.ID]
+			if s.Warm != (rows[i].Mode == "warm") {
+				t.Errorf("round %d %s %s: the start took a warm kernel: %v", round, rows[i].RM, rows[i].Mode, s.Warm)
+			}
+			t.Logf("round %d %s %s: 201 %s, kernel_info %s, result %s (warm kernel: %v)", round, rows[i].RM, rows[i].Mode,
+				startbench.Millis(s.Post), startbench.Millis(s.Info), startbench.Millis(s.Result), s.Warm)
+			if round > 0 { // round 0 warms up caches, unmeasured
+				rows[i].Samples = append(rows[i].Samples, s)
+			}
+		}
+	}
+	info.Took, info.LoadAfter = time.Since(info.Began), startbench.LoadAvg()
+	info.Setup = fmt.Sprintf("`kernelbus serve` (embedded NATS, front-end, local workers, `--warm python3-local-warm=%d`) and `kernelbus worker --rm kubernetes --warm python3-k8s-warm=%d` "+
+		"(shared namespace `default`) as processes; a real etcd, kube-apiserver, controller-manager and scheduler (k8stest), and the test node agent "+
+		"(workers/kubernetes/nodeagent) in the kubelet's place: it runs each pod's launcher and ipykernel from the test image (the e2e venv) in pid and mount namespaces of its own, no container runtime, so a pod's image pull and container creation are not part of these times.", warmPool, warmPool)
+	info.Order = fmt.Sprintf("%d rounds after one unmeasured round; each round starts kubernetes cold, kubernetes warm, local cold, local warm, each with KERNEL_USERNAME=bench, "+
+		"each kernel deleted after its first result. Before every start, cold or warm, the bench waits until both warm pools have %d running kernels, so no refill runs beside a measured start.", n, warmPool)
+	md := startbench.Report(info, rows)
+	fmt.Println(md)
+	if out := os.Getenv("KB_RM_BENCH_OUT"); out != "" {
+		if err := startbench.WriteSection(out, info.Key, md); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote its section of %s", out)
+	}
+}
+
+// copySpec copies kernelspec folder from to a new spec named to.
+func copySpec(t *testing.T, dir, from, to string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, from))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, to, e.Name()), b)
+	}
+}
+
+func writeFile(t *testing.T, p string, b []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
