@@ -18,9 +18,11 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // Enabled reports whether the start benchmarks are asked for
@@ -134,6 +136,52 @@ func WarmReady(ctx context.Context, c *client.Client, pools map[string]int) (map
 type Row struct {
 	RM, Mode, Spec string
 	Samples        []Sample
+}
+
+// Run measures n rounds of starts through c, after one unmeasured round
+// that warms caches up: each round one start of each row, in order, with
+// env. Before every start, cold or warm, it waits until each warm pool in
+// pools (rm/spec → size) has that many running kernels, so that no refill
+// runs beside a measured start; a row whose Mode is "warm" must take a warm
+// kernel and the others must not (else the test fails, and the sample
+// says what it took).
+func Run(t testing.TB, c *client.Client, rows []Row, pools map[string]int, env map[string]string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for round := 0; round <= n; round++ {
+		for i := range rows {
+			var warm map[string]bool
+			jstest.WaitForNil(t, 3*time.Minute, func() (err error) { warm, err = WarmReady(ctx, c, pools); return err })
+			s, err := Measure(ctx, c, rows[i].Spec, env, 3*time.Minute)
+			if err != nil {
+				t.Fatalf("%s %s: %v", rows[i].RM, rows[i].Mode, err)
+			}
+			s.Warm = warm[s.ID]
+			if s.Warm != (rows[i].Mode == "warm") {
+				t.Errorf("round %d %s %s: took a warm kernel: %v", round, rows[i].RM, rows[i].Mode, s.Warm)
+			}
+			t.Logf("round %d %s %s: 201 %s, kernel_info %s, result %s (warm kernel: %v)", round, rows[i].RM, rows[i].Mode,
+				Millis(s.Post), Millis(s.Info), Millis(s.Result), s.Warm)
+			if round > 0 {
+				rows[i].Samples = append(rows[i].Samples, s)
+			}
+		}
+	}
+}
+
+// Finish prints the run's report and writes it as its section of
+// KB_RM_BENCH_OUT when that is set.
+func Finish(t testing.TB, info Info, rows []Row) {
+	t.Helper()
+	info.Took, info.LoadAfter = time.Since(info.Began), LoadAvg()
+	md := Report(info, rows)
+	fmt.Println(md)
+	if out := os.Getenv("KB_RM_BENCH_OUT"); out != "" {
+		if err := WriteSection(out, info.Key, md); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote its section of %s", out)
+	}
 }
 
 // Info describes a run for its report.

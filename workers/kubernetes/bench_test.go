@@ -11,7 +11,6 @@ import (
 
 	"github.com/kernelbus/kernelbus/e2e/startbench"
 	"github.com/kernelbus/kernelbus/frontend/client"
-	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 )
 
@@ -36,9 +35,7 @@ func TestBenchKubernetesStart(t *testing.T) {
 	info := startbench.Info{Key: "kubernetes", Title: "Kubernetes (test control plane) and local, through `kernelbus serve`",
 		Began: time.Now(), LoadBefore: startbench.LoadAvg()}
 	cl := k8stest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	startAgent(t, ctx, cl)
+	startAgent(t, context.Background(), cl)
 
 	// Each warm pool has its own spec, a copy of the cold one under
 	// another name, so that cold starts stay cold while the pools are up.
@@ -62,42 +59,14 @@ func TestBenchKubernetesStart(t *testing.T) {
 		{RM: "local", Mode: "warm", Spec: "python3-local-warm"},
 	}
 	// The client names a user, as an authenticated one always does.
-	env := map[string]string{"KERNEL_USERNAME": "bench"}
-	for round := 0; round <= n; round++ {
-		for i := range rows {
-			// Every start finds both pools full: no refill runs beside a
-			// measured start, cold or warm.
-			var warmIDs map[string]bool
-			jstest.WaitForNil(t, 3*time.Minute, func() (err error) { warmIDs, err = startbench.WarmReady(ctx, c, pools); return err })
-			s, err := startbench.Measure(ctx, c, rows[i].Spec, env, 3*time.Minute)
-			if err != nil {
-				t.Fatalf("%s %s: %v", rows[i].RM, rows[i].Mode, err)
-			}
-			s.Warm = warmIDs[s.ID]
-			if s.Warm != (rows[i].Mode == "warm") {
-				t.Errorf("round %d %s %s: the start took a warm kernel: %v", round, rows[i].RM, rows[i].Mode, s.Warm)
-			}
-			t.Logf("round %d %s %s: 201 %s, kernel_info %s, result %s (warm kernel: %v)", round, rows[i].RM, rows[i].Mode,
-				startbench.Millis(s.Post), startbench.Millis(s.Info), startbench.Millis(s.Result), s.Warm)
-			if round > 0 { // round 0 warms up caches, unmeasured
-				rows[i].Samples = append(rows[i].Samples, s)
-			}
-		}
-	}
-	info.Took, info.LoadAfter = time.Since(info.Began), startbench.LoadAvg()
+	startbench.Run(t, c, rows, pools, map[string]string{"KERNEL_USERNAME": "bench"}, n)
 	info.Setup = fmt.Sprintf("`kernelbus serve` (embedded NATS, front-end, local workers, `--warm python3-local-warm=%d`) and `kernelbus worker --rm kubernetes --warm python3-k8s-warm=%d` "+
 		"(shared namespace `default`) as processes; a real etcd, kube-apiserver, controller-manager and scheduler (k8stest), and the test node agent "+
 		"(workers/kubernetes/nodeagent) in the kubelet's place: it runs each pod's launcher and ipykernel from the test image (the e2e venv) in pid and mount namespaces of its own, no container runtime, so a pod's image pull and container creation are not part of these times.", warmPool, warmPool)
 	info.Order = fmt.Sprintf("%d rounds after one unmeasured round; each round starts kubernetes cold, kubernetes warm, local cold, local warm, each with KERNEL_USERNAME=bench, "+
 		"each kernel deleted after its first result. Before every start, cold or warm, the bench waits until both warm pools have %d running kernels, so no refill runs beside a measured start.", n, warmPool)
-	md := startbench.Report(info, rows)
-	fmt.Println(md)
-	if out := os.Getenv("KB_RM_BENCH_OUT"); out != "" {
-		if err := startbench.WriteSection(out, info.Key, md); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote its section of %s", out)
-	}
+
+	startbench.Finish(t, info, rows)
 }
 
 // copySpec copies kernelspec folder from to a new spec named to.

@@ -76,6 +76,14 @@ func toAny(ss []string) []any {
 
 func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 	t.Helper()
+	return newWarmGateway(t, l, cfg, 0)
+}
+
+// newWarmGateway is newGateway with, when warm > 0, two more specs,
+// py-rr-warm and py-local-warm (copies of py-rr and py-local), of which the
+// ssh and local pools each keep warm kernels started.
+func newWarmGateway(t *testing.T, l *lab, cfg kbssh.Config, warm int) *gateway {
+	t.Helper()
 	py := jstest.Python(t)
 	g := &gateway{lab: l, launcher: jstest.LauncherBin(t)}
 	var err error
@@ -117,6 +125,13 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		jegSpec("py-lc", py, addrs, map[string]any{"load_balancing_algorithm": "least-connection"}),
 		jegSpec("py-rr", py, addrs, nil),
 	}}
+	var sshWarm, localWarm []workers.WarmPool
+	if warm > 0 {
+		lw := *localSpec
+		lw.Name = "py-local-warm"
+		specs.List = append(specs.List, &lw, jegSpec("py-rr-warm", py, addrs, nil))
+		sshWarm, localWarm = []workers.WarmPool{{Spec: "py-rr-warm", Count: warm}}, []workers.WarmPool{{Spec: "py-local-warm", Count: warm}}
+	}
 	// The workers read the same specs as the front-end, and those of
 	// built environments.
 	ev, err := kbjs.OpenEnvs(context.Background(), g.bus.JS, 1)
@@ -132,12 +147,12 @@ func newGateway(t *testing.T, l *lab, cfg kbssh.Config) *gateway {
 		t.Fatal(err)
 	}
 	g.be = g.newBackend(t, cfg)
-	g.startPool(t, g.be)
+	g.startPool(t, g.be, sshWarm...)
 	lbe, err := local.New(g.launcher, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.startPool(t, lbe)
+	g.startPool(t, lbe, localWarm...)
 
 	feBus, err := kbjs.Open(context.Background(), g.roleConn(t, access.RoleFrontend, ""))
 	if err != nil {
@@ -187,7 +202,9 @@ func (g *gateway) roleConn(t *testing.T, role, rm string) *nats.Conn {
 	return nc
 }
 
-func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
+// startPool runs a worker pool of be on the gateway's bus, keeping the
+// warm pools warm.
+func (g *gateway) startPool(t *testing.T, be workers.Backend, warm ...workers.WarmPool) *workers.Pool {
 	t.Helper()
 	minter, err := g.inst.Minter()
 	if err != nil {
@@ -197,7 +214,7 @@ func (g *gateway) startPool(t *testing.T, be workers.Backend) *workers.Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs, Environments: g.envCache}, bus, be, jstest.Logger(t))
+	p, err := workers.NewPool(workers.PoolConfig{NATSURLs: g.natsURL, NATSCA: g.natsCA, Minter: minter, StopGrace: 3 * time.Second, Specs: g.specs, Environments: g.envCache, Warm: warm}, bus, be, jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
