@@ -96,6 +96,15 @@ func percentile(xs []float64, p float64) float64 {
 	return xs[max(0, min(i, len(xs)-1))]
 }
 
+// setLatency records the p50 and p99 of samples xs (ms) as target's in
+// scenario scn and returns them.
+func (b *bench) setLatency(scn, target string, xs []float64) (p50, p99 float64) {
+	p50, p99 = percentile(xs, 0.5), percentile(xs, 0.99)
+	b.res.set(scn, "p50", "ms", "lower", target, p50)
+	b.res.set(scn, "p99", "ms", "lower", target, p99)
+	return p50, p99
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // bench runs the scenarios against one target at a time.
@@ -150,9 +159,7 @@ func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n in
 		if len(xs[ti]) == 0 {
 			continue
 		}
-		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
-		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
-		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		p50, p99 := b.setLatency(scn, t.Name(), xs[ti])
 		b.log("%s %s: starts p50 %.1f ms p99 %.1f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
 	}
 }
@@ -202,9 +209,7 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 		if len(xs[ti]) == 0 {
 			continue
 		}
-		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
-		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
-		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		p50, p99 := b.setLatency(scn, t.Name(), xs[ti])
 		b.log("%s %s: p50 %.3f ms p99 %.3f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
 	}
 }
@@ -399,12 +404,11 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 	expected := scheduled.Load()
 	b.res.set(scn, "completed / scheduled", "%", "higher", t.Name(), 100*float64(completed.Load())/float64(max(expected, 1)))
 	b.res.set(scn, "executes/s", "exec/s", "higher", t.Name(), float64(completed.Load())/dur.Seconds())
-	b.res.set(scn, "p50", "ms", "lower", t.Name(), percentile(lat, 0.5))
-	b.res.set(scn, "p99", "ms", "lower", t.Name(), percentile(lat, 0.99))
+	p50, p99 := b.setLatency(scn, t.Name(), lat)
 	b.res.set(scn, "websocket disconnects", "", "", t.Name(), float64(disconnects.Load()))
 	b.res.set(scn, "lost replies", "", "", t.Name(), float64(lost.Load()))
 	b.log("%s %s: %d/%d completed, p50 %.2f ms p99 %.2f ms, %d disconnects, %d lost, %d error replies", t.Name(), scn,
-		completed.Load(), expected, percentile(lat, 0.5), percentile(lat, 0.99), disconnects.Load(), lost.Load(), errs.Load())
+		completed.Load(), expected, p50, p99, disconnects.Load(), lost.Load(), errs.Load())
 	if disconnects.Load()+lost.Load()+errs.Load() > 0 {
 		b.fail(t.Name(), "%s: %d disconnects, %d lost replies, %d error replies", scn, disconnects.Load(), lost.Load(), errs.Load())
 	}
@@ -625,9 +629,7 @@ func (b *bench) warmStart(ctx context.Context, specDir string, n int) {
 	if len(xs) == 0 {
 		return
 	}
-	p50, p99 := percentile(xs, 0.5), percentile(xs, 0.99)
-	b.res.set(scn, "p50", "ms", "lower", tKB, p50)
-	b.res.set(scn, "p99", "ms", "lower", tKB, p99)
+	p50, p99 := b.setLatency(scn, tKB, xs)
 	b.log("%s %s: p50 %.1f ms p99 %.1f ms (n=%d, pool of %d)", tKB, scn, p50, p99, len(xs), pool)
 }
 
