@@ -40,12 +40,7 @@ func launchServe(t *testing.T, bin, dataDir, logPath string, args ...string) *se
 	sp := &serveProc{proc: p, url: strings.TrimSuffix(url, "/")}
 	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to be ready", func() bool {
 		p.failIfExited(t)
-		r, err := http.Get(sp.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
+		return jstest.GetOK(sp.url+"/readyz") == nil
 	})
 	return sp
 }

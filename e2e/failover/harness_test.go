@@ -332,15 +332,7 @@ func (c *Cluster) waitNode(n *natsNode) {
 		if !n.running() {
 			c.t.Fatalf("%s exited: %s", n.name, tail(n.log))
 		}
-		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
-		if err != nil {
-			return err
-		}
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return fmt.Errorf("%s healthz %d", n.name, r.StatusCode)
-		}
-		return nil
+		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
 	})
 }
 
@@ -380,15 +372,7 @@ func (c *Cluster) waitFE(i int) {
 		if !p.running() {
 			c.t.Fatalf("%s exited: %s", p.name, tail(p.log))
 		}
-		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
-		if err != nil {
-			return err
-		}
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return fmt.Errorf("%s: %d", p.name, r.StatusCode)
-		}
-		return nil
+		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
 	})
 }
 
