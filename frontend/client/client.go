@@ -263,10 +263,7 @@ func (c *Conn) Close() error { return c.ws.Close() }
 
 // Send sends a request on channel and returns its msg_id.
 func (c *Conn) Send(channel, msgType string, content any) (string, error) {
-	id := NewID()
-	hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": c.session,
-		"username": "kernelbus", "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
-	body, err := json.Marshal(content)
+	id, hdr, body, err := Request(msgType, c.session, "kernelbus", content)
 	if err != nil {
 		return "", err
 	}
@@ -277,6 +274,16 @@ func (c *Conn) Send(channel, msgType string, content any) (string, error) {
 		return id, c.ws.WriteMessage(websocket.BinaryMessage, f.V1())
 	}
 	return id, c.ws.WriteMessage(websocket.TextMessage, f.AppendLegacyJSON(nil, id, msgType, true))
+}
+
+// Request encodes a request of msgType: its header, with a new msg_id
+// (returned) and the session and username given, and its content.
+func Request(msgType, session, username string, content any) (id string, header, body []byte, err error) {
+	id = NewID()
+	header, _ = json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": session,
+		"username": username, "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
+	body, err = json.Marshal(content)
+	return id, header, body, err
 }
 
 // Recv reads the next message.
