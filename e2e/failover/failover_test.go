@@ -374,14 +374,7 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	const count = 3000
 	var counted []int
 	{
-		m, err := c.StartKernel(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := c.Connect(ctx, m.ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, conn := c.StartConnected(ctx)
 		req, err := conn.SendExecute(counterCode(count, 5))
 		if err != nil {
 			t.Fatal(err)
@@ -541,14 +534,7 @@ func TestLauncherCutFromBus(t *testing.T) {
 	px.setTarget(t, c.Nodes[0].url())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	k, err := c.StartKernel(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := c.Connect(ctx, k.ID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, conn := c.StartConnected(ctx)
 	defer conn.Close()
 	const count = 600
 	req, err := conn.SendExecute(counterCode(count, 20))

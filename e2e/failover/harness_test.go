@@ -511,4 +511,19 @@ func (c *Cluster) Connect(ctx context.Context, id, session string) (*client.Conn
 	return c.LB.Next().Connect(ctx, id, session, true)
 }
 
+// StartConnected starts a kernel and opens a websocket of it, through the
+// next front-ends; the test fails when either does.
+func (c *Cluster) StartConnected(ctx context.Context) (*client.Model, *client.Conn) {
+	c.t.Helper()
+	m, err := c.StartKernel(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := c.Connect(ctx, m.ID, "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return m, conn
+}
+
 var _ = nats.ErrTimeout
