@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/launcher/wire"
 )
@@ -23,7 +24,7 @@ import (
 // jupyter_client does without any gateway: the floor a gateway is
 // compared to. It signs with the launcher's own code (launcher/wire).
 type floorTarget struct {
-	specs map[string]kernelSpec
+	specs map[string]broker.KernelSpec
 	dir   string
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 )
 
@@ -147,15 +148,6 @@ func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, e
 	}
 }
 
-// kernelSpec is what the bench writes as kernel.json.
-type kernelSpec struct {
-	Argv          []string       `json:"argv"`
-	DisplayName   string         `json:"display_name"`
-	Language      string         `json:"language"`
-	InterruptMode string         `json:"interrupt_mode,omitempty"`
-	Metadata      map[string]any `json:"metadata,omitempty"`
-}
-
 const (
 	specPython = "kb-bench-python3"
 	specSynth  = "kb-bench-synth"
@@ -165,12 +157,12 @@ const (
 // (JEG finds them through JUPYTER_PATH, kernelbus through
 // --kernelspec-dir). Both say LocalProcessProxy, which kernelbus maps to
 // its local workers.
-func writeSpecs(root string, cfg *config) (jupyterPath, kernelsDir string, specs map[string]kernelSpec, err error) {
+func writeSpecs(root string, cfg *config) (jupyterPath, kernelsDir string, specs map[string]broker.KernelSpec, err error) {
 	jupyterPath = filepath.Join(root, "share", "jupyter")
 	kernelsDir = filepath.Join(jupyterPath, "kernels")
 	local := map[string]any{"process_proxy": map[string]any{
 		"class_name": "enterprise_gateway.services.processproxies.processproxy.LocalProcessProxy"}}
-	specs = map[string]kernelSpec{
+	specs = map[string]broker.KernelSpec{
 		specPython: {Argv: []string{cfg.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
 			DisplayName: "Python 3 (bench)", Language: "python", InterruptMode: "signal", Metadata: local},
 		specSynth: {Argv: []string{cfg.synthBin, "{connection_file}"},

@@ -105,6 +105,16 @@ func (b *bench) setLatency(scn, target string, xs []float64) (p50, p99 float64) 
 	return p50, p99
 }
 
+// startTimed starts a kernel of spec on t, allowing it two minutes, and
+// says how long the start took.
+func startTimed(ctx context.Context, t target, spec string) (session, time.Duration, error) {
+	sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	s, err := t.Start(sctx, spec)
+	return s, time.Since(t0), err
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // bench runs the scenarios against one target at a time.
@@ -141,11 +151,7 @@ func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n in
 	xs := make([][]float64, len(ts))
 	for i := 0; i < n; i++ {
 		for ti, t := range ts {
-			sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-			t0 := time.Now()
-			s, err := t.Start(sctx, spec)
-			d := time.Since(t0)
-			cancel()
+			s, d, err := startTimed(ctx, t, spec)
 			if err != nil {
 				b.fail(t.Name(), "start %s: %v", spec, err)
 				b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
@@ -170,9 +176,7 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 	scn := "2 trivial execute round trip (" + specLabel(spec) + ")"
 	ss := make([]session, len(ts))
 	for ti, t := range ts {
-		sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		s, err := t.Start(sctx, spec)
-		cancel()
+		s, _, err := startTimed(ctx, t, spec)
 		if err != nil {
 			b.fail(t.Name(), "start %s: %v", spec, err)
 			b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
@@ -216,9 +220,7 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 
 // throughput: scenario 3, one execute that floods iopub.
 func (b *bench) throughput(ctx context.Context, t target, n, size, dcount, dsize int) {
-	sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	s, err := t.Start(sctx, specSynth)
-	cancel()
+	s, _, err := startTimed(ctx, t, specSynth)
 	if err != nil {
 		b.fail(t.Name(), "start: %v", err)
 		b.res.note("3 iopub throughput", "stream msgs/s", "msg/s", "higher", t.Name(), "start failed: "+short(err))
@@ -613,11 +615,7 @@ func (b *bench) warmStart(ctx context.Context, specDir string, n int) {
 			b.res.note(scn, "p50", "ms", "lower", tKB, short(err))
 			return
 		}
-		sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		t0 := time.Now()
-		s, err := g.Start(sctx, specPython)
-		d := time.Since(t0)
-		cancel()
+		s, d, err := startTimed(ctx, g, specPython)
 		if err != nil {
 			b.fail(tKB, "%s: %v", scn, err)
 			b.res.note(scn, "p50", "ms", "lower", tKB, "start failed: "+short(err))
