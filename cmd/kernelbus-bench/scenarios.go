@@ -115,6 +115,18 @@ func startTimed(ctx context.Context, t target, spec string) (session, time.Durat
 	return s, time.Since(t0), err
 }
 
+// start is startTimed for a latency scenario scn: a failed start fails
+// the target and notes why in its p50 cell, and gives a nil session.
+func (b *bench) start(ctx context.Context, t target, spec, scn string) (session, time.Duration) {
+	s, d, err := startTimed(ctx, t, spec)
+	if err != nil {
+		b.fail(t.Name(), "start %s: %v", spec, err)
+		b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+		return nil, 0
+	}
+	return s, d
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // bench runs the scenarios against one target at a time.
@@ -151,10 +163,8 @@ func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n in
 	xs := make([][]float64, len(ts))
 	for i := 0; i < n; i++ {
 		for ti, t := range ts {
-			s, d, err := startTimed(ctx, t, spec)
-			if err != nil {
-				b.fail(t.Name(), "start %s: %v", spec, err)
-				b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+			s, d := b.start(ctx, t, spec, scn)
+			if s == nil {
 				continue
 			}
 			xs[ti] = append(xs[ti], ms(d))
@@ -176,10 +186,8 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 	scn := "2 trivial execute round trip (" + specLabel(spec) + ")"
 	ss := make([]session, len(ts))
 	for ti, t := range ts {
-		s, _, err := startTimed(ctx, t, spec)
-		if err != nil {
-			b.fail(t.Name(), "start %s: %v", spec, err)
-			b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+		s, _ := b.start(ctx, t, spec, scn)
+		if s == nil {
 			continue
 		}
 		ss[ti] = s
@@ -615,10 +623,8 @@ func (b *bench) warmStart(ctx context.Context, specDir string, n int) {
 			b.res.note(scn, "p50", "ms", "lower", tKB, short(err))
 			return
 		}
-		s, d, err := startTimed(ctx, g, specPython)
-		if err != nil {
-			b.fail(tKB, "%s: %v", scn, err)
-			b.res.note(scn, "p50", "ms", "lower", tKB, "start failed: "+short(err))
+		s, d := b.start(ctx, g, specPython, scn)
+		if s == nil {
 			continue
 		}
 		xs = append(xs, ms(d))
