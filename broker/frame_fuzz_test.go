@@ -48,11 +48,8 @@ func FuzzV1Frame(f *testing.F) {
 	binary.LittleEndian.PutUint64(short[16:], 1<<63) // an offset past the end
 	f.Add(short)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr, err := DecodeV1(b)
-		if err != nil {
-			if !errors.Is(err, ErrMalformedFrame) {
-				t.Fatalf("refusal without ErrMalformedFrame: %v", err)
-			}
+		fr, ok := decoded(t, DecodeV1, b)
+		if !ok {
 			return
 		}
 		if len(fr.Header) == 0 {
@@ -91,11 +88,8 @@ func FuzzLegacyJSON(f *testing.F) {
 	f.Add([]byte(`{"header":"x"}`))
 	f.Add([]byte(`{"header":{},"channel":"\u0007\u2028"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr, err := DecodeLegacyJSON(b)
-		if err != nil {
-			if !errors.Is(err, ErrMalformedFrame) {
-				t.Fatalf("refusal without ErrMalformedFrame: %v", err)
-			}
+		fr, ok := decoded(t, DecodeLegacyJSON, b)
+		if !ok {
 			return
 		}
 		if len(fr.Header) == 0 || fr.Header[0] != '{' || fr.Channel == "" {
@@ -106,11 +100,7 @@ func FuzzLegacyJSON(f *testing.F) {
 				t.Fatalf("accepted a part that is not JSON: %q", p)
 			}
 		}
-		g, err := DecodeV1(fr.V1())
-		if err != nil || !sameParts(fr, g) {
-			t.Fatalf("legacy -> v1 changed the message: %v", err)
-		}
-		checkLegacyOut(t, g)
+		checkLegacyOut(t, viaV1(t, fr))
 	})
 }
 
@@ -124,11 +114,8 @@ func FuzzLegacyBinary(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 2, 0, 0, 0, 12, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr, err := DecodeLegacyBinary(b)
-		if err != nil {
-			if !errors.Is(err, ErrMalformedFrame) {
-				t.Fatalf("refusal without ErrMalformedFrame: %v", err)
-			}
+		fr, ok := decoded(t, DecodeLegacyBinary, b)
+		if !ok {
 			return
 		}
 		total := 0
@@ -138,12 +125,29 @@ func FuzzLegacyBinary(f *testing.F) {
 		if total > len(b) {
 			t.Fatalf("buffers of %d bytes out of %d", total, len(b))
 		}
-		g, err := DecodeV1(fr.V1())
-		if err != nil || !sameParts(fr, g) {
-			t.Fatalf("legacy binary -> v1 changed the message: %v", err)
-		}
-		checkLegacyOut(t, g)
+		checkLegacyOut(t, viaV1(t, fr))
 	})
+}
+
+// decoded decodes b with decode and reports whether it was accepted; a
+// refusal must wrap ErrMalformedFrame.
+func decoded(t *testing.T, decode func([]byte) (Frame, error), b []byte) (Frame, bool) {
+	t.Helper()
+	fr, err := decode(b)
+	if err != nil && !errors.Is(err, ErrMalformedFrame) {
+		t.Fatalf("refusal without ErrMalformedFrame: %v", err)
+	}
+	return fr, err == nil
+}
+
+// viaV1 is fr encoded as v1 and decoded again, which must keep its parts.
+func viaV1(t *testing.T, fr Frame) Frame {
+	t.Helper()
+	g, err := DecodeV1(fr.V1())
+	if err != nil || !sameParts(fr, g) {
+		t.Fatalf("legacy -> v1 changed the message: %v", err)
+	}
+	return g
 }
 
 // checkLegacyOut asserts what the front-end writes to a legacy client for

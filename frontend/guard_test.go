@@ -72,21 +72,12 @@ func TestGuardCrossSite(t *testing.T) {
 	e := newEnv(t, Config{AllowOrigin: "https://lab.example.com"})
 	host := strings.TrimSuffix(strings.TrimPrefix(e.base, "http://"), "/")
 	body := `{"name":"python3"}`
-	for _, h := range []http.Header{
+	e.refusedStarts(t, "", body, 403, "cross-site", []http.Header{
 		{"Origin": {"https://evil.example"}, "Content-Type": {"text/plain"}},
 		{"Origin": {"null"}, "Content-Type": {"text/plain"}},
 		{"Sec-Fetch-Site": {"cross-site"}, "Content-Type": {"text/plain"}},
 		{"Origin": {"http://" + host + ".evil.example"}},
-	} {
-		resp, data := e.do("POST", "api/kernels", body, h, nil)
-		if resp.StatusCode != 403 || !strings.Contains(string(data), "cross-site") {
-			t.Errorf("headers %v: got %d %s, want 403 naming the cross-site protection", h, resp.StatusCode, data)
-		}
-	}
-	var list []KernelModel
-	if e.do("GET", "api/kernels", nil, nil, &list); len(list) != 0 {
-		t.Fatalf("a cross-site POST started kernels: %+v", list)
-	}
+	})
 	// DELETE is state-changing too.
 	k := e.startKernel()
 	if resp, _ := e.do("DELETE", "api/kernels/"+k.ID, nil, http.Header{"Origin": {"https://evil.example"}}, nil); resp.StatusCode != 403 {
@@ -103,6 +94,22 @@ func TestGuardCrossSite(t *testing.T) {
 	}
 }
 
+// refusedStarts POSTs body to api/kernels+query with each of hs and wants
+// status, with a body that names why, and no kernel started.
+func (e *testEnv) refusedStarts(t *testing.T, query, body string, status int, why string, hs []http.Header) {
+	t.Helper()
+	for _, h := range hs {
+		resp, data := e.do("POST", "api/kernels"+query, body, h, nil)
+		if resp.StatusCode != status || !strings.Contains(string(data), why) {
+			t.Errorf("headers %v: got %d %s, want %d naming %s", h, resp.StatusCode, data, status, why)
+		}
+	}
+	var list []KernelModel
+	if e.do("GET", "api/kernels"+query, nil, nil, &list); len(list) != 0 {
+		t.Fatalf("a refused POST started kernels: %+v", list)
+	}
+}
+
 // A state-changing request without an Authorization header must send JSON:
 // a form or text/plain body is what a page of another site can make a
 // browser send without a preflight (with a ?token= link or a cached
@@ -111,17 +118,11 @@ func TestGuardCrossSite(t *testing.T) {
 func TestGuardMediaType(t *testing.T) {
 	e := newEnv(t, Config{Token: "secret"})
 	body := `{"name":"python3"}`
+	var nonJSON []http.Header
 	for _, ct := range []string{"text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain;charset=UTF-8"} {
-		h := http.Header{"Content-Type": {ct}}
-		resp, data := e.do("POST", "api/kernels?token=secret", body, h, nil)
-		if resp.StatusCode != 415 || !strings.Contains(string(data), "application/json") {
-			t.Errorf("Content-Type %q without Authorization: got %d %s, want 415 naming application/json", ct, resp.StatusCode, data)
-		}
+		nonJSON = append(nonJSON, http.Header{"Content-Type": {ct}})
 	}
-	var list []KernelModel
-	if e.do("GET", "api/kernels?token=secret", nil, nil, &list); len(list) != 0 {
-		t.Fatalf("a non-JSON POST started kernels: %+v", list)
-	}
+	e.refusedStarts(t, "?token=secret", body, 415, "application/json", nonJSON)
 	for _, h := range []http.Header{
 		{"Content-Type": {"application/json; charset=utf-8"}},
 		{"Content-Type": {"text/plain;charset=UTF-8"}, "Authorization": {"token secret"}},

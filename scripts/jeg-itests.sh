@@ -47,21 +47,25 @@ tar xzf "$tgz" -C "$work"
 src=$work/jupyter_enterprise_gateway-$version
 itests=$src/enterprise_gateway/itests
 
-port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PATH="$venv/bin:$PATH" setsid "$kb" serve --listen "127.0.0.1:$port" --data-dir "$work/data" --insecure-no-auth \
+# kernelbus listens on port 0 and logs the address it got ("kernelbus serving", url): no
+# port is picked ahead for another process to take first.
+PATH="$venv/bin:$PATH" setsid "$kb" serve --listen 127.0.0.1:0 --data-dir "$work/data" --insecure-no-auth \
   --kernelspec-dir "$itests/kernels" --kernelspec-dir "$venv/share/jupyter/kernels" \
-  --launcher "$launcher" --log-level warn >"$work/serve.log" 2>&1 &
+  --launcher "$launcher" --log-level info >"$work/serve.log" 2>&1 &
 pid=$!
+hostport=""
 for _ in $(seq 1 600); do
-  curl -fsS "http://127.0.0.1:$port/api" >/dev/null 2>&1 && break
+  url=$(grep -m1 '"message":"kernelbus serving"' "$work/serve.log" | sed -n 's/.*"url":"http:\/\/\([^"/]*\).*/\1/p' || true)
+  if [ -n "$url" ] && curl -fsS "http://$url/api" >/dev/null 2>&1; then hostport=$url; break; fi
   kill -0 "$pid" 2>/dev/null || { echo "jeg-itests: kernelbus exited:" >&2; tail -30 "$work/serve.log" >&2; exit 1; }
   sleep 0.1
 done
+[ -n "$hostport" ] || { echo "jeg-itests: kernelbus did not serve within a minute:" >&2; tail -30 "$work/serve.log" >&2; exit 1; }
 
 set +e
 # JEG's CI sets ITEST_HOSTNAME_PREFIX (its default, "*", is not a valid regex); local
 # kernels run on this host.
-ITEST_HOSTNAME_PREFIX=${ITEST_HOSTNAME_PREFIX:-$(hostname)} GATEWAY_HOST=127.0.0.1:$port PYTHONPATH=$src "$venv/bin/python" -m pytest -p no:cacheprovider -q \
+ITEST_HOSTNAME_PREFIX=${ITEST_HOSTNAME_PREFIX:-$(hostname)} GATEWAY_HOST=$hostport PYTHONPATH=$src "$venv/bin/python" -m pytest -p no:cacheprovider -q \
   "$itests/test_authorization.py" "$itests/test_python_kernel.py::TestPythonKernelLocal" "$@"
 rc=$?
 set -e

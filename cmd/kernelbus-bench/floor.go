@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/frontend/client"
 	"github.com/kernelbus/kernelbus/launcher/wire"
 )
 
@@ -22,7 +24,7 @@ import (
 // jupyter_client does without any gateway: the floor a gateway is
 // compared to. It signs with the launcher's own code (launcher/wire).
 type floorTarget struct {
-	specs map[string]kernelSpec
+	specs map[string]broker.KernelSpec
 	dir   string
 }
 
@@ -72,7 +74,7 @@ func (f *floorTarget) start(ctx context.Context, spec string) (session, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &zmqSession{cmd: cmd, dir: dir, sg: wire.NewSigner(ci.Key), session: wireID(),
+	s := &zmqSession{cmd: cmd, dir: dir, sg: wire.NewSigner(ci.Key), session: client.NewID(),
 		shellIn: make(chan [][]byte, 64), iopubIn: make(chan [][]byte, 4096), exited: make(chan struct{}), stop: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(s.exited) }()
 	if err := s.dial(ctx, ci); err != nil {
@@ -165,10 +167,7 @@ func (s *zmqSession) dial(ctx context.Context, ci *wire.ConnInfo) error {
 }
 
 func (s *zmqSession) send(sock zmq4.Socket, msgType string, content any) (string, error) {
-	id := wireID()
-	h, _ := json.Marshal(map[string]string{"msg_id": id, "msg_type": msgType, "session": s.session,
-		"username": "bench", "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
-	c, err := json.Marshal(content)
+	id, h, c, err := client.Request(msgType, s.session, "bench", content)
 	if err != nil {
 		return "", err
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 )
 
@@ -44,70 +45,76 @@ func httpClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 0}, Timeout: 5 * time.Minute}
 }
 
-// startKernelbus runs `kernelbus serve` on a free port with the bench's
+// startKernelbus runs `kernelbus serve` on port 0 with the bench's
 // kernelspecs.
 func startKernelbus(ctx context.Context, cfg *config, specDir string, extra ...string) (*gateway, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp(cfg.work, "kernelbus-")
 	if err != nil {
 		return nil, err
 	}
 	// One bench client holds up to 1000 kernels' websockets: no per-caller cap.
+	// Info level for the "kernelbus serving" line that says the address
+	// (a few lines a kernel); the launchers log at warn (KB_LOG_LEVEL).
 	argv := append([]string{cfg.kernelbusBin, "serve", "--max-websockets-per-caller", "-1",
-		"--listen", "127.0.0.1:" + strconv.Itoa(port), "--data-dir", filepath.Join(dir, "data"),
-		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "warn",
+		"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
+		"--kernelspec-dir", specDir, "--launcher", cfg.launcherBin, "--log-level", "info",
 		// Kernel ports below Linux's ephemeral range (32768-60999), which
 		// the launchers' and clients' own connections take from.
 		"--launch-timeout", "120s", "--port-range", "20000..31999", "--insecure-no-auth"}, append(cfg.kbArgs, extra...)...)
-	p, err := startProc("kernelbus", dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
+	p, c, err := startListening(ctx, "kernelbus", dir, "kernelbus serving", argv...)
 	if err != nil {
 		return nil, err
 	}
-	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
-		p.stop(10 * time.Second)
-		return nil, err
-	}
-	return &gateway{name: "kernelbus", main: p, c: &client.Client{BaseURL: base, HTTP: httpClient()}, v1: true, dir: dir}, nil
+	return &gateway{name: "kernelbus", main: p, c: c, v1: true, dir: dir}, nil
 }
 
 // addFrontend starts a separate `kernelbus frontend` on serve's embedded
 // NATS and points the gateway's client at it.
 func (g *gateway) addFrontend(ctx context.Context, cfg *config, specDir string) error {
-	port, err := freePort()
+	p, c, err := startListening(ctx, "kernelbus-frontend", g.dir, "kernelbus front-end serving", cfg.kernelbusBin, "frontend", "--max-websockets-per-caller", "-1",
+		"--listen", "127.0.0.1:0", "--nats-conn", filepath.Join(g.dir, "data", "nats.conn"),
+		"--kernelspec-dir", specDir, "--log-level", "info", "--launch-timeout", "120s", "--insecure-no-auth")
 	if err != nil {
 		return err
 	}
-	p, err := startProc("kernelbus-frontend", g.dir, []string{"KB_LOG_LEVEL=warn"}, cfg.kernelbusBin, "frontend", "--max-websockets-per-caller", "-1",
-		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--nats-conn", filepath.Join(g.dir, "data", "nats.conn"),
-		"--kernelspec-dir", specDir, "--log-level", "warn", "--launch-timeout", "120s", "--insecure-no-auth")
-	if err != nil {
-		return err
-	}
-	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
-		p.stop(10 * time.Second)
-		return err
-	}
-	g.fe = p
-	g.c = &client.Client{BaseURL: base, HTTP: httpClient()}
+	g.fe, g.c = p, c
 	return nil
 }
 
-// startJEG runs Jupyter Enterprise Gateway from its own venv, on a free
-// port, with the bench's kernelspecs (LocalProcessProxy).
-func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, error) {
-	port, err := freePort()
+// startListening runs a kernelbus command that listens on port 0, learns
+// its URL from the log line msg and waits until its API answers.
+func startListening(ctx context.Context, name, dir, msg string, argv ...string) (*proc, *client.Client, error) {
+	p, err := startProc(name, dir, []string{"KB_LOG_LEVEL=warn"}, argv...)
 	if err != nil {
+		return nil, nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	base, err := p.loggedURL(wctx, msg)
+	if err != nil {
+		p.stop(10 * time.Second)
+		return nil, nil, err
+	}
+	c, err := p.ready(wctx, base)
+	return p, c, err
+}
+
+// ready waits until the gateway at base answers /api and returns a client
+// of it; it stops the process when it does not.
+func (p *proc) ready(ctx context.Context, base string) (*client.Client, error) {
+	if err := p.waitHTTP(ctx, base+"/api"); err != nil {
+		p.stop(10 * time.Second)
 		return nil, err
 	}
+	return &client.Client{BaseURL: base, HTTP: httpClient()}, nil
+}
+
+// startJEG runs Jupyter Enterprise Gateway from its own venv, on a free
+// port, with the bench's kernelspecs (LocalProcessProxy). JEG cannot say
+// which port it took when given 0, so the bench picks one and, should
+// another process take it first (JEG then exits: "no available port"),
+// picks another.
+func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, error) {
 	dir, err := os.MkdirTemp(cfg.work, "jeg-")
 	if err != nil {
 		return nil, err
@@ -118,29 +125,27 @@ func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, e
 		"JUPYTER_RUNTIME_DIR=" + filepath.Join(dir, "runtime"),
 		"JUPYTER_CONFIG_DIR=" + filepath.Join(dir, "config"),
 	}
-	p, err := startProc("jeg", dir, env, filepath.Join(cfg.jegVenv, "bin", "jupyter"), "enterprisegateway",
-		"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--port_retries", "0",
-		"--EnterpriseGatewayApp.list_kernels=True", "--log-level", "WARN")
-	if err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		p, err := startProc("jeg", dir, env, filepath.Join(cfg.jegVenv, "bin", "jupyter"), "enterprisegateway",
+			"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--port_retries", "0",
+			"--EnterpriseGatewayApp.list_kernels=True", "--log-level", "WARN")
+		if err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+		c, err := p.ready(wctx, "http://127.0.0.1:"+strconv.Itoa(port))
+		cancel()
+		if err == nil {
+			return &gateway{name: "jeg", main: p, c: c, v1: true, dir: dir}, nil
+		}
+		if attempt == 3 || !p.logHas("no available port") {
+			return nil, err
+		}
 	}
-	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	defer cancel()
-	if err := p.waitHTTP(wctx, base+"/api"); err != nil {
-		p.stop(10 * time.Second)
-		return nil, err
-	}
-	return &gateway{name: "jeg", main: p, c: &client.Client{BaseURL: base, HTTP: httpClient()}, v1: true, dir: dir}, nil
-}
-
-// kernelSpec is what the bench writes as kernel.json.
-type kernelSpec struct {
-	Argv          []string       `json:"argv"`
-	DisplayName   string         `json:"display_name"`
-	Language      string         `json:"language"`
-	InterruptMode string         `json:"interrupt_mode,omitempty"`
-	Metadata      map[string]any `json:"metadata,omitempty"`
 }
 
 const (
@@ -152,12 +157,12 @@ const (
 // (JEG finds them through JUPYTER_PATH, kernelbus through
 // --kernelspec-dir). Both say LocalProcessProxy, which kernelbus maps to
 // its local workers.
-func writeSpecs(root string, cfg *config) (jupyterPath, kernelsDir string, specs map[string]kernelSpec, err error) {
+func writeSpecs(root string, cfg *config) (jupyterPath, kernelsDir string, specs map[string]broker.KernelSpec, err error) {
 	jupyterPath = filepath.Join(root, "share", "jupyter")
 	kernelsDir = filepath.Join(jupyterPath, "kernels")
 	local := map[string]any{"process_proxy": map[string]any{
 		"class_name": "enterprise_gateway.services.processproxies.processproxy.LocalProcessProxy"}}
-	specs = map[string]kernelSpec{
+	specs = map[string]broker.KernelSpec{
 		specPython: {Argv: []string{cfg.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"},
 			DisplayName: "Python 3 (bench)", Language: "python", InterruptMode: "signal", Metadata: local},
 		specSynth: {Argv: []string{cfg.synthBin, "{connection_file}"},

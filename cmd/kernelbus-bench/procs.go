@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -48,24 +48,61 @@ func startProc(name, logDir string, env []string, argv ...string) (*proc, error)
 
 // waitHTTP polls url until it answers 200, the process exits or ctx ends.
 func (p *proc) waitHTTP(ctx context.Context, url string) error {
-	backoff := 10 * time.Millisecond
-	for {
+	return p.poll(ctx, "answer "+url, func() bool {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// loggedURL waits for the JSON log line whose message is msg (kernelbus's
+// "serving" line, written once it listens) and returns its url field
+// without the trailing slash: kernelbus listens on port 0 and says where,
+// so no port is picked ahead and lost to another process.
+func (p *proc) loggedURL(ctx context.Context, msg string) (string, error) {
+	var url string
+	err := p.poll(ctx, "log "+msg, func() bool {
+		b, err := os.ReadFile(p.log)
+		if err != nil {
+			return false
+		}
+		for _, l := range bytes.Split(b, []byte("\n")) {
+			var line struct{ Message, URL string }
+			if json.Unmarshal(l, &line) == nil && line.Message == msg && line.URL != "" {
+				url = strings.TrimSuffix(line.URL, "/")
+				return true
 			}
 		}
+		return false
+	})
+	return url, err
+}
+
+// poll calls cond, backing off up to 200 ms, until it holds, the process
+// exits or ctx ends.
+func (p *proc) poll(ctx context.Context, what string, cond func() bool) error {
+	backoff := 10 * time.Millisecond
+	for !cond() {
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited before it answered (log: %s)", p.name, p.log)
+			return fmt.Errorf("%s exited before it would %s (log: %s)", p.name, what, p.log)
 		case <-ctx.Done():
-			return fmt.Errorf("%s did not answer %s: %w (log: %s)", p.name, url, ctx.Err(), p.log)
+			return fmt.Errorf("%s did not %s: %w (log: %s)", p.name, what, ctx.Err(), p.log)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 200*time.Millisecond)
 	}
+	return nil
+}
+
+// logHas reports whether the process's log holds s.
+func (p *proc) logHas(s string) bool {
+	b, _ := os.ReadFile(p.log)
+	return bytes.Contains(b, []byte(s))
 }
 
 // stop sends SIGTERM, waits, then kills the group and every process left
@@ -173,7 +210,9 @@ func comm(pid int) string {
 	return strings.TrimSpace(string(b))
 }
 
-// freePort asks the OS for a free loopback port.
+// freePort asks the OS for a loopback port that was free a moment ago.
+// Only JEG needs it: given port 0 it listens but logs port 0, so its
+// address cannot be learnt; startJEG tries again when the port was taken.
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -181,12 +220,6 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func wireID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on every

@@ -96,6 +96,37 @@ func percentile(xs []float64, p float64) float64 {
 	return xs[max(0, min(i, len(xs)-1))]
 }
 
+// setLatency records the p50 and p99 of samples xs (ms) as target's in
+// scenario scn and returns them.
+func (b *bench) setLatency(scn, target string, xs []float64) (p50, p99 float64) {
+	p50, p99 = percentile(xs, 0.5), percentile(xs, 0.99)
+	b.res.set(scn, "p50", "ms", "lower", target, p50)
+	b.res.set(scn, "p99", "ms", "lower", target, p99)
+	return p50, p99
+}
+
+// startTimed starts a kernel of spec on t, allowing it two minutes, and
+// says how long the start took.
+func startTimed(ctx context.Context, t target, spec string) (session, time.Duration, error) {
+	sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	s, err := t.Start(sctx, spec)
+	return s, time.Since(t0), err
+}
+
+// start is startTimed for a latency scenario scn: a failed start fails
+// the target and notes why in its p50 cell, and gives a nil session.
+func (b *bench) start(ctx context.Context, t target, spec, scn string) (session, time.Duration) {
+	s, d, err := startTimed(ctx, t, spec)
+	if err != nil {
+		b.fail(t.Name(), "start %s: %v", spec, err)
+		b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+		return nil, 0
+	}
+	return s, d
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // bench runs the scenarios against one target at a time.
@@ -132,14 +163,8 @@ func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n in
 	xs := make([][]float64, len(ts))
 	for i := 0; i < n; i++ {
 		for ti, t := range ts {
-			sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-			t0 := time.Now()
-			s, err := t.Start(sctx, spec)
-			d := time.Since(t0)
-			cancel()
-			if err != nil {
-				b.fail(t.Name(), "start %s: %v", spec, err)
-				b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+			s, d := b.start(ctx, t, spec, scn)
+			if s == nil {
 				continue
 			}
 			xs[ti] = append(xs[ti], ms(d))
@@ -150,9 +175,7 @@ func (b *bench) startLatency(ctx context.Context, ts []target, spec string, n in
 		if len(xs[ti]) == 0 {
 			continue
 		}
-		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
-		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
-		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		p50, p99 := b.setLatency(scn, t.Name(), xs[ti])
 		b.log("%s %s: starts p50 %.1f ms p99 %.1f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
 	}
 }
@@ -163,12 +186,8 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 	scn := "2 trivial execute round trip (" + specLabel(spec) + ")"
 	ss := make([]session, len(ts))
 	for ti, t := range ts {
-		sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		s, err := t.Start(sctx, spec)
-		cancel()
-		if err != nil {
-			b.fail(t.Name(), "start %s: %v", spec, err)
-			b.res.note(scn, "p50", "ms", "lower", t.Name(), "start failed: "+short(err))
+		s, _ := b.start(ctx, t, spec, scn)
+		if s == nil {
 			continue
 		}
 		ss[ti] = s
@@ -202,18 +221,14 @@ func (b *bench) roundTrip(ctx context.Context, ts []target, spec string, n int) 
 		if len(xs[ti]) == 0 {
 			continue
 		}
-		p50, p99 := percentile(xs[ti], 0.5), percentile(xs[ti], 0.99)
-		b.res.set(scn, "p50", "ms", "lower", t.Name(), p50)
-		b.res.set(scn, "p99", "ms", "lower", t.Name(), p99)
+		p50, p99 := b.setLatency(scn, t.Name(), xs[ti])
 		b.log("%s %s: p50 %.3f ms p99 %.3f ms (n=%d)", t.Name(), scn, p50, p99, len(xs[ti]))
 	}
 }
 
 // throughput: scenario 3, one execute that floods iopub.
 func (b *bench) throughput(ctx context.Context, t target, n, size, dcount, dsize int) {
-	sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-	s, err := t.Start(sctx, specSynth)
-	cancel()
+	s, _, err := startTimed(ctx, t, specSynth)
 	if err != nil {
 		b.fail(t.Name(), "start: %v", err)
 		b.res.note("3 iopub throughput", "stream msgs/s", "msg/s", "higher", t.Name(), "start failed: "+short(err))
@@ -399,12 +414,11 @@ func (b *bench) manyKernels(ctx context.Context, t target, g *gateway, k, r int,
 	expected := scheduled.Load()
 	b.res.set(scn, "completed / scheduled", "%", "higher", t.Name(), 100*float64(completed.Load())/float64(max(expected, 1)))
 	b.res.set(scn, "executes/s", "exec/s", "higher", t.Name(), float64(completed.Load())/dur.Seconds())
-	b.res.set(scn, "p50", "ms", "lower", t.Name(), percentile(lat, 0.5))
-	b.res.set(scn, "p99", "ms", "lower", t.Name(), percentile(lat, 0.99))
+	p50, p99 := b.setLatency(scn, t.Name(), lat)
 	b.res.set(scn, "websocket disconnects", "", "", t.Name(), float64(disconnects.Load()))
 	b.res.set(scn, "lost replies", "", "", t.Name(), float64(lost.Load()))
 	b.log("%s %s: %d/%d completed, p50 %.2f ms p99 %.2f ms, %d disconnects, %d lost, %d error replies", t.Name(), scn,
-		completed.Load(), expected, percentile(lat, 0.5), percentile(lat, 0.99), disconnects.Load(), lost.Load(), errs.Load())
+		completed.Load(), expected, p50, p99, disconnects.Load(), lost.Load(), errs.Load())
 	if disconnects.Load()+lost.Load()+errs.Load() > 0 {
 		b.fail(t.Name(), "%s: %d disconnects, %d lost replies, %d error replies", scn, disconnects.Load(), lost.Load(), errs.Load())
 	}
@@ -609,14 +623,8 @@ func (b *bench) warmStart(ctx context.Context, specDir string, n int) {
 			b.res.note(scn, "p50", "ms", "lower", tKB, short(err))
 			return
 		}
-		sctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		t0 := time.Now()
-		s, err := g.Start(sctx, specPython)
-		d := time.Since(t0)
-		cancel()
-		if err != nil {
-			b.fail(tKB, "%s: %v", scn, err)
-			b.res.note(scn, "p50", "ms", "lower", tKB, "start failed: "+short(err))
+		s, d := b.start(ctx, g, specPython, scn)
+		if s == nil {
 			continue
 		}
 		xs = append(xs, ms(d))
@@ -625,9 +633,7 @@ func (b *bench) warmStart(ctx context.Context, specDir string, n int) {
 	if len(xs) == 0 {
 		return
 	}
-	p50, p99 := percentile(xs, 0.5), percentile(xs, 0.99)
-	b.res.set(scn, "p50", "ms", "lower", tKB, p50)
-	b.res.set(scn, "p99", "ms", "lower", tKB, p99)
+	p50, p99 := b.setLatency(scn, tKB, xs)
 	b.log("%s %s: p50 %.1f ms p99 %.1f ms (n=%d, pool of %d)", tKB, scn, p50, p99, len(xs), pool)
 }
 

@@ -88,8 +88,7 @@ func (s *wsSession) KernelInfo(timeout time.Duration) error {
 }
 
 func (s *wsSession) Execute(code string, timeout time.Duration) (*result, error) {
-	id, err := s.conn.Send("shell", "execute_request", map[string]any{"code": code, "silent": false,
-		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+	id, err := s.conn.SendExecute(code)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -92,10 +91,7 @@ IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
 		}
 		return nil
 	})
-	var h struct{ PID int }
-	if err := json.Unmarshal(rec.Handle, &h); err != nil || h.PID == 0 {
-		t.Fatalf("handle %s: %v", rec.Handle, err)
-	}
+	pid := jstest.HandlePID(t, rec)
 	env, err := os.ReadFile(envFile)
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +116,8 @@ IPKernelApp.launch_instance(argv=['-f', sys.argv[1]])`
 	case <-time.After(15 * time.Second):
 		t.Fatal("still running 15s after SIGTERM")
 	}
-	if !errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH) {
-		t.Errorf("kernel %d survived its launcher", h.PID)
+	if !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+		t.Errorf("kernel %d survived its launcher", pid)
 	}
 	if rec, _, _ = bus.GetKernel(ctx, id); rec.State != broker.StateDead || rec.Reason != broker.ReasonStoppedOutside {
 		t.Errorf("record %s (%s)", rec.State, rec.Reason)

@@ -40,12 +40,7 @@ func launchServe(t *testing.T, bin, dataDir, logPath string, args ...string) *se
 	sp := &serveProc{proc: p, url: strings.TrimSuffix(url, "/")}
 	jstest.WaitFor(t, 60*time.Second, "kernelbus serve to be ready", func() bool {
 		p.failIfExited(t)
-		r, err := http.Get(sp.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
+		return jstest.GetOK(sp.url+"/readyz") == nil
 	})
 	return sp
 }
@@ -138,21 +133,15 @@ func TestAuditLifecycle(t *testing.T) {
 	if r := execute(ca, "print(6*7)"); r.Status != "ok" || strings.TrimSpace(r.Stdout.String()) != "42" {
 		t.Fatalf("execute: %+v", r)
 	}
-	id, err := ca.Send("shell", "execute_request", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(60)", "silent": false})
+	id, err := ca.SendExecute("import time; print('sleeping', flush=True); time.sleep(60)")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Interrupt once the code runs (its output says so): a SIGINT that
 	// lands while ipykernel is still setting the execution up, as "busy"
 	// alone allowed on a loaded machine, can be lost.
-	for {
-		m, err := ca.Recv(time.Now().Add(30 * time.Second))
-		if err != nil {
-			t.Fatalf("waiting for the code to run: %v", err)
-		}
-		if m.ParentHeader.MsgID == id && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), "sleeping") {
-			break
-		}
+	if err := ca.AwaitOutput(id, "sleeping", 30*time.Second); err != nil {
+		t.Fatal(err)
 	}
 	// A SIGINT can still be lost inside ipykernel on a loaded machine (CI
 	// saw one: no reply and no output for 30 s after a delivered

@@ -205,10 +205,8 @@ func startWorker(t *testing.T, bin, natsConn, token, logPath string) string {
 		var rep metrics.ReadyReport
 		return getJSON(base+"/readyz", &rep) == nil && rep.Ready && rep.Checks["claiming"] == "ok"
 	})
-	if resp, err := http.Get(base + "/healthz"); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("worker healthz: %v %v", resp, err)
-	} else {
-		resp.Body.Close()
+	if err := jstest.GetOK(base + "/healthz"); err != nil {
+		t.Fatalf("worker healthz: %v", err)
 	}
 	return base
 }
@@ -334,12 +332,7 @@ scrape_configs:
 			t.Fatalf("prometheus exited:\n%s", log)
 		default:
 		}
-		r, err := http.Get(promURL + "/-/ready")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
+		return jstest.GetOK(promURL+"/-/ready") == nil
 	})
 	return promURL
 }

@@ -111,8 +111,7 @@ func TestFrontendKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := conn.Send("shell", "execute_request", map[string]any{"code": counterCode(count, 3), "silent": false,
-		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+	req, err := conn.SendExecute(counterCode(count, 3))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,20 +248,13 @@ func TestWorkerKilledWhileRunning(t *testing.T) {
 			t.Fatalf("execute after the workers died: %v %q", err, r.Stdout.String())
 		}
 		// Interrupt a long sleep through the REST API (the other front-end).
-		req, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time\nprint('sleeping', flush=True)\ntime.sleep(120)", "silent": false,
-			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+		req, err := conn.SendExecute("import time\nprint('sleeping', flush=True)\ntime.sleep(120)")
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Interrupt once the code runs: before that, ipykernel ignores SIGINT.
-		for {
-			m, err := conn.Recv(time.Now().Add(30 * time.Second))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if m.ParentHeader.MsgID == req && m.Header.MsgType == "stream" {
-				break
-			}
+		if err := conn.AwaitOutput(req, "sleeping", 30*time.Second); err != nil {
+			t.Fatal(err)
 		}
 		t0 := time.Now()
 		if err := c.LB.Next().Interrupt(ctx, id); err != nil {
@@ -382,16 +374,8 @@ func TestNATSNodeKilledUnderLoad(t *testing.T) {
 	const count = 3000
 	var counted []int
 	{
-		m, err := c.StartKernel(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := c.Connect(ctx, m.ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		req, err := conn.Send("shell", "execute_request", map[string]any{"code": counterCode(count, 5), "silent": false,
-			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+		_, conn := c.StartConnected(ctx)
+		req, err := conn.SendExecute(counterCode(count, 5))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -550,18 +534,10 @@ func TestLauncherCutFromBus(t *testing.T) {
 	px.setTarget(t, c.Nodes[0].url())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	k, err := c.StartKernel(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := c.Connect(ctx, k.ID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, conn := c.StartConnected(ctx)
 	defer conn.Close()
 	const count = 600
-	req, err := conn.Send("shell", "execute_request", map[string]any{"code": counterCode(count, 20), "silent": false,
-		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+	req, err := conn.SendExecute(counterCode(count, 20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,8 +554,7 @@ func TestLauncherCutFromBus(t *testing.T) {
 	t.Logf("launcher cut off after %d numbers", len(cnt.nums))
 	cutAt := time.Now()
 	for i := range 5 {
-		id, err := conn.Send("shell", "execute_request", map[string]any{"code": fmt.Sprintf("print('later-%d')", i), "silent": false,
-			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+		id, err := conn.SendExecute(fmt.Sprintf("print('later-%d')", i))
 		if err != nil {
 			t.Fatal(err)
 		}

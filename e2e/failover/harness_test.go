@@ -332,15 +332,7 @@ func (c *Cluster) waitNode(n *natsNode) {
 		if !n.running() {
 			c.t.Fatalf("%s exited: %s", n.name, tail(n.log))
 		}
-		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
-		if err != nil {
-			return err
-		}
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return fmt.Errorf("%s healthz %d", n.name, r.StatusCode)
-		}
-		return nil
+		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
 	})
 }
 
@@ -380,15 +372,7 @@ func (c *Cluster) waitFE(i int) {
 		if !p.running() {
 			c.t.Fatalf("%s exited: %s", p.name, tail(p.log))
 		}
-		r, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
-		if err != nil {
-			return err
-		}
-		r.Body.Close()
-		if r.StatusCode != 200 {
-			return fmt.Errorf("%s: %d", p.name, r.StatusCode)
-		}
-		return nil
+		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
 	})
 }
 
@@ -525,6 +509,21 @@ func (c *Cluster) StartKernel(ctx context.Context) (*client.Model, error) {
 // Connect opens a websocket of kernel id through the next front-end.
 func (c *Cluster) Connect(ctx context.Context, id, session string) (*client.Conn, error) {
 	return c.LB.Next().Connect(ctx, id, session, true)
+}
+
+// StartConnected starts a kernel and opens a websocket of it, through the
+// next front-ends; the test fails when either does.
+func (c *Cluster) StartConnected(ctx context.Context) (*client.Model, *client.Conn) {
+	c.t.Helper()
+	m, err := c.StartKernel(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := c.Connect(ctx, m.ID, "")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return m, conn
 }
 
 var _ = nats.ErrTimeout

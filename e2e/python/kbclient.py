@@ -197,6 +197,18 @@ class Execution:
                 f"stdout={self.stdout[:300]!r} stderr={self.stderr[:300]!r}")
 
 
+def run_in_kernel(ws_base: str, kernel_id: str, token: str | None, code: str, timeout: float = 60) -> Execution:
+    """Connect a websocket to the kernel, wait until it answers kernel_info, run `code`
+    and close: one cell, as a notebook opened for it would run."""
+    ws = KernelWS(ws_base, kernel_id, token=token).connect()
+    try:
+        ws.kernel_info(timeout=timeout)
+        ws.discard_pending()
+        return ws.run(code, timeout=timeout)
+    finally:
+        ws.close(timeout=2)
+
+
 class KernelWS:
     """One websocket connection to /api/kernels/{id}/channels?session_id=S."""
 

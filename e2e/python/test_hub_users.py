@@ -15,7 +15,7 @@ import websocket
 
 import kbhub
 import kbprocs
-from kbclient import KernelWS, Rest
+from kbclient import Rest, run_in_kernel
 from kbgateway_custom import start_jupyter_server, start_kernelbus
 
 pytestmark = pytest.mark.kernelbus_only
@@ -71,14 +71,8 @@ def alice_session(hub_gateway, tokens, tmp_path_factory):
 
 def test_alice_runs_a_notebook(alice_session, hub_gateway, tokens):
     js, session = alice_session
-    ws = KernelWS(js.ws_url, session["kernel"]["id"], token=js.token).connect()
-    try:
-        ws.kernel_info(timeout=60)
-        ws.discard_pending()
-        ex = ws.run("import os; print(os.environ.get('KERNEL_USERNAME'))", timeout=60)
-        assert ex.stdout == "alice\n", ex.summary()
-    finally:
-        ws.close(timeout=2)
+    ex = run_in_kernel(js.ws_url, session["kernel"]["id"], js.token, "import os; print(os.environ.get('KERNEL_USERNAME'))")
+    assert ex.stdout == "alice\n", ex.summary()
     r = requests.get(f"{hub_gateway.url}/api/kernels", headers=_h(tokens["alice"]), timeout=10)
     assert r.status_code == 200 and session["kernel"]["id"] in [k["id"] for k in r.json()]
 

@@ -21,7 +21,7 @@ import trustme
 import websocket
 
 import kbprocs
-from kbclient import KernelWS, Rest
+from kbclient import KernelWS, Rest, run_in_kernel
 from kbgateway_custom import start_jupyter_server, start_kernelbus
 
 pytestmark = pytest.mark.kernelbus_only
@@ -57,19 +57,24 @@ def certs(tmp_path_factory) -> Certs:
     return Certs(tmp_path_factory.mktemp("certs"))
 
 
-@pytest.fixture(scope="module")
-def tls_gateway(certs, tmp_path_factory):
+def _https_gateway(certs: Certs, tmp_path_factory, name: str, flags: list[str], **kw):
+    """kernelbus over HTTPS with the test CA's server certificate, a token and flags."""
     if kbprocs.target() != "kernelbus":
         pytest.skip("HTTPS flags are kernelbus's")
     srv = start_kernelbus(
-        tmp_path_factory.mktemp("gateway-tls"),
-        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
-         "--tls-client-ca", str(certs.ca_file), "--tls-client-auth", "require"],
-        name="gateway-tls", scheme="https", token=secrets.token_hex(16),
-        verify=str(certs.ca_file), cert=(str(certs.client_cert), str(certs.client_key)))
+        tmp_path_factory.mktemp(name),
+        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)] + flags,
+        name=name, scheme="https", token=secrets.token_hex(16), verify=str(certs.ca_file), **kw)
     yield srv
     srv.stop()
     assert not srv.exit_problem, srv.exit_problem
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(certs, tmp_path_factory):
+    yield from _https_gateway(certs, tmp_path_factory, "gateway-tls",
+                              ["--tls-client-ca", str(certs.ca_file), "--tls-client-auth", "require"],
+                              cert=(str(certs.client_cert), str(certs.client_key)))
 
 
 def _jupyter_server(workdir: Path, gateway: kbprocs.Server, gateway_client_args: list[str],
@@ -110,14 +115,8 @@ def test_jupyter_server_runs_a_cell_over_mtls(js_mtls, tls_gateway, certs):
     try:
         # jupyter_server relays this websocket to the gateway's over wss with its
         # client certificate.
-        ws = KernelWS(js_mtls.ws_url, kid, token=js_mtls.token).connect()
-        try:
-            ws.kernel_info(timeout=60)
-            ws.discard_pending()
-            ex = ws.run("print(6*7)", timeout=60)
-            assert ex.stdout == "42\n", ex.summary()
-        finally:
-            ws.close(timeout=2)
+        ex = run_in_kernel(js_mtls.ws_url, kid, js_mtls.token, "print(6*7)")
+        assert ex.stdout == "42\n", ex.summary()
         # The kernel is on the TLS gateway (asked directly, with a certificate).
         g = requests.get(f"{tls_gateway.url}/api/kernels", headers=tls_gateway.headers(), timeout=10,
                          verify=str(certs.ca_file), cert=(str(certs.client_cert), str(certs.client_key)))
@@ -195,15 +194,7 @@ class _TLSKernelWS(KernelWS):
 @pytest.fixture(scope="module")
 def https_gateway(certs, tmp_path_factory):
     """HTTPS without client certificates: the token authenticates."""
-    if kbprocs.target() != "kernelbus":
-        pytest.skip("HTTPS flags are kernelbus's")
-    srv = start_kernelbus(
-        tmp_path_factory.mktemp("gateway-https"),
-        ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)],
-        name="gateway-https", scheme="https", token=secrets.token_hex(16), verify=str(certs.ca_file))
-    yield srv
-    srv.stop()
-    assert not srv.exit_problem, srv.exit_problem
+    yield from _https_gateway(certs, tmp_path_factory, "gateway-https", [])
 
 
 def test_jupyter_server_over_https_without_client_certificate(https_gateway, certs, tmp_path_factory):
@@ -217,13 +208,7 @@ def test_jupyter_server_over_https_without_client_certificate(https_gateway, cer
                                              "kernel": {"name": "python3"}})
         assert r.status_code == 201, f"{r.status_code}: {r.text[:2000]}\n{https_gateway.log_tail()}"
         session = r.json()
-        ws = KernelWS(js.ws_url, session["kernel"]["id"], token=js.token).connect()
-        try:
-            ws.kernel_info(timeout=60)
-            ws.discard_pending()
-            assert ws.run("print('https')", timeout=60).stdout == "https\n"
-        finally:
-            ws.close(timeout=2)
+        assert run_in_kernel(js.ws_url, session["kernel"]["id"], js.token, "print('https')").stdout == "https\n"
         rest.delete(f"/api/sessions/{session['id']}")
     finally:
         js.stop()

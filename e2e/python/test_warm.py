@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from kbclient import KernelWS, Rest
+from kbclient import Rest, run_in_kernel
 
 pytestmark = pytest.mark.kernelbus_only
 
@@ -49,15 +49,9 @@ def test_warm_kernel_handed_to_jupyter_server(jupyter_server_gw, rest):
     kid = session["kernel"]["id"]
     assert kid == warm[0], f"jupyter_server got kernel {kid}, not the warm one {warm[0]} (session took {took:.2f}s)"
 
-    ws = KernelWS(jupyter_server_gw.ws_url, kid, session_id=uuid.uuid4().hex, token=jupyter_server_gw.token).connect()
-    try:
-        ws.kernel_info(timeout=60)
-        ws.discard_pending()
-        ex = ws.run("print(6*7)", timeout=60)
-        assert ex.stdout == "42\n", ex.summary()
-        assert ex.reply["content"]["status"] == "ok", ex.reply["content"]
-    finally:
-        ws.close(timeout=2)
+    ex = run_in_kernel(jupyter_server_gw.ws_url, kid, jupyter_server_gw.token, "print(6*7)")
+    assert ex.stdout == "42\n", ex.summary()
+    assert ex.reply["content"]["status"] == "ok", ex.reply["content"]
 
     # Replaced: another warm kernel runs, and the handed one is a normal kernel now.
     deadline = time.monotonic() + 90

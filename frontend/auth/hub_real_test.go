@@ -96,12 +96,7 @@ c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
 			t.Fatalf("jupyterhub exited at startup:\n%s", b)
 		default:
 		}
-		resp, err := http.Get(h.api + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
+		return jstest.GetOK(h.api+"/") == nil
 	})
 	return h
 }

@@ -279,10 +279,7 @@ func (c *Conn) Close() error { return c.ws.Close() }
 
 // Send sends a request on channel and returns its msg_id.
 func (c *Conn) Send(channel, msgType string, content any) (string, error) {
-	id := NewID()
-	hdr, _ := json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": c.session,
-		"username": "kernelbus", "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
-	body, err := json.Marshal(content)
+	id, hdr, body, err := Request(msgType, c.session, "kernelbus", content)
 	if err != nil {
 		return "", err
 	}
@@ -293,6 +290,16 @@ func (c *Conn) Send(channel, msgType string, content any) (string, error) {
 		return id, c.ws.WriteMessage(websocket.BinaryMessage, f.V1())
 	}
 	return id, c.ws.WriteMessage(websocket.TextMessage, f.AppendLegacyJSON(nil, id, msgType, true))
+}
+
+// Request encodes a request of msgType: its header, with a new msg_id
+// (returned) and the session and username given, and its content.
+func Request(msgType, session, username string, content any) (id string, header, body []byte, err error) {
+	id = NewID()
+	header, _ = json.Marshal(map[string]any{"msg_id": id, "msg_type": msgType, "session": session,
+		"username": username, "version": "5.3", "date": time.Now().UTC().Format("2006-01-02T15:04:05.000000Z")})
+	body, err = json.Marshal(content)
+	return id, header, body, err
 }
 
 // Recv reads the next message.
@@ -337,12 +344,35 @@ type Reply struct {
 // Execute runs code and waits for its execute_reply and the idle status
 // that ends the request, collecting stdout.
 func (c *Conn) Execute(code string, timeout time.Duration) (*Reply, error) {
-	id, err := c.Send("shell", "execute_request", map[string]any{"code": code, "silent": false,
-		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+	id, err := c.SendExecute(code)
 	if err != nil {
 		return nil, err
 	}
 	return c.Await(id, timeout)
+}
+
+// SendExecute sends an execute_request for code, as a notebook does, and
+// returns its msg_id.
+func (c *Conn) SendExecute(code string) (string, error) {
+	return c.Send("shell", "execute_request", map[string]any{"code": code, "silent": false,
+		"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+}
+
+// AwaitOutput reads messages until a stream output of request id holds
+// text: a mark the code prints once it runs. (An interrupt sent at
+// execute_input may land in ipykernel's own code, which swallows the
+// KeyboardInterrupt, as in Jupyter.)
+func (c *Conn) AwaitOutput(id, text string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := c.Recv(deadline)
+		if err != nil {
+			return fmt.Errorf("awaiting output %q of %s: %w", text, id, err)
+		}
+		if m.ParentHeader.MsgID == id && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), text) {
+			return nil
+		}
+	}
 }
 
 // Await collects the messages answering request id until its reply and

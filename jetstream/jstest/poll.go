@@ -1,6 +1,8 @@
 package jstest
 
 import (
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -37,4 +39,18 @@ func WaitForNil(t testing.TB, d time.Duration, f func() error) {
 	if !Eventually(d, func() bool { err = f(); return err == nil }) {
 		t.Fatalf("still failing after %s: %v", d, err)
 	}
+}
+
+// GetOK GETs url and says why it did not answer 200 (nil when it did): a
+// check for WaitForNil while a server comes up.
+func GetOK(url string) error {
+	r, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, r.Status)
+	}
+	return nil
 }

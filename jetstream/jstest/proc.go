@@ -1,6 +1,7 @@
 package jstest
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kernelbus/kernelbus/broker"
 )
 
 // Stop ends a child process: SIGTERM, then SIGKILL when done is not
@@ -92,4 +95,15 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// HandlePID is the launcher's pid in the handle of a kernel that a local
+// or ssh worker started ({"pid": N}); the test fails when there is none.
+func HandlePID(t testing.TB, k *broker.Kernel) int {
+	t.Helper()
+	var h struct{ PID int }
+	if err := json.Unmarshal(k.Handle, &h); err != nil || h.PID == 0 {
+		t.Fatalf("no pid in handle %s", k.Handle)
+	}
+	return h.PID
 }

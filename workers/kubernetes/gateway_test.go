@@ -146,12 +146,13 @@ func TestGatewayOnKubernetes(t *testing.T) {
 		}
 
 		// Interrupt a busy kernel: the launcher in the pod signals it.
-		msgID, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(120)", "silent": false,
-			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+		msgID, err := conn.SendExecute("import time; print('sleeping', flush=True); time.sleep(120)")
 		if err != nil {
 			t.Fatal(err)
 		}
-		awaitBusy(t, conn, msgID)
+		if err := conn.AwaitOutput(msgID, "sleeping", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		if err := c.Interrupt(ctx, id); err != nil {
 			t.Fatalf("interrupt: %v", err)
 		}
@@ -514,24 +515,6 @@ func checkPod(t *testing.T, pod *corev1.Pod, id, launcher string) {
 	}
 	if pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
 		t.Errorf("pod status %s ip %q", pod.Status.Phase, pod.Status.PodIP)
-	}
-}
-
-// awaitBusy reads the kernel's messages until request msgID's code prints
-// "sleeping": the user's code runs then, so an interrupt lands in it. (At
-// execute_input it may still be in ipykernel's own code, which swallows a
-// KeyboardInterrupt: the interrupt would be lost, as in Jupyter.)
-func awaitBusy(t *testing.T, conn *client.Conn, msgID string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		m, err := conn.Recv(deadline)
-		if err != nil {
-			t.Fatalf("waiting for request %s's code to run: %v", msgID, err)
-		}
-		if m.ParentHeader.MsgID == msgID && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), "sleeping") {
-			return
-		}
 	}
 }
 

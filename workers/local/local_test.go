@@ -317,14 +317,6 @@ func count(evs []broker.Event, typ string) int {
 	return n
 }
 
-func pidOf(t *testing.T, k *broker.Kernel) int {
-	var h struct{ PID int }
-	if err := json.Unmarshal(k.Handle, &h); err != nil || h.PID == 0 {
-		t.Fatalf("no pid in handle %s", k.Handle)
-	}
-	return h.PID
-}
-
 func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 	e := setup(t)
 	id := "00000000-0000-4000-8000-000000000001"
@@ -335,7 +327,7 @@ func TestStartRunsLauncherOnceEvenWhenRedelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := e.waitFor(t, id, 15*time.Second, func(k *broker.Kernel) bool { return k.State == broker.StateRunning })
-	pid := pidOf(t, k)
+	pid := jstest.HandlePID(t, k)
 	if k.Worker != e.pool.ID() || k.Host == "" {
 		t.Fatalf("record lacks worker or host: %+v", k)
 	}
@@ -378,7 +370,7 @@ func TestLaunchTimeoutStopsLauncher(t *testing.T) {
 		t.Fatalf("want a timeout failure, got %s: %q", k.State, k.Reason)
 	}
 	e.waitStarts(t, workers.OutcomeTimeout, 1)
-	pid := pidOf(t, k)
+	pid := jstest.HandlePID(t, k)
 	jstest.WaitFor(t, 10*time.Second, fmt.Sprintf("launcher %d to end after the timeout", pid), func() bool {
 		st, err := e.be.Poll(context.Background(), workers.Handle{Data: k.Handle})
 		return err == nil && st.Exited

@@ -109,7 +109,7 @@ func TestRunAsOwnersKeepsKernelsApart(t *testing.T) {
 	if ka.State != broker.StateRunning || kb.State != broker.StateRunning {
 		t.Fatalf("kernels did not run: %s %q / %s %q", ka.State, ka.Reason, kb.State, kb.Reason)
 	}
-	pa, pb := pidOf(t, ka), pidOf(t, kb)
+	pa, pb := jstest.HandlePID(t, ka), jstest.HandlePID(t, kb)
 	if ua, ub := strconv.Itoa(jstest.ProcUID(t, pa)), strconv.Itoa(jstest.ProcUID(t, pb)); ua != alice.Uid || ub != bob.Uid {
 		t.Fatalf("launchers run as uid %s and %s, want %s and %s", ua, ub, alice.Uid, bob.Uid)
 	}
@@ -232,7 +232,7 @@ func TestRunAsDefaultAccount(t *testing.T) {
 	if k.State != broker.StateRunning {
 		t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
 	}
-	if uid := jstest.ProcUID(t, pidOf(t, k)); uid < int(local.DefaultRange.First) || uid > int(local.DefaultRange.Last) {
+	if uid := jstest.ProcUID(t, jstest.HandlePID(t, k)); uid < int(local.DefaultRange.First) || uid > int(local.DefaultRange.Last) {
 		t.Fatalf("launcher runs as uid %d, want one of %s", uid, local.DefaultRange)
 	}
 	k = start("00000000-0000-4000-8000-0000000000d2", "closed")
@@ -318,7 +318,7 @@ func TestRunAsRangeKeepsKernelsApart(t *testing.T) {
 		if k.State != broker.StateRunning {
 			t.Fatalf("kernel did not run: %s %q", k.State, k.Reason)
 		}
-		pid := pidOf(t, k)
+		pid := jstest.HandlePID(t, k)
 		uid := uint32(jstest.ProcUID(t, pid))
 		var h struct {
 			UID  uint32

@@ -257,14 +257,6 @@ func (g *gateway) host(t *testing.T, k *broker.Kernel) *labHost {
 	return nil
 }
 
-func handlePID(t *testing.T, k *broker.Kernel) int {
-	var h struct{ PID int }
-	if err := json.Unmarshal(k.Handle, &h); err != nil || h.PID == 0 {
-		t.Fatalf("no pid in handle %s", k.Handle)
-	}
-	return h.PID
-}
-
 func execute(t *testing.T, conn *client.Conn, code string) *client.Reply {
 	t.Helper()
 	r, err := conn.Execute(code, 30*time.Second)
@@ -326,12 +318,13 @@ func TestKernelsOnHosts(t *testing.T) {
 			t.Fatalf("kernel %s should run on %s, it says %q", k.ID, h.IP, r.Stdout.String())
 		}
 		// Interrupt a long computation.
-		id, err := conn.Send("shell", "execute_request", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(120)", "silent": false,
-			"store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true})
+		id, err := conn.SendExecute("import time; print('sleeping', flush=True); time.sleep(120)")
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitInput(t, conn, id)
+		if err := conn.AwaitOutput(id, "sleeping", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		if err := g.c.Interrupt(context.Background(), k.ID); err != nil {
 			t.Fatal(err)
 		}
@@ -356,7 +349,7 @@ func TestKernelsOnHosts(t *testing.T) {
 			t.Fatalf("after restart kernel %s should still run on %s, says %q", k.ID, h.IP, r.Stdout.String())
 		}
 		// Delete: the launcher is gone from the host.
-		pid := handlePID(t, k)
+		pid := jstest.HandlePID(t, k)
 		if !h.Alive(pid) {
 			t.Fatalf("launcher %d not running on %s", pid, h.Name)
 		}
@@ -374,25 +367,7 @@ func TestKernelsOnHosts(t *testing.T) {
 	fresh := workerstest.Harness{Backend: g.newBackend(t, kbssh.Config{}), Grace: 5 * time.Second}
 	fresh.Run(t)
 	fresh.Running(t, workers.Handle{Host: k.Host, Data: k.Handle})
-	waitGone(t, h, handlePID(t, k))
-}
-
-// waitInput reads the kernel's messages until request id's code prints
-// "sleeping": the user's code runs then, so an interrupt lands in it. (At
-// execute_input it may still be in ipykernel's own code, which swallows a
-// KeyboardInterrupt: the interrupt would be lost, as in Jupyter.)
-func waitInput(t *testing.T, conn *client.Conn, id string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		m, err := conn.Recv(deadline)
-		if err != nil {
-			t.Fatalf("waiting for request %s's code to run: %v", id, err)
-		}
-		if m.ParentHeader.MsgID == id && m.Header.MsgType == "stream" && strings.Contains(string(m.Content), "sleeping") {
-			return
-		}
-	}
+	waitGone(t, h, jstest.HandlePID(t, k))
 }
 
 // TestLeastConnectionAndRemoteHost: KERNEL_REMOTE_HOST pins kernels to one

@@ -695,6 +695,24 @@ func setCondition(s *corev1.PodStatus, c corev1.PodCondition) {
 	s.Conditions = append(s.Conditions, c)
 }
 
+// fieldValue is the value of a pod field an env fieldRef or a downward API
+// file names; ok is false for a field the agent does not support.
+func fieldValue(pod *corev1.Pod, path string) (v string, ok bool) {
+	switch path {
+	case "metadata.name":
+		return pod.Name, true
+	case "metadata.namespace":
+		return pod.Namespace, true
+	case "metadata.uid":
+		return string(pod.UID), true
+	case "spec.nodeName":
+		return pod.Spec.NodeName, true
+	case "status.podIP", "status.hostIP":
+		return IP, true
+	}
+	return "", false
+}
+
 // env resolves a container's env as a kubelet does: values, Secret and
 // ConfigMap keys, and the pod fields tests need.
 func (a *Agent) env(ctx context.Context, pod *corev1.Pod, c corev1.Container) ([]string, error) {
@@ -720,18 +738,8 @@ func (a *Agent) env(ctx context.Context, pod *corev1.Pod, c corev1.Container) ([
 				}
 				v = cm.Data[src.ConfigMapKeyRef.Key]
 			case src.FieldRef != nil:
-				switch src.FieldRef.FieldPath {
-				case "metadata.name":
-					v = pod.Name
-				case "metadata.namespace":
-					v = pod.Namespace
-				case "metadata.uid":
-					v = string(pod.UID)
-				case "spec.nodeName":
-					v = pod.Spec.NodeName
-				case "status.podIP", "status.hostIP":
-					v = IP
-				default:
+				var ok bool
+				if v, ok = fieldValue(pod, src.FieldRef.FieldPath); !ok {
 					return nil, fmt.Errorf("env %s: field %s is not supported by the test node agent", e.Name, src.FieldRef.FieldPath)
 				}
 			}

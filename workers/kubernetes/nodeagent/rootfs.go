@@ -178,36 +178,44 @@ func pick(data map[string][]byte, items []corev1.KeyToPath, def *int32, out map[
 }
 
 func (a *Agent) secretFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, def *int32, optional *bool, out map[string]volFile) error {
-	s, err := a.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) && optional != nil && *optional {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("secret %q: %w", name, err)
-	}
-	if err := pick(s.Data, items, def, out); err != nil {
-		return fmt.Errorf("secret %q: %w", name, err)
-	}
-	return nil
+	return keyFiles("secret", name, optional, func() (map[string][]byte, error) {
+		s, err := a.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		return s.Data, nil
+	}, items, def, out)
 }
 
 func (a *Agent) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, def *int32, optional *bool, out map[string]volFile) error {
-	cm, err := a.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	return keyFiles("config map", name, optional, func() (map[string][]byte, error) {
+		cm, err := a.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		data := map[string][]byte{}
+		for k, v := range cm.Data {
+			data[k] = []byte(v)
+		}
+		for k, v := range cm.BinaryData {
+			data[k] = v
+		}
+		return data, nil
+	}, items, def, out)
+}
+
+// keyFiles writes the keys of a secret or config map, which get reads,
+// into out; an optional one that does not exist gives no files.
+func keyFiles(kind, name string, optional *bool, get func() (map[string][]byte, error), items []corev1.KeyToPath, def *int32, out map[string]volFile) error {
+	data, err := get()
 	if apierrors.IsNotFound(err) && optional != nil && *optional {
 		return nil
 	}
+	if err == nil {
+		err = pick(data, items, def, out)
+	}
 	if err != nil {
-		return fmt.Errorf("config map %q: %w", name, err)
-	}
-	data := map[string][]byte{}
-	for k, v := range cm.Data {
-		data[k] = []byte(v)
-	}
-	for k, v := range cm.BinaryData {
-		data[k] = v
-	}
-	if err := pick(data, items, def, out); err != nil {
-		return fmt.Errorf("config map %q: %w", name, err)
+		return fmt.Errorf("%s %q: %w", kind, name, err)
 	}
 	return nil
 }
@@ -237,15 +245,8 @@ func downwardFiles(pod *corev1.Pod, items []corev1.DownwardAPIVolumeFile, out ma
 		if it.FieldRef == nil {
 			return fmt.Errorf("downward API %s: only fieldRef is supported", it.Path)
 		}
-		var v string
-		switch it.FieldRef.FieldPath {
-		case "metadata.namespace":
-			v = pod.Namespace
-		case "metadata.name":
-			v = pod.Name
-		case "metadata.uid":
-			v = string(pod.UID)
-		default:
+		v, ok := fieldValue(pod, it.FieldRef.FieldPath)
+		if !ok {
 			return fmt.Errorf("downward API field %s is not supported by the test node agent", it.FieldRef.FieldPath)
 		}
 		out[it.Path] = volFile{[]byte(v), fileMode(it.Mode, nil)}
