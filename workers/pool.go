@@ -626,15 +626,17 @@ func (p *Pool) follow(m jetstream.Msg, k *broker.Kernel, log zerolog.Logger) err
 		case <-p.ctx.Done():
 			return p.ctx.Err()
 		case <-poll.C:
-			if ended() {
-				return nil
-			}
-			// The resource manager is asked less often once a start takes
-			// a while (a YARN poll is a REST call, and starts in flight
-			// are not bounded by Concurrency any more).
+			// The record and the resource manager are read less often once
+			// a start takes a while: a YARN poll is a REST call, starts in
+			// flight are not bounded by Concurrency any more, and at 200
+			// concurrent starts reading every record each 250 ms was 3 %
+			// of serve's CPU. Nobody waits for this loop to see running.
 			polls++
 			if polls > 8 && polls%4 != 0 {
 				continue
+			}
+			if ended() {
+				return nil
 			}
 			st, err := p.be.Poll(p.ctx, h)
 			if err == nil && st.Exited {
