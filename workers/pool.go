@@ -451,8 +451,8 @@ func (p *Pool) handleStart(m jetstream.Msg, r broker.StartRequest, release func(
 		}
 		// The kernel's input consumer is created while the launcher
 		// starts (a consumer is a JetStream API call that queues behind
-		// every other start's): the launcher binds it only once its
-		// kernel runs, and tries again until it exists.
+		// every other start's): the launcher pulls from it by name,
+		// without looking it up, and pulls again until it exists.
 		input := make(chan error, 1)
 		go func() {
 			input <- kbjs.Retry(ctx, 30*time.Second, func() error { return kbjs.EnsureInput(ctx, p.bus.JS, r.KernelID) }, nil, nil)
