@@ -135,8 +135,9 @@ func (l *KernelLink) WatchKernel(ctx context.Context, fn func(*broker.Kernel) bo
 	}
 }
 
-// Input binds the kernel's input consumer, which the worker created
-// (EnsureInput) before it started the launcher.
+// Input looks up the kernel's input consumer, which a worker creates
+// (EnsureInput), through the JetStream API. The launcher does not: it
+// pulls by name with ConsumeInput.
 func (l *KernelLink) Input(ctx context.Context) (jetstream.Consumer, error) {
 	ctx, cancel := withTimeout(ctx, 10*time.Second)
 	defer cancel()

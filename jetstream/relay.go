@@ -177,64 +177,6 @@ type InputMsg struct {
 	Frame   broker.Frame
 }
 
-// Consumption is a running pull from a durable consumer.
-type Consumption = Output
-
-// ConsumeInput delivers the kernel's client messages to fn, each once, in
-// order, from its input consumer (which the worker created): the consumer
-// has one message in flight at a time and redelivers one whose ack was
-// lost, so a stream sequence seen before is acked and dropped. A message
-// is acked once fn returns. Malformed messages, and messages on channels
-// clients may not use, are dropped and reported to drop, and so are the
-// pull errors the consumer recovers from.
-func (l *KernelLink) ConsumeInput(ctx context.Context, fn func(InputMsg), drop func(error)) (*Consumption, error) {
-	cons, err := l.Input(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var last uint64
-	var re Reassembler
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		if md, err := m.Metadata(); err == nil {
-			if md.Sequence.Stream <= last {
-				_ = m.Ack()
-				return
-			}
-			last = md.Sequence.Stream
-		}
-		defer func() { _ = m.Ack() }()
-		hdr := m.Headers()
-		data, ok, err := re.Feed(&nats.Msg{Subject: m.Subject(), Header: hdr, Data: m.Data()})
-		if err != nil {
-			drop(fmt.Errorf("bad chunk: %w", err))
-			return
-		}
-		if !ok {
-			return
-		}
-		f, err := broker.DecodeV1(data)
-		if err != nil {
-			drop(err)
-			return
-		}
-		ch := f.Channel
-		if ch == "" {
-			ch = hdr.Get(broker.HeaderChannel)
-		}
-		if !broker.IsClientChannel(ch) {
-			drop(fmt.Errorf("a message on channel %q, which clients may not use", ch))
-			return
-		}
-		fn(InputMsg{Channel: ch, Session: hdr.Get(broker.HeaderSession), MsgID: hdr.Get(broker.HeaderMsgID), Frame: f})
-	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		drop(fmt.Errorf("input consumer: %w", err))
-	}))
-	if err != nil {
-		return nil, err
-	}
-	return &Consumption{cc: cc}, nil
-}
-
 // ErrBadReply is a control reply that could not be read.
 var ErrBadReply = errors.New("unreadable control reply")
 

@@ -57,15 +57,11 @@ func (l *launcher) deliver(parentID, content []byte) {
 	}
 }
 
-// consumeInput starts the ordered consumer of kb.io.<id>.in, retrying
-// until the launch deadline: while the stream's leader moves (a NATS node
-// died) creating a consumer fails for a few seconds, and the kernel is
-// already running. An ordered consumer resumes after a bus reconnect or a
-// leader change from the last sequence it saw, so client input published
-// during an outage still arrives. It starts at an explicit sequence (the
-// stream's end now) rather than "deliver new": a consumer that is
-// recreated before its first message would otherwise start at the new end
-// and skip what clients sent in between.
+// consumeInput starts the pull of kb.io.<id>.in from the kernel's input
+// consumer (kbjs.KernelLink.ConsumeInput), retrying until the launch
+// deadline if the bus refuses the subscription. The pull itself outlives
+// bus reconnects and leader changes (it pulls again), and the consumer is
+// durable, so client input published during an outage still arrives.
 func (l *launcher) consumeInput(ctx context.Context) (cc *kbjs.Consumption, err error) {
 	deadline := time.Now().Add(time.Duration(l.cfg.LaunchTimeout))
 	if rec := l.rec.Load(); rec != nil && !rec.Deadline.IsZero() && rec.Deadline.After(time.Now()) {

@@ -336,9 +336,11 @@ func (l *launcher) run(ctx context.Context) (err error) {
 		return err
 	}
 
-	// The input consumer exists before the record says running: a client
-	// may publish as soon as it sees running, and DeliverNew starts at the
-	// consumer's creation.
+	// The input pull starts before the record says running. It binds the
+	// consumer the worker creates without asking the server for it, and
+	// pulls until it exists: the consumer delivers all the kernel's input
+	// the stream holds, so what a client sends as soon as it sees running
+	// waits in the stream until then.
 	cc, err := l.consumeInput(ctx)
 	if err != nil {
 		l.stopKernel(inc, false, false)

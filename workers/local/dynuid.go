@@ -163,18 +163,21 @@ func idKnown(id uint32) bool {
 }
 
 // procScans shares scans of /proc among the starts that wait for one at
-// the same time. A scan reads every process's status (about 50 µs each):
-// one per start made concurrent starts quadratic in the kernels running
-// (hundreds of kernels, two processes each). A start may use a scan that
-// began after it asked, which is as fresh as one of its own; one that was
-// already under way when it asked may miss a process started just before,
-// so it waits for the next. Ids this worker hands out meanwhile are in
+// the same time. Reading a process's status costs about 50 µs of kernel
+// work; one scan per start made concurrent starts quadratic in the
+// kernels running (hundreds of kernels, two processes each), so a scan
+// reads the status only of processes it has not seen (procCache) and
+// concurrent starts share one. A start may use a scan that began after
+// it asked, which is as fresh as one of its own; one that was already
+// under way when it asked may miss a process started just before, so it
+// waits for the next. Ids this worker hands out meanwhile are in
 // Backend.ids, which dynamicAccount checks under its lock.
 type procScans struct {
 	mu      sync.Mutex
 	running *procScan                     // under way: too old for callers arriving now
 	next    *procScan                     // starts when running ends; callers arriving now join it
-	scan    func(IDRange) map[uint32]bool // idsInUse; tests replace it
+	scan    func(IDRange) map[uint32]bool // cache.idsInUse; tests replace it
+	cache   procCache
 }
 
 type procScan struct {
@@ -216,7 +219,7 @@ func (s *procScans) busy(r IDRange) map[uint32]bool {
 func (s *procScans) run(c *procScan, r IDRange) {
 	scan := s.scan
 	if scan == nil {
-		scan = idsInUse
+		scan = s.cache.idsInUse
 	}
 	c.busy = scan(r)
 	close(c.done)
@@ -227,35 +230,89 @@ func (s *procScans) run(c *procScan, r IDRange) {
 	s.mu.Unlock()
 }
 
+// procCache remembers the ids each process held when its status was last
+// read, by the inode of its /proc/<pid> folder: a pid reused by a new
+// process gets a new inode, and an inode the kernel evicted and made
+// again only costs a fresh read. A process keeps its entry while a
+// stat of its folder shows the same effective uid and gid, which the
+// kernel reports for every process (non-dumpable ones too) and which
+// changes with every set*id call that could move a process into the
+// range: exec of a set-user-id program, or a privileged process taking
+// a kernel's id (a launcher's fork, before it runs the kernelbus
+// launcher). Only a privileged process that changed its real, saved or
+// filesystem ids and kept its effective ones would be missed, and no
+// process but a worker gives itself ids of the range.
+type procCache struct {
+	mu    sync.Mutex
+	procs map[string]procIDs // by pid
+}
+
+type procIDs struct {
+	ino        uint64
+	euid, egid uint32
+	ids        []uint32 // real, effective, saved and filesystem uids and gids
+}
+
 // idsInUse are the ids of r that any process on the host holds (real,
 // effective, saved or filesystem uid or gid). Reading /proc rather than
 // only what this worker handed out keeps a restarted worker, or a second
 // worker on the host, from giving a live kernel's id to another kernel,
 // and catches a kernel's processes that left its process group.
-func idsInUse(r IDRange) map[uint32]bool {
+func (c *procCache) idsInUse(r IDRange) map[uint32]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	busy := map[uint32]bool{}
-	dirs, err := os.ReadDir("/proc")
+	f, err := os.Open("/proc")
 	if err != nil {
 		return busy
 	}
-	for _, d := range dirs {
-		if c := d.Name()[0]; c < '0' || c > '9' {
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	seen := make(map[string]procIDs, len(names))
+	var st syscall.Stat_t
+	for _, name := range names {
+		if ch := name[0]; ch < '0' || ch > '9' {
 			continue
 		}
-		data, err := os.ReadFile("/proc/" + d.Name() + "/status")
-		if err != nil {
-			continue
+		dir := "/proc/" + name
+		if syscall.Stat(dir, &st) != nil {
+			continue // gone
 		}
-		for _, line := range bytes.Split(data, []byte("\n")) {
-			if !bytes.HasPrefix(line, []byte("Uid:")) && !bytes.HasPrefix(line, []byte("Gid:")) {
+		p, ok := c.procs[name]
+		if !ok || p.ino != st.Ino || p.euid != st.Uid || p.egid != st.Gid {
+			ids, ok := readIDs(dir + "/status")
+			if !ok {
 				continue
 			}
-			for _, f := range bytes.Fields(line[4:]) {
-				if n, err := strconv.ParseUint(string(f), 10, 32); err == nil && uint32(n) >= r.First && uint32(n) <= r.Last {
-					busy[uint32(n)] = true
-				}
+			p = procIDs{ino: st.Ino, euid: st.Uid, egid: st.Gid, ids: ids}
+		}
+		seen[name] = p
+		for _, id := range p.ids {
+			if id >= r.First && id <= r.Last {
+				busy[id] = true
 			}
 		}
 	}
+	c.procs = seen
 	return busy
+}
+
+// readIDs reads the Uid: and Gid: lines of a /proc/<pid>/status.
+func readIDs(path string) ([]uint32, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	var ids []uint32
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if !bytes.HasPrefix(line, []byte("Uid:")) && !bytes.HasPrefix(line, []byte("Gid:")) {
+			continue
+		}
+		for _, f := range bytes.Fields(line[4:]) {
+			if n, err := strconv.ParseUint(string(f), 10, 32); err == nil {
+				ids = append(ids, uint32(n))
+			}
+		}
+	}
+	return ids, true
 }

@@ -1,11 +1,14 @@
 package local_test
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/google/uuid"
+	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/user"
@@ -33,6 +36,20 @@ func probe(what, arg string) int {
 	case "--probe-signal":
 		pid, _ := strconv.Atoi(arg)
 		err = syscall.Kill(pid, 0)
+	case "--probe-become":
+		// Started as root: takes uid and gid arg when a line comes on
+		// stdin, says "ok" and stays until stdin closes.
+		if _, err = bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			return 1
+		}
+		id, _ := strconv.Atoi(arg)
+		if err = syscall.Setgid(id); err == nil {
+			err = syscall.Setuid(id)
+		}
+		if err == nil {
+			fmt.Println("ok")
+			_, _ = io.Copy(io.Discard, os.Stdin)
+		}
 	default:
 		return 1
 	}
@@ -279,6 +296,55 @@ func mustRunAs(t *testing.T, opts map[string]string) local.RunAs {
 func runProbeAs(t *testing.T, bin string, id uint32, what, arg string) int {
 	t.Helper()
 	return probeAs(t, bin, &syscall.Credential{Uid: id, Gid: id, Groups: []uint32{}}, fmt.Sprint("uid ", id), what, arg)
+}
+
+// The scan of ids in use reads a process's status once and keeps it while
+// the process keeps its pid and effective ids: a process it saw as root
+// that then takes an id of the range (as a launcher does between fork and
+// exec) counts at the next scan, and a process that ended frees its id.
+func TestIDsInUseSeesProcessesThatChangeIDs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		jstest.MissingSetup(t, "needs root: the test moves a process to another uid")
+	}
+	scan := local.IDsInUse()
+	r := local.DefaultRange
+	busy := scan(r)
+	id := r.First + uint32(rand.IntN(int(r.Last-r.First)))
+	for busy[id] {
+		id++
+	}
+	cmd := exec.Command(os.Args[0], "--probe-become", strconv.FormatUint(uint64(id), 10))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if scan(r)[id] {
+		t.Fatalf("id %d busy before any process took it", id)
+	}
+	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ok\n" {
+		t.Fatalf("the process did not take uid %d: %q %v", id, line, err)
+	}
+	if !scan(r)[id] {
+		t.Fatalf("id %d held by pid %d is not busy: the scan kept what it read while the process was root", id, cmd.Process.Pid)
+	}
+	_ = stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if scan(r)[id] {
+		t.Fatalf("id %d still busy after its process ended", id)
+	}
 }
 
 // Under a root worker's defaults two kernels get two uids of the range,
