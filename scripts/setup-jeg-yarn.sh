@@ -27,6 +27,9 @@ exec 3>&1 1>&2
 
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 version=${KB_JEG_VERSION:-3.3.0}
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock jeg-yarn
 envfile=$cache/yarn/env
 [ -f "$envfile" ] || { echo "setup-jeg-yarn: $envfile missing: run scripts/yarn-setup.sh first" >&2; exit 1; }
 set -a
