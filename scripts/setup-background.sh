@@ -27,9 +27,10 @@ export KB_CACHE=$cache
 step() {
   local name=$1
   shift
-  local rc=0
+  local rc=0 t0=$SECONDS
   "$@" >"$dir/$name.log" 2>&1 </dev/null || rc=$?
   echo "$rc" >"$dir/$name.rc"
+  echo "$(date -u +%T) $name: exit $rc after $((SECONDS - t0)) s" >>"$dir/times"
   return "$rc"
 }
 
@@ -42,7 +43,16 @@ run() {
   step node bash "$s/setup-node.sh" &
   step jupyterhub bash "$s/setup-jupyterhub.sh" &
   { step yarn bash "$s/yarn-setup.sh" && step jeg-yarn bash "$s/setup-jeg-yarn.sh"; } &
-  { step nats-server bash "$s/setup-nats-server.sh"; step helm bash "$s/setup-helm.sh"; step k8s bash "$s/k8s-build.sh"; } &
+  # First the fuzz-instrumented and the race-detector builds of the module (test:fuzz-short
+  # and test:race come right after test:go; each waits for its lock, then finds Go's build
+  # cache full), then the builds of the later suites.
+  {
+    step go-fuzz env FUZZ_BUILD_ONLY=1 bash "$s/fuzz.sh"
+    step go-race bash "$s/setup-lock.sh" go-race go test -race -count=1 -exec /bin/true ./...
+    step nats-server bash "$s/setup-nats-server.sh"
+    step helm bash "$s/setup-helm.sh"
+    step k8s bash "$s/k8s-build.sh"
+  } &
   wait
 }
 
@@ -75,6 +85,7 @@ all)
     status=1
   done
   rm -f "$dir"/*.rc
+  sed 's/^/setup-background: /' "$dir/times" >&2
   exit $status
   ;;
 stop)
@@ -107,6 +118,7 @@ stop)
   fi
   # Exit codes belong to this run only: a later suite run alone must not report them.
   rm -f "$dir"/*.rc
+  [ ! -f "$dir/times" ] || sed 's/^/setup-background: /' "$dir/times" >&2
   ;;
 *)
   echo "usage: $0 start|stop|all" >&2

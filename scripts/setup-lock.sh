@@ -22,3 +22,11 @@ setup_lock() {
     echo "$name: running it again here" >&2
   fi
 }
+
+# Run as a command, `bash scripts/setup-lock.sh NAME CMD...` runs CMD holding the lock NAME.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  setup_lock "$1"
+  shift
+  exec "$@"
+fi
