@@ -18,8 +18,9 @@ cd "$repo"
 setup_lock go-fuzz
 fuzztime=${FUZZTIME:-30s}
 filter=${1:-}
-bindir=$(mktemp -d)
-trap 'rm -rf "$bindir"' EXIT
+# Kept between runs: `go test -c` does not link again a binary that is up to date.
+bindir=$repo/bin/fuzz
+mkdir -p "$bindir"
 cachedir=$(go env GOCACHE)/fuzz
 status=0
 built=""
