@@ -4,14 +4,17 @@
 # never install into one folder at once: the second waits, then finds the work
 # done. When the background run of this set-up failed, its log is shown here and
 # the set-up runs again in the foreground, where its error fails the suite.
-_setup_lock_bg=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/bin/setup-background
+# Locks named go-* guard builds of this clone's own code (scripts/fuzz.sh, test:race), so
+# they live in the clone's bin/locks: runs in other clones do not wait for them.
+_setup_lock_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 setup_lock() {
   local name=$1 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
-  local bg=$_setup_lock_bg
-  mkdir -p "$cache/locks"
-  exec 8>"$cache/locks/$name.lock"
+  local bg=$_setup_lock_repo/bin/setup-background locks=$cache/locks
+  case "$name" in go-*) locks=$_setup_lock_repo/bin/locks ;; esac
+  mkdir -p "$locks"
+  exec 8>"$locks/$name.lock"
   if ! flock -n 8; then
-    echo "$name: waiting for the set-up already under way (lock $cache/locks/$name.lock)" >&2
+    echo "$name: waiting for the set-up already under way (lock $locks/$name.lock)" >&2
     flock 8
   fi
   local rc
