@@ -39,6 +39,7 @@ step() {
 # Go builds, CPU-bound, would only crowd each other).
 run() {
   local s=$repo/scripts
+  cd "$repo"
   step apt bash -c "bash '$s/setup-prometheus.sh' >/dev/null && bash '$s/setup-ssh.sh' >/dev/null && bash '$s/setup-ui.sh'" &
   step node bash "$s/setup-node.sh" &
   step jupyterhub bash "$s/setup-jupyterhub.sh" &
@@ -47,12 +48,13 @@ run() {
   # and test:race come right after test:go; each waits for its lock, then finds Go's build
   # cache full), then the builds of the later suites.
   {
-    step go-fuzz env FUZZ_BUILD_ONLY=1 bash "$s/fuzz.sh"
+    # (One that fails does not stop the next: it is redone in the foreground anyway.)
+    step go-fuzz env FUZZ_BUILD_ONLY=1 bash "$s/fuzz.sh" || true
     # Compiles every package and test package as test:race does, links nothing.
-    step go-race bash "$s/setup-lock.sh" go-race go list -race -export -deps -test ./...
-    step nats-server bash "$s/setup-nats-server.sh"
-    step helm bash "$s/setup-helm.sh"
-    step k8s bash "$s/k8s-build.sh"
+    step go-race bash "$s/setup-lock.sh" go-race go list -race -export -deps -test ./... || true
+    step nats-server bash "$s/setup-nats-server.sh" || true
+    step helm bash "$s/setup-helm.sh" || true
+    step k8s bash "$s/k8s-build.sh" || true
   } &
   wait
 }
