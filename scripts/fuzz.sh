@@ -7,13 +7,20 @@
 #   bash scripts/fuzz.sh broker               # only packages whose path contains "broker"
 # Each package's instrumented test binary is built once and run per target: `go test
 # -fuzz` would link it again for every target, which costs more than a short pass fuzzes.
+# FUZZ_BUILD_ONLY=1 only compiles them (scripts/setup-background.sh does, to fill Go's
+# build cache with the fuzz-instrumented packages while other suites run); the lock
+# go-fuzz makes a run wait for such a build instead of compiling the same beside it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=setup-lock.sh
+. "$repo/scripts/setup-lock.sh"
+setup_lock go-fuzz
 fuzztime=${FUZZTIME:-30s}
 filter=${1:-}
-bindir=$(mktemp -d)
-trap 'rm -rf "$bindir"' EXIT
+# Kept between runs: `go test -c` does not link again a binary that is up to date.
+bindir=$repo/bin/fuzz
+mkdir -p "$bindir"
 cachedir=$(go env GOCACHE)/fuzz
 status=0
 built=""
@@ -25,6 +32,7 @@ while IFS=: read -r file fn; do
     go test -c -fuzz=. -o "$bin" "$dir"
     built="$built $dir"
   fi
+  [ "${FUZZ_BUILD_ONLY:-0}" = 0 ] || continue
   pkg=$(go list "$dir")
   echo "fuzz: $dir $fn for $fuzztime" >&2
   # The binary runs in its package's folder, where testdata/fuzz is.

@@ -27,7 +27,7 @@ if [ ! -f "$tgz" ]; then
     cp "$cache/jeg-yarn/$version/sdist/$(basename "$tgz")" "$tgz"
   else
     echo "jeg-itests: downloading the jupyter_enterprise_gateway $version sdist" >&2
-    "$venv/bin/python" -m pip download --quiet --no-binary :all: --no-deps -d "$sdist" "jupyter_enterprise_gateway==$version"
+    "$venv/bin/python" -m pip download --quiet --no-binary jupyter_enterprise_gateway --no-deps -d "$sdist" "jupyter_enterprise_gateway==$version"
   fi
   [ -f "$tgz" ] || { echo "jeg-itests: no $tgz" >&2; exit 1; }
 fi

@@ -29,6 +29,9 @@ missing() { for c in $cmds; do [ -x "$out/$c" ] || echo "$c"; done; }
 have() { [ -z "$(missing)" ] && [ -x "$out/etcd" ] && [ -f "$out/.etcd-$ever" ]; }
 if have; then echo "$out" >&3; exit 0; fi
 
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock k8s
 exec 9>"$out/.lock"
 echo "k8s-build: waiting for the build lock $out/.lock" >&2
 flock 9

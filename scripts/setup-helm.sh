@@ -15,6 +15,9 @@ version="${KB_HELM_VERSION:-v3.22.0}"
 bin="$cache/bin/helm-$version"
 if [ -x "$bin" ]; then echo "$bin" >&3; exit 0; fi
 mkdir -p "$cache/bin"
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock helm
 exec 9>"$bin.lock"
 flock 9
 if [ ! -x "$bin" ]; then

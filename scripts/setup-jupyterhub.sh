@@ -24,6 +24,9 @@ venv=$cache/jupyterhub-$version
 stamp=$venv/.kb-installed
 pyver=$("$py" -c 'import sys; print(sys.version.split()[0])')
 want="$version $chp $pyver"
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock jupyterhub
 
 command -v npm >/dev/null || { echo "setup-jupyterhub: npm is not installed (the Hub's proxy comes from npm)" >&2; exit 1; }
 mkdir -p "$cache"

@@ -6,6 +6,9 @@ set -euo pipefail
 # Only the result goes to stdout, where callers read it with $(...);
 # whatever an installer prints (npm, pip, apt) goes to stderr.
 exec 3>&1 1>&2
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock nats-server
 cd "$(dirname "$0")/.."
 cache="${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}"
 version="$(go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)"

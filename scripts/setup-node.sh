@@ -13,6 +13,9 @@ cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 dir=$repo/e2e/js
 lock=$dir/package-lock.json
 stamp=$dir/node_modules/.kb-lock.sha256
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock node
 
 command -v node >/dev/null || { echo "setup-node: node is not installed" >&2; exit 1; }
 major=$(node -p 'process.versions.node.split(".")[0]')

@@ -11,6 +11,13 @@ if bin="$(command -v prometheus 2>/dev/null)"; then
   echo "$bin" >&3
   exit 0
 fi
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock apt
+if bin="$(command -v prometheus 2>/dev/null)"; then
+  echo "$bin" >&3
+  exit 0
+fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "setup-prometheus: no prometheus on PATH; install it (Debian/Ubuntu: apt-get install prometheus) or set PROMETHEUS_BIN" >&2
   exit 1

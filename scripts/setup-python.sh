@@ -16,6 +16,9 @@ venv=$cache/venv
 req=$repo/e2e/python/requirements.txt
 stamp=$venv/.kb-requirements.sha256
 py=${KB_PYTHON:-python3}
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock python
 
 mkdir -p "$cache"
 

@@ -16,6 +16,13 @@ if [ -x "$sshd" ]; then
   echo "$sshd" >&3
   exit 0
 fi
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock apt
+if [ -x "$sshd" ]; then
+  echo "$sshd" >&3
+  exit 0
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "setup-ssh: openssh-server is missing and installing it needs root" >&2
   exit 1

@@ -10,6 +10,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 dir=$repo/e2e/ui
+# shellcheck source=setup-lock.sh
+. "$repo/scripts/setup-lock.sh"
+setup_lock apt
 
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" != 0 ]; then

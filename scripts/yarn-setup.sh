@@ -17,6 +17,9 @@ cache=${KB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kernelbus}
 hadoop_version=3.4.1
 pyspark_version=4.0.1
 py=${KB_PYTHON:-python3}
+# shellcheck source=setup-lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
+setup_lock yarn
 
 # --- the harness -----------------------------------------------------------
 src=$repo/e2e/yarn/harness

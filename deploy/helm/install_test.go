@@ -67,6 +67,7 @@ func need(t *testing.T, name string) string {
 func TestChartInstall(t *testing.T) {
 	helmBin(t)
 	launcher, py := need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	if os.Geteuid() != 0 {
 		t.Skip("the node agent needs root to chroot pods into their image")
 	}

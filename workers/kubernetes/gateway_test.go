@@ -46,6 +46,7 @@ const testImage = "kernelbus/kernel-python:test"
 // the test node agent running each pod's launcher and a real ipykernel.
 func TestGatewayOnKubernetes(t *testing.T) {
 	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	t0 := time.Now()
 	cl := k8stest.Start(t)
 	t.Logf("control plane ready in %s", time.Since(t0).Round(time.Millisecond))

@@ -24,7 +24,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -78,6 +80,46 @@ func Bin(t testing.TB) string {
 		}
 	}
 	return dir
+}
+
+// HostPaths fails the test when a host file that the node agent's pods run
+// (the launcher, the kernel's Python) lies under /tmp: every pod gets a
+// private /tmp, so such a kernel would exit 127 ("not found") instead of
+// starting. names maps an environment variable to its path.
+func HostPaths(t testing.TB, names map[string]string) {
+	t.Helper()
+	if err := hostPathsErr(names); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hostPathsErr(names map[string]string) error {
+	var bad []string
+	for name, p := range names {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return fmt.Errorf("%s=%s: %w", name, p, err)
+		}
+		under := underTmp(abs)
+		// A venv's python is a link out of it; its packages stay in the venv, so
+		// both the path and its target must be outside /tmp.
+		if real, err := filepath.EvalSymlinks(abs); err == nil && underTmp(real) {
+			under = true
+		}
+		if under {
+			bad = append(bad, name+"="+p)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad)
+	return fmt.Errorf("%s under /tmp: pods of the node agent get a private /tmp and cannot run it; "+
+		"keep the clone and KB_CACHE outside /tmp (e.g. under $HOME)", strings.Join(bad, ", "))
+}
+
+func underTmp(p string) bool {
+	return p == "/tmp" || strings.HasPrefix(p, "/tmp/")
 }
 
 // Start runs the control plane and waits until the API server is ready and
