@@ -80,8 +80,41 @@ func SubjectIn(kernelID string) string { return "kb.io." + kernelID + ".in" }
 // kb.io.<kernel>.out.<channel>.
 func SubjectOut(kernelID, channel string) string { return "kb.io." + kernelID + ".out." + channel }
 
-// SubjectOutAll captures every outgoing channel of one kernel.
+// SubjectOutAll captures every outgoing channel of one kernel, large
+// output included: what the stream keeps and a websocket's consumer reads.
 func SubjectOutAll(kernelID string) string { return "kb.io." + kernelID + ".out.>" }
+
+// LiveMax is the largest kernel output (bus message body) that travels on
+// SubjectOut, where front-ends also receive it live (core NATS); a larger
+// one, and every chunk of one over max_payload, goes on SubjectOutLarge.
+// Live delivery saves a stream round trip, which matters for small
+// messages only, while every live subscription costs the front-end's
+// connection a copy of each message: large outputs to a few sockets would
+// overrun the server's per-connection pending limit.
+const LiveMax = 1 << 20
+
+// SubjectOutLarge carries kernel output of one channel larger than LiveMax:
+// kb.io.<kernel>.out.<channel>.large. The stream keeps it and websocket
+// consumers read it (SubjectOutAll) in order with the rest; live
+// subscriptions (SubjectOutLive) do not see it.
+func SubjectOutLarge(kernelID, channel string) string {
+	return LargeSubject(SubjectOut(kernelID, channel))
+}
+
+// LargeSubject is the large-output form of an output subject (of
+// SubjectOut), itself if it is one already.
+func LargeSubject(subj string) string {
+	if strings.HasSuffix(subj, largeSuffix) {
+		return subj
+	}
+	return subj + largeSuffix
+}
+
+const largeSuffix = ".large"
+
+// SubjectOutLive is what a front-end's live subscription takes: every
+// channel of one kernel, not the large output (kb.io.<kernel>.out.*).
+func SubjectOutLive(kernelID string) string { return "kb.io." + kernelID + ".out.*" }
 
 // SubjectControl is the request/reply subject of a kernel's launcher
 // (interrupt, restart, shutdown, ping): kb.ctl.<kernel>.
@@ -107,13 +140,17 @@ func WorkerConsumer(rm string) string { return "workers-" + rm }
 func InboxPrefix(kernelID string) string { return "_KB_INBOX." + kernelID }
 
 // ChannelFromSubject returns the channel of a kb.io.<kernel>.out.<channel>
-// subject, or "" if subj is not one.
+// subject (or of its .large form), or "" if subj is not one.
 func ChannelFromSubject(subj string) string {
 	i := strings.LastIndex(subj, ".out.")
 	if i < 0 {
 		return ""
 	}
-	return subj[i+len(".out."):]
+	ch := subj[i+len(".out."):]
+	if j := strings.IndexByte(ch, '.'); j >= 0 {
+		ch = ch[:j]
+	}
+	return ch
 }
 
 // NATS headers carried by kernel traffic. They hold the routing facts so

@@ -89,11 +89,13 @@ type Config struct {
 	// WSReadLimit is the largest websocket message accepted from a client;
 	// a larger one closes the connection with 1009. Default 64 MiB.
 	WSReadLimit int64
-	// LiveOutput delivers kernel output to websockets from a core NATS
-	// subscription as the launcher publishes it, in the order of its
-	// per-run sequence; the KB_IO consumer fills gaps, confirms the
-	// cursor and serves resumes (wslive.go).
-	LiveOutput bool
+	// NoLiveOutput delivers kernel output to websockets from the KB_IO
+	// consumer only. By default (false) each websocket also holds a core
+	// NATS subscription that writes output as the launcher publishes it,
+	// in the order of its per-run sequence, while the consumer fills
+	// gaps, delivers large output, confirms the cursor and serves resumes
+	// (wslive.go).
+	NoLiveOutput bool
 
 	// WSPingInterval is how often idle websockets are pinged, so proxies
 	// keep them open and nbclient's 40 s read timeout never fires.

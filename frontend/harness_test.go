@@ -119,10 +119,11 @@ func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wra
 	if cfg.WSPingInterval == 0 {
 		cfg.WSPingInterval = 500 * time.Millisecond
 	}
-	// KB_TEST_LIVE_OUTPUT=1 runs every front-end of the tests with live
-	// output, so the websocket suites check it too.
-	if os.Getenv("KB_TEST_LIVE_OUTPUT") == "1" {
-		cfg.LiveOutput = true
+	// Live output is the default; KB_TEST_LIVE_OUTPUT=0 runs every
+	// front-end of the tests from the stream only, so the websocket
+	// suites check that too.
+	if os.Getenv("KB_TEST_LIVE_OUTPUT") == "0" {
+		cfg.NoLiveOutput = true
 	}
 	fe, err := New(cfg, bus, testSpecs(t), jstest.Logger(t))
 	if err != nil {
@@ -473,7 +474,7 @@ func (l *fakeLauncher) publishAs(m *nats.Msg, n uint64) {
 	m.Header.Set(jetstream.MsgIDHeader, l.run+"."+strconv.FormatUint(n, 10))
 	ctx, cancel := context.WithTimeout(context.Background(), slow*10*time.Second)
 	defer cancel()
-	if _, err := kbjs.Publish(ctx, l.bus.NC, l.bus.JS, m); err != nil {
+	if _, err := kbjs.PublishOutput(ctx, l.bus.NC, l.bus.JS, m); err != nil {
 		l.t.Errorf("launcher publish: %v", err)
 	}
 }

@@ -62,7 +62,18 @@ func newOps(s *Server) (*ops, error) {
 		Help:        "Kernel websockets open on this front-end.",
 		ConstLabels: prometheus.Labels{"frontend": s.cfg.FrontendID},
 	}, func() float64 { return float64(s.hub.count()) })
-	for _, c := range []prometheus.Collector{o.httpDur, wsConns, &o.relay, &kernelCollector{st: s.state, specs: s.specs, topUsers: s.cfg.MetricsTopUsers}} {
+	feLabel := prometheus.Labels{"frontend": s.cfg.FrontendID}
+	liveWrites := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "live_output_writes_total",
+		Help:        "Bus messages of kernel output written to websockets from the live path (core NATS), not the stream consumer.",
+		ConstLabels: feLabel,
+	}, func() float64 { return float64(s.liveWrites.Load()) })
+	liveDropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "live_output_dropped_total",
+		Help:        "Live output messages dropped by closed websockets' full live subscriptions (the stream delivered them).",
+		ConstLabels: feLabel,
+	}, func() float64 { return float64(s.liveDropped.Load()) })
+	for _, c := range []prometheus.Collector{o.httpDur, wsConns, liveWrites, liveDropped, &o.relay, &kernelCollector{st: s.state, specs: s.specs, topUsers: s.cfg.MetricsTopUsers}} {
 		if err := o.reg.Register(c); err != nil {
 			return nil, err
 		}

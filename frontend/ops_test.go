@@ -108,6 +108,13 @@ func TestMetricsCountKernelsAndTraffic(t *testing.T) {
 				return fmt.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
 			}
 		}
+		// Live output's counters are there (their values depend on
+		// which path won each message).
+		for _, name := range []string{"kernelbus_live_output_writes_total", "kernelbus_live_output_dropped_total"} {
+			if _, ok := f.Value(name, nil); !ok {
+				return fmt.Errorf("no %s", name)
+			}
+		}
 		// The fake kernel's replies: at least busy, the reply and idle.
 		if v, _ := f.Value("kernelbus_relayed_messages_total", map[string]string{"channel": "iopub", "direction": "to_client"}); v < 2 {
 			return fmt.Errorf("iopub to_client %v", v)

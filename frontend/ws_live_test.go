@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go"
 )
@@ -21,6 +24,46 @@ func streamLast(t *testing.T, e *testEnv) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.LastSeq
+}
+
+// skipStreamOnly skips a test of live output when the suite runs with it
+// off (KB_TEST_LIVE_OUTPUT=0).
+func skipStreamOnly(t *testing.T) {
+	t.Helper()
+	if os.Getenv("KB_TEST_LIVE_OUTPUT") == "0" {
+		t.Skip("KB_TEST_LIVE_OUTPUT=0: front-ends deliver from the stream only")
+	}
+}
+
+// TestWSStreamOnlyOutput: with live output off (--live-output=false) a
+// socket holds no live subscription and every message, small and large,
+// comes from the stream, each once and in order.
+func TestWSStreamOnlyOutput(t *testing.T) {
+	e := newEnv(t, Config{NoLiveOutput: true})
+	k := e.startKernel()
+	l := e.worker.launcher(k.ID)
+	c := e.dial(k.ID, "S", true)
+	sent, _, _ := publishStreamsNumbered(l, "a", 100)
+	cont, _ := json.Marshal(map[string]string{"name": "stdout", "text": "large|" + strings.Repeat("x", 2<<20)})
+	m, _ := l.message("iopub", "stream", "", nil, string(cont), nil)
+	l.publishBus(m)
+	more, _, _ := publishStreamsNumbered(l, "b", 10)
+	got := readTexts(t, c, more[len(more)-1])
+	for i := range got {
+		got[i], _, _ = strings.Cut(got[i], "|")
+	}
+	sameTexts(t, "stream only", got, append(append(sent, "large"), more...))
+	if n := e.fe.liveWrites.Load(); n != 0 {
+		t.Fatalf("%d bus messages went out live with live output off", n)
+	}
+	for _, conn := range e.fe.hub.ofKernel(k.ID) {
+		conn.mu.Lock()
+		live := conn.live
+		conn.mu.Unlock()
+		if live != nil {
+			t.Fatal("a socket holds a live subscription with live output off")
+		}
+	}
 }
 
 // publishStreamsNumbered publishes n iopub stream messages named prefix-i
@@ -44,7 +87,8 @@ func publishStreamsNumbered(l *fakeLauncher, prefix string, n int) (texts, ids [
 // trip: the connection is set up and has seen the launcher's numbering.
 func liveSocket(t *testing.T, setup func(e *testEnv)) (*testEnv, KernelModel, *fakeLauncher, *wsClient) {
 	t.Helper()
-	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	skipStreamOnly(t)
+	e := newEnv(t, Config{FrontendID: "fe1"})
 	if setup != nil {
 		setup(e)
 	}
@@ -133,7 +177,8 @@ func TestWSLiveRepeatAndGap(t *testing.T) {
 // the client's last message, whether that lies at or before the live mark
 // or inside a live write under way.
 func TestWSLiveResume(t *testing.T) {
-	e := newEnv(t, Config{FrontendID: "fe1", LiveOutput: true})
+	skipStreamOnly(t)
+	e := newEnv(t, Config{FrontendID: "fe1"})
 	k := e.startKernel()
 	l := e.worker.launcher(k.ID)
 	sessions := []string{"stock", "behind", "inflight"}
@@ -218,4 +263,71 @@ func TestWSLiveSlowClient(t *testing.T) {
 		return nil
 	})
 	t.Logf("live writes %d, dropped %d", e.fe.liveWrites.Load(), e.fe.liveDropped.Load())
+}
+
+// TestWSLiveLargeOutput: output larger than broker.LiveMax (whole, or in
+// chunks over max_payload) goes on the kernel's large-output subject,
+// which live subscriptions do not see: the stream delivers it, in its
+// place among the small messages around it, each once.
+func TestWSLiveLargeOutput(t *testing.T) {
+	e, k, l, c := liveSocket(t, nil)
+	// What a live subscription receives: the small messages only.
+	var liveMu sync.Mutex
+	var liveSeen, liveLargest int
+	var liveChunked bool
+	obs, err := e.bus.NC.Subscribe(broker.SubjectOutLive(k.ID), func(m *nats.Msg) {
+		liveMu.Lock()
+		defer liveMu.Unlock()
+		liveSeen++
+		liveLargest = max(liveLargest, len(m.Data))
+		liveChunked = liveChunked || m.Header.Get(broker.HeaderChunk) != ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = obs.Unsubscribe() }()
+	if err := e.bus.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	small := func(prefix string) {
+		sent, _, _ := publishStreamsNumbered(l, prefix, 5)
+		want = append(want, sent...)
+	}
+	large := func(text string, size int) {
+		cont, _ := json.Marshal(map[string]string{"name": "stdout", "text": text + "|" + strings.Repeat("x", size)})
+		m, _ := l.message("iopub", "stream", "", nil, string(cont), nil)
+		l.publishBus(m)
+		want = append(want, text)
+	}
+	small("a")
+	large("whole", 2<<20) // over LiveMax, under max_payload
+	small("b")
+	large("chunked", int(e.bus.NC.MaxPayload())+(1<<20))
+	small("c")
+	got := readTexts(t, c, want[len(want)-1])
+	for i := range got {
+		got[i], _, _ = strings.Cut(got[i], "|")
+	}
+	sameTexts(t, "small and large output", got, want)
+	for _, subj := range []string{broker.SubjectOutLarge(k.ID, "iopub"), broker.SubjectOut(k.ID, "iopub")} {
+		if _, err := e.fe.ioStream.GetLastMsgForSubject(context.Background(), subj); err != nil {
+			t.Fatalf("nothing stored on %s: %v", subj, err)
+		}
+	}
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		liveMu.Lock()
+		defer liveMu.Unlock()
+		if liveChunked || liveLargest > broker.LiveMax {
+			return fmt.Errorf("the live subject carried large output: largest %d bytes, chunked %v", liveLargest, liveChunked)
+		}
+		if liveSeen < 15 {
+			return fmt.Errorf("the live subject carried %d messages, want the 15 small ones", liveSeen)
+		}
+		return nil
+	})
+	// Which path writes a message after the large ones is a race the
+	// live path may lose; either way each comes once, in order.
+	after, _, _ := publishStreamsNumbered(l, "d", 20)
+	sameTexts(t, "after the large output", readTexts(t, c, after[len(after)-1]), after)
 }

@@ -53,7 +53,7 @@ func publishOut(t *testing.T, bus *kbjs.Bus, kernel, channel, msgType, session, 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ack, err := kbjs.Publish(ctx, bus.NC, bus.JS, m)
+	ack, err := kbjs.PublishOutput(ctx, bus.NC, bus.JS, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func publishBatch(t *testing.T, bus *kbjs.Bus, kernel string, texts ...string) [
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ack, err := kbjs.Publish(ctx, bus.NC, bus.JS, m)
+	ack, err := kbjs.PublishOutput(ctx, bus.NC, bus.JS, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +386,7 @@ func TestWSMalformedBatchDropped(t *testing.T) {
 			broker.HeaderChannel: {"iopub"}, broker.HeaderVersion: {broker.EnvelopeVersion}, broker.HeaderBatch: {bad.count},
 		}}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if _, err := kbjs.Publish(ctx, e.bus.NC, e.bus.JS, m); err != nil {
+		if _, err := kbjs.PublishOutput(ctx, e.bus.NC, e.bus.JS, m); err != nil {
 			t.Fatal(err)
 		}
 		cancel()

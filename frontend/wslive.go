@@ -1,12 +1,13 @@
 package frontend
 
-// Live output (Config.LiveOutput): a core NATS subscription on the
-// kernel's output subjects sees each message as the launcher publishes it,
+// Live output (the default; Config.NoLiveOutput turns it off): a core NATS
+// subscription on the kernel's output subjects (all but large output,
+// broker.SubjectOutLarge) sees each message as the launcher publishes it,
 // before the stream has stored it and a consumer has pulled it. The
 // launcher numbers its bus messages (Nats-Msg-Id "<run>.<n>"), so the
 // connection writes a live message only when it is the next of the run it
 // last handled; anything else (a gap after a dropped core message or a
-// reconnect, a repeat of a retried publish, chunks, a new launcher run) is
+// reconnect, a repeat of a retried publish, large output, a new launcher run) is
 // left to the stream consumer, which still delivers everything: a stream
 // copy of a message already written live only moves the cursor, any other
 // is written as before. Whichever path handles a number first writes it,

@@ -130,7 +130,7 @@ func (c *conn) deliver(m jetstream.Msg) {
 			items = append(items, it)
 		}
 	}
-	if c.s.cfg.LiveOutput {
+	if !c.s.cfg.NoLiveOutput {
 		c.placeStream(h, items)
 	}
 	c.qmu.Lock()

@@ -34,6 +34,21 @@ func chunkSize(nc *nats.Conn) int {
 // Chunks carry m's headers plus HeaderChunk and HeaderChunkID.
 func Split(nc *nats.Conn, m *nats.Msg) []*nats.Msg { return splitBy(m, chunkSize(nc)) }
 
+// SplitOutput is Split for kernel output published on
+// broker.SubjectOut: a message larger than broker.LiveMax, chunked or not,
+// moves to its channel's broker.SubjectOutLarge, which the stream keeps and
+// websocket consumers read but live subscriptions never see.
+func SplitOutput(nc *nats.Conn, m *nats.Msg) []*nats.Msg {
+	parts := Split(nc, m)
+	if len(m.Data) <= broker.LiveMax {
+		return parts
+	}
+	for _, p := range parts {
+		p.Subject = broker.LargeSubject(p.Subject)
+	}
+	return parts
+}
+
 // splitBy splits m into chunks of at most size body bytes.
 func splitBy(m *nats.Msg, size int) []*nats.Msg {
 	if len(m.Data) <= size {
@@ -63,8 +78,17 @@ func splitBy(m *nats.Msg, size int) []*nats.Msg {
 // Publish publishes m to JetStream and waits for the acks, splitting it
 // into chunks when it is larger than the server's max_payload.
 func Publish(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return publishParts(ctx, js, Split(nc, m), opts)
+}
+
+// PublishOutput is Publish for kernel output (see SplitOutput).
+func PublishOutput(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return publishParts(ctx, js, SplitOutput(nc, m), opts)
+}
+
+func publishParts(ctx context.Context, js jetstream.JetStream, parts []*nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	var ack *jetstream.PubAck
-	for _, c := range Split(nc, m) {
+	for _, c := range parts {
 		a, err := js.PublishMsg(ctx, c, opts...)
 		if err != nil {
 			return nil, err

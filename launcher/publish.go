@@ -216,7 +216,7 @@ func (p *publisher) publish(m *nats.Msg) {
 		p.next++
 		m.Header.Set(jetstream.MsgIDHeader, p.runID+"."+strconv.FormatUint(p.next, 10))
 	}
-	for _, c := range kbjs.Split(p.nc, m) {
+	for _, c := range kbjs.SplitOutput(p.nc, m) {
 		if !p.room() {
 			p.log.Error().Str("subject", m.Subject).Int("bytes", len(m.Data)).Msg("kernel output dropped on exit")
 			return

@@ -32,7 +32,7 @@ type config struct {
 	markdown, jsonOut                   string
 	work                                string
 	maxK                                int
-	// kbArgs are extra flags for every `kernelbus serve` (e.g. --live-output).
+	// kbArgs are extra flags for every `kernelbus serve` (e.g. --live-output=false).
 	kbArgs []string
 	// only, when not empty, holds the scenario numbers to run.
 	only map[int]bool
@@ -55,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results as Markdown here (e.g. docs/benchmarks.md)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
-	kbArgs := fs.String("kernelbus-args", "", "extra flags for `kernelbus serve`, space separated (e.g. --live-output)")
+	kbArgs := fs.String("kernelbus-args", "", "extra flags for `kernelbus serve`, space separated (e.g. --live-output=false)")
 	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-7; default: all)")
 	fromJSON := fs.String("from-json", "", "run nothing: render the table and --markdown again from a JSON file this command wrote")
 	if err := fs.Parse(args); err != nil {

@@ -76,7 +76,7 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
-	fs.BoolVar(&f.liveOutput, "live-output", os.Getenv("KB_LIVE_OUTPUT") == "1", "deliver kernel output to websockets as it is published (core NATS), the stream only filling gaps and resuming (experimental; default from KB_LIVE_OUTPUT=1)")
+	fs.BoolVar(&f.liveOutput, "live-output", true, "deliver kernel output to websockets as it is published (core NATS), the stream filling gaps, carrying outputs over 1 MiB and serving resumes; false: from the stream only")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 	f.tls.register(fs)
@@ -152,7 +152,7 @@ func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, 
 		MaxKernelsPerUser:    f.maxPerUser,
 		MetricsPublic:        f.metricsPublic,
 		MetricsTopUsers:      f.topUsers,
-		LiveOutput:           f.liveOutput,
+		NoLiveOutput:         !f.liveOutput,
 	}, nil
 }
 

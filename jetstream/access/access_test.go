@@ -121,6 +121,9 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 		if _, err := link.JS.Publish(ctx, broker.SubjectOut(a, "iopub"), []byte("x")); err != nil {
 			t.Fatalf("own output: %v", err)
 		}
+		if _, err := link.JS.Publish(ctx, broker.SubjectOutLarge(a, "iopub"), []byte("x")); err != nil {
+			t.Fatalf("own large output: %v", err)
+		}
 		// Input a front-end sent reaches the launcher through its consumer.
 		if _, err := e.Bus.JS.Publish(ctx, broker.SubjectIn(a), []byte("hello")); err != nil {
 			t.Fatal(err)
@@ -182,6 +185,10 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 		}, "Subscription to \"" + broker.SubjectControl(b)},
 		{"publish into B's input", func(p *probe) error { return p.nc.Publish(broker.SubjectIn(b), []byte(`execute`)) }, "Publish to \"" + broker.SubjectIn(b)},
 		{"publish into its own input", func(p *probe) error { return p.nc.Publish(broker.SubjectIn(a), []byte(`execute`)) }, "Publish to \"" + broker.SubjectIn(a)},
+		{"publish as B's kernel output", func(p *probe) error { return p.nc.Publish(broker.SubjectOut(b, "iopub"), []byte(`x`)) }, "Publish to \"" + broker.SubjectOut(b, "iopub")},
+		{"publish as B's large kernel output", func(p *probe) error {
+			return p.nc.Publish(broker.SubjectOutLarge(b, "iopub"), []byte(`x`))
+		}, "Publish to \"" + broker.SubjectOutLarge(b, "iopub")},
 		{"interrupt or shut down B", func(p *probe) error {
 			return p.nc.PublishRequest(broker.SubjectControl(b), broker.InboxPrefix(a)+".x", []byte(`{"op":"shutdown"}`))
 		}, "Publish to \"" + broker.SubjectControl(b)},
@@ -378,7 +385,7 @@ func TestRoleCredentials(t *testing.T) {
 	t.Run("front-end reads live output", func(t *testing.T) {
 		p := connect(t, e, fe, "")
 		got := make(chan string, 1)
-		if _, err := p.nc.Subscribe(broker.SubjectOutAll("k1"), func(m *nats.Msg) { got <- string(m.Data) }); err != nil {
+		if _, err := p.nc.Subscribe(broker.SubjectOutLive("k1"), func(m *nats.Msg) { got <- string(m.Data) }); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.nc.Flush(); err != nil {
