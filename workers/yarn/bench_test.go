@@ -222,16 +222,11 @@ func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) b
 
 // liveApps counts the cluster's applications not yet ended (-1 on error).
 func liveApps(rmURL string) int {
-	var out struct {
-		Apps *struct{ App []yarn.App } `json:"apps"`
-	}
-	if err := getJSON(rmURL+"/ws/v1/cluster/apps?states=NEW,NEW_SAVING,SUBMITTED,ACCEPTED,RUNNING", &out); err != nil {
+	apps, err := liveAppList(rmURL)
+	if err != nil {
 		return -1
 	}
-	if out.Apps == nil {
-		return 0
-	}
-	return len(out.Apps.App)
+	return len(apps)
 }
 
 type yarnBenchInfo struct {
