@@ -41,6 +41,7 @@ type benchRun struct {
 	round       int
 	post, ready time.Duration
 	app         string
+	load        string // the load average (1/5/15 min) at the POST
 }
 
 // TestBenchYARNStart measures PySpark kernel starts in YARN cluster mode
@@ -181,6 +182,7 @@ func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) b
 	}
 	// JEG refuses root (its default unauthorized_users), so both get a user.
 	kenv := map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360", "KERNEL_USERNAME": "bench"}
+	load := loadAvg()
 	t0 := time.Now()
 	k, err := g.c.StartKernel(ctx, g.spec, kenv)
 	post := time.Since(t0)
@@ -217,7 +219,7 @@ func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) b
 		a, err := rm.App(ctx, apps[0].ID)
 		return err == nil && a.Ended()
 	})
-	return benchRun{gateway: g.name, post: post, ready: ready, app: apps[0].ID}
+	return benchRun{gateway: g.name, post: post, ready: ready, app: apps[0].ID, load: load}
 }
 
 // liveApps counts the cluster's applications not yet ended (-1 on error).
@@ -290,9 +292,9 @@ func yarnBenchReport(runs []benchRun, n int, info yarnBenchInfo) string {
 		fmt.Fprintf(&b, "\nWarm pool: a start that takes kernelbus's warm kernel has its first Spark result after %s (median; min %s, max %s), which %s the 1 s target; JEG has no warm kernels.\n",
 			sec(median(w)), sec(w[0]), sec(w[len(w)-1]), target)
 	}
-	b.WriteString("\nEach start, in order:\n\n| round | gateway | 201 | first result | YARN application |\n|---:|---|---:|---:|---|\n")
+	b.WriteString("\nEach start, in order (load average at its POST):\n\n| round | gateway | 201 | first result | YARN application | load |\n|---:|---|---:|---:|---|---|\n")
 	for _, r := range runs {
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", r.round, r.gateway, sec(r.post), sec(r.ready), r.app)
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", r.round, r.gateway, sec(r.post), sec(r.ready), r.app, r.load)
 	}
 	b.WriteString(`
 ## What is measured
@@ -312,10 +314,13 @@ func yarnBenchReport(runs []benchRun, n int, info yarnBenchInfo) string {
   restarts with ` + "`--warm pyspark_yarn=1`" + `; before each start the bench waits
   until the pool's kernel is ready (` + "`GET /api/warm`" + ` says running, its
   application the only one). A warm YARN kernel builds its SparkContext and runs
-  one small Spark job (its executor up) before it answers kernel_info, so it is
-  running only when Spark is usable. The request (the same as the cold ones:
-  KERNEL_USERNAME is no obstacle without impersonation) takes it; the pool then
-  starts the next one, which is not part of the measure.
+  small Spark jobs (the measured cell's query 8 times, so that both JVMs have
+  compiled its paths, and a Python RDD job) before it answers kernel_info, so
+  it is running only when Spark is usable. The request (the same as the cold
+  ones: KERNEL_USERNAME is no obstacle without impersonation) takes it; the
+  pool then starts the next one at once (its spark-submit at nice 10), whose
+  JVMs share this machine's cores with the measured cell: not part of the
+  measure, but its load is.
 - JEG: the spark_python_yarn_cluster kernelspec, bin/run.sh and
   launch_ipykernel.py from the jupyter_enterprise_gateway sdist, unmodified but
   for kernel.json's paths and Spark options (scripts/setup-jeg-yarn.sh). Its
