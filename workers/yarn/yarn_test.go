@@ -439,6 +439,9 @@ func TestPySparkOnYARN(t *testing.T) {
 	if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
 		t.Fatalf("sum: %v %q %+v", err, r.Stdout.String(), r)
 	}
+	// While the kernel runs, an administrator's overview in a browser
+	// shows YARN's numbers and links its application.
+	t.Run("overview in browser", func(t *testing.T) { overviewInBrowser(t, c, rmURL, apps[0].ID) })
 
 	// Interrupt cancels a long Spark job, once its tasks run and again while
 	// the cell is still submitting it; the kernel stays usable.
