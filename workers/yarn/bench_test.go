@@ -106,7 +106,7 @@ func TestBenchYARNStart(t *testing.T) {
 	// Warm starts last, so that the warm pool's idle application never
 	// shares the cluster with a cold start: the kernelbus worker restarts
 	// with a pool of one kernel of the same spec.
-	kb.restartWorker("--warm", "pyspark_yarn=1,timeout=6m")
+	kb.restartWorker("--warm", "pyspark_yarn=1,timeout=10m")
 	wg := benchGateway{name: gwWarm, spec: "pyspark_yarn", c: kb.Client, warm: true}
 	r := measureYARNStart(t, rm, rmURL, wg)
 	t.Logf("warm-up %s (not counted): 201 after %s, 499500 after %s", wg.name, r.post.Round(time.Millisecond), r.ready.Round(time.Millisecond))
@@ -172,7 +172,7 @@ func measureYARNStart(t *testing.T, rm *yarn.RM, rmURL string, g benchGateway) b
 	if g.warm {
 		// The pool's kernel is ready (running: its SparkContext built and
 		// its warm-up job done) and its application is the only one.
-		jstest.WaitFor(t, 6*time.Minute, "a ready warm kernel, and no other application", func() bool {
+		jstest.WaitFor(t, 10*time.Minute, "a ready warm kernel, and no other application", func() bool {
 			var warm []struct{ State string }
 			err := getJSON(strings.TrimRight(g.c.BaseURL, "/")+"/api/warm", &warm)
 			return err == nil && len(warm) == 1 && warm[0].State == "running" && liveApps(rmURL) == 1
@@ -314,7 +314,7 @@ func yarnBenchReport(runs []benchRun, n int, info yarnBenchInfo) string {
   restarts with ` + "`--warm pyspark_yarn=1`" + `; before each start the bench waits
   until the pool's kernel is ready (` + "`GET /api/warm`" + ` says running, its
   application the only one). A warm YARN kernel builds its SparkContext and runs
-  small Spark jobs (the measured cell's query 8 times, so that both JVMs have
+  small Spark jobs (the measured cell's query up to 8 times, so that both JVMs have
   compiled its paths, and a Python RDD job) before it answers kernel_info, so
   it is running only when Spark is usable. The request (the same as the cold
   ones: KERNEL_USERNAME is no obstacle without impersonation) takes it; the

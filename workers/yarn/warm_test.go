@@ -25,7 +25,7 @@ func startWarmWorker(t *testing.T, g *gateway, extra ...string) (kill func()) {
 func warmKernel(t *testing.T, g *gateway, rm *yarn.RM, not ...string) string {
 	t.Helper()
 	id := ""
-	jstest.WaitFor(t, 6*time.Minute, "a running warm YARN kernel", func() bool {
+	jstest.WaitFor(t, 10*time.Minute, "a running warm YARN kernel", func() bool {
 		var warm []struct{ ID, State, Pool string }
 		if err := getJSON(strings.TrimRight(g.BaseURL, "/")+"/api/warm", &warm); err != nil {
 			return false
@@ -76,7 +76,7 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	g := startGateway(t, env, confDir, rmURL, nil)
 	// The gateway's own worker has no pool; this one has, and is killed later.
 	g.stopWorker()
-	kill1 := startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=6m")
+	kill1 := startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=10m")
 	ctx := context.Background()
 	rm, _ := yarn.NewRM(rmURL, "")
 	rm.User = "yarn-admin"
@@ -165,7 +165,7 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	// the lease once the first one's presence is gone, reaps the warm
 	// kernel the dead one started (its application ends) and starts its own.
 	kill1()
-	startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=6m")
+	startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=10m")
 	appEnded(t, rm, second, 3*time.Minute)
 	third := warmKernel(t, g, rm, first, second)
 	t.Logf("the dead worker's warm kernel %s was reaped; the new keeper started %s", second, third)
