@@ -1,5 +1,5 @@
 // The cluster overview of a gateway with a YARN pool, in a real browser:
-// run by the YARN suite (workers/yarn/ui_test.go) against a front-end on
+// run by the YARN suite (workers/yarn/ui_test.go, in TestPySparkOnYARN) against a front-end on
 // the bus of a `kernelbus serve` whose yarn worker reports a
 // MiniYARNCluster. An administrator signs in with a token, and the YARN
 // section must show the ResourceManager's own numbers

@@ -203,7 +203,8 @@ func TestBuildWarmSparkContext(t *testing.T) {
 			cfg.RMConfig = map[string]any{"spark_context": c.spec}
 		}
 		launch := filepath.Join(t.TempDir(), "launch.json")
-		if _, err := b.Build(cfg, launch); err != nil {
+		sub, err := b.Build(cfg, launch)
+		if err != nil {
 			t.Fatal(err)
 		}
 		data, _ := os.ReadFile(launch)
@@ -216,6 +217,10 @@ func TestBuildWarmSparkContext(t *testing.T) {
 		}
 		if w := got.Env["KERNELBUS_SPARK_WARMUP"] == "1"; w != c.warm {
 			t.Errorf("spec mode %q, warm %v: warm-up job %v", c.spec, c.warm, w)
+		}
+		// A warm kernel keeps an executor under dynamic allocation.
+		if k := strings.Contains(strings.Join(sub.Args, " "), "spark.dynamicAllocation.minExecutors=1"); k != c.warm {
+			t.Errorf("spec mode %q, warm %v: minExecutors=1 %v", c.spec, c.warm, k)
 		}
 		if c.spec != "" && cfg.RMConfig["spark_context"] != c.spec {
 			t.Errorf("Build changed the spec's settings: %v", cfg.RMConfig)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
-	"github.com/kernelbus/kernelbus/workers/yarn"
 )
 
 // uiScript is the browser check of a gateway with a YARN pool
@@ -39,19 +38,16 @@ func uiScript(t *testing.T) (node, script string) {
 	return node, filepath.Join(dir, "yarn-overview.mjs")
 }
 
-// TestYARNOverviewInBrowser: an administrator signed in to a front-end in
-// headless chromium sees, on the cluster overview, the MiniYARNCluster's
-// own metrics while a PySpark kernel runs as a YARN application, and the
+// overviewInBrowser: an administrator signed in to a front-end in headless
+// chromium sees, on the cluster overview, the MiniYARNCluster's own
+// metrics while a PySpark kernel runs as YARN application app, and the
 // kernels page links that application to the ResourceManager's page.
-// The front-end is a second one on serve's bus, with a users file, since
-// the suite's serve runs without identities (--insecure-no-auth) and the
-// UI signs in with one.
-func TestYARNOverviewInBrowser(t *testing.T) {
-	env := setupEnv(t)
+// TestPySparkOnYARN runs it while its kernel runs (a kernel start of its
+// own would cost the suite a minute). The front-end is a second one on
+// the gateway's bus, with a users file, since the suite's serve runs
+// without identities (--insecure-no-auth) and the UI signs in with one.
+func overviewInBrowser(t *testing.T, g *gateway, rmURL, app string) {
 	node, script := uiScript(t)
-	confDir, rmURL := startYARN(t, env)
-	g := startGateway(t, env, confDir, rmURL, nil)
-
 	users := filepath.Join(t.TempDir(), "users.json")
 	out, err := exec.Command(g.kb, "users", "add", "--role", "admin", "--role", "user", "root", "--file", users).Output()
 	if err != nil {
@@ -60,7 +56,8 @@ func TestYARNOverviewInBrowser(t *testing.T) {
 	token := strings.TrimSpace(string(out))
 	conn := g.workerArgs[slices.Index(g.workerArgs, "--nats-conn")+1]
 	listen := freePort(t)
-	run(t, g.kb, "frontend", "--nats-conn", conn, "--listen", listen, "--users-file", users)
+	stop := run(t, g.kb, "frontend", "--nats-conn", conn, "--listen", listen, "--users-file", users)
+	defer stop()
 	base := "http://" + listen + "/"
 	jstest.WaitFor(t, time.Minute, "the second front-end", func() bool {
 		r, err := http.Get(base + "readyz")
@@ -70,34 +67,14 @@ func TestYARNOverviewInBrowser(t *testing.T) {
 		return err == nil && r.StatusCode == 200
 	})
 
-	// A kernel, so that YARN runs an application the page must count.
-	ctx := context.Background()
-	k, err := g.StartKernel(ctx, "pyspark_yarn", map[string]string{"KERNEL_LAUNCH_TIMEOUT": "360"})
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	rm, _ := yarn.NewRM(rmURL, "")
-	apps, err := rm.AppsByName(ctx, k.ID)
-	if err != nil || len(apps) != 1 {
-		t.Fatalf("YARN apps named %s: %+v, %v", k.ID, apps, err)
-	}
-
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, node, script)
 	cmd.Dir = filepath.Dir(script)
-	cmd.Env = append(os.Environ(), "KB_UI_BASE="+base, "KB_UI_TOKEN="+token, "KB_YARN_RM="+rmURL, "KB_YARN_APP="+apps[0].ID)
+	cmd.Env = append(os.Environ(), "KB_UI_BASE="+base, "KB_UI_TOKEN="+token, "KB_YARN_RM="+rmURL, "KB_YARN_APP="+app)
 	b, err := cmd.CombinedOutput()
 	t.Logf("%s:\n%s", filepath.Base(script), b)
 	if err != nil {
 		t.Fatalf("the browser check of the overview failed: %v", err)
 	}
-
-	if err := g.DeleteKernel(ctx, k.ID); err != nil {
-		t.Fatal(err)
-	}
-	jstest.WaitFor(t, 2*time.Minute, "the application to end", func() bool {
-		a, err := rm.App(ctx, apps[0].ID)
-		return err == nil && a.Ended()
-	})
 }

@@ -25,7 +25,7 @@ func startWarmWorker(t *testing.T, g *gateway, extra ...string) (kill func()) {
 func warmKernel(t *testing.T, g *gateway, rm *yarn.RM, not ...string) string {
 	t.Helper()
 	id := ""
-	jstest.WaitFor(t, 6*time.Minute, "a running warm YARN kernel", func() bool {
+	jstest.WaitFor(t, 10*time.Minute, "a running warm YARN kernel", func() bool {
 		var warm []struct{ ID, State, Pool string }
 		if err := getJSON(strings.TrimRight(g.BaseURL, "/")+"/api/warm", &warm); err != nil {
 			return false
@@ -76,7 +76,7 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	g := startGateway(t, env, confDir, rmURL, nil)
 	// The gateway's own worker has no pool; this one has, and is killed later.
 	g.stopWorker()
-	kill1 := startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=6m")
+	kill1 := startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=10m")
 	ctx := context.Background()
 	rm, _ := yarn.NewRM(rmURL, "")
 	rm.User = "yarn-admin"
@@ -110,11 +110,26 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 		t.Fatalf("second sum in the warm kernel: %v %+v", err, r)
 	}
 	t.Logf("the second Spark result took %s", time.Since(t1).Round(time.Millisecond))
-	sparkLog(t, filepath.Dir(confDir), "kernelbus-spark:", "SparkContext built ahead")
+	// Where a result's time goes: a cell without Spark (the round trip
+	// through the gateway and the bus), and the Spark job timed inside
+	// the kernel.
+	t2 := time.Now()
+	if r, err := ws.Execute("pass", time.Minute); err != nil || r.Status != "ok" {
+		t.Fatalf("an empty cell: %v %+v", err, r)
+	}
+	t.Logf("an empty cell took %s", time.Since(t2).Round(time.Millisecond))
+	logSparkJobTimes(t, ws, "while the pool refills")
+	sparkLog(t, filepath.Dir(confDir), "kernelbus-spark:", "SparkContext built ahead", "warm-up")
 	ws.Close()
 
 	// Replaced: a new application is started for the pool.
 	second := warmKernel(t, g, rm, first)
+	ws, err = g.Connect(ctx, k.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logSparkJobTimes(t, ws, "once the refill is ready (load "+loadAvg()+")")
+	ws.Close()
 	if err := g.DeleteKernel(ctx, k.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -150,8 +165,19 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	// the lease once the first one's presence is gone, reaps the warm
 	// kernel the dead one started (its application ends) and starts its own.
 	kill1()
-	startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=6m")
+	startWarmWorker(t, g, "--warm", "pyspark_yarn=1,timeout=10m")
 	appEnded(t, rm, second, 3*time.Minute)
 	third := warmKernel(t, g, rm, first, second)
 	t.Logf("the dead worker's warm kernel %s was reaped; the new keeper started %s", second, third)
+}
+
+// logSparkJobTimes logs how long the first cell's Spark job takes, three
+// times, timed inside the kernel.
+func logSparkJobTimes(t *testing.T, ws *client.Conn, when string) {
+	t.Helper()
+	r, err := ws.Execute("import time as _t\nfor _ in range(3):\n    _t0 = _t.perf_counter(); spark.range(1000).selectExpr('sum(id)').collect(); print('%.3f' % (_t.perf_counter() - _t0))", 3*time.Minute)
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("timed Spark jobs: %v %+v", err, r)
+	}
+	t.Logf("the Spark job inside the kernel, %s: %s s", when, strings.Join(strings.Fields(r.Stdout.String()), " s, "))
 }

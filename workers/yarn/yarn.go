@@ -208,6 +208,13 @@ func (b *Backend) Build(cfg *broker.LaunchConfig, launchFile string) (*Submissio
 	args := []string{"--master", "yarn", "--deploy-mode", "cluster", "--name", cfg.KernelID,
 		"--conf", "spark.yarn.submit.waitAppCompletion=false",
 		"--conf", "spark.yarn.maxAppAttempts=1", "--conf", "spark.yarn.tags=" + appTag}
+	if cfg.Warm {
+		// A warm kernel keeps an executor while it waits for a request,
+		// where the site runs dynamic allocation (whose idle timeout would
+		// release it, and the first user's job would wait for a new
+		// container). First, so that the site's and the spec's say win.
+		args = append(args, "--conf", "spark.dynamicAllocation.minExecutors=1")
+	}
 	for _, c := range b.cfg.SparkConf {
 		args = append(args, "--conf", c)
 	}
@@ -421,7 +428,17 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.cfg.SubmitTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(sctx, filepath.Join(sub.SparkHome, "bin", "spark-submit"), sub.Args...)
+	name, args := filepath.Join(sub.SparkHome, "bin", "spark-submit"), sub.Args
+	if cfg.Warm {
+		// A warm kernel's submission is background work, most often the
+		// refill after a request took a kernel: its spark-submit JVM runs
+		// at a lower CPU priority, so that on a shared host it does not
+		// slow the taken kernel's first cells.
+		if nice, err := exec.LookPath("nice"); err == nil {
+			name, args = nice, append([]string{"-n", "10", name}, args...)
+		}
+	}
+	cmd := exec.CommandContext(sctx, name, args...)
 	cmd.Env = append(os.Environ(), "SPARK_HOME="+sub.SparkHome)
 	for _, k := range []string{"HADOOP_CONF_DIR", "YARN_CONF_DIR", "PYSPARK_ARCHIVES_PATH", "SPARK_CONF_DIR"} {
 		if v := cfg.Env[k]; v != "" {

@@ -47,10 +47,60 @@ func setupEnv(t *testing.T) map[string]string {
 	return env
 }
 
-// startYARN runs the harness and returns its conf dir and RM web URL. Every
-// process it leaves (the JVM, containers) is killed at cleanup.
+// The suite's MiniYARNCluster: one harness JVM for every test of the package
+// that needs a cluster, started by the first of them and stopped by TestMain
+// (a cluster start costs tens of seconds on 2 cores). Tests run one at a
+// time and each ends every application it leaves (startYARN's cleanup), so
+// the next test finds the cluster idle, as a cluster of its own would be.
+var suiteYARN struct {
+	once         sync.Once
+	out          string // the harness's folder: conf, logs, containers
+	confDir, url string
+	stdin        io.Closer
+	cmd          *exec.Cmd
+	err          error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	stopSuiteYARN()
+	os.Exit(code)
+}
+
+// startYARN returns the suite cluster's conf dir and RM web URL, starting
+// the cluster on first use. At the test's cleanup, after the test's own
+// (its gateway and workers stop first), every application still live is
+// killed and has ended; on failure the harness log and container logs are
+// shown.
 func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
-	out := t.TempDir()
+	t.Helper()
+	c := &suiteYARN
+	c.once.Do(func() { c.err = launchYARN(env) })
+	if c.err != nil {
+		if c.out != "" {
+			tailFile(t, filepath.Join(c.out, "harness.log"), 40)
+		}
+		t.Fatalf("the YARN harness: %v", c.err)
+	}
+	t.Cleanup(func() {
+		endApps(t, c.url)
+		if t.Failed() {
+			tailFile(t, filepath.Join(c.out, "harness.log"), 40)
+			containerLogs(t, c.out)
+		}
+	})
+	return c.confDir, c.url
+}
+
+// launchYARN runs the harness in a folder of its own and waits until it is
+// ready.
+func launchYARN(env map[string]string) error {
+	c := &suiteYARN
+	out, err := os.MkdirTemp("", "kb-yarn-suite-")
+	if err != nil {
+		return err
+	}
+	c.out = out
 	h := env["KB_YARN_HARNESS"]
 	cmd := exec.Command("java", "--add-opens", "java.base/java.lang=ALL-UNNAMED", "--add-opens", "java.base/java.util=ALL-UNNAMED",
 		"--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED", "--add-opens", "java.base/java.io=ALL-UNNAMED",
@@ -64,23 +114,58 @@ func startYARN(t *testing.T, env map[string]string) (confDir, rmURL string) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	t.Cleanup(func() {
-		stdin.Close()
-		waitOrKill(cmd, 30*time.Second)
-		killUnder(out) // containers run in their own sessions
-		if t.Failed() {
-			tailFile(t, filepath.Join(out, "harness.log"), 40)
-			containerLogs(t, out)
-		}
-	})
-	jstest.WaitFor(t, 3*time.Minute, "the YARN harness", func() bool {
+	c.cmd, c.stdin = cmd, stdin
+	if !jstest.Eventually(3*time.Minute, func() bool {
 		_, err := os.Stat(filepath.Join(out, "ready"))
 		return err == nil
-	})
+	}) {
+		return errors.New("not ready within 3m")
+	}
 	web, _ := os.ReadFile(filepath.Join(out, "rm-web"))
-	return filepath.Join(out, "conf"), "http://" + strings.TrimSpace(string(web))
+	c.confDir, c.url = filepath.Join(out, "conf"), "http://"+strings.TrimSpace(string(web))
+	return nil
+}
+
+// stopSuiteYARN stops the suite's cluster, if one was started, and every
+// process it left (containers run in their own sessions).
+func stopSuiteYARN() {
+	c := &suiteYARN
+	if c.cmd != nil {
+		c.stdin.Close()
+		waitOrKill(c.cmd, 30*time.Second)
+	}
+	if c.out != "" {
+		killUnder(c.out)
+		_ = os.RemoveAll(c.out)
+	}
+}
+
+// endApps kills, as an administrator, every application of the cluster not
+// yet ended, and waits until none is live.
+func endApps(t *testing.T, rmURL string) {
+	t.Helper()
+	rm, err := yarn.NewRM(rmURL, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm.User = "yarn-admin"
+	killed := map[string]bool{}
+	jstest.WaitFor(t, 2*time.Minute, "every application of the test to end", func() bool {
+		apps, err := liveAppList(rmURL)
+		if err != nil {
+			return false
+		}
+		for _, a := range apps {
+			if !killed[a.ID] {
+				t.Logf("ending application %s (%s, %s), left by the test", a.ID, a.Name, a.State)
+			}
+			killed[a.ID] = true
+			_ = rm.Kill(context.Background(), a.ID)
+		}
+		return len(apps) == 0
+	})
 }
 
 // waitOrKill waits for cmd to exit, killing its process group after d.
@@ -354,6 +439,9 @@ func TestPySparkOnYARN(t *testing.T) {
 	if err != nil || strings.TrimSpace(r.Stdout.String()) != "499500" {
 		t.Fatalf("sum: %v %q %+v", err, r.Stdout.String(), r)
 	}
+	// While the kernel runs, an administrator's overview in a browser
+	// shows YARN's numbers and links its application.
+	t.Run("overview in browser", func(t *testing.T) { overviewInBrowser(t, c, rmURL, apps[0].ID) })
 
 	// Interrupt cancels a long Spark job, once its tasks run and again while
 	// the cell is still submitting it; the kernel stays usable.
@@ -503,14 +591,23 @@ func apiStatus(err error) int {
 func noAppRunning(t *testing.T, rmURL string) {
 	t.Helper()
 	jstest.WaitFor(t, time.Minute, "no application running", func() bool {
-		var out struct {
-			Apps *struct{ App []yarn.App } `json:"apps"`
-		}
-		if err := getJSON(rmURL+"/ws/v1/cluster/apps?states=NEW,NEW_SAVING,SUBMITTED,ACCEPTED,RUNNING", &out); err != nil {
-			return false
-		}
-		return out.Apps == nil || len(out.Apps.App) == 0
+		apps, err := liveAppList(rmURL)
+		return err == nil && len(apps) == 0
 	})
+}
+
+// liveAppList is the cluster's applications not yet ended.
+func liveAppList(rmURL string) ([]yarn.App, error) {
+	var out struct {
+		Apps *struct{ App []yarn.App } `json:"apps"`
+	}
+	if err := getJSON(rmURL+"/ws/v1/cluster/apps?states=NEW,NEW_SAVING,SUBMITTED,ACCEPTED,RUNNING", &out); err != nil {
+		return nil, err
+	}
+	if out.Apps == nil {
+		return nil, nil
+	}
+	return out.Apps.App, nil
 }
 
 // TestSparkInterruptLoop interrupts a long Spark job again and again in one
