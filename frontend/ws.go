@@ -371,13 +371,14 @@ func (c *conn) start() error {
 	}
 	c.cc = cc
 	c.mu.Unlock()
-	if !c.s.cfg.NoLiveOutput {
+	if c.s.liveNC != nil {
+		// On the live connection, never the bus's (Config.LiveConn).
 		// After the consumer: live messages are written only once the
 		// stream has shown which run and number come next. Large output
 		// (broker.SubjectOutLarge) never comes this way: the consumer
 		// delivers it, and what follows it goes live again once the
 		// stream has caught up.
-		sub, err := c.s.bus.NC.Subscribe(broker.SubjectOutLive(c.kernel), c.deliverLive)
+		sub, err := c.s.liveNC.Subscribe(broker.SubjectOutLive(c.kernel), c.deliverLive)
 		if err == nil {
 			// What the live path cannot keep up with is dropped here and
 			// comes from the stream, so its queue stays small (nats.go's

@@ -331,3 +331,49 @@ func TestWSLiveLargeOutput(t *testing.T) {
 	after, _, _ := publishStreamsNumbered(l, "d", 20)
 	sameTexts(t, "after the large output", readTexts(t, c, after[len(after)-1]), after)
 }
+
+// TestWSLiveConnCut: live subscriptions use a NATS connection of their
+// own, not the bus's. When that connection is gone (the server cut it
+// off as a slow consumer, say) while two kernels send output, only live
+// delivery stops: the bus's connection stays up, and both sockets get
+// every message from the stream, once and in order; a socket opened
+// after it still works, from the stream only.
+func TestWSLiveConnCut(t *testing.T) {
+	e, ka, la, ca := liveSocket(t, nil)
+	kb := e.startKernel()
+	lb := e.worker.launcher(kb.ID)
+	cb := e.dial(kb.ID, "S", true)
+	if e.fe.liveNC == nil || e.fe.liveNC == e.bus.NC {
+		t.Fatal("live output does not have a connection of its own")
+	}
+	for _, conn := range append(e.fe.hub.ofKernel(kb.ID), e.fe.hub.ofKernel(ka.ID)...) {
+		conn.mu.Lock()
+		live := conn.live
+		conn.mu.Unlock()
+		if live == nil {
+			t.Fatal("a socket holds no live subscription")
+		}
+	}
+	before, _, _ := publishStreamsNumbered(la, "before", 20)
+	sameTexts(t, "A before the cut", readTexts(t, ca, before[len(before)-1]), before)
+
+	e.fe.liveNC.Close()
+	writes := e.fe.liveWrites.Load()
+	var wantA, wantB []string
+	for i := range 10 {
+		a, _, _ := publishStreamsNumbered(la, fmt.Sprintf("a%d", i), 30)
+		b, _, _ := publishStreamsNumbered(lb, fmt.Sprintf("b%d", i), 3)
+		wantA, wantB = append(wantA, a...), append(wantB, b...)
+	}
+	sameTexts(t, "B after the cut", readTexts(t, cb, wantB[len(wantB)-1]), wantB)
+	sameTexts(t, "A after the cut", readTexts(t, ca, wantA[len(wantA)-1]), wantA)
+	if !e.bus.NC.IsConnected() {
+		t.Fatal("the bus's connection went down with the live one")
+	}
+	if n := e.fe.liveWrites.Load(); n != writes {
+		t.Fatalf("%d messages went out live on a closed connection", n-writes)
+	}
+	c2 := e.dial(kb.ID, "S2", true)
+	more, _, _ := publishStreamsNumbered(lb, "more", 5)
+	sameTexts(t, "a socket opened after the cut", readTexts(t, c2, more[len(more)-1]), more)
+}
