@@ -15,6 +15,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/frontend/auth"
 	"github.com/kernelbus/kernelbus/jetstream/metrics"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -96,6 +97,14 @@ type Config struct {
 	// gaps, delivers large output, confirms the cursor and serves resumes
 	// (wslive.go).
 	NoLiveOutput bool
+	// LiveConn opens the NATS connection live output subscriptions use,
+	// kept apart from the bus's: live output has no flow control, so a
+	// flood can get that connection cut off by the server, and then only
+	// live delivery pauses while the bus's connection (consumers, records,
+	// input) carries on and the stream fills the gap. The server closes it
+	// at Stop. Default: a second connection with the bus's options
+	// (kbjs.Sibling).
+	LiveConn func() (*nats.Conn, error)
 
 	// WSPingInterval is how often idle websockets are pinged, so proxies
 	// keep them open and nbclient's 40 s read timeout never fires.

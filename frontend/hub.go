@@ -24,10 +24,15 @@ type hub struct {
 	byKey    map[string]*conn              // kb_sessions key -> connection
 	byKernel map[string]map[*conn]struct{} // kernel id -> connections
 	ending   map[string]bool               // kernels whose sockets are being closed
+
+	// liveMu guards live: each kernel's shared live subscription
+	// (wslive.go).
+	liveMu sync.Mutex
+	live   map[string]*kernelLive
 }
 
 func newHub(s *Server) *hub {
-	return &hub{s: s, byKey: map[string]*conn{}, byKernel: map[string]map[*conn]struct{}{}, ending: map[string]bool{}}
+	return &hub{s: s, byKey: map[string]*conn{}, byKernel: map[string]map[*conn]struct{}{}, ending: map[string]bool{}, live: map[string]*kernelLive{}}
 }
 
 // register adds c and returns the connection it replaces: the same

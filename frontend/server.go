@@ -41,6 +41,9 @@ type Server struct {
 	// subscription's queue, in messages and bytes (wslive.go).
 	liveDropped atomic.Int64
 	livePending [2]int
+	// liveNC carries the live subscriptions (Config.LiveConn); nil when
+	// live output is off or the connection could not be opened.
+	liveNC *nats.Conn
 	// sources prove identities (Config.Token first, then Identities);
 	// failures limits failed attempts per remote address.
 	sources  []auth.Source
@@ -143,6 +146,9 @@ func (s *Server) Start(ctx context.Context) error {
 		if s.releaseSub != nil {
 			_ = s.releaseSub.Unsubscribe()
 		}
+		if s.liveNC != nil {
+			s.liveNC.Close()
+		}
 		_ = s.routines.Wait(context.Background())
 		return err
 	}
@@ -166,12 +172,33 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.startEnvironments(sctx); err != nil {
 		return fail(err)
 	}
+	if !s.cfg.NoLiveOutput {
+		s.openLiveConn()
+	}
 	if s.releaseSub, err = s.bus.NC.Subscribe(broker.SubjectFrontend(s.cfg.FrontendID), s.hub.onRelease); err != nil {
 		return fail(fmt.Errorf("frontend: subscribe %s: %w", broker.SubjectFrontend(s.cfg.FrontendID), err))
 	}
 	s.goFunc(s.emitLoop)
 	s.goFunc(s.hub.tickLoop)
 	return nil
+}
+
+// openLiveConn opens the connection of the live subscriptions. Without
+// it websockets get their output from the stream only, as with
+// NoLiveOutput.
+func (s *Server) openLiveConn() {
+	open := s.cfg.LiveConn
+	if open == nil {
+		open = func() (*nats.Conn, error) {
+			return kbjs.Sibling(s.bus.NC, s.bus.NC.Opts.Name+"-live")
+		}
+	}
+	nc, err := open()
+	if err != nil {
+		s.log.Warn().Err(err).Msg("no connection for live output: websockets get output from the stream only")
+		return
+	}
+	s.liveNC = nc
 }
 
 // goFunc runs f in a goroutine owned by the server, unless Stop has
@@ -238,6 +265,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.cancel()
 		if err := s.routines.Wait(ctx); err != nil && s.shutErr == nil {
 			s.shutErr = err
+		}
+		if s.liveNC != nil {
+			s.liveNC.Close() // after the sockets, which unsubscribed from it
 		}
 	})
 	return s.shutErr

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -256,7 +257,10 @@ type conn struct {
 	// the last number the writer wrote live (the record's LiveThrough);
 	// recRun/recThrough/recInFlight: what the record resumed from says.
 	omu                     sync.Mutex
-	live                    *nats.Subscription
+	live                    *kernelLive    // the kernel's shared subscription, once joined
+	liveIn                  chan *nats.Msg // live messages for liveLoop (offerLive)
+	liveBytes               atomic.Int64   // their size
+	liveDone                bool           // finish has taken live: no joining after
 	liveRun                 string
 	liveNext                uint64
 	liveWritten             map[liveKey]struct{}
@@ -371,27 +375,23 @@ func (c *conn) start() error {
 	}
 	c.cc = cc
 	c.mu.Unlock()
-	if !c.s.cfg.NoLiveOutput {
+	if c.s.liveNC != nil {
+		// On the live connection, never the bus's (Config.LiveConn).
 		// After the consumer: live messages are written only once the
 		// stream has shown which run and number come next. Large output
 		// (broker.SubjectOutLarge) never comes this way: the consumer
 		// delivers it, and what follows it goes live again once the
 		// stream has caught up.
-		sub, err := c.s.bus.NC.Subscribe(broker.SubjectOutLive(c.kernel), c.deliverLive)
-		if err == nil {
-			// What the live path cannot keep up with is dropped here and
-			// comes from the stream, so its queue stays small (nats.go's
-			// default holds up to 64 MiB per subscription).
-			if err = sub.SetPendingLimits(c.s.livePending[0], c.s.livePending[1]); err != nil {
-				_ = sub.Unsubscribe()
-			}
+		c.liveIn = make(chan *nats.Msg, c.s.livePending[0])
+		go c.liveLoop()
+		c.mu.Lock()
+		var err error
+		if !c.liveDone { // else finish has begun and would not leave it
+			c.live, err = c.s.hub.joinLive(c)
 		}
+		c.mu.Unlock()
 		if err != nil {
 			c.log.Warn().Err(err).Msg("no live output subscription: delivering from the stream only")
-		} else {
-			c.mu.Lock()
-			c.live = sub
-			c.mu.Unlock()
 		}
 	}
 	c.save(true, false)
@@ -508,12 +508,10 @@ func (c *conn) finish(code int, text string) {
 	c.once.Do(func() {
 		c.mu.Lock()
 		cc, live := c.cc, c.live
+		c.liveDone = true
 		c.mu.Unlock()
 		if live != nil {
-			if n, err := live.Dropped(); err == nil {
-				c.s.liveDropped.Add(int64(n))
-			}
-			_ = live.Unsubscribe()
+			c.s.hub.leaveLive(c, live)
 		}
 		if cc != nil {
 			cc.Stop()

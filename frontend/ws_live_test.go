@@ -331,3 +331,93 @@ func TestWSLiveLargeOutput(t *testing.T) {
 	after, _, _ := publishStreamsNumbered(l, "d", 20)
 	sameTexts(t, "after the large output", readTexts(t, c, after[len(after)-1]), after)
 }
+
+// TestWSLiveConnCut: live subscriptions use a NATS connection of their
+// own, not the bus's. When that connection is gone (the server cut it
+// off as a slow consumer, say) while two kernels send output, only live
+// delivery stops: the bus's connection stays up, and both sockets get
+// every message from the stream, once and in order; a socket opened
+// after it still works, from the stream only.
+func TestWSLiveConnCut(t *testing.T) {
+	e, _, la, ca := liveSocket(t, nil)
+	kb := e.startKernel()
+	lb := e.worker.launcher(kb.ID)
+	cb := e.dial(kb.ID, "S", true)
+	if e.fe.liveNC == nil || e.fe.liveNC == e.bus.NC {
+		t.Fatal("live output does not have a connection of its own")
+	}
+	jstest.WaitFor(t, 10*time.Second, "both sockets on a live subscription", func() bool {
+		return e.fe.hub.liveSubs() == 2
+	})
+	before, _, _ := publishStreamsNumbered(la, "before", 20)
+	sameTexts(t, "A before the cut", readTexts(t, ca, before[len(before)-1]), before)
+
+	e.fe.liveNC.Close()
+	writes := e.fe.liveWrites.Load()
+	var wantA, wantB []string
+	for i := range 10 {
+		a, _, _ := publishStreamsNumbered(la, fmt.Sprintf("a%d", i), 30)
+		b, _, _ := publishStreamsNumbered(lb, fmt.Sprintf("b%d", i), 3)
+		wantA, wantB = append(wantA, a...), append(wantB, b...)
+	}
+	sameTexts(t, "B after the cut", readTexts(t, cb, wantB[len(wantB)-1]), wantB)
+	sameTexts(t, "A after the cut", readTexts(t, ca, wantA[len(wantA)-1]), wantA)
+	if !e.bus.NC.IsConnected() {
+		t.Fatal("the bus's connection went down with the live one")
+	}
+	if n := e.fe.liveWrites.Load(); n != writes {
+		t.Fatalf("%d messages went out live on a closed connection", n-writes)
+	}
+	c2 := e.dial(kb.ID, "S2", true)
+	more, _, _ := publishStreamsNumbered(lb, "more", 5)
+	sameTexts(t, "a socket opened after the cut", readTexts(t, c2, more[len(more)-1]), more)
+}
+
+// TestWSLiveShared: a kernel's live sockets on one front-end share one
+// live subscription, so the server sends the front-end one copy of each
+// message however many sockets show it; every socket still gets every
+// message once and in order, and the subscription ends with the last
+// socket.
+func TestWSLiveShared(t *testing.T) {
+	e, k, l, c0 := liveSocket(t, nil)
+	clients := []*wsClient{c0}
+	for i := range 4 {
+		clients = append(clients, e.dial(k.ID, fmt.Sprintf("S%d", i), true))
+	}
+	jstest.WaitForNil(t, 10*time.Second, func() error {
+		e.fe.hub.liveMu.Lock()
+		kl := e.fe.hub.live[k.ID]
+		e.fe.hub.liveMu.Unlock()
+		if n := e.fe.hub.liveSubs(); n != 1 || kl == nil {
+			return fmt.Errorf("%d live subscriptions for one kernel's sockets, want 1", n)
+		}
+		kl.mu.RLock()
+		defer kl.mu.RUnlock()
+		if len(kl.conns) != len(clients) {
+			return fmt.Errorf("%d sockets on the live subscription, want %d", len(kl.conns), len(clients))
+		}
+		return nil
+	})
+	in := e.fe.liveNC.Stats().InMsgs
+	const n = 200
+	sent, _, _ := publishStreamsNumbered(l, "a", n)
+	for _, c := range clients {
+		sameTexts(t, c.session, readTexts(t, c, sent[n-1]), sent)
+	}
+	if got := e.fe.liveNC.Stats().InMsgs - in; got != n {
+		t.Fatalf("the live connection received %d messages for %d published to 5 sockets, want %d", got, n, n)
+	}
+	if e.fe.liveWrites.Load() <= n {
+		t.Fatalf("only %d live writes for %d messages to 5 sockets", e.fe.liveWrites.Load(), n)
+	}
+	for _, c := range clients[1:] {
+		closeWS(t, e, c, k.ID)
+	}
+	if n := e.fe.hub.liveSubs(); n != 1 {
+		t.Fatalf("%d live subscriptions with one socket left, want 1", n)
+	}
+	more, _, _ := publishStreamsNumbered(l, "b", 10)
+	sameTexts(t, "the last socket", readTexts(t, c0, more[len(more)-1]), more)
+	closeWS(t, e, c0, k.ID)
+	jstest.WaitFor(t, 10*time.Second, "the live subscription ends with the last socket", func() bool { return e.fe.hub.liveSubs() == 0 })
+}

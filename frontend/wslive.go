@@ -19,6 +19,7 @@ package frontend
 import (
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/nats-io/nats.go"
@@ -132,4 +133,110 @@ func (c *conn) placeStream(h nats.Header, items []outItem) {
 // says the message was written from the live path. mu is held.
 func (c *conn) writtenLive(it outItem) bool {
 	return it.run != "" && it.run == c.recRun && it.num > 0 && it.num <= c.recThrough
+}
+
+// kernelLive is this front-end's one live subscription to a kernel's
+// output, shared by the kernel's live sockets here: the server sends the
+// front-end one copy of each message however many sockets show it. The
+// subscription's handler hands each message to every socket's own
+// bounded queue without waiting (offerLive), so a slow socket drops its
+// share (the stream delivers it) and holds up neither the others nor the
+// connection.
+type kernelLive struct {
+	sub   *nats.Subscription
+	mu    sync.RWMutex
+	conns map[*conn]struct{}
+}
+
+// joinLive adds c to its kernel's live subscription, subscribing on the
+// live connection for the kernel's first socket.
+func (h *hub) joinLive(c *conn) (*kernelLive, error) {
+	h.liveMu.Lock()
+	defer h.liveMu.Unlock()
+	kl := h.live[c.kernel]
+	if kl == nil {
+		kl = &kernelLive{conns: map[*conn]struct{}{}}
+		sub, err := h.s.liveNC.Subscribe(broker.SubjectOutLive(c.kernel), kl.fanOut)
+		if err != nil {
+			return nil, err
+		}
+		// Bounded like one socket's queue: nats.go's default holds up to
+		// 64 MiB. The handler never waits, so this fills only when the
+		// front-end itself falls behind.
+		if err := sub.SetPendingLimits(h.s.livePending[0], h.s.livePending[1]); err != nil {
+			_ = sub.Unsubscribe()
+			return nil, err
+		}
+		kl.sub = sub
+		h.live[c.kernel] = kl
+	}
+	kl.mu.Lock()
+	kl.conns[c] = struct{}{}
+	kl.mu.Unlock()
+	return kl, nil
+}
+
+// leaveLive removes c from its kernel's live subscription and drops the
+// subscription with the kernel's last socket.
+func (h *hub) leaveLive(c *conn, kl *kernelLive) {
+	h.liveMu.Lock()
+	defer h.liveMu.Unlock()
+	kl.mu.Lock()
+	delete(kl.conns, c)
+	left := len(kl.conns)
+	kl.mu.Unlock()
+	if left > 0 || h.live[c.kernel] != kl {
+		return
+	}
+	delete(h.live, c.kernel)
+	if n, err := kl.sub.Dropped(); err == nil {
+		h.s.liveDropped.Add(int64(n))
+	}
+	_ = kl.sub.Unsubscribe()
+}
+
+// liveSubs is how many live subscriptions this front-end holds.
+func (h *hub) liveSubs() int {
+	h.liveMu.Lock()
+	defer h.liveMu.Unlock()
+	return len(h.live)
+}
+
+// fanOut is the shared subscription's handler.
+func (kl *kernelLive) fanOut(m *nats.Msg) {
+	kl.mu.RLock()
+	defer kl.mu.RUnlock()
+	for c := range kl.conns {
+		c.offerLive(m)
+	}
+}
+
+// offerLive queues m for c's live loop, unless c's live queue is full
+// (livePending): then it is dropped here and the stream delivers it.
+func (c *conn) offerLive(m *nats.Msg) {
+	n := int64(len(m.Data))
+	if c.liveBytes.Add(n) > int64(c.s.livePending[1]) {
+		c.liveBytes.Add(-n)
+		c.s.liveDropped.Add(1)
+		return
+	}
+	select {
+	case c.liveIn <- m:
+	default:
+		c.liveBytes.Add(-n)
+		c.s.liveDropped.Add(1)
+	}
+}
+
+// liveLoop hands c's queued live messages to deliverLive until c ends.
+func (c *conn) liveLoop() {
+	for {
+		select {
+		case <-c.quit:
+			return
+		case m := <-c.liveIn:
+			c.liveBytes.Add(-int64(len(m.Data)))
+			c.deliverLive(m)
+		}
+	}
 }

@@ -153,6 +153,27 @@ func Connect(opts ConnectOptions) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// Sibling opens a second connection with nc's options (servers,
+// credentials, TLS, in-process server, handlers) under another name: a
+// part that takes traffic it cannot flow-control (a front-end's live
+// output, frontend/wslive.go) takes it there, so that the server cutting
+// that connection off as a slow consumer leaves nc alone. The caller
+// closes it.
+func Sibling(nc *nats.Conn, name string) (*nats.Conn, error) {
+	if nc == nil {
+		return nil, errors.New("sibling of no connection")
+	}
+	o := nc.Opts
+	if name != "" {
+		o.Name = name
+	}
+	sib, err := o.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("second connection to NATS: %w", err)
+	}
+	return sib, nil
+}
+
 // retryConnect reports whether a failed first connection is worth another
 // try: not when nothing listens or the server refused the credentials.
 func retryConnect(err error) bool {
