@@ -126,7 +126,7 @@ func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, fn f
 // hands it to fn.
 func (l *KernelLink) deliverInput(re *Reassembler, m *nats.Msg, fn func(InputMsg), drop func(error)) {
 	hdr := m.Header
-	data, ok, err := re.Feed(&nats.Msg{Subject: m.Subject, Header: hdr, Data: m.Data})
+	data, ok, err := re.Feed(m)
 	if err != nil {
 		drop(fmt.Errorf("bad chunk: %w", err))
 		return
