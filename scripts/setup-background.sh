@@ -44,14 +44,12 @@ run() {
   step node bash "$s/setup-node.sh" &
   step jupyterhub bash "$s/setup-jupyterhub.sh" &
   { step yarn bash "$s/yarn-setup.sh" && step jeg-yarn bash "$s/setup-jeg-yarn.sh"; } &
-  # First the fuzz-instrumented and the race-detector builds of the module (test:fuzz-short
-  # and test:race come right after test:go; each waits for its lock, then finds Go's build
-  # cache full), then the builds of the later suites.
+  # First the fuzz-instrumented build of the module (test:fuzz-short comes right after
+  # test:race, the first suite; it waits for the lock, then finds Go's build cache full),
+  # then the builds of the later suites.
   {
     # (One that fails does not stop the next: it is redone in the foreground anyway.)
     step go-fuzz env FUZZ_BUILD_ONLY=1 bash "$s/fuzz.sh" || true
-    # Compiles every package and test package as test:race does, links nothing.
-    step go-race bash "$s/setup-lock.sh" go-race go list -race -export -deps -test ./... || true
     step nats-server bash "$s/setup-nats-server.sh" || true
     step helm bash "$s/setup-helm.sh" || true
     step k8s bash "$s/k8s-build.sh" || true
