@@ -128,6 +128,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	b := &bench{cfg: cfg, res: &results{}, log: logf}
 	m := describeMachine()
 	logf("machine: %s", m.oneLine())
+	if dynamicallyLinked(cfg.launcherBin) {
+		// `go build ./cmd/...` makes one; deployments and `task build` do not.
+		logf("warning: %s is dynamically linked (cgo): such a launcher cost 4-8 ms more CPU per start in issue 18's runs than the static one `task build` makes (docs/benchmarks-notes.md)", cfg.launcherBin)
+	}
 	t0 := time.Now()
 	if err := b.runAll(ctx); err != nil {
 		fmt.Fprintln(stderr, "kernelbus-bench:", err)
