@@ -98,7 +98,14 @@ func (l *KernelLink) Emit(ctx context.Context, ev broker.Event) error {
 // WatchKernel calls fn with the kernel's record now and after every change
 // until ctx ends or fn returns false: a core subscription on the record's
 // key (every write is also published there) read once more after it is in
-// place, so no change between the two is missed. A deleted record is nil.
+// place. A deleted record is nil; fn may see the same record twice.
+//
+// The read after subscribing is not enough on its own: a write the server
+// routed just before the subscription was in place, but that the stream had
+// not stored yet, is neither delivered nor read. Under 200 concurrent
+// starts 2–12 launchers in 260 missed the worker's submitted that way and
+// waited out their whole submitWait (10 s). So the record is read again at
+// growing intervals (50 ms up to 1 s) while fn waits.
 func (l *KernelLink) WatchKernel(ctx context.Context, fn func(*broker.Kernel) bool) error {
 	ch := make(chan *nats.Msg, 16)
 	sub, err := l.NC.ChanSubscribe(kvKey(broker.BucketKernels, l.ID), ch)
@@ -106,20 +113,33 @@ func (l *KernelLink) WatchKernel(ctx context.Context, fn func(*broker.Kernel) bo
 		return err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	k, _, err := l.GetKernel(ctx)
-	switch {
-	case errors.Is(err, broker.ErrKernelNotFound):
-		k = nil
-	case err != nil:
+	read := func() (bool, error) {
+		k, _, err := l.GetKernel(ctx)
+		switch {
+		case errors.Is(err, broker.ErrKernelNotFound):
+			k = nil
+		case err != nil:
+			return true, err
+		}
+		return fn(k), nil
+	}
+	if more, err := read(); err != nil || !more {
 		return err
 	}
-	if !fn(k) {
-		return nil
-	}
+	every := 50 * time.Millisecond
+	reread := time.NewTimer(every)
+	defer reread.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-reread.C:
+			// A failed read is retried at the next interval.
+			if more, err := read(); err == nil && !more {
+				return nil
+			}
+			every = min(2*every, time.Second)
+			reread.Reset(every)
 		case m := <-ch:
 			var cur *broker.Kernel
 			if op := m.Header.Get(kvOperationHeader); op != "DEL" && op != "PURGE" {

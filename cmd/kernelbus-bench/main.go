@@ -31,6 +31,7 @@ type config struct {
 	quick                               bool
 	markdown, jsonOut                   string
 	work                                string
+	keep                                bool
 	maxK                                int
 	// kbArgs are extra flags for every `kernelbus serve` (e.g. --live-output=false).
 	kbArgs []string
@@ -54,6 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.quick, "quick", false, "tiny sizes: a smoke run that fails on any lost message or error (kernelbus and floor)")
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results as Markdown here (e.g. docs/benchmarks.md)")
 	fs.StringVar(&cfg.jsonOut, "json", "", "write the results as JSON here")
+	fs.BoolVar(&cfg.keep, "keep", false, "keep the work directory (every process's log) and print where it is")
 	fs.IntVar(&cfg.maxK, "max-kernels", 1000, "largest K of the many-kernels scenario")
 	kbArgs := fs.String("kernelbus-args", "", "extra flags for `kernelbus serve`, space separated (e.g. --live-output=false)")
 	scenarios := fs.String("scenarios", "", "comma-separated scenario numbers to run (1-7; default: all)")
@@ -113,7 +115,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kernelbus-bench:", err)
 		return 1
 	}
-	defer os.RemoveAll(work)
+	if cfg.keep {
+		defer fmt.Fprintln(stderr, "kernelbus-bench: logs kept in", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 	cfg.work = work
 
 	logf := func(format string, args ...any) {
@@ -122,6 +128,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	b := &bench{cfg: cfg, res: &results{}, log: logf}
 	m := describeMachine()
 	logf("machine: %s", m.oneLine())
+	if dynamicallyLinked(cfg.launcherBin) {
+		// `go build ./cmd/...` makes one; deployments and `task build` do not.
+		logf("warning: %s is dynamically linked (cgo): such a launcher cost 4-8 ms more CPU per start in issue 18's runs than the static one `task build` makes (docs/benchmarks-notes.md)", cfg.launcherBin)
+	}
 	t0 := time.Now()
 	if err := b.runAll(ctx); err != nil {
 		fmt.Fprintln(stderr, "kernelbus-bench:", err)

@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"bytes"
+	"io"
+	"os"
+	"testing"
+)
 
 // TestCheckTargetsIssue17 judges a made-up result set against issue 17's
 // targets: each target's row is marked met or not from the values.
@@ -66,5 +71,29 @@ func TestCheckTargetsIssue17(t *testing.T) {
 	}
 	if v, _ := r.value(scnLargestK, "≥ 99 % completed", tJEG); v != 0 {
 		t.Errorf("largest K for JEG: %v, want 0", v)
+	}
+}
+
+// The bench tells a static launcher from a dynamically linked one. The
+// test binary is either; the loader's path, which a dynamically linked
+// ELF names near its start, says which.
+func TestDynamicallyLinked(t *testing.T) {
+	if dynamicallyLinked("/nonexistent") {
+		t.Fatal("a missing file is not a dynamically linked binary")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 4096)
+	n, _ := io.ReadFull(f, head)
+	want := bytes.Contains(head[:n], []byte("/ld-"))
+	if got := dynamicallyLinked(exe); got != want {
+		t.Fatalf("dynamicallyLinked(test binary) = %v, its header names a loader: %v", got, want)
 	}
 }

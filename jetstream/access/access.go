@@ -498,8 +498,26 @@ func (m *Minter) LauncherCreds(kernelID string, ttl time.Duration) (string, erro
 	if err != nil {
 		return "", err
 	}
-	b, err := jwt.FormatUserConfig(j, []byte(s))
-	return string(b), err
+	return string(formatCreds(j, s)), nil
+}
+
+// formatCreds writes a credentials file's contents: the user JWT and the
+// nkey seed, each between marker lines, as jwt.ParseDecoratedJWT and
+// ParseDecoratedNKey (and nats.go's creds loader) read them.
+// jwt.FormatUserConfig writes the same but first decodes the JWT, checking
+// the signature just made: at 200 concurrent starts that check was 45 % of
+// minting a launcher's credentials in serve's profile.
+func formatCreds(userJWT, seed string) []byte {
+	var b strings.Builder
+	b.Grow(len(userJWT) + len(seed) + 160)
+	b.WriteString("-----BEGIN NATS USER JWT-----\n")
+	b.WriteString(userJWT)
+	b.WriteString("\n------END NATS USER JWT------\n\n")
+	b.WriteString("Keep what follows secret: it proves the identity above.\n\n")
+	b.WriteString("-----BEGIN USER NKEY SEED-----\n")
+	b.WriteString(seed)
+	b.WriteString("\n------END USER NKEY SEED------\n")
+	return []byte(b.String())
 }
 
 // Files in an auth folder (WriteFiles).

@@ -174,7 +174,7 @@ func (b *Backend) Start(ctx context.Context, cfg *broker.LaunchConfig) (workers.
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
-			c.tail.add(readableLogLine(line))
+			c.tail.add(line) // made readable only if a failure reason needs it
 			log.Debug().Str("launcher", line).Msg("")
 		}
 		_, _ = io.Copy(io.Discard, stderr)
@@ -348,6 +348,9 @@ func lastLines(t *tail) string {
 	lines := t.lines()
 	if len(lines) == 0 {
 		return ""
+	}
+	for i, l := range lines {
+		lines[i] = readableLogLine(l)
 	}
 	return "; last launcher output: " + strings.Join(lines, " | ")
 }
