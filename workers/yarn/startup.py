@@ -121,6 +121,7 @@ class _KbKeepWarm:
         self.spark = spark
         self.sc = spark.sparkContext
         self.stopped = _kb_threading.Event()
+        self.busy = False
         self.rounds = 0
         self.last = None
         t = _kb_threading.Thread(target=self.run, args=(spark,), name="kernelbus-keep-warm", daemon=True)
@@ -134,36 +135,50 @@ class _KbKeepWarm:
             _kb_log("keep-warm: %r; not keeping warm" % (e,))
             return
         while not self.stopped.wait(_KB_KEEP_WARM_SECONDS):
+            # busy before the check: stop() then sees a round that it
+            # must cancel, or this sees the stop.
+            self.busy = True
+            if self.stopped.is_set():
+                return
             try:
                 py = _kb_python_job(spark)
                 self.last = (_kb_sql_job(spark), py)
                 self.rounds += 1
                 if self.rounds == 1:
-                    _kb_log("keep-warm: first round: SQL %.2f s, Python RDD %.2f s; again every %d s until the first cell" % (
-                        self.last + (_KB_KEEP_WARM_SECONDS,)))
+                    _kb_log("keep-warm: first round: SQL %.2f s, Python RDD %.2f s; again every %d s until the first cell; %s" % (
+                        self.last + (_KB_KEEP_WARM_SECONDS, _kb_jvm_times(spark))))
             except Exception as e:
                 if not self.stopped.is_set():
                     _kb_log("keep-warm job failed: %r; not keeping warm" % (e,))
                 return
+            finally:
+                self.busy = False
 
     def stop(self):
+        # In the first cell's pre_run_cell, before its code: no JVM call
+        # unless a round is running.
         if self.stopped.is_set():
             return
+        t0 = _kb_time.monotonic()
         self.stopped.set()
-        jsc = self.sc._jsc.sc()
-        try:
+        cancelled = ""
+        if self.busy:
+            cancelled = "; cancelled the round running"
+            jsc = self.sc._jsc.sc()
             try:
-                # And its future jobs: a round may be about to submit one.
-                jsc.cancelJobGroupAndFutureJobs("kernelbus-keep-warm", "the warm kernel's first cell")
+                try:
+                    # And its future jobs: the round may be about to
+                    # submit one.
+                    jsc.cancelJobGroupAndFutureJobs("kernelbus-keep-warm", "the warm kernel's first cell")
+                except Exception as e:
+                    if "cancelJobGroupAndFutureJobs" not in str(e):
+                        raise
+                    jsc.cancelJobGroup("kernelbus-keep-warm")  # Spark before 4.0
             except Exception as e:
-                if "cancelJobGroupAndFutureJobs" not in str(e):
-                    raise
-                jsc.cancelJobGroup("kernelbus-keep-warm")  # Spark before 4.0
-        except Exception as e:
-            _kb_log("keep-warm: cancelling its jobs: %r" % (e,))
+                cancelled = "; cancelling the round running: %r" % (e,)
         last = "" if self.last is None else " (the last: SQL %.2f s, Python RDD %.2f s)" % self.last
-        _kb_log("keep-warm stopped at the first cell after %d rounds%s; %s" % (
-            self.rounds, last, _kb_jvm_times(self.spark)))
+        _kb_log("keep-warm stopped at the first cell after %d rounds%s%s, in %.3f s" % (
+            self.rounds, last, cancelled, _kb_time.monotonic() - t0))
 
 
 # How many times a warm kernel runs its small SQL job before it answers,
