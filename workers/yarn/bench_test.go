@@ -314,9 +314,11 @@ func yarnBenchReport(runs []benchRun, n int, info yarnBenchInfo) string {
   restarts with ` + "`--warm pyspark_yarn=1`" + `; before each start the bench waits
   until the pool's kernel is ready (` + "`GET /api/warm`" + ` says running, its
   application the only one). A warm YARN kernel builds its SparkContext and runs
-  small Spark jobs (the measured cell's query up to 8 times, so that both JVMs have
-  compiled its paths, and a Python RDD job) before it answers kernel_info, so
-  it is running only when Spark is usable. The request (the same as the cold
+  small Spark jobs (the measured cell's query, a Python RDD job, then the query
+  up to 7 times more, so that both JVMs have compiled its paths) before it
+  answers kernel_info, so it is running only when Spark is usable; while it
+  waits it repeats the query and the Python job every 20 s, until its first
+  cell. The request (the same as the cold
   ones: KERNEL_USERNAME is no obstacle without impersonation) takes it; the
   pool then starts the next one at once (its spark-submit at nice 10), whose
   JVMs share this machine's cores with the measured cell: not part of the

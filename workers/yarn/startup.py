@@ -34,43 +34,160 @@ def _kb_make_spark():
     return SparkSession(sc), sc
 
 
+def _kb_jvm_times(spark):
+    # The driver JVM's CPU and JIT compilation time so far, for the
+    # warm-up's log lines: what the JVM did between two of them.
+    try:
+        jvm = spark.sparkContext._jvm
+        pid = jvm.java.lang.ProcessHandle.current().pid()
+        with open("/proc/%d/stat" % pid) as f:
+            ticks = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(ticks[11]) + int(ticks[12])) / float(_kb_os.sysconf("SC_CLK_TCK"))
+        jit = jvm.java.lang.management.ManagementFactory.getCompilationMXBean().getTotalCompilationTime() / 1e3
+        return "driver JVM CPU %.1f s, JIT %.1f s" % (cpu, jit)
+    except Exception as e:
+        return "driver JVM times: %r" % (e,)
+
+
+def _kb_sql_job(spark):
+    # The small SQL job of a first cell: range, an aggregate over a
+    # shuffle, collect.
+    t0 = _kb_time.monotonic()
+    spark.range(1000).selectExpr("sum(id)").collect()
+    return _kb_time.monotonic() - t0
+
+
+def _kb_python_job(spark):
+    # A Python RDD job: it starts a Python worker on the executor.
+    t0 = _kb_time.monotonic()
+    spark.sparkContext.parallelize([0], 1).map(lambda x: x + 1).collect()
+    return _kb_time.monotonic() - t0
+
+
 def _kb_warmup(spark):
     # A warm kernel's first jobs, before it answers: executors are
     # requested only once the application master has registered, after the
     # context exists, so without them the first user's cell would wait for
     # an executor container to start (seconds) and for the SQL code paths to
-    # load. One job loads the classes; the same small job a few times more
-    # lets both JVMs' JIT compile what every job runs (planning, task
-    # launch, shuffle, result fetch), which one run leaves interpreted; a
-    # Python RDD job starts the executor's Python worker. A failure is only
-    # logged: the kernel still works, just slower.
+    # load. The first SQL job waits for the executor and loads the classes;
+    # a Python RDD job starts the executor's Python worker (seconds of CPU
+    # on a crowded host); then the SQL job a few times more, last, so that
+    # both JVMs' JIT has compiled what every job runs (planning, task
+    # launch, shuffle, result fetch), which one run leaves interpreted, and
+    # the JIT's work from the Python job is behind them when the kernel
+    # answers. The jobs run in a job group, as a cell's do. A failure is
+    # only logged: the kernel still works, just slower.
     took = []
-    began = None
+    sc = spark.sparkContext
     try:
-        for i in range(_KB_WARMUP_JOBS):
+        sc.setJobGroup("kernelbus-warm-up", "warm kernel: warm-up", interruptOnCancel=True)
+        took.append(_kb_sql_job(spark))
+        py = _kb_python_job(spark)
+        began = _kb_time.monotonic()
+        for i in range(1, _KB_WARMUP_JOBS):
             # On a crowded host the repeats stop early (at least two run):
             # the warm-up must not hold the kernel back for minutes. The
-            # budget starts after the first job, which waits for the
-            # executor's container.
-            if i >= 2 and _kb_time.monotonic() - began > _KB_WARMUP_SECONDS:
+            # budget starts after the first jobs, which wait for the
+            # executor's container and its Python worker.
+            if i >= 3 and _kb_time.monotonic() - began > _KB_WARMUP_SECONDS:
                 break
-            t0 = _kb_time.monotonic()
-            spark.range(1000).selectExpr("sum(id)").collect()
-            took.append(_kb_time.monotonic() - t0)
-            if began is None:
-                began = _kb_time.monotonic()
-        t0 = _kb_time.monotonic()
-        spark.sparkContext.parallelize([0], 1).map(lambda x: x + 1).collect()
-        _kb_log("warm-up jobs done: SQL %s s, Python RDD %.2f s" % (
-            " ".join("%.2f" % x for x in took), _kb_time.monotonic() - t0))
+            took.append(_kb_sql_job(spark))
+        _kb_log("warm-up jobs done: SQL %s s, Python RDD %.2f s; %s" % (
+            " ".join("%.2f" % x for x in took), py, _kb_jvm_times(spark)))
     except Exception as e:
         _kb_log("warm-up job failed: %r" % (e,))
+    finally:
+        try:
+            sc._jsc.clearJobGroup()
+        except Exception:
+            pass
+
+
+class _KbKeepWarm:
+    """While a warm kernel waits in its pool (minutes to an hour), what
+    the warm-up warmed goes cold: Spark ends the executor's idle Python
+    worker and idle task threads after a minute, and the JIT's counters of
+    what runs once per job decay. Measured on the MiniYARNCluster at load
+    17-31, the first cell's job after 2-3 idle minutes took 1.7-6 times as
+    long as the warm-up's last (part of that is the first cell's, which is
+    slower without the wait too). So until the first cell runs, a
+    background thread repeats the warm-up's two small jobs every
+    _KB_KEEP_WARM_SECONDS (1.2 s and 1.0 s at load 13-17 on 2 cores),
+    in job group kernelbus-keep-warm. The first cell stops it for good and
+    cancels a round still running: from then on the kernel's Spark is the
+    user's alone."""
+
+    def __init__(self, spark):
+        self.spark = spark
+        self.sc = spark.sparkContext
+        self.stopped = _kb_threading.Event()
+        self.busy = False
+        self.rounds = 0
+        self.last = None
+        t = _kb_threading.Thread(target=self.run, args=(spark,), name="kernelbus-keep-warm", daemon=True)
+        t.start()
+
+    def run(self, spark):
+        try:
+            self.sc.setJobGroup("kernelbus-keep-warm", "warm kernel: keeping it warm until its first cell",
+                                interruptOnCancel=True)
+        except Exception as e:
+            _kb_log("keep-warm: %r; not keeping warm" % (e,))
+            return
+        while not self.stopped.wait(_KB_KEEP_WARM_SECONDS):
+            # busy before the check: stop() then sees a round that it
+            # must cancel, or this sees the stop.
+            self.busy = True
+            if self.stopped.is_set():
+                return
+            try:
+                py = _kb_python_job(spark)
+                self.last = (_kb_sql_job(spark), py)
+                self.rounds += 1
+                if self.rounds == 1:
+                    _kb_log("keep-warm: first round: SQL %.2f s, Python RDD %.2f s; again every %d s until the first cell; %s" % (
+                        self.last + (_KB_KEEP_WARM_SECONDS, _kb_jvm_times(spark))))
+            except Exception as e:
+                if not self.stopped.is_set():
+                    _kb_log("keep-warm job failed: %r; not keeping warm" % (e,))
+                return
+            finally:
+                self.busy = False
+
+    def stop(self):
+        # In the first cell's pre_run_cell, before its code: no JVM call
+        # unless a round is running.
+        if self.stopped.is_set():
+            return
+        t0 = _kb_time.monotonic()
+        self.stopped.set()
+        cancelled = ""
+        if self.busy:
+            cancelled = "; cancelled the round running"
+            jsc = self.sc._jsc.sc()
+            try:
+                try:
+                    # And its future jobs: the round may be about to
+                    # submit one.
+                    jsc.cancelJobGroupAndFutureJobs("kernelbus-keep-warm", "the warm kernel's first cell")
+                except Exception as e:
+                    if "cancelJobGroupAndFutureJobs" not in str(e):
+                        raise
+                    jsc.cancelJobGroup("kernelbus-keep-warm")  # Spark before 4.0
+            except Exception as e:
+                cancelled = "; cancelling the round running: %r" % (e,)
+        last = "" if self.last is None else " (the last: SQL %.2f s, Python RDD %.2f s)" % self.last
+        _kb_log("keep-warm stopped at the first cell after %d rounds%s%s, in %.3f s" % (
+            self.rounds, last, cancelled, _kb_time.monotonic() - t0))
 
 
 # How many times a warm kernel runs its small SQL job before it answers,
-# and for how long at most after the first (at least two run).
+# and for how long at most after the first (at least two run); how often it
+# repeats the small jobs while it waits for a request (under the minute
+# after which the executor's idle threads and Python worker end).
 _KB_WARMUP_JOBS = 8
 _KB_WARMUP_SECONDS = 15
+_KB_KEEP_WARM_SECONDS = 20
 
 
 def _kb_install():
@@ -118,6 +235,7 @@ def _kb_install():
         ip.user_ns.update(state["objs"])
         if _kb_os.environ.get("KERNELBUS_SPARK_WARMUP") == "1":
             _kb_warmup(state["objs"]["spark"])
+            state["keep_warm"] = _KbKeepWarm(state["objs"]["spark"])
     else:
         _kb_threading.Thread(target=build, name="kernelbus-spark", daemon=True).start()
         ip.user_ns["spark"], ip.user_ns["sc"] = _Waiting("spark"), _Waiting("sc")
@@ -147,6 +265,9 @@ def _kb_install():
                 delay = min(delay * 2, 0.5)
 
     def pre_run_cell(info=None):
+        keep_warm = state.pop("keep_warm", None)
+        if keep_warm is not None:
+            keep_warm.stop()
         sc = state["objs"].get("sc")
         state["group"] = None
         if sc is not None:

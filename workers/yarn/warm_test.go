@@ -119,7 +119,7 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	}
 	t.Logf("an empty cell took %s", time.Since(t2).Round(time.Millisecond))
 	logSparkJobTimes(t, ws, "while the pool refills")
-	sparkLog(t, filepath.Dir(confDir), "kernelbus-spark:", "SparkContext built ahead", "warm-up")
+	sparkLog(t, filepath.Dir(confDir), "kernelbus-spark:", "SparkContext built ahead")
 	ws.Close()
 
 	// Replaced: a new application is started for the pool.
@@ -156,6 +156,18 @@ func TestWarmPySparkOnYARN(t *testing.T) {
 	if again := warmKernel(t, g, rm); again != second {
 		t.Fatalf("the warm kernel is %s after the cold start, was %s", again, second)
 	}
+	// Waiting in the pool through the cold start, the warm kernel has
+	// kept its JVMs warm with a round of small jobs (startup.py's
+	// _KbKeepWarm, every 20 s).
+	jstest.WaitFor(t, 2*time.Minute, "a keep-warm round in warm kernel "+second, func() bool {
+		for _, l := range containerLines(filepath.Dir(confDir)) {
+			if strings.Contains(l, second) && strings.Contains(l, "kernelbus-spark: keep-warm: first round") {
+				t.Log(l)
+				return true
+			}
+		}
+		return false
+	})
 	if err := g.DeleteKernel(ctx, k2.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -728,24 +728,33 @@ func awaitError(t *testing.T, ws *client.Conn, id string) (status, ename string)
 	return status, ename
 }
 
-// sparkLog logs the lines of the containers' stderr below root that contain
-// one of words.
+// sparkLog logs the lines of the containers' stderr and stdout below root
+// that contain one of words (the kernel's own stderr, such as startup.py's
+// lines, reaches the container's stdout through the launcher's log).
 func sparkLog(t *testing.T, root string, words ...string) {
+	for _, l := range containerLines(root) {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				t.Log(l)
+				break
+			}
+		}
+	}
+}
+
+// containerLines returns the lines of every container's stderr and stdout
+// below root.
+func containerLines(root string) []string {
+	var lines []string
 	_ = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() || fi.Name() != "stderr" || !strings.Contains(p, "container_") {
+		if err != nil || fi.IsDir() || (fi.Name() != "stderr" && fi.Name() != "stdout") || !strings.Contains(p, "container_") {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
-		for _, l := range strings.Split(string(data), "\n") {
-			for _, w := range words {
-				if strings.Contains(l, w) {
-					t.Log(l)
-					break
-				}
-			}
-		}
+		lines = append(lines, strings.Split(string(data), "\n")...)
 		return nil
 	})
+	return lines
 }
 
 // longSparkJob is a cell whose Spark job runs two tasks of ten minutes; each
