@@ -50,12 +50,18 @@ func chartDir() string {
 
 func helm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	var out bytes.Buffer
+	err := helmCmd(t, &out, args...).Run()
+	return out.String(), err
+}
+
+// helmCmd is helm with args, its output into out, with homes of its own.
+func helmCmd(t *testing.T, out *bytes.Buffer, args ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(helmBin(t), args...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd
 }
 
 // render runs helm template with values and decodes every object.

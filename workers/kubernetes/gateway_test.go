@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -579,18 +578,17 @@ func (g gateway) workerArgs(specs, launcher, kubeconfig string) []string {
 }
 
 // startServe runs `kernelbus serve` (with a local pool; extra are more
-// flags) on a free port, without authentication.
+// flags) on port 0, without authentication; its "kernelbus serving" log
+// line (info level for it) says where.
 func startServe(t *testing.T, kb, launcher, specs string, extra ...string) gateway {
 	data := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	startProc(t, "serve", kb, append([]string{"serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth", "--env-rms", "local,kubernetes"}, extra...)...)
+	p := startProc(t, "serve", kb, append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "info", "--insecure-no-auth", "--env-rms", "local,kubernetes"}, extra...)...)
 	var g gateway
-	g.url = "http://" + addr
+	jstest.WaitForNil(t, 30*time.Second, func() error {
+		u, err := jstest.LogField(p.log, 0, "kernelbus serving", "url")
+		g.url = strings.TrimSuffix(u, "/")
+		return err
+	})
 	// serve writes nats.conn (its NATS URL and role credentials) once its
 	// NATS is up; the worker connects with the kubernetes workers' role.
 	g.natsConn = filepath.Join(data, "nats.conn")
