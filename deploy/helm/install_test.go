@@ -44,18 +44,6 @@ const (
 	natsImage   = "kernelbus-test/nats-server:1"
 )
 
-func need(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv(EnvHelmRequired) != "" {
-			t.Fatalf("%s is not set", name)
-		}
-		t.Skipf("%s is not set (task test:helm sets it)", name)
-	}
-	return v
-}
-
 // TestChartInstall installs the chart with Helm onto a real API server,
 // controller-manager and scheduler. The node agent runs the front-end and
 // worker pods chrooted into the kernelbus image that deploy/images built
@@ -67,7 +55,7 @@ func need(t *testing.T, name string) string {
 // makes it from `kernelbus nats-auth init`.
 func TestChartInstall(t *testing.T) {
 	helmBin(t)
-	launcher, py := need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	launcher, py := jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", EnvHelmRequired, "task test:helm sets it"), jstest.NeedEnv(t, "KB_TEST_PYTHON", EnvHelmRequired, "task test:helm sets it")
 	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	if os.Geteuid() != 0 {
 		t.Skip("the node agent needs root to chroot pods into their image")

@@ -156,15 +156,6 @@ type Options struct {
 	WorkerArgs []string
 }
 
-func env(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		t.Skipf("%s is not set (run `task test:failover`)", name)
-	}
-	return v
-}
-
 var natsBinOnce sync.Once
 var natsBin string
 var natsBinErr error
@@ -187,9 +178,9 @@ func natsServerBin(t *testing.T) string {
 // NewCluster starts 3 NATS nodes, 2 front-ends and 2 workers and waits
 // until all of them serve. Everything is stopped when the test ends.
 func NewCluster(t *testing.T, o Options) *Cluster {
-	kb := env(t, "KERNELBUS_BIN")
-	_ = env(t, "KERNELBUS_LAUNCHER_BIN")
-	py := env(t, "KB_TEST_PYTHON")
+	kb := jstest.NeedEnv(t, "KERNELBUS_BIN", "", "run `task test:failover`")
+	_ = jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", "", "run `task test:failover`")
+	py := jstest.NeedEnv(t, "KB_TEST_PYTHON", "", "run `task test:failover`")
 	c := &Cluster{t: t, dir: t.TempDir(), python: py}
 	t.Cleanup(c.cleanup)
 	bin := natsServerBin(t)

@@ -44,7 +44,7 @@ const testImage = "kernelbus/kernel-python:test"
 // against a real kube-apiserver, controller-manager and scheduler, with
 // the test node agent running each pod's launcher and a real ipykernel.
 func TestGatewayOnKubernetes(t *testing.T) {
-	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	kb, launcher, py := jstest.NeedEnv(t, "KERNELBUS_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KB_TEST_PYTHON", k8stest.EnvRequired, "task test:k8s sets it")
 	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	t0 := time.Now()
 	cl := k8stest.Start(t)
@@ -688,16 +688,4 @@ func waitGone(t *testing.T, ctx context.Context, cs k8s.Interface, resource, ns,
 		sort.Strings(left)
 		t.Fatalf("%s %s/%s is still there: %v %v", resource, ns, name, err, left)
 	}
-}
-
-func need(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv(k8stest.EnvRequired) != "" {
-			t.Fatalf("%s is not set", name)
-		}
-		t.Skipf("%s is not set (task test:k8s sets it)", name)
-	}
-	return v
 }

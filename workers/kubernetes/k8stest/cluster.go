@@ -68,13 +68,7 @@ type running struct {
 // is not configured.
 func Bin(t testing.TB) string {
 	t.Helper()
-	dir := os.Getenv(EnvBin)
-	if dir == "" {
-		if os.Getenv(EnvRequired) != "" {
-			t.Fatalf("%s is not set: run scripts/k8s-build.sh and point %s at the folder it prints", EnvBin, EnvBin)
-		}
-		t.Skipf("%s is not set (task test:k8s builds the control plane and sets it)", EnvBin)
-	}
+	dir := jstest.NeedEnv(t, EnvBin, EnvRequired, "task test:k8s builds the control plane with scripts/k8s-build.sh and sets it")
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			t.Fatalf("%s: %v", EnvBin, err)
