@@ -79,7 +79,7 @@ func start(t *testing.T) *installation {
 	if err := b.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.Stop)
+	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 
 	wbus := roleBus(access.RoleWorker, broker.RMLocal)
 	ev, err := kbjs.OpenEnvs(ctx, wbus.JS, 1)
