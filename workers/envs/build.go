@@ -123,14 +123,8 @@ func (b *Builder) Stop(ctx context.Context) error {
 		b.cc.Stop()
 	}
 	b.stop()
-	if b.cc != nil {
-		// The consumer's callback may be starting a build until Closed.
-		select {
-		case <-b.cc.Closed():
-		case <-ctx.Done():
-		}
-	}
-	if err := b.routines.Wait(ctx); err != nil {
+	// The consumer's callback may be starting a build until Closed.
+	if err := b.routines.WaitAfter(ctx, b.cc); err != nil {
 		return fmt.Errorf("build worker %s: stopping: %w", b.cfg.ID, err)
 	}
 	return nil
