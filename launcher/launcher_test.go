@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -877,12 +877,9 @@ func TestInterruptByMessage(t *testing.T) {
 // launcher reconnects, its input consumer resumes and outputs flow again.
 func TestBusRestart(t *testing.T) {
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	// The first start picks its port; the restart takes the same one, as
+	// the launcher reconnects to the URL it was given.
+	port := -1
 	start := func() *embedded.Server {
 		srv, err := embedded.NewServer(embedded.Options{Port: port, StoreDir: dir})
 		if err != nil {
@@ -895,6 +892,11 @@ func TestBusRestart(t *testing.T) {
 	}
 	srv := start()
 	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	if u, err := url.Parse(srv.ClientURL()); err != nil {
+		t.Fatal(err)
+	} else if port, err = strconv.Atoi(u.Port()); err != nil {
+		t.Fatal(err)
+	}
 	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: srv.ClientURL(), Name: "test"})
 	if err != nil {
 		t.Fatal(err)

@@ -246,14 +246,8 @@ func (p *Pool) Stop(ctx context.Context) error {
 		_ = p.renewals.Unsubscribe()
 	}
 	p.stop()
-	if p.cons != nil {
-		// The consumer's callback may be inside dispatch until Closed.
-		select {
-		case <-p.cons.Closed():
-		case <-ctx.Done():
-		}
-	}
-	if err := p.routines.Wait(ctx); err != nil {
+	// The consumer's callback may be inside dispatch until Closed.
+	if err := p.routines.WaitAfter(ctx, p.cons); err != nil {
 		return fmt.Errorf("worker pool %s: stopping: %w", p.cfg.ID, err)
 	}
 	return nil

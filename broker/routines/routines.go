@@ -51,3 +51,23 @@ func (g *Group) Wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// Closer is a NATS consumer (jetstream.ConsumeContext) whose callback may
+// start goroutines of a group: Closed closes once the callback has
+// returned for good.
+type Closer interface {
+	Closed() <-chan struct{}
+}
+
+// WaitAfter waits, up to ctx, until c (when not nil), already stopped, has
+// closed, and then for the group as Wait does: a part's Stop, after it
+// stopped its consumer and cancelled its work.
+func (g *Group) WaitAfter(ctx context.Context, c Closer) error {
+	if c != nil {
+		select {
+		case <-c.Closed():
+		case <-ctx.Done():
+		}
+	}
+	return g.Wait(ctx)
+}

@@ -38,3 +38,41 @@ func TestGoDuringWait(t *testing.T) {
 		t.Fatal("Go ran after Wait")
 	}
 }
+
+type closer chan struct{}
+
+func (c closer) Closed() <-chan struct{} { return c }
+
+// WaitAfter lets a consumer's callback start goroutines until it closes,
+// then waits for them; a consumer that never closes costs ctx, not a hang.
+func TestWaitAfter(t *testing.T) {
+	var g Group
+	c := make(closer)
+	ran := make(chan struct{})
+	go func() {
+		// The callback, still running while Stop waits for Closed.
+		if !g.Go(func() { close(ran) }) {
+			t.Error("the group refused a goroutine before its consumer closed")
+		}
+		close(c)
+	}()
+	if err := g.WaitAfter(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	default:
+		t.Fatal("WaitAfter returned before the callback's goroutine ran")
+	}
+
+	var g2 Group
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_ = g2.WaitAfter(ctx, make(closer))
+	if ctx.Err() == nil {
+		t.Fatal("WaitAfter returned before its consumer closed or ctx ended")
+	}
+	if err := g2.WaitAfter(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // gateway is a gateway process the bench started, and the target that
@@ -113,7 +114,7 @@ func (p *proc) ready(ctx context.Context, base string) (*client.Client, error) {
 // port, with the bench's kernelspecs (LocalProcessProxy). JEG cannot say
 // which port it took when given 0, so the bench picks one and, should
 // another process take it first (JEG then exits: "no available port"),
-// picks another.
+// jstest.RetryPorts picks another.
 func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, error) {
 	dir, err := os.MkdirTemp(cfg.work, "jeg-")
 	if err != nil {
@@ -125,27 +126,27 @@ func startJEG(ctx context.Context, cfg *config, jupyterPath string) (*gateway, e
 		"JUPYTER_RUNTIME_DIR=" + filepath.Join(dir, "runtime"),
 		"JUPYTER_CONFIG_DIR=" + filepath.Join(dir, "config"),
 	}
-	for attempt := 1; ; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
+	var g *gateway
+	err = jstest.RetryPorts(1, func(ports []int) error {
+		port := strconv.Itoa(ports[0])
 		p, err := startProc("jeg", dir, env, filepath.Join(cfg.jegVenv, "bin", "jupyter"), "enterprisegateway",
-			"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--port_retries", "0",
+			"--ip", "127.0.0.1", "--port", port, "--port_retries", "0",
 			"--EnterpriseGatewayApp.list_kernels=True", "--log-level", "WARN")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
-		c, err := p.ready(wctx, "http://127.0.0.1:"+strconv.Itoa(port))
-		cancel()
-		if err == nil {
-			return &gateway{name: "jeg", main: p, c: c, v1: true, dir: dir}, nil
+		defer cancel()
+		c, err := p.ready(wctx, "http://127.0.0.1:"+port)
+		if err != nil {
+			// ready stopped it; its log says whether the port was taken.
+			b, _ := os.ReadFile(p.log)
+			return fmt.Errorf("%w\n%s", err, jstest.Tail(string(b), 30))
 		}
-		if attempt == 3 || !p.logHas("no available port") {
-			return nil, err
-		}
-	}
+		g = &gateway{name: "jeg", main: p, c: c, v1: true, dir: dir}
+		return nil
+	})
+	return g, err
 }
 
 const (

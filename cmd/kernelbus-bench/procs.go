@@ -2,12 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"debug/elf"
-	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
 // proc is a server process the bench started: a gateway.
@@ -67,18 +66,9 @@ func (p *proc) waitHTTP(ctx context.Context, url string) error {
 func (p *proc) loggedURL(ctx context.Context, msg string) (string, error) {
 	var url string
 	err := p.poll(ctx, "log "+msg, func() bool {
-		b, err := os.ReadFile(p.log)
-		if err != nil {
-			return false
-		}
-		for _, l := range bytes.Split(b, []byte("\n")) {
-			var line struct{ Message, URL string }
-			if json.Unmarshal(l, &line) == nil && line.Message == msg && line.URL != "" {
-				url = strings.TrimSuffix(line.URL, "/")
-				return true
-			}
-		}
-		return false
+		u, err := jstest.LogField(p.log, 0, msg, "url")
+		url = strings.TrimSuffix(u, "/")
+		return err == nil
 	})
 	return url, err
 }
@@ -98,12 +88,6 @@ func (p *proc) poll(ctx context.Context, what string, cond func() bool) error {
 		backoff = min(backoff*2, 200*time.Millisecond)
 	}
 	return nil
-}
-
-// logHas reports whether the process's log holds s.
-func (p *proc) logHas(s string) bool {
-	b, _ := os.ReadFile(p.log)
-	return bytes.Contains(b, []byte(s))
 }
 
 // stop sends SIGTERM, waits, then kills the group and every process left
@@ -209,18 +193,6 @@ func memKB(pid int) (rss, pss int64) {
 func comm(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	return strings.TrimSpace(string(b))
-}
-
-// freePort asks the OS for a loopback port that was free a moment ago.
-// Only JEG needs it: given port 0 it listens but logs port 0, so its
-// address cannot be learnt; startJEG tries again when the port was taken.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on every

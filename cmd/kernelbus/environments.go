@@ -146,6 +146,7 @@ func runBuilder(ctx context.Context, e *envFlags, id string, bus *kbjs.Bus, log 
 		return err
 	}
 	<-ctx.Done()
-	b.Stop()
-	return nil
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return b.Stop(sctx)
 }

@@ -238,18 +238,20 @@ func TestEventsCLIFollow(t *testing.T) {
 		}
 	}()
 	// Emit until the follower shows one (it may subscribe after the first).
-	deadline := time.Now().Add(20 * time.Second)
 	var got string
-	for i := 0; got == ""; i++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("--follow printed nothing; stderr %s", errb.String())
-		}
+	i := 0
+	if !jstest.Eventually(20*time.Second, func() bool {
 		_ = env.Bus.Emit(context.Background(), broker.Event{ID: fmt.Sprint("f", i), Type: broker.EvRequested, Kernel: "kf"})
 		_ = env.Bus.Emit(context.Background(), broker.Event{ID: fmt.Sprint("s", i), Type: broker.EvStarted, Kernel: "kf"})
+		i++
 		select {
 		case got = <-lines:
-		case <-time.After(200 * time.Millisecond):
+			return true
+		default:
+			return false
 		}
+	}) {
+		t.Fatalf("--follow printed nothing; stderr %s", errb.String())
 	}
 	var e broker.Event
 	if err := json.Unmarshal([]byte(got), &e); err != nil || e.Type != broker.EvStarted {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -299,41 +298,51 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	logf, err := os.Create(filepath.Join(dir, "prometheus.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--config.file", filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path", filepath.Join(dir, "data"),
-		"--web.listen-address", addr, "--log.level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	t.Cleanup(func() {
+	// Prometheus is told its address: one taken between its pick and the
+	// bind costs a start on another port.
+	var promURL string
+	err := jstest.RetryPorts(1, func(ports []int) error {
+		promURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+		logPath := filepath.Join(dir, "prometheus.log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(bin, "--config.file", filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path", filepath.Join(dir, "data"),
+			"--web.listen-address", strings.TrimPrefix(promURL, "http://"), "--log.level", "warn")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return err
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+		exited := false
+		if jstest.Eventually(60*time.Second, func() bool {
+			select {
+			case <-done:
+				exited = true
+				return true
+			default:
+			}
+			return jstest.GetOK(promURL+"/-/ready") == nil
+		}) && !exited {
+			t.Cleanup(func() {
+				jstest.Stop(cmd.Process.Pid, done, 30*time.Second)
+				if t.Failed() {
+					log, _ := os.ReadFile(logPath)
+					t.Logf("prometheus log:\n%s", log)
+				}
+			})
+			return nil
+		}
 		jstest.Stop(cmd.Process.Pid, done, 30*time.Second)
-		if t.Failed() {
-			log, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
-			t.Logf("prometheus log:\n%s", log)
-		}
+		log, _ := os.ReadFile(logPath)
+		return fmt.Errorf("prometheus did not get ready (exited: %v):\n%s", exited, log)
 	})
-	promURL := "http://" + addr
-	jstest.WaitFor(t, 60*time.Second, "prometheus to be ready", func() bool {
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
-			t.Fatalf("prometheus exited:\n%s", log)
-		default:
-		}
-		return jstest.GetOK(promURL+"/-/ready") == nil
-	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return promURL
 }
 

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +46,7 @@ func startProc(t *testing.T, bin string, args []string, logPath, msg, field stri
 	var val string
 	jstest.WaitForNil(t, 60*time.Second, func() error {
 		p.failIfExited(t)
-		v, err := logField(logPath, start, msg, field)
+		v, err := jstest.LogField(logPath, start, msg, field)
 		val = v
 		return err
 	})
@@ -70,31 +67,6 @@ func (p *proc) failIfExited(t *testing.T) {
 // stop ends the process: SIGTERM, then SIGKILL after a minute.
 func (p *proc) stop() {
 	jstest.Stop(p.cmd.Process.Pid, p.done, 60*time.Second)
-}
-
-// logField finds, from offset on, the first JSON log line with message msg
-// and returns its field.
-func logField(path string, offset int64, msg, field string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, 0); err != nil {
-		return "", err
-	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) != nil || line["message"] != msg {
-			continue
-		}
-		if v, ok := line[field].(string); ok && v != "" {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("no %q line with %s in %s yet", msg, field, path)
 }
 
 // serveEnv is what a test of a `kernelbus serve` process with real kernels

@@ -373,7 +373,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 		if err != nil {
 			log.Warn().Err(err).Msg("no environment build worker in this process")
 		} else {
-			run.onStop("environment builder", func(context.Context) error { b.Stop(); return nil })
+			run.onStop("environment builder", b.Stop)
 		}
 	}
 	if err := run.start(ctx, "worker pool", pool); err != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/kernelbus/kernelbus/jetstream/access"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -33,14 +34,7 @@ const (
 
 func helmBin(t *testing.T) string {
 	t.Helper()
-	h := os.Getenv(EnvHelm)
-	if h == "" {
-		if os.Getenv(EnvHelmRequired) != "" {
-			t.Fatalf("%s is not set: run scripts/setup-helm.sh and point %s at the binary it prints", EnvHelm, EnvHelm)
-		}
-		t.Skipf("%s is not set (task test:helm builds helm and sets it)", EnvHelm)
-	}
-	return h
+	return jstest.NeedEnv(t, EnvHelm, EnvHelmRequired, "task test:helm builds helm with scripts/setup-helm.sh and sets it")
 }
 
 func chartDir() string {
@@ -50,12 +44,18 @@ func chartDir() string {
 
 func helm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	var out bytes.Buffer
+	err := helmCmd(t, &out, args...).Run()
+	return out.String(), err
+}
+
+// helmCmd is helm with args, its output into out, with homes of its own.
+func helmCmd(t *testing.T, out *bytes.Buffer, args ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(helmBin(t), args...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd
 }
 
 // render runs helm template with values and decodes every object.
@@ -218,13 +218,7 @@ func TestChart(t *testing.T) {
 	// The chart's nats.conf, with the trust nats-auth init writes, as a
 	// real nats-server reads it (-t: check the configuration and exit).
 	t.Run("nats-server accepts the chart's configuration", func(t *testing.T) {
-		bin := os.Getenv("KB_NATS_SERVER_BIN")
-		if bin == "" {
-			if os.Getenv(EnvHelmRequired) != "" {
-				t.Fatal("KB_NATS_SERVER_BIN is not set")
-			}
-			t.Skip("KB_NATS_SERVER_BIN is not set (task test:helm sets it)")
-		}
+		bin := jstest.NeedEnv(t, "KB_NATS_SERVER_BIN", EnvHelmRequired, "task test:helm sets it")
 		dir := t.TempDir()
 		inst, err := access.Generate()
 		if err != nil {

@@ -1,6 +1,7 @@
 package helm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -43,18 +44,6 @@ const (
 	natsImage   = "kernelbus-test/nats-server:1"
 )
 
-func need(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv(EnvHelmRequired) != "" {
-			t.Fatalf("%s is not set", name)
-		}
-		t.Skipf("%s is not set (task test:helm sets it)", name)
-	}
-	return v
-}
-
 // TestChartInstall installs the chart with Helm onto a real API server,
 // controller-manager and scheduler. The node agent runs the front-end and
 // worker pods chrooted into the kernelbus image that deploy/images built
@@ -66,7 +55,7 @@ func need(t *testing.T, name string) string {
 // makes it from `kernelbus nats-auth init`.
 func TestChartInstall(t *testing.T) {
 	helmBin(t)
-	launcher, py := need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	launcher, py := jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", EnvHelmRequired, "task test:helm sets it"), jstest.NeedEnv(t, "KB_TEST_PYTHON", EnvHelmRequired, "task test:helm sets it")
 	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	if os.Geteuid() != 0 {
 		t.Skip("the node agent needs root to chroot pods into their image")
@@ -153,23 +142,26 @@ func TestChartInstall(t *testing.T) {
 	})
 
 	// Every pod shares this machine's network: free ports for the listeners.
-	fePort, metricsPort := jstest.FreePort(t), jstest.FreePort(t)
 	kernelJSON := k8sKernelJSON(py)
-	values := map[string]any{
-		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
-		"nats":  map[string]any{"url": bus.URL, "caSecret": "nats-ca"},
-		"frontend": map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token", "key": "token"},
-			"tls":       map[string]any{"secretName": "gw-tls"},
-			"extraArgs": []string{"--launch-timeout=90s"}},
-		"kernelspecs": map[string]any{"python3-k8s": map[string]string{
-			"kernel.json": string(kernelJSON),
-			kbk8s.TemplateFile: "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: {app: kernelbus-kernel}\nspec:\n  containers:\n    - name: kernel\n" +
-				"      resources:\n        requests: {cpu: 100m, memory: 128Mi}\n",
-		}},
-		"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort, "logLevel": "debug",
-			"kubernetes": map[string]any{"perUserNamespaces": true, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
-	}
-	t.Logf("helm install --wait took %s", helmInstall(t, cl, "kb", gwNamespace, values))
+	ports, took := helmInstall(t, cl, "kb", gwNamespace, 2, func(ports []int) map[string]any {
+		fePort, metricsPort := ports[0], ports[1]
+		return map[string]any{
+			"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
+			"nats":  map[string]any{"url": bus.URL, "caSecret": "nats-ca"},
+			"frontend": map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token", "key": "token"},
+				"tls":       map[string]any{"secretName": "gw-tls"},
+				"extraArgs": []string{"--launch-timeout=90s"}},
+			"kernelspecs": map[string]any{"python3-k8s": map[string]string{
+				"kernel.json": string(kernelJSON),
+				kbk8s.TemplateFile: "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: {app: kernelbus-kernel}\nspec:\n  containers:\n    - name: kernel\n" +
+					"      resources:\n        requests: {cpu: 100m, memory: 128Mi}\n",
+			}},
+			"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort, "logLevel": "debug",
+				"kubernetes": map[string]any{"perUserNamespaces": true, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
+		}
+	})
+	t.Logf("helm install --wait took %s", took)
+	fePort := ports[0]
 
 	// --wait waited for the pods' readiness probes (/readyz over HTTPS for
 	// the front-end): the front-end answers now.
@@ -373,20 +365,23 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 			t.Fatal(err)
 		}
 	}
-	client1, cluster, monitor, fePort, metricsPort := jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t), jstest.FreePort(t)
 	kernelJSON := k8sKernelJSON(py)
-	values := map[string]any{
-		"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
-		"nats": map[string]any{"cluster": map[string]any{"enabled": true, "replicas": 1, "image": natsImage, "storage": "",
-			"ports": map[string]any{"client": client1, "cluster": cluster, "monitor": monitor}},
-			// Kernel pods run on the host here, outside the pods' /etc/hosts.
-			"launcherURL": fmt.Sprintf("nats://127.0.0.1:%d", client1)},
-		"frontend":    map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token"}},
-		"kernelspecs": map[string]any{"python3-k8s": map[string]string{"kernel.json": string(kernelJSON)}},
-		"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort,
-			"kubernetes": map[string]any{"namespace": kernels, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
-	}
-	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", helmInstall(t, cl, "kb2", ns, values))
+	ports, took := helmInstall(t, cl, "kb2", ns, 5, func(ports []int) map[string]any {
+		client1, cluster, monitor, fePort, metricsPort := ports[0], ports[1], ports[2], ports[3], ports[4]
+		return map[string]any{
+			"image": map[string]any{"repository": "kernelbus/kernelbus", "tag": "test"},
+			"nats": map[string]any{"cluster": map[string]any{"enabled": true, "replicas": 1, "image": natsImage, "storage": "",
+				"ports": map[string]any{"client": client1, "cluster": cluster, "monitor": monitor}},
+				// Kernel pods run on the host here, outside the pods' /etc/hosts.
+				"launcherURL": fmt.Sprintf("nats://127.0.0.1:%d", client1)},
+			"frontend":    map[string]any{"replicas": 1, "port": fePort, "tokenSecret": map[string]any{"name": "gw-token"}},
+			"kernelspecs": map[string]any{"python3-k8s": map[string]string{"kernel.json": string(kernelJSON)}},
+			"workers": []any{map[string]any{"rm": "kubernetes", "replicas": 1, "metricsPort": metricsPort,
+				"kubernetes": map[string]any{"namespace": kernels, "launcherPath": launcher, "opts": []string{"stop_grace=5s"}}}},
+		}
+	})
+	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", took)
+	fePort := ports[3]
 	c := &client.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", fePort), Token: token}
 	m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "erin"})
 	if err != nil {
@@ -453,24 +448,81 @@ func k8sKernelJSON(py string) []byte {
 	return b
 }
 
-// helmInstall installs the chart as release into namespace with values,
-// waits for its pods to be ready and returns how long that took.
-func helmInstall(t *testing.T, cl *k8stest.Cluster, release, namespace string, values map[string]any) time.Duration {
+// helmInstall installs release with values(ports), for n ports on this
+// machine's network that were free a moment ago: the node agent runs pods
+// on the host's network, where the chart's ports are chosen beforehand.
+// When a pod logs that its port was taken since the pick, the install is
+// stopped, the release uninstalled, and jstest.RetryPorts installs again
+// with new ports. It returns the ports of the install that held and how
+// long that install took.
+func helmInstall(t *testing.T, cl *k8stest.Cluster, release, namespace string, n int, values func(ports []int) map[string]any) ([]int, time.Duration) {
 	t.Helper()
-	vb, err := yaml.Marshal(values)
+	var got []int
+	var took time.Duration
+	err := jstest.RetryPorts(n, func(ports []int) error {
+		vb, err := yaml.Marshal(values(ports))
+		if err != nil {
+			return err
+		}
+		vf := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(vf, vb, 0o600); err != nil {
+			return err
+		}
+		logs := podLogs(cl, namespace, nil)
+		t0 := time.Now()
+		var out bytes.Buffer
+		cmd := helmCmd(t, &out, "install", release, chartDir(), "--namespace", namespace, "--kubeconfig", cl.Kubeconfig,
+			"--values", vf, "--wait", "--timeout", "3m")
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		var taken string
+		jstest.Eventually(4*time.Minute, func() bool {
+			select {
+			case err = <-done:
+				return true
+			default:
+			}
+			for path, text := range podLogs(cl, namespace, logs) {
+				if jstest.PortTaken(text) {
+					taken = path + ": " + jstest.Tail(text, 5)
+					return true
+				}
+			}
+			return false
+		})
+		if taken == "" && err == nil {
+			got, took = ports, time.Since(t0).Round(time.Millisecond)
+			return nil
+		}
+		if taken != "" {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if uout, uerr := helm(t, "uninstall", release, "--namespace", namespace, "--kubeconfig", cl.Kubeconfig, "--wait", "--timeout", "2m"); uerr != nil {
+			t.Logf("helm uninstall after a failed install: %v\n%s", uerr, uout)
+		}
+		return fmt.Errorf("helm install: %v\n%s\n%s", err, out.String(), taken)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	vf := filepath.Join(t.TempDir(), "values.yaml")
-	if err := os.WriteFile(vf, vb, 0o600); err != nil {
-		t.Fatal(err)
+	return got, took
+}
+
+// podLogs reads the logs the node agent writes for namespace's pods, each
+// from the size it had in since (all of it when since is nil), keyed by
+// path: what a pod logged during one install.
+func podLogs(cl *k8stest.Cluster, namespace string, since map[string]string) map[string]string {
+	paths, _ := filepath.Glob(filepath.Join(cl.Dir, namespace+"_*.log"))
+	out := map[string]string{}
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		out[p] = strings.TrimPrefix(string(b), since[p])
 	}
-	t0 := time.Now()
-	if out, err := helm(t, "install", release, chartDir(), "--namespace", namespace, "--kubeconfig", cl.Kubeconfig,
-		"--values", vf, "--wait", "--timeout", "3m"); err != nil {
-		t.Fatalf("helm install: %v\n%s", err, out)
-	}
-	return time.Since(t0).Round(time.Millisecond)
+	return out
 }
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) {

@@ -17,11 +17,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +48,8 @@ type proc struct {
 	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// offset is where the log of the last start begins.
+	offset int64
 }
 
 func (p *proc) start(t *testing.T) {
@@ -53,6 +58,7 @@ func (p *proc) start(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.offset, _ = f.Seek(0, io.SeekEnd)
 	fmt.Fprintf(f, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.args[0], p.args[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
@@ -150,34 +156,6 @@ type Options struct {
 	WorkerArgs []string
 }
 
-// freePorts reserves n distinct free TCP ports on loopback.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
-func env(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		t.Skipf("%s is not set (run `task test:failover`)", name)
-	}
-	return v
-}
-
 var natsBinOnce sync.Once
 var natsBin string
 var natsBinErr error
@@ -200,60 +178,22 @@ func natsServerBin(t *testing.T) string {
 // NewCluster starts 3 NATS nodes, 2 front-ends and 2 workers and waits
 // until all of them serve. Everything is stopped when the test ends.
 func NewCluster(t *testing.T, o Options) *Cluster {
-	kb := env(t, "KERNELBUS_BIN")
-	_ = env(t, "KERNELBUS_LAUNCHER_BIN")
-	py := env(t, "KB_TEST_PYTHON")
+	kb := jstest.NeedEnv(t, "KERNELBUS_BIN", "", "run `task test:failover`")
+	_ = jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", "", "run `task test:failover`")
+	py := jstest.NeedEnv(t, "KB_TEST_PYTHON", "", "run `task test:failover`")
 	c := &Cluster{t: t, dir: t.TempDir(), python: py}
 	t.Cleanup(c.cleanup)
 	bin := natsServerBin(t)
-	ports := freePorts(t, 9)
-	var routes, clientURLs []string
-	for i := range 3 {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
-		clientURLs = append(clientURLs, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
-	}
-	// The cluster runs as an operator's would: `kernelbus nats-auth init`
-	// writes the operator/account trust, the role credentials, the
-	// launcher minter and a private CA; every node includes its files,
-	// speaks TLS to clients and routes, and every part connects through
-	// its nats.conn with the credentials of its role.
 	c.authDir = filepath.Join(c.dir, "auth")
-	initOut, err := exec.Command(kb, "nats-auth", "init", "--dir", c.authDir, "--url", strings.Join(clientURLs, ","), "--tls-hosts", "127.0.0.1").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kernelbus nats-auth init: %v\n%s", err, initOut)
-	}
 	c.natsConn = filepath.Join(c.authDir, "nats.conn")
-	for i := range 3 {
-		n := &natsNode{port: ports[i], monitor: ports[6+i]}
-		store := filepath.Join(c.dir, fmt.Sprintf("n%d", i))
-		conf := fmt.Sprintf(`server_name: n%d
-listen: 127.0.0.1:%d
-http: 127.0.0.1:%d
-max_payload: 8MB
-jetstream { store_dir: %q, max_memory_store: 256MB, max_file_store: 64GB }
-include "auth/nats-server-auth.conf"
-include "auth/nats-server-tls.conf"
-cluster {
-  name: kb
-  listen: 127.0.0.1:%d
-  routes: [%s]
-  # Clients keep to the URLs they were given, so a proxy in front of one
-  # node really is their only way in.
-  no_advertise: true
-  include "auth/nats-server-cluster-tls.conf"
-}
-`, i, n.port, n.monitor, store, ports[3+i], strings.Join(routes, ", "))
-		cf := filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i))
-		if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		n.proc = proc{name: fmt.Sprintf("nats-n%d", i), args: []string{bin, "-c", cf}, log: filepath.Join(c.dir, fmt.Sprintf("n%d.log", i))}
-		c.Nodes = append(c.Nodes, n)
-		c.procs = append(c.procs, &n.proc)
-		n.start(t)
+	// Routes name their peers' ports, so nats-server is told its ports
+	// beforehand: one taken between its pick and the bind costs a start of
+	// the cluster with new ones.
+	if err := jstest.RetryPorts(9, func(ports []int) error { return c.startNATS(kb, bin, ports) }); err != nil {
+		t.Fatal(err)
 	}
 	for _, n := range c.Nodes {
-		c.waitNode(n)
+		c.procs = append(c.procs, &n.proc)
 	}
 	c.waitMetaLeader()
 	urls := c.URLs()
@@ -263,10 +203,12 @@ cluster {
 	}
 	specs := filepath.Join(filepath.Dir(filepath.Dir(py)), "share", "jupyter", "kernels")
 	pathEnv := "PATH=" + filepath.Dir(py) + ":" + os.Getenv("PATH")
-	c.FEPorts = freePorts(t, 2)
+	// Front-ends listen on port 0 and log where (waitFE learns it); a
+	// restart takes the same port again, as behind a load balancer.
+	c.FEPorts = make([]int, 2)
 	for i := range 2 {
 		p := &proc{name: fmt.Sprintf("frontend-%d", i), log: filepath.Join(c.dir, fmt.Sprintf("fe%d.log", i)), env: []string{pathEnv},
-			args: []string{kb, "frontend", "--listen", fmt.Sprintf("127.0.0.1:%d", c.FEPorts[i]), "--nats-conn", c.natsConn, "--replicas", "3",
+			args: []string{kb, "frontend", "--listen", "127.0.0.1:0", "--nats-conn", c.natsConn, "--replicas", "3",
 				"--presence-ttl", "3s", "--kernelspec-dir", specs, "--launch-timeout", "40s", "--log-level", "debug", "--insecure-no-auth"}}
 		p.args = append(p.args, o.PartArgs...)
 		c.FEs = append(c.FEs, p)
@@ -314,6 +256,68 @@ cluster {
 	return c
 }
 
+// startNATS starts the three nodes on ports (clients, routes, monitors)
+// and waits until they are healthy. When one is not, it stops them all
+// and says why, with the node's log (jstest.RetryPorts reads there whether
+// a port was taken).
+func (c *Cluster) startNATS(kb, bin string, ports []int) error {
+	var routes, clientURLs []string
+	for i := range 3 {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3+i]))
+		clientURLs = append(clientURLs, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+	}
+	// The cluster runs as an operator's would: `kernelbus nats-auth init`
+	// writes the operator/account trust, the role credentials, the
+	// launcher minter and a private CA; every node includes its files,
+	// speaks TLS to clients and routes, and every part connects through
+	// its nats.conn with the credentials of its role. An attempt whose
+	// port was taken leaves files naming its ports: they go first.
+	c.Nodes = nil
+	_ = os.RemoveAll(c.authDir)
+	initOut, err := exec.Command(kb, "nats-auth", "init", "--dir", c.authDir, "--url", strings.Join(clientURLs, ","), "--tls-hosts", "127.0.0.1").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kernelbus nats-auth init: %v\n%s", err, initOut)
+	}
+	for i := range 3 {
+		n := &natsNode{port: ports[i], monitor: ports[6+i]}
+		store := filepath.Join(c.dir, fmt.Sprintf("n%d", i))
+		log := filepath.Join(c.dir, fmt.Sprintf("n%d.log", i))
+		_ = os.RemoveAll(store)
+		_ = os.Remove(log)
+		conf := fmt.Sprintf(`server_name: n%d
+listen: 127.0.0.1:%d
+http: 127.0.0.1:%d
+max_payload: 8MB
+jetstream { store_dir: %q, max_memory_store: 256MB, max_file_store: 64GB }
+include "auth/nats-server-auth.conf"
+include "auth/nats-server-tls.conf"
+cluster {
+  name: kb
+  listen: 127.0.0.1:%d
+  routes: [%s]
+  # Clients keep to the URLs they were given, so a proxy in front of one
+  # node really is their only way in.
+  no_advertise: true
+  include "auth/nats-server-cluster-tls.conf"
+}
+`, i, n.port, n.monitor, store, ports[3+i], strings.Join(routes, ", "))
+		cf := filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i))
+		if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+			return err
+		}
+		n.proc = proc{name: fmt.Sprintf("nats-n%d", i), args: []string{bin, "-c", cf}, log: log}
+		c.Nodes = append(c.Nodes, n)
+		n.start(c.t)
+	}
+	if err := nodesUp(c.Nodes...); err != nil {
+		for _, n := range c.Nodes {
+			n.stop()
+		}
+		return err
+	}
+	return nil
+}
+
 // URLs of all three nodes.
 func (c *Cluster) URLs() string {
 	var u []string
@@ -328,12 +332,31 @@ func (c *Cluster) FE(i int) *client.Client { return c.LB.clients[i] }
 
 func (c *Cluster) waitNode(n *natsNode) {
 	c.t.Helper()
-	jstest.WaitForNil(c.t, 60*time.Second, func() error {
-		if !n.running() {
-			c.t.Fatalf("%s exited: %s", n.name, tail(n.log))
+	if err := nodesUp(n); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// nodesUp waits until every node of nodes is healthy and says why they
+// are not: one exited (with its log) or did not answer within a minute.
+func nodesUp(nodes ...*natsNode) error {
+	var err error
+	jstest.Eventually(60*time.Second, func() bool {
+		for _, n := range nodes {
+			if !n.running() {
+				err = fmt.Errorf("%s exited: %s", n.name, tail(n.log))
+				return true
+			}
 		}
-		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor))
+		for _, n := range nodes {
+			if err = jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor)); err != nil {
+				err = fmt.Errorf("%s is not healthy: %w", n.name, err)
+				return false
+			}
+		}
+		return true
 	})
+	return err
 }
 
 // waitMetaLeader waits until the cluster has elected its JetStream meta
@@ -365,12 +388,26 @@ func (c *Cluster) waitMetaLeader() {
 	})
 }
 
+// waitFE waits until front-end i serves. Its first start listened on port
+// 0: its log says the port it got, which its restarts then listen on.
 func (c *Cluster) waitFE(i int) {
 	c.t.Helper()
 	p := c.FEs[i]
 	jstest.WaitForNil(c.t, 60*time.Second, func() error {
 		if !p.running() {
 			c.t.Fatalf("%s exited: %s", p.name, tail(p.log))
+		}
+		if c.FEPorts[i] == 0 {
+			u, err := jstest.LogField(p.log, p.offset, "kernelbus front-end serving", "url")
+			if err != nil {
+				return err
+			}
+			pu, err := url.Parse(u)
+			if err != nil {
+				c.t.Fatalf("%s logged url %q: %v", p.name, u, err)
+			}
+			c.FEPorts[i], _ = strconv.Atoi(pu.Port())
+			p.args[slices.Index(p.args, "--listen")+1] = pu.Host
 		}
 		return jstest.GetOK(fmt.Sprintf("http://127.0.0.1:%d/api/kernelspecs", c.FEPorts[i]))
 	})

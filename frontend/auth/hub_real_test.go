@@ -45,7 +45,30 @@ func startRealHub(t *testing.T) *realHub {
 		t.Fatal("KB_JUPYTERHUB_VENV is not set: run `task test:hub` (it installs the Hub with scripts/setup-jupyterhub.sh)")
 	}
 	dir := t.TempDir()
-	hubPort := jstest.FreePort(t)
+	var h *realHub
+	// The Hub and its proxy must be told their ports: one taken between its
+	// pick and the bind costs a start with new ones.
+	err := jstest.RetryPorts(3, func(ports []int) error {
+		var err error
+		h, err = startHubOn(t, venv, dir, ports)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(h.log)
+			t.Logf("hub log:\n%s", b)
+		}
+	})
+	return h
+}
+
+// startHubOn starts the Hub on ports (proxy, Hub, proxy API) and waits
+// until it answers; when it exits first, it says why with the Hub's log.
+func startHubOn(t *testing.T, venv, dir string, ports []int) (*realHub, error) {
 	cfg := fmt.Sprintf(`c = get_config()
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = %d
@@ -61,14 +84,14 @@ c.JupyterHub.custom_scopes = {%q: {"description": "start kernels for other users
 c.JupyterHub.services = [{"name": "kbtest", "api_token": %q}]
 c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
     "scopes": ["admin:users", "admin:groups", "tokens", %q]}]
-`, jstest.FreePort(t), hubPort, jstest.FreePort(t), dir, dir, dir, auth.DefaultImpersonateScope, realHubServiceToken, auth.DefaultImpersonateScope)
+`, ports[0], ports[1], ports[2], dir, dir, dir, auth.DefaultImpersonateScope, realHubServiceToken, auth.DefaultImpersonateScope)
 	if err := os.WriteFile(filepath.Join(dir, "jupyterhub_config.py"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	logPath := filepath.Join(dir, "hub.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command(filepath.Join(venv, "bin", "jupyterhub"), "-f", "jupyterhub_config.py")
 	cmd.Dir = dir
@@ -78,27 +101,26 @@ c.JupyterHub.load_roles = [{"name": "kbtest", "services": ["kbtest"],
 	// reach both even if the Hub dies first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		logf.Close()
+		return nil, err
 	}
-	h := &realHub{t: t, cmd: cmd, api: "http://127.0.0.1:" + strconv.Itoa(hubPort) + "/hub/api", log: logPath, done: make(chan struct{})}
+	h := &realHub{t: t, cmd: cmd, api: "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/hub/api", log: logPath, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); logf.Close(); close(h.done) }()
-	t.Cleanup(func() {
-		h.stop()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("hub log:\n%s", b)
-		}
-	})
-	jstest.WaitFor(t, 90*time.Second, "jupyterhub to answer", func() bool {
+	exited := false
+	if jstest.Eventually(90*time.Second, func() bool {
 		select {
 		case <-h.done:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("jupyterhub exited at startup:\n%s", b)
+			exited = true
+			return true
 		default:
 		}
 		return jstest.GetOK(h.api+"/") == nil
-	})
-	return h
+	}) && !exited {
+		return h, nil
+	}
+	h.stop()
+	b, _ := os.ReadFile(logPath)
+	return nil, fmt.Errorf("jupyterhub did not answer (exited: %v):\n%s", exited, b)
 }
 
 // stop ends the Hub (SIGTERM, so it stops its proxy) and, if it lingers,

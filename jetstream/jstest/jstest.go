@@ -197,6 +197,23 @@ func MissingSetup(t testing.TB, why string) {
 	t.Skip(why)
 }
 
+// NeedEnv is the environment variable name, which a suite's task sets
+// (hint says which, or how else to set it). When it is not set the test
+// skips, or fails when the variable required is set: suites whose task
+// sets one (KB_HELM_REQUIRED, KB_K8S_REQUIRED) never pass having run
+// nothing; required "" only skips.
+func NeedEnv(t testing.TB, name, required, hint string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if required != "" && os.Getenv(required) != "" {
+			t.Fatalf("%s is not set: %s", name, hint)
+		}
+		t.Skipf("%s is not set (%s)", name, hint)
+	}
+	return v
+}
+
 // KernelbusBin is the kernelbus binary under test ($KERNELBUS_BIN, which
 // task test:go builds and sets).
 func KernelbusBin(t testing.TB) string {

@@ -3,7 +3,6 @@ package jstest
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -81,20 +80,6 @@ func OSUser(t testing.TB, name string) *user.User {
 		t.Fatal(err)
 	}
 	return u
-}
-
-// FreePort is a loopback port that was free a moment ago, for third-party
-// servers that cannot listen on port 0 and say where (JupyterHub, pods on
-// the host network). Another process may take it first: kernelbus's own
-// processes listen on port 0 and report their address instead.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // HandlePID is the launcher's pid in the handle of a kernel that a local

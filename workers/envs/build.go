@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
+	"github.com/kernelbus/kernelbus/broker/routines"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,9 +45,11 @@ type Builder struct {
 	envs *kbjs.Envs
 	log  zerolog.Logger
 	cc   jetstream.ConsumeContext
-	wg   sync.WaitGroup
-	ctx  context.Context
-	stop context.CancelFunc
+	// routines are the builds in flight: the consumer's callback starts
+	// them, possibly while Stop waits, which a WaitGroup must not see.
+	routines routines.Group
+	ctx      context.Context
+	stop     context.CancelFunc
 }
 
 // ackWait is how long a build may go without InProgress before another
@@ -93,12 +95,19 @@ func (b *Builder) Start(ctx context.Context) error {
 	}
 	sem := make(chan struct{}, b.cfg.Concurrency)
 	b.cc, err = cons.Consume(func(m jetstream.Msg) {
-		sem <- struct{}{}
-		b.wg.Add(1)
-		go func() {
-			defer func() { <-sem; b.wg.Done() }()
+		select {
+		case sem <- struct{}{}:
+		case <-b.ctx.Done():
+			_ = m.Nak() // stopping: another build worker takes it
+			return
+		}
+		if !b.routines.Go(func() {
+			defer func() { <-sem }()
 			b.handle(m)
-		}()
+		}) {
+			<-sem
+			_ = m.Nak()
+		}
 	}, jetstream.PullMaxMessages(b.cfg.Concurrency), jetstream.PullExpiry(30*time.Second))
 	if err != nil {
 		return fmt.Errorf("build worker: consume: %w", err)
@@ -106,14 +115,19 @@ func (b *Builder) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops claiming and ends builds in flight (their requests are
-// redelivered to another build worker).
-func (b *Builder) Stop() {
+// Stop stops claiming, ends builds in flight (their requests are
+// redelivered to another build worker) and waits, up to ctx, until they
+// have returned. Safe to call more than once.
+func (b *Builder) Stop(ctx context.Context) error {
 	if b.cc != nil {
 		b.cc.Stop()
 	}
 	b.stop()
-	b.wg.Wait()
+	// The consumer's callback may be starting a build until Closed.
+	if err := b.routines.WaitAfter(ctx, b.cc); err != nil {
+		return fmt.Errorf("build worker %s: stopping: %w", b.cfg.ID, err)
+	}
+	return nil
 }
 
 func (b *Builder) handle(m jetstream.Msg) {

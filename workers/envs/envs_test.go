@@ -79,7 +79,7 @@ func start(t *testing.T) *installation {
 	if err := b.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.Stop)
+	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 
 	wbus := roleBus(access.RoleWorker, broker.RMLocal)
 	ev, err := kbjs.OpenEnvs(ctx, wbus.JS, 1)
@@ -399,20 +399,14 @@ func tail(lines []broker.BuildLog) []string {
 
 func waitSpec(t *testing.T, fe, token, name string, present bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	jstest.WaitFor(t, 20*time.Second, fmt.Sprintf("spec %s present=%v on %s", name, present, fe), func() bool {
 		var specs struct {
 			Kernelspecs map[string]any `json:"kernelspecs"`
 		}
 		call(t, "GET", fe+"/api/kernelspecs", token, nil, &specs)
-		if _, ok := specs.Kernelspecs[name]; ok == present {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spec %s present=%v never seen on %s", name, present, fe)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		_, ok := specs.Kernelspecs[name]
+		return ok == present
+	})
 }
 
 // launcherFetchesOnlyItsEnvironment: what a Kubernetes pod's launcher does

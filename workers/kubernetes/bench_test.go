@@ -11,6 +11,7 @@ import (
 
 	"github.com/kernelbus/kernelbus/e2e/startbench"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/kernelbus/kernelbus/workers/kubernetes/k8stest"
 )
 
@@ -27,7 +28,7 @@ const warmPool = 2
 // namespace (never a cold start beside an idle pool), a real client runs a
 // cell on it, and the pool is refilled before the next start.
 func TestBenchKubernetesStart(t *testing.T) {
-	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	kb, launcher, py := jstest.NeedEnv(t, "KERNELBUS_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KB_TEST_PYTHON", k8stest.EnvRequired, "task test:k8s sets it")
 	n, err := startbench.N()
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,7 +44,7 @@ const testImage = "kernelbus/kernel-python:test"
 // against a real kube-apiserver, controller-manager and scheduler, with
 // the test node agent running each pod's launcher and a real ipykernel.
 func TestGatewayOnKubernetes(t *testing.T) {
-	kb, launcher, py := need(t, "KERNELBUS_BIN"), need(t, "KERNELBUS_LAUNCHER_BIN"), need(t, "KB_TEST_PYTHON")
+	kb, launcher, py := jstest.NeedEnv(t, "KERNELBUS_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KERNELBUS_LAUNCHER_BIN", k8stest.EnvRequired, "task test:k8s sets it"), jstest.NeedEnv(t, "KB_TEST_PYTHON", k8stest.EnvRequired, "task test:k8s sets it")
 	k8stest.HostPaths(t, map[string]string{"KERNELBUS_LAUNCHER_BIN": launcher, "KB_TEST_PYTHON": py})
 	t0 := time.Now()
 	cl := k8stest.Start(t)
@@ -579,18 +578,17 @@ func (g gateway) workerArgs(specs, launcher, kubeconfig string) []string {
 }
 
 // startServe runs `kernelbus serve` (with a local pool; extra are more
-// flags) on a free port, without authentication.
+// flags) on port 0, without authentication; its "kernelbus serving" log
+// line (info level for it) says where.
 func startServe(t *testing.T, kb, launcher, specs string, extra ...string) gateway {
 	data := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	startProc(t, "serve", kb, append([]string{"serve", "--listen", addr, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "warn", "--insecure-no-auth", "--env-rms", "local,kubernetes"}, extra...)...)
+	p := startProc(t, "serve", kb, append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--log-level", "info", "--insecure-no-auth", "--env-rms", "local,kubernetes"}, extra...)...)
 	var g gateway
-	g.url = "http://" + addr
+	jstest.WaitForNil(t, 30*time.Second, func() error {
+		u, err := jstest.LogField(p.log, 0, "kernelbus serving", "url")
+		g.url = strings.TrimSuffix(u, "/")
+		return err
+	})
 	// serve writes nats.conn (its NATS URL and role credentials) once its
 	// NATS is up; the worker connects with the kubernetes workers' role.
 	g.natsConn = filepath.Join(data, "nats.conn")
@@ -690,16 +688,4 @@ func waitGone(t *testing.T, ctx context.Context, cs k8s.Interface, resource, ns,
 		sort.Strings(left)
 		t.Fatalf("%s %s/%s is still there: %v %v", resource, ns, name, err, left)
 	}
-}
-
-func need(t *testing.T, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv(k8stest.EnvRequired) != "" {
-			t.Fatalf("%s is not set", name)
-		}
-		t.Skipf("%s is not set (task test:k8s sets it)", name)
-	}
-	return v
 }

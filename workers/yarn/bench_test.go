@@ -134,34 +134,49 @@ func TestBenchYARNStart(t *testing.T) {
 // with the kernelspecs under kernels and the minicluster's RM and conf dir,
 // and returns a client once it answers.
 func startJEGYARN(t *testing.T, venv, kernels, confDir, rmURL string) *client.Client {
-	listen := freePort(t)
-	host, port, _ := strings.Cut(listen, ":")
-	_, respPort, _ := strings.Cut(freePort(t), ":")
 	home := t.TempDir()
-	runEnv(t, []string{
-		// JEG finds kernelspecs in <JUPYTER_PATH>/kernels; its own data,
-		// runtime and config folders are this run's.
-		"JUPYTER_PATH=" + filepath.Dir(kernels),
-		"JUPYTER_DATA_DIR=" + filepath.Join(home, "data"),
-		"JUPYTER_RUNTIME_DIR=" + filepath.Join(home, "runtime"),
-		"JUPYTER_CONFIG_DIR=" + filepath.Join(home, "config"),
-		// run.sh's spark-submit needs the minicluster's conf; JEG hands a
-		// kernel only the variables of its own environment it is told to.
-		"HADOOP_CONF_DIR=" + confDir,
-		"EG_INHERITED_ENVS=HADOOP_CONF_DIR",
-		// The launcher in the application master sends the connection info
-		// back here. JEG's defaults are the first public address and port
-		// 8877; this machine's cluster and gateway are on the loopback.
-		"EG_RESPONSE_IP=127.0.0.1",
-		"EG_RESPONSE_PORT=" + respPort,
-	}, filepath.Join(venv, "bin", "jupyter"), "enterprisegateway",
-		"--ip", host, "--port", port, "--port_retries", "0",
-		"--EnterpriseGatewayApp.yarn_endpoint="+rmURL,
-		// GET /api/kernels (the readiness poll) is 403 unless listing is on.
-		"--EnterpriseGatewayApp.list_kernels=True",
-		"--log-level", "DEBUG")
-	c := &client.Client{BaseURL: "http://" + listen}
-	jstest.WaitFor(t, 2*time.Minute, "JEG", func() bool { _, err := c.Kernels(context.Background()); return err == nil })
+	var c *client.Client
+	// JEG cannot listen on port 0 and say where: a port taken between its
+	// pick and JEG's bind costs a retry with new ones.
+	err := jstest.RetryPorts(2, func(ports []int) error {
+		port, respPort := strconv.Itoa(ports[0]), strconv.Itoa(ports[1])
+		stop, _, log := startGroup(t, false, []string{
+			// JEG finds kernelspecs in <JUPYTER_PATH>/kernels; its own data,
+			// runtime and config folders are this run's.
+			"JUPYTER_PATH=" + filepath.Dir(kernels),
+			"JUPYTER_DATA_DIR=" + filepath.Join(home, "data"),
+			"JUPYTER_RUNTIME_DIR=" + filepath.Join(home, "runtime"),
+			"JUPYTER_CONFIG_DIR=" + filepath.Join(home, "config"),
+			// run.sh's spark-submit needs the minicluster's conf; JEG hands a
+			// kernel only the variables of its own environment it is told to.
+			"HADOOP_CONF_DIR=" + confDir,
+			"EG_INHERITED_ENVS=HADOOP_CONF_DIR",
+			// The launcher in the application master sends the connection info
+			// back here. JEG's defaults are the first public address and port
+			// 8877; this machine's cluster and gateway are on the loopback.
+			"EG_RESPONSE_IP=127.0.0.1",
+			"EG_RESPONSE_PORT=" + respPort,
+		}, filepath.Join(venv, "bin", "jupyter"), "enterprisegateway",
+			"--ip", "127.0.0.1", "--port", port, "--port_retries", "0",
+			"--EnterpriseGatewayApp.yarn_endpoint="+rmURL,
+			// GET /api/kernels (the readiness poll) is 403 unless listing is on.
+			"--EnterpriseGatewayApp.list_kernels=True",
+			"--log-level", "DEBUG")
+		c = &client.Client{BaseURL: "http://127.0.0.1:" + port}
+		var out []byte
+		if jstest.Eventually(2*time.Minute, func() bool {
+			_, err := c.Kernels(context.Background())
+			out, _ = os.ReadFile(log)
+			return err == nil || jstest.PortTaken(string(out))
+		}) && !jstest.PortTaken(string(out)) {
+			return nil
+		}
+		stop()
+		return fmt.Errorf("JEG did not answer:\n%s", jstest.Tail(string(out), 30))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 

@@ -33,8 +33,7 @@ func TestEnvironmentOnYARN(t *testing.T) {
 	pyVer := strings.TrimSpace(string(out))
 
 	data, specs := t.TempDir(), t.TempDir()
-	listen := freePort(t)
-	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher,
+	_, url := runServing(t, "kernelbus serving", kb, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher,
 		"--launch-timeout", "6m", "--insecure-no-auth", "--env-rms", "local,yarn")
 	conn := filepath.Join(data, "nats.conn")
 	jstest.WaitFor(t, time.Minute, "nats.conn", func() bool {
@@ -55,7 +54,7 @@ func TestEnvironmentOnYARN(t *testing.T) {
 		args = append(args, "--yarn-spark-conf", c)
 	}
 	runEnv(t, []string{"HADOOP_CONF_DIR=" + confDir, "PYSPARK_ARCHIVES_PATH=" + env["KB_PYSPARK_ARCHIVES"]}, kb, args...)
-	c := &client.Client{BaseURL: "http://" + listen}
+	c := &client.Client{BaseURL: url}
 	ctx := context.Background()
 	jstest.WaitFor(t, time.Minute, "the gateway", func() bool { _, err := c.Kernels(ctx); return err == nil })
 

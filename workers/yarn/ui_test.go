@@ -55,10 +55,9 @@ func overviewInBrowser(t *testing.T, g *gateway, rmURL, app string) {
 	}
 	token := strings.TrimSpace(string(out))
 	conn := g.workerArgs[slices.Index(g.workerArgs, "--nats-conn")+1]
-	listen := freePort(t)
-	stop := run(t, g.kb, "frontend", "--nats-conn", conn, "--listen", listen, "--users-file", users)
+	stop, url := runServing(t, "kernelbus front-end serving", g.kb, "frontend", "--nats-conn", conn, "--listen", "127.0.0.1:0", "--users-file", users)
 	defer stop()
-	base := "http://" + listen + "/"
+	base := url + "/"
 	jstest.WaitFor(t, time.Minute, "the second front-end", func() bool {
 		r, err := http.Get(base + "readyz")
 		if err == nil {

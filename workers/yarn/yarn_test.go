@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -231,15 +230,6 @@ func bins(t *testing.T) (kb, launcher string) {
 	return kb, launcher
 }
 
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func run(t *testing.T, name string, args ...string) (stop func()) {
 	return runEnv(t, nil, name, args...)
 }
@@ -256,6 +246,26 @@ func runEnv(t *testing.T, env []string, name string, args ...string) (stop func(
 // SIGKILL at once (a process that dies without a word); stop and kill run
 // at most once between them, and cleanup runs kill when hard, else stop.
 func runGroup(t *testing.T, hard bool, env []string, name string, args ...string) (stop, kill func()) {
+	stop, kill, _ = startGroup(t, hard, env, name, args...)
+	return stop, kill
+}
+
+// runServing is run for a kernelbus server told to listen on 127.0.0.1:0:
+// it waits for the line the server logs once it listens (msg: "kernelbus
+// serving", "kernelbus front-end serving") and returns the url in it, so
+// no port is picked ahead for another process to take first.
+func runServing(t *testing.T, msg, name string, args ...string) (stop func(), url string) {
+	stop, _, log := startGroup(t, false, nil, name, args...)
+	jstest.WaitForNil(t, time.Minute, func() error {
+		var err error
+		url, err = jstest.LogField(log, 0, msg, "url")
+		return err
+	})
+	return stop, strings.TrimSuffix(url, "/")
+}
+
+// startGroup is runGroup that also returns the path of the process's log.
+func startGroup(t *testing.T, hard bool, env []string, name string, args ...string) (stop, kill func(), log string) {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), env...)
@@ -288,7 +298,7 @@ func runGroup(t *testing.T, hard bool, env []string, name string, args ...string
 			tailFile(t, logf.Name(), 40)
 		}
 	})
-	return stop, kill
+	return stop, kill, logf.Name()
 }
 
 func getJSON(url string, out any) error {
@@ -364,8 +374,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 		}
 	}
 
-	listen := freePort(t)
-	run(t, kb, "serve", "--listen", listen, "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m", "--insecure-no-auth")
+	_, url := runServing(t, "kernelbus serving", kb, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--kernelspec-dir", specs, "--launcher", launcher, "--launch-timeout", "6m", "--insecure-no-auth")
 	// serve writes nats.conn (its NATS URL and role credentials) once its
 	// NATS is up; the worker connects with the yarn workers' role.
 	conn := filepath.Join(data, "nats.conn")
@@ -377,7 +386,7 @@ func startGateway(t *testing.T, env map[string]string, confDir, rmURL string, ex
 		workerArgs: []string{"worker", "--rm", "yarn", "--nats-conn", conn, "--kernelspec-dir", specs, "--launcher", launcher, "--yarn-endpoint", rmURL}}
 	g.stopWorker = runEnv(t, g.workerEnv, kb, g.workerArgs...)
 
-	g.Client = &client.Client{BaseURL: "http://" + listen}
+	g.Client = &client.Client{BaseURL: url}
 	jstest.WaitFor(t, time.Minute, "the gateway", func() bool { _, err := g.Kernels(context.Background()); return err == nil })
 	return g
 }

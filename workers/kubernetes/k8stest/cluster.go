@@ -32,6 +32,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -67,13 +68,7 @@ type running struct {
 // is not configured.
 func Bin(t testing.TB) string {
 	t.Helper()
-	dir := os.Getenv(EnvBin)
-	if dir == "" {
-		if os.Getenv(EnvRequired) != "" {
-			t.Fatalf("%s is not set: run scripts/k8s-build.sh and point %s at the folder it prints", EnvBin, EnvBin)
-		}
-		t.Skipf("%s is not set (task test:k8s builds the control plane and sets it)", EnvBin)
-	}
+	dir := jstest.NeedEnv(t, EnvBin, EnvRequired, "task test:k8s builds the control plane with scripts/k8s-build.sh and sets it")
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			t.Fatalf("%s: %v", EnvBin, err)
@@ -148,9 +143,40 @@ func Start(t testing.TB) *Cluster {
 	return c
 }
 
+// start runs the control plane. etcd and the API server must be told
+// their ports beforehand: one taken between its pick and the bind costs a
+// start with new ones (jstest.RetryPorts), after what the first started is
+// stopped.
 func (c *Cluster) start(ctx context.Context, bin string) error {
-	ports, err := freePorts(3)
-	if err != nil {
+	return jstest.RetryPorts(3, func(ports []int) error {
+		err := c.startOn(ctx, bin, ports)
+		if err != nil {
+			c.stop()
+			if taken := c.portTaken(); taken != "" {
+				err = fmt.Errorf("%w: %s", err, taken)
+			}
+		}
+		return err
+	})
+}
+
+// portTaken is the log line of etcd or the API server that says its port
+// was taken, or "".
+func (c *Cluster) portTaken() string {
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		b, _ := os.ReadFile(filepath.Join(c.Dir, name+".log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if jstest.PortTaken(l) {
+				return name + ": " + l
+			}
+		}
+	}
+	return ""
+}
+
+func (c *Cluster) startOn(ctx context.Context, bin string, ports []int) error {
+	// A data folder of an attempt whose port was taken names its ports.
+	if err := os.RemoveAll(filepath.Join(c.Dir, "etcd")); err != nil {
 		return err
 	}
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
@@ -260,6 +286,11 @@ func (c *Cluster) waitReady(ctx context.Context, server, token string, caPEM []b
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	var last string
 	for {
+		// An API server on etcd's port taken by another etcd may be ready,
+		// and wrong: etcd tells in its log within a second of its start.
+		if taken := c.portTaken(); taken != "" {
+			return fmt.Errorf("kube-apiserver not ready: %s", taken)
+		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, server+"/readyz", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := hc.Do(req)
@@ -320,27 +351,6 @@ func (c *Cluster) writeCerts() ([]byte, error) {
 func ecKey(k *ecdsa.PrivateKey) *pem.Block {
 	der, _ := x509.MarshalECPrivateKey(k)
 	return &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
-}
-
-// freePorts reserves n distinct loopback ports and releases them for the
-// servers to take.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }
 
 func randomHex(n int) string {
