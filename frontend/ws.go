@@ -18,6 +18,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 )
 
@@ -217,6 +218,10 @@ type conn struct {
 	v1      bool
 	log     zerolog.Logger
 	inSubj  string
+	// inSender names this connection in the numbers of its input
+	// (broker.HeaderInSeq), inSeq is the last number; the reader only.
+	inSender string
+	inSeq    uint64
 	// streamEnd is the output stream's last sequence when the client
 	// asked to connect: where a new session starts; streamFirst its first.
 	streamEnd, streamFirst uint64
@@ -312,7 +317,7 @@ func (s *Server) serveWS(w *websocket.Conn) {
 	c := &conn{
 		s: s, ws: w.Conn, rec: rec, kernel: rec.ID, session: session, actor: actor,
 		key: sessionKVKey(rec.ID, session), v1: w.Subprotocol() == SubprotocolV1,
-		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
+		inSubj: broker.SubjectIn(rec.ID), inSender: nuid.Next(), done: make(chan struct{}), streamEnd: streamEnd,
 		streamFirst: streamFirst, resumeAfter: resumeAfter,
 		qwake: make(chan struct{}, 1), qspace: make(chan struct{}, 1), wsem: make(chan struct{}, 1),
 		quit: make(chan struct{}), writerDone: make(chan struct{}),
@@ -467,8 +472,13 @@ func (c *conn) handleInput(typ int, data []byte) {
 	// Retried while the stream has no leader (a NATS node died), so
 	// nothing the client sent is lost or doubled; the read loop waits
 	// meanwhile, which keeps the client's order.
-	err = c.s.bus.SendInput(c.s.ctx, kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
-		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}, inputRetryFor)
+	in := kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
+		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}
+	if !c.s.cfg.NoLiveInput {
+		c.inSeq++
+		in.Sender, in.Seq = c.inSender, c.inSeq
+	}
+	err = c.s.bus.SendInput(c.s.ctx, in, inputRetryFor)
 	if err != nil {
 		c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
 		return

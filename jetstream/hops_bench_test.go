@@ -3,6 +3,7 @@ package jetstream_test
 import (
 	"context"
 	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,8 +31,9 @@ import (
 //   - js-both: both through the stream (kernelbus without live output);
 //   - js-in+live-out: input through the stream, output published to the
 //     stream and received by a core subscription (kernelbus today);
-//   - live-both: input published to the stream but received by the
-//     launcher's core subscription, output likewise (live input and
+//   - live-both: input numbered and published to the stream, the
+//     launcher taking its live copy (ConsumeInput), output published to
+//     the stream and received by a core subscription (live input and
 //     output, the stream kept for replay);
 //   - js-ack: a synchronous JetStream publish alone, until its ack.
 //
@@ -96,11 +98,9 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 		}
 	}
 	// The launcher's side.
+	var lives atomic.Int64
 	inSubj := "bench.in." + id
-	if liveIn {
-		inSubj = broker.SubjectIn(id)
-	}
-	if jsIn && !liveIn {
+	if jsIn {
 		if err := kbjs.EnsureInput(ctx, env.Bus.JS, id); err != nil {
 			b.Fatal(err)
 		}
@@ -108,7 +108,12 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := link.ConsumeInput(ctx, func(kbjs.InputMsg) { reply() }, func(err error) { b.Log(err) })
+		c, err := link.ConsumeInput(ctx, func(m kbjs.InputMsg) {
+			if m.Live {
+				lives.Add(1)
+			}
+			reply()
+		}, func(err error) { b.Log(err) })
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -149,7 +154,11 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 	}
 	send := func(i int) {
 		if jsIn {
-			err := env.Bus.SendInput(ctx, kbjs.Input{Kernel: id, Session: "s", Channel: "shell", MsgType: "execute_request", MsgID: uuid.NewString(), Frame: frame}, 10*time.Second)
+			in := kbjs.Input{Kernel: id, Session: "s", Channel: "shell", MsgType: "execute_request", MsgID: uuid.NewString(), Frame: frame}
+			if liveIn {
+				in.Sender, in.Seq = "bench", uint64(i)+1
+			}
+			err := env.Bus.SendInput(ctx, in, 10*time.Second)
 			if err != nil {
 				b.Error(err)
 			}
@@ -165,10 +174,11 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 		send(i)
 		<-got
 	}
+	base := 20
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		send(i)
+		send(base + i)
 		select {
 		case <-got:
 		case <-time.After(10 * time.Second):
@@ -177,6 +187,9 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 		lat = append(lat, time.Since(t0))
 	}
 	reportQuantiles(b, lat)
+	if liveIn {
+		b.ReportMetric(float64(lives.Load())/float64(b.N+20), "live-in/op")
+	}
 }
 
 func reportQuantiles(b *testing.B, lat []time.Duration) {

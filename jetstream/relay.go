@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -40,13 +41,21 @@ type Input struct {
 	MsgType string
 	MsgID   string
 	Frame   []byte // v1.kernel.websocket.jupyter.org frame
+	// Sender and Seq number the message for live input
+	// (broker.HeaderInSeq): Sender one websocket connection (no dots), Seq
+	// its messages from 1. Without a Sender the launcher takes the message
+	// from the stream only.
+	Sender string
+	Seq    uint64
 }
 
 // SendInput publishes a client message to its kernel's input, chunked if
 // it is larger than max_payload, retrying each part for up to window while
 // the stream has no leader (a NATS node died). A message with a msg_id
 // carries it as Nats-Msg-Id, so a retried publish, or a client sending the
-// same message again, reaches the kernel once.
+// same message again, reaches the kernel once. The launcher also receives
+// the publish live, before it is stored; in.Sender and in.Seq let it use
+// that copy (see KernelLink.ConsumeInput).
 func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) error {
 	m := &nats.Msg{Subject: broker.SubjectIn(in.Kernel), Data: in.Frame, Header: nats.Header{
 		broker.HeaderChannel: {in.Channel},
@@ -57,6 +66,9 @@ func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) err
 	}}
 	if in.MsgID != "" {
 		m.Header[jetstream.MsgIDHeader] = []string{in.Kernel + ":" + in.MsgID}
+	}
+	if in.Sender != "" {
+		m.Header[broker.HeaderInSeq] = []string{in.Sender + "." + strconv.FormatUint(in.Seq, 10)}
 	}
 	// Split once, so that a retried chunk keeps its chunk id.
 	for _, part := range Split(b.NC, m) {
@@ -175,6 +187,7 @@ type InputMsg struct {
 	Session string // the websocket session that sent it
 	MsgID   string
 	Frame   broker.Frame
+	Live    bool // delivered from the live subscription, not the stream
 }
 
 // ErrBadReply is a control reply that could not be read.

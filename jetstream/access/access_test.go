@@ -124,9 +124,21 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 		if _, err := link.JS.Publish(ctx, broker.SubjectOutLarge(a, "iopub"), []byte("x")); err != nil {
 			t.Fatalf("own large output: %v", err)
 		}
-		// Input a front-end sent reaches the launcher through its consumer.
+		// Input a front-end sent reaches the launcher live and through
+		// its consumer.
+		liveIn, err := p.nc.SubscribeSync(broker.SubjectIn(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer liveIn.Unsubscribe()
+		if err := p.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := e.Bus.JS.Publish(ctx, broker.SubjectIn(a), []byte("hello")); err != nil {
 			t.Fatal(err)
+		}
+		if m, err := liveIn.NextMsg(5 * time.Second); err != nil || string(m.Data) != "hello" {
+			t.Fatalf("live input: %v", err)
 		}
 		cons, err := link.Input(ctx)
 		if err != nil {
@@ -177,6 +189,14 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 			_, err := p.nc.Subscribe(broker.SubjectOutAll(b), func(*nats.Msg) {})
 			return err
 		}, "Subscription to \"" + broker.SubjectOutAll(b)},
+		{"subscribe to B's input (live)", func(p *probe) error {
+			_, err := p.nc.Subscribe(broker.SubjectIn(b), func(*nats.Msg) {})
+			return err
+		}, "Subscription to \"" + broker.SubjectIn(b)},
+		{"subscribe to every kernel's input", func(p *probe) error {
+			_, err := p.nc.Subscribe(broker.SubjectIn("*"), func(*nats.Msg) {})
+			return err
+		}, "Subscription to \"" + broker.SubjectIn("*")},
 		{"subscribe to everything", func(p *probe) error { _, err := p.nc.Subscribe(">", func(*nats.Msg) {}); return err }, "Subscription to \">\""},
 		{"subscribe to front-ends' inboxes", func(p *probe) error { _, err := p.nc.Subscribe("_INBOX.>", func(*nats.Msg) {}); return err }, "Subscription to \"_INBOX.>\""},
 		{"subscribe to B's control", func(p *probe) error {
