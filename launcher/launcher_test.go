@@ -79,6 +79,9 @@ type testKernel struct {
 	session string // the websocket session this test client plays
 	done    chan error
 	inSeq   atomic.Uint64 // the numbers of its input, as a websocket's (kbjs.Input.Seq)
+	// streamOnly sends input unnumbered, which the launcher takes from
+	// its input consumer only (as with --live-input=false).
+	streamOnly bool
 
 	mu   sync.Mutex
 	msgs []*outMsg
@@ -287,8 +290,10 @@ func (k *testKernel) send(channel, msgType string, content any, parent []byte) s
 		parent = []byte("{}")
 	}
 	f := broker.Frame{Channel: channel, Header: hdr, ParentHeader: parent, Metadata: []byte("{}"), Content: body}
-	in := kbjs.Input{Kernel: k.id, Session: k.session, Channel: channel, MsgType: msgType, MsgID: id, Frame: f.V1(),
-		Sender: "test-" + k.session, Seq: k.inSeq.Add(1)}
+	in := kbjs.Input{Kernel: k.id, Session: k.session, Channel: channel, MsgType: msgType, MsgID: id, Frame: f.V1()}
+	if !k.streamOnly {
+		in.Sender, in.Seq = "test-"+k.session, k.inSeq.Add(1)
+	}
 	if err := k.tb.bus.SendInput(context.Background(), in, 10*time.Second); err != nil {
 		k.t.Fatal(err)
 	}
