@@ -201,3 +201,26 @@ func reportQuantiles(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
+
+// BenchmarkSaveCursor is what a websocket's writer spends after each
+// socket write recording its cursor (Bus.SaveCursor on the in-process
+// connection, as `kernelbus serve` does): the record's JSON, its publish
+// into kb_sessions and the ping that pushes it out.
+//
+//	go test ./jetstream -run - -bench SaveCursor
+func BenchmarkSaveCursor(b *testing.B) {
+	env := jstest.Start(b, jstest.Options{})
+	cs := broker.ClientSession{Kernel: uuid.NewString(), Session: uuid.NewString(), Connected: true, Frontend: "fe", Cursor: 12345}
+	key := cs.Kernel + "." + cs.Session
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cs.Cursor++
+		t0 := time.Now()
+		if err := env.Bus.SaveCursor(key, cs); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	reportQuantiles(b, lat)
+}
