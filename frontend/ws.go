@@ -365,7 +365,7 @@ func (c *conn) start() error {
 	if err != nil {
 		return err
 	}
-	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, c.deliver, func(err error) {
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, false, c.deliver, func(err error) {
 		c.log.Debug().Err(err).Msg("output consumer")
 	})
 	if err != nil {

@@ -137,7 +137,7 @@ func benchHop(b *testing.B, jsIn, jsOut, liveIn, liveOut bool) {
 		}
 	}
 	if jsOut && !liveOut {
-		o, err := env.Bus.ConsumeOutput(ctx, id, 1, time.Minute, 10*time.Second, func(m jetstream.Msg) { arrived() }, nil)
+		o, err := env.Bus.ConsumeOutput(ctx, id, 1, time.Minute, 10*time.Second, false, func(m jetstream.Msg) { arrived() }, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -122,7 +122,11 @@ func (o *Output) Closed() <-chan struct{} { return o.cc.Closed() }
 // nobody has pulled from it for idle (a front-end that died); Delete
 // removes it at once. errFn, if not nil, hears of pull errors it
 // recovered from.
-func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
+//
+// headersOnly delivers each message's headers only (plus Nats-Msg-Size):
+// for a reader that has most bodies already (live output) and fetches
+// the others with OutputBody.
+func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, headersOnly bool, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
 	var cons jetstream.Consumer
 	err := RetryCtx(ctx, window, func(ctx context.Context) (err error) {
 		cons, err = b.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
@@ -130,6 +134,7 @@ func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, w
 			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 			OptStartSeq:       from,
 			InactiveThreshold: idle,
+			HeadersOnly:       headersOnly,
 		})
 		return err
 	})
@@ -149,6 +154,64 @@ func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, w
 		return nil, err
 	}
 	return &Output{cc: cc, js: b.JS, cons: cons}, nil
+}
+
+// ErrBodyGone is OutputBody's answer for a message the stream no longer
+// holds (aged out or discarded since its headers were delivered).
+var ErrBodyGone = errors.New("output message no longer in the stream")
+
+// OutputBody returns the body of the KB_IO message at stream sequence seq,
+// whose headers a headers-only ConsumeOutput delivered. It asks with a
+// direct get, which any replica may answer; a replica that has not yet
+// stored seq answers "not found", so that answer is checked with the
+// stream leader (STREAM.MSG.GET) before it is believed. Tries are retried
+// for up to window (a leader election).
+func (b *Bus) OutputBody(ctx context.Context, seq uint64, window time.Duration) ([]byte, error) {
+	req := []byte(`{"seq":` + strconv.FormatUint(seq, 10) + `}`)
+	var body []byte
+	giveUp := time.Now().Add(window)
+	err := Retry(ctx, window, func() error {
+		tctx, cancel := context.WithTimeout(ctx, min(tryTimeout, max(time.Until(giveUp), time.Second)))
+		defer cancel()
+		m, err := b.NC.RequestWithContext(tctx, "$JS.API.DIRECT.GET."+broker.StreamIO, req)
+		if err != nil {
+			return err
+		}
+		switch st := m.Header.Get("Status"); st {
+		case "":
+			body = m.Data
+			return nil
+		case "404":
+		default:
+			return fmt.Errorf("direct get of %s seq %d: %s %s", broker.StreamIO, seq, st, m.Header.Get("Description"))
+		}
+		// Ask the leader: a replica may be behind.
+		r, err := b.NC.RequestWithContext(tctx, "$JS.API.STREAM.MSG.GET."+broker.StreamIO, req)
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			Message *struct {
+				Data []byte `json:"data"`
+			} `json:"message"`
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(r.Data, &resp); err != nil {
+			return fmt.Errorf("get of %s seq %d: %w", broker.StreamIO, seq, err)
+		}
+		if resp.Error != nil {
+			if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+				return ErrBodyGone
+			}
+			return resp.Error
+		}
+		if resp.Message == nil {
+			return fmt.Errorf("get of %s seq %d: empty answer", broker.StreamIO, seq)
+		}
+		body = resp.Message.Data
+		return nil
+	}, func(err error) bool { return errors.Is(err, ErrBodyGone) }, nil)
+	return body, err
 }
 
 // SaveCursor publishes a websocket session's record at once, without

@@ -235,6 +235,17 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 			return p.nc.PublishRequest("$JS.API.CONSUMER.CREATE.KB_IO."+broker.InputConsumer(a)+".kb.io."+a+".in", broker.InboxPrefix(a)+".x",
 				[]byte(`{"config":{"deliver_subject":"kb.ctl.`+b+`"}}`))
 		}, "$JS.API.CONSUMER.CREATE.KB_IO." + broker.InputConsumer(a)},
+		// Output bodies by sequence are the front-ends' (a headers-only
+		// output consumer fetches the bodies live output missed).
+		{"read KB_IO by sequence (direct get)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.DIRECT.GET."+broker.StreamIO, broker.InboxPrefix(a)+".x", []byte(`{"seq":1}`))
+		}, "Publish to \"$JS.API.DIRECT.GET." + broker.StreamIO + "\""},
+		{"read B's output (direct get by subject)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.DIRECT.GET."+broker.StreamIO+"."+broker.SubjectOut(b, "iopub"), broker.InboxPrefix(a)+".x", nil)
+		}, "$JS.API.DIRECT.GET." + broker.StreamIO + "." + broker.SubjectOut(b, "iopub")},
+		{"read KB_IO by sequence (stream msg get)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.STREAM.MSG.GET."+broker.StreamIO, broker.InboxPrefix(a)+".x", []byte(`{"seq":1}`))
+		}, "$JS.API.STREAM.MSG.GET." + broker.StreamIO},
 		{"pull B's input", func(p *probe) error {
 			return p.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KB_IO."+broker.InputConsumer(b), broker.InboxPrefix(a)+".x", []byte(`{"batch":1}`))
 		}, "$JS.API.CONSUMER.MSG.NEXT.KB_IO." + broker.InputConsumer(b)},
@@ -421,6 +432,38 @@ func TestRoleCredentials(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no live output reached the front-end (violations %v)", p.errs)
+		}
+	})
+	t.Run("front-end reads an output body by sequence", func(t *testing.T) {
+		p := connect(t, e, fe, "")
+		bus, err := kbjs.Open(ctx, p.nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := e.Bus.JS.Publish(ctx, broker.SubjectOut("k1", "iopub"), []byte("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := bus.OutputBody(ctx, ack.Sequence, 10*time.Second)
+		if err != nil || string(got) != "body" {
+			t.Fatalf("OutputBody = %q, %v (violations %v)", got, err, p.errs)
+		}
+		// The last output of a kernel, as a front-end drains an ended
+		// kernel's sockets: with AllowDirect a direct get by a wildcard
+		// subject.
+		js, _ := jetstream.New(p.nc)
+		st, err := js.Stream(ctx, broker.StreamIO)
+		if err != nil || !st.CachedInfo().Config.AllowDirect {
+			t.Fatalf("stream %s: %v (AllowDirect not set?)", broker.StreamIO, err)
+		}
+		last, err := st.GetLastMsgForSubject(ctx, broker.SubjectOutAll("k1"))
+		if err != nil || string(last.Data) != "body" {
+			t.Fatalf("last output: %v, %v", last, err)
+		}
+		// A sequence the stream does not hold: the direct get's "not
+		// found" is checked with the leader, then believed.
+		if _, err := bus.OutputBody(ctx, ack.Sequence+1000, 10*time.Second); !errors.Is(err, kbjs.ErrBodyGone) {
+			t.Fatalf("OutputBody past the end = %v, want ErrBodyGone", err)
 		}
 	})
 	t.Run("local worker claims its own", func(t *testing.T) {
