@@ -235,10 +235,13 @@ type conn struct {
 	mu       sync.Mutex
 	cc       *kbjs.Output
 	finished bool
-	broken   bool   // a write failed: deliver nothing more
-	seen     uint64 // stream sequence of the last message received
-	cursor   uint64 // stream sequence of the last whole message handled
-	skipUpTo uint64 // messages completing at or before were delivered before a reconnect
+	broken   bool // a write failed: deliver nothing more
+	// headersOnly: the output consumer delivers headers only (see start
+	// and deliver's needsBody).
+	headersOnly bool
+	seen        uint64 // stream sequence of the last message received
+	cursor      uint64 // stream sequence of the last whole message handled
+	skipUpTo    uint64 // messages completing at or before were delivered before a reconnect
 	// seekID, while not empty, is the client's last msg_id still being
 	// looked for at the start of a resumed connection (see seek).
 	seekID string
@@ -269,6 +272,8 @@ type conn struct {
 	liveRun                 string
 	liveNext                uint64
 	liveWritten             map[liveKey]struct{}
+	liveHoles               map[uint64]struct{} // numbers of holesRun below liveNext neither path handled yet
+	holesRun                string
 	wRun                    string
 	wThrough                uint64
 	liveInFlight            liveKey
@@ -365,7 +370,15 @@ func (c *conn) start() error {
 	if err != nil {
 		return err
 	}
-	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, false, c.deliver, func(err error) {
+	// With live output on, a socket that starts at the stream's end (a
+	// new session, or one that missed nothing) reads headers only: the
+	// live path carries the bodies, and deliver fetches those it did not.
+	// Replay (something to catch up, resume_after) reads whole messages.
+	c.mu.Lock()
+	c.headersOnly = c.s.liveNC != nil && !c.s.cfg.NoLiveOutput && c.seekID == "" && start > c.streamEnd
+	headersOnly := c.headersOnly
+	c.mu.Unlock()
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, headersOnly, c.deliver, func(err error) {
 		c.log.Debug().Err(err).Msg("output consumer")
 	})
 	if err != nil {
