@@ -370,12 +370,12 @@ func (c *conn) start() error {
 	if err != nil {
 		return err
 	}
-	// With live output on, a socket that starts at the stream's end (a
+	// With live output and HeadersOnlyOutput, a socket that starts at the stream's end (a
 	// new session, or one that missed nothing) reads headers only: the
 	// live path carries the bodies, and deliver fetches those it did not.
 	// Replay (something to catch up, resume_after) reads whole messages.
 	c.mu.Lock()
-	c.headersOnly = c.s.liveNC != nil && !c.s.cfg.NoLiveOutput && c.seekID == "" && start > c.streamEnd
+	c.headersOnly = c.s.cfg.HeadersOnlyOutput && c.s.liveNC != nil && !c.s.cfg.NoLiveOutput && c.seekID == "" && start > c.streamEnd
 	headersOnly := c.headersOnly
 	c.mu.Unlock()
 	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, headersOnly, c.deliver, func(err error) {
