@@ -24,12 +24,17 @@ const tryTimeout = 10 * time.Second
 // RetryCtx is Retry for calls that take a context: each try gets its own,
 // bounded by 10 s and by what is left of window.
 func RetryCtx(ctx context.Context, window time.Duration, try func(context.Context) error) error {
+	return retryCtx(ctx, window, try, nil)
+}
+
+// retryCtx is RetryCtx with Retry's final.
+func retryCtx(ctx context.Context, window time.Duration, try func(context.Context) error, final func(error) bool) error {
 	giveUp := time.Now().Add(window)
 	return Retry(ctx, window, func() error {
 		tctx, cancel := context.WithTimeout(ctx, min(tryTimeout, max(time.Until(giveUp), time.Second)))
 		defer cancel()
 		return try(tctx)
-	}, nil, nil)
+	}, final, nil)
 }
 
 // Input is one client message for a kernel: a v1 frame and the facts of
@@ -169,10 +174,7 @@ var ErrBodyGone = errors.New("output message no longer in the stream")
 func (b *Bus) OutputBody(ctx context.Context, seq uint64, window time.Duration) ([]byte, error) {
 	req := []byte(`{"seq":` + strconv.FormatUint(seq, 10) + `}`)
 	var body []byte
-	giveUp := time.Now().Add(window)
-	err := Retry(ctx, window, func() error {
-		tctx, cancel := context.WithTimeout(ctx, min(tryTimeout, max(time.Until(giveUp), time.Second)))
-		defer cancel()
+	err := retryCtx(ctx, window, func(tctx context.Context) error {
 		m, err := b.NC.RequestWithContext(tctx, "$JS.API.DIRECT.GET."+broker.StreamIO, req)
 		if err != nil {
 			return err
@@ -210,7 +212,7 @@ func (b *Bus) OutputBody(ctx context.Context, seq uint64, window time.Duration) 
 		}
 		body = resp.Message.Data
 		return nil
-	}, func(err error) bool { return errors.Is(err, ErrBodyGone) }, nil)
+	}, func(err error) bool { return errors.Is(err, ErrBodyGone) })
 	return body, err
 }
 
