@@ -120,13 +120,7 @@ func (c *conn) deliver(m jetstream.Msg) {
 		// Written live already, behind the cursor or another session's:
 		// it only moves the cursor.
 		run, num, _, _ := launchID(h)
-		items := []outItem{{seq: seq, h: h, subject: m.Subject(), last: true, run: run, num: num}}
-		c.placeStream(h, items)
-		c.qmu.Lock()
-		c.pending += len(items)
-		c.qmu.Unlock()
-		c.mu.Unlock()
-		c.enqueue(items)
+		c.queueStream(h, []outItem{{seq: seq, h: h, subject: m.Subject(), last: true, run: run, num: num}})
 		return
 	}
 	nm := nats.Msg{Subject: m.Subject(), Header: h, Data: data}
@@ -177,6 +171,12 @@ func (c *conn) deliver(m jetstream.Msg) {
 			items = append(items, it)
 		}
 	}
+	c.queueStream(h, items)
+}
+
+// queueStream places the items of one stream message for live delivery
+// and queues them for the writer; mu is held and released.
+func (c *conn) queueStream(h nats.Header, items []outItem) {
 	if !c.s.cfg.NoLiveOutput {
 		c.placeStream(h, items)
 	}
