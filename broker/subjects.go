@@ -181,6 +181,13 @@ const (
 	// message headers (msg id and type, session, parent type) are then
 	// absent; each frame's own header says them.
 	HeaderBatch = "Kb-Batch"
+	// HeaderInSeq numbers client input: "<sender>.<n>", the sender being
+	// one websocket connection of a front-end (a fresh id without dots)
+	// and n its messages from 1. The launcher receives input live (core
+	// NATS) as well as from the stream, and delivers the live copy only
+	// when it is the next number of a sender whose previous message it
+	// handled, so the kernel gets each message once and in order.
+	HeaderInSeq = "Kb-In-Seq"
 	// HeaderType names the Go type of a JSON body on non-io subjects
 	// (requests, events, control), e.g. "start-request/1".
 	HeaderType = "Kb-Type"

@@ -97,6 +97,20 @@ type Config struct {
 	// gaps, delivers large output, confirms the cursor and serves resumes
 	// (wslive.go).
 	NoLiveOutput bool
+	// HeadersOnlyOutput, with live output, has a websocket that starts
+	// with nothing to replay read its output consumer headers only and
+	// fetch by sequence the bodies the live path did not write
+	// (kbjs.Bus.OutputBody), so a body crosses to the front-end once.
+	// Off by default: in the iopub benchmark the consumer, not the live
+	// path, handles most messages, and a fetch each cost more serve CPU
+	// than the body it saves (docs/benchmarks-notes.md).
+	HeadersOnlyOutput bool
+	// NoLiveInput leaves client messages unnumbered, so launchers take
+	// them from their input consumer only. By default (false) each
+	// websocket numbers what it sends (broker.HeaderInSeq) and the
+	// launcher delivers a message as it is published, from its core
+	// subscription, the stream filling gaps (kbjs.KernelLink.ConsumeInput).
+	NoLiveInput bool
 	// LiveConn opens the NATS connection live output subscriptions use,
 	// kept apart from the bus's: live output has no flow control, so a
 	// flood can get that connection cut off by the server, and then only

@@ -125,6 +125,12 @@ func startFrontendOn(t testing.TB, bus *kbjs.Bus, cfg Config, scheme string, wra
 	if os.Getenv("KB_TEST_LIVE_OUTPUT") == "0" {
 		cfg.NoLiveOutput = true
 	}
+	// The tests' front-ends read output headers only (Config.
+	// HeadersOnlyOutput), the path with more to get wrong, unless
+	// KB_TEST_HEADERS_ONLY=0.
+	if os.Getenv("KB_TEST_HEADERS_ONLY") != "0" {
+		cfg.HeadersOnlyOutput = true
+	}
 	fe, err := New(cfg, bus, testSpecs(t), jstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)

@@ -73,7 +73,12 @@ func newOps(s *Server) (*ops, error) {
 		Help:        "Live output messages dropped by closed websockets' full live subscriptions (the stream delivered them).",
 		ConstLabels: feLabel,
 	}, func() float64 { return float64(s.liveDropped.Load()) })
-	for _, c := range []prometheus.Collector{o.httpDur, wsConns, liveWrites, liveDropped, &o.relay, &kernelCollector{st: s.state, specs: s.specs, topUsers: s.cfg.MetricsTopUsers}} {
+	bodyGets := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: metrics.Namespace, Name: "output_body_gets_total",
+		Help:        "Kernel output bodies fetched from the stream by sequence because the live path had not written them (headers-only output consumers).",
+		ConstLabels: feLabel,
+	}, func() float64 { return float64(s.bodyGets.Load()) })
+	for _, c := range []prometheus.Collector{o.httpDur, wsConns, liveWrites, liveDropped, bodyGets, &o.relay, &kernelCollector{st: s.state, specs: s.specs, topUsers: s.cfg.MetricsTopUsers}} {
 		if err := o.reg.Register(c); err != nil {
 			return nil, err
 		}

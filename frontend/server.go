@@ -40,6 +40,10 @@ type Server struct {
 	// dropped (they came from the stream); livePending bounds that
 	// subscription's queue, in messages and bytes (wslive.go).
 	liveDropped atomic.Int64
+	// bodyGets counts output bodies a headers-only output consumer had
+	// to fetch (kbjs.Bus.OutputBody): the messages the live path did not
+	// carry to a socket first.
+	bodyGets    atomic.Int64
 	livePending [2]int
 	// liveNC carries the live subscriptions (Config.LiveConn); nil when
 	// live output is off or the connection could not be opened.

@@ -18,6 +18,7 @@ import (
 	"github.com/kernelbus/kernelbus/jetstream/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 )
 
@@ -217,6 +218,10 @@ type conn struct {
 	v1      bool
 	log     zerolog.Logger
 	inSubj  string
+	// inSender names this connection in the numbers of its input
+	// (broker.HeaderInSeq), inSeq is the last number; the reader only.
+	inSender string
+	inSeq    uint64
 	// streamEnd is the output stream's last sequence when the client
 	// asked to connect: where a new session starts; streamFirst its first.
 	streamEnd, streamFirst uint64
@@ -230,10 +235,13 @@ type conn struct {
 	mu       sync.Mutex
 	cc       *kbjs.Output
 	finished bool
-	broken   bool   // a write failed: deliver nothing more
-	seen     uint64 // stream sequence of the last message received
-	cursor   uint64 // stream sequence of the last whole message handled
-	skipUpTo uint64 // messages completing at or before were delivered before a reconnect
+	broken   bool // a write failed: deliver nothing more
+	// headersOnly: the output consumer delivers headers only (see start
+	// and deliver's needsBody).
+	headersOnly bool
+	seen        uint64 // stream sequence of the last message received
+	cursor      uint64 // stream sequence of the last whole message handled
+	skipUpTo    uint64 // messages completing at or before were delivered before a reconnect
 	// seekID, while not empty, is the client's last msg_id still being
 	// looked for at the start of a resumed connection (see seek).
 	seekID string
@@ -264,6 +272,8 @@ type conn struct {
 	liveRun                 string
 	liveNext                uint64
 	liveWritten             map[liveKey]struct{}
+	liveHoles               map[uint64]struct{} // numbers of holesRun below liveNext neither path handled yet
+	holesRun                string
 	wRun                    string
 	wThrough                uint64
 	liveInFlight            liveKey
@@ -312,7 +322,7 @@ func (s *Server) serveWS(w *websocket.Conn) {
 	c := &conn{
 		s: s, ws: w.Conn, rec: rec, kernel: rec.ID, session: session, actor: actor,
 		key: sessionKVKey(rec.ID, session), v1: w.Subprotocol() == SubprotocolV1,
-		inSubj: broker.SubjectIn(rec.ID), done: make(chan struct{}), streamEnd: streamEnd,
+		inSubj: broker.SubjectIn(rec.ID), inSender: nuid.Next(), done: make(chan struct{}), streamEnd: streamEnd,
 		streamFirst: streamFirst, resumeAfter: resumeAfter,
 		qwake: make(chan struct{}, 1), qspace: make(chan struct{}, 1), wsem: make(chan struct{}, 1),
 		quit: make(chan struct{}), writerDone: make(chan struct{}),
@@ -360,7 +370,15 @@ func (c *conn) start() error {
 	if err != nil {
 		return err
 	}
-	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, c.deliver, func(err error) {
+	// With live output and HeadersOnlyOutput, a socket that starts at the stream's end (a
+	// new session, or one that missed nothing) reads headers only: the
+	// live path carries the bodies, and deliver fetches those it did not.
+	// Replay (something to catch up, resume_after) reads whole messages.
+	c.mu.Lock()
+	c.headersOnly = c.s.cfg.HeadersOnlyOutput && c.s.liveNC != nil && !c.s.cfg.NoLiveOutput && c.seekID == "" && start > c.streamEnd
+	headersOnly := c.headersOnly
+	c.mu.Unlock()
+	cc, err := c.s.bus.ConsumeOutput(c.s.ctx, c.kernel, start, outputConsumerIdle, busRetryFor, headersOnly, c.deliver, func(err error) {
 		c.log.Debug().Err(err).Msg("output consumer")
 	})
 	if err != nil {
@@ -467,8 +485,13 @@ func (c *conn) handleInput(typ int, data []byte) {
 	// Retried while the stream has no leader (a NATS node died), so
 	// nothing the client sent is lost or doubled; the read loop waits
 	// meanwhile, which keeps the client's order.
-	err = c.s.bus.SendInput(c.s.ctx, kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
-		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}, inputRetryFor)
+	in := kbjs.Input{Kernel: c.kernel, Session: c.session, Channel: f.Channel,
+		MsgType: hdr.MsgType, MsgID: hdr.MsgID, Frame: body}
+	if !c.s.cfg.NoLiveInput {
+		c.inSeq++
+		in.Sender, in.Seq = c.inSender, c.inSeq
+	}
+	err = c.s.bus.SendInput(c.s.ctx, in, inputRetryFor)
 	if err != nil {
 		c.log.Error().Err(err).Str("msg_type", hdr.MsgType).Msg("could not pass a client message to the kernel")
 		return

@@ -353,7 +353,7 @@ func TestWSLiveConnCut(t *testing.T) {
 	sameTexts(t, "A before the cut", readTexts(t, ca, before[len(before)-1]), before)
 
 	e.fe.liveNC.Close()
-	writes := e.fe.liveWrites.Load()
+	writes, gets := e.fe.liveWrites.Load(), e.fe.bodyGets.Load()
 	var wantA, wantB []string
 	for i := range 10 {
 		a, _, _ := publishStreamsNumbered(la, fmt.Sprintf("a%d", i), 30)
@@ -367,6 +367,11 @@ func TestWSLiveConnCut(t *testing.T) {
 	}
 	if n := e.fe.liveWrites.Load(); n != writes {
 		t.Fatalf("%d messages went out live on a closed connection", n-writes)
+	}
+	// Sockets whose consumers read headers only: with live output gone,
+	// every body came from the stream by sequence.
+	if n := e.fe.bodyGets.Load() - gets; e.fe.cfg.HeadersOnlyOutput && n < int64(len(wantA)+len(wantB)) {
+		t.Fatalf("%d bodies fetched for %d messages delivered from the stream", n, len(wantA)+len(wantB))
 	}
 	c2 := e.dial(kb.ID, "S2", true)
 	more, _, _ := publishStreamsNumbered(lb, "more", 5)

@@ -73,7 +73,7 @@ func (c *conn) deliverLive(m *nats.Msg) {
 		c.mu.Unlock()
 		return
 	}
-	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext ||
+	if c.finished || c.broken || c.seekID != "" || c.liveRun == "" || run != c.liveRun || n != c.liveNext || len(c.liveHoles) > 0 ||
 		run == c.recRun && n <= c.recThrough { // a resend of one written before a reconnect
 		c.mu.Unlock()
 		return
@@ -124,10 +124,51 @@ func (c *conn) placeStream(h nats.Header, items []outItem) {
 			items[i].write = false
 		}
 	}
-	if run != c.liveRun || n >= c.liveNext {
+	switch {
+	case run != c.liveRun && run != c.holesRun:
+		// A new run (or the first message): it starts here.
 		c.liveRun, c.liveNext = run, n+1
+		clear(c.liveHoles)
+		c.holesRun = run
+	case run != c.liveRun:
+		// The live path let go of the run (a chunk came live); the
+		// numbers still missing stay missing.
+		c.liveRun, c.liveNext = run, max(n+1, c.liveNext)
+	case n > c.liveNext:
+		// The stream holds this number before lower ones neither path
+		// has handled (a retried publish landed late): they are holes,
+		// and live delivery waits until the stream has filled them, or
+		// a later number would be written before them. A jump wider
+		// than maxLiveHoles is a loss (messages discarded, a publish
+		// given up), not a reordering.
+		if n-c.liveNext <= maxLiveHoles {
+			if c.liveHoles == nil {
+				c.liveHoles = map[uint64]struct{}{}
+			}
+			for m := c.liveNext; m < n; m++ {
+				c.liveHoles[m] = struct{}{}
+			}
+		}
+		c.liveNext = n + 1
+	case n == c.liveNext:
+		c.liveNext = n + 1
+	default:
+		delete(c.liveHoles, n)
+	}
+	// Holes the stream has moved far past are losses too.
+	if len(c.liveHoles) > 0 && c.liveNext > maxLiveHoles {
+		for m := range c.liveHoles {
+			if m < c.liveNext-maxLiveHoles {
+				delete(c.liveHoles, m)
+			}
+		}
 	}
 }
+
+// maxLiveHoles bounds how far the stream may hold a launcher's numbers
+// out of order (retried publishes in flight together) for live delivery
+// to wait for the missing ones.
+const maxLiveHoles = 1024
 
 // writtenLive reports whether the record this connection resumed from
 // says the message was written from the live path. mu is held.

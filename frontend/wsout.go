@@ -18,6 +18,7 @@ import (
 
 	fws "github.com/fasthttp/websocket"
 	"github.com/kernelbus/kernelbus/broker"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -72,17 +73,57 @@ func (c *conn) deliver(m jetstream.Msg) {
 	}
 	seq := meta.Sequence.Stream
 	h := m.Headers()
+	data := m.Data()
 	// omu keeps what the live path and this handler queue in the order
-	// they placed it (enqueue runs outside mu).
+	// they placed it (enqueue runs outside mu). It is taken before a
+	// body is fetched: the live path must not write a later number while
+	// this message, which the stream holds before it, waits for its body.
 	c.omu.Lock()
 	defer c.omu.Unlock()
+	// A headers-only consumer's message has no body: fetch it unless
+	// the socket does not need it. (What makes a body unneeded does not
+	// change before the handler places the message below: only this
+	// handler removes a number from liveWritten.)
+	c.mu.Lock()
+	headersOnly := c.headersOnly
+	fetch := headersOnly && seq > c.seen && c.needsBody(seq, h, m.Subject())
+	c.mu.Unlock()
+	if fetch {
+		body, err := c.s.bus.OutputBody(c.s.ctx, seq, busRetryFor)
+		switch {
+		case errors.Is(err, kbjs.ErrBodyGone):
+			// Aged out of the stream since: as if the consumer had
+			// never seen it.
+			c.log.Warn().Uint64("seq", seq).Msg("kernel output left the stream before it was delivered")
+			return
+		case err != nil:
+			// Delivering what follows would skip this message: end the
+			// connection; the client's reconnect replays from the
+			// cursor, which has not passed it.
+			c.log.Warn().Err(err).Uint64("seq", seq).Msg("could not read kernel output from the stream")
+			c.mu.Lock()
+			c.broken = true
+			c.mu.Unlock()
+			go c.finish(closeInternal, "kernel output unavailable")
+			return
+		}
+		c.s.bodyGets.Add(1)
+		data = body
+	}
 	c.mu.Lock()
 	if c.finished || c.broken || seq <= c.seen {
 		c.mu.Unlock()
 		return
 	}
 	c.seen = seq
-	nm := nats.Msg{Subject: m.Subject(), Header: h, Data: m.Data()}
+	if headersOnly && !fetch {
+		// Written live already, behind the cursor or another session's:
+		// it only moves the cursor.
+		run, num, _, _ := launchID(h)
+		c.queueStream(h, []outItem{{seq: seq, h: h, subject: m.Subject(), last: true, run: run, num: num}})
+		return
+	}
+	nm := nats.Msg{Subject: m.Subject(), Header: h, Data: data}
 	chunkID := ""
 	if ch := h.Get(broker.HeaderChunk); ch != "" {
 		chunkID = h.Get(broker.HeaderChunkID)
@@ -130,6 +171,12 @@ func (c *conn) deliver(m jetstream.Msg) {
 			items = append(items, it)
 		}
 	}
+	c.queueStream(h, items)
+}
+
+// queueStream places the items of one stream message for live delivery
+// and queues them for the writer; mu is held and released.
+func (c *conn) queueStream(h nats.Header, items []outItem) {
 	if !c.s.cfg.NoLiveOutput {
 		c.placeStream(h, items)
 	}
@@ -138,6 +185,27 @@ func (c *conn) deliver(m jetstream.Msg) {
 	c.qmu.Unlock()
 	c.mu.Unlock()
 	c.enqueue(items)
+}
+
+// needsBody reports whether a socket reading headers only needs the body
+// of the stream message seq: not when it was written live, lies behind
+// the cursor or is routed to another session. mu is held.
+func (c *conn) needsBody(seq uint64, h nats.Header, subject string) bool {
+	if h.Get(broker.HeaderChunk) != "" || c.seekID != "" {
+		return true // reassembly and seeking read every body
+	}
+	if seq <= c.skipUpTo {
+		return false
+	}
+	if run, n, _, ok := launchID(h); ok {
+		if _, done := c.liveWritten[liveKey{run, n}]; done {
+			return false
+		}
+		if c.writtenLive(outItem{run: run, num: n}) {
+			return false
+		}
+	}
+	return c.routed(h, subject)
 }
 
 // routed applies jupyter_server's routing: iopub to every connection;

@@ -72,6 +72,10 @@ func Setup(ctx context.Context, nc *nats.Conn, l Layout) (*Bus, error) {
 			MaxMsgsPerSubject: l.IOMaxMsgsPerSubject,
 			Discard:           jetstream.DiscardOld,
 			Duplicates:        2 * time.Minute,
+			// Front-ends read the body of an output message their
+			// headers-only consumer announced, when the live path did
+			// not carry it (Bus.OutputBody).
+			AllowDirect: true,
 		},
 	}
 	for _, sc := range streams {

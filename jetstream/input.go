@@ -7,6 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -42,12 +45,22 @@ func (c *Consumption) Stop() { c.stop() }
 func (c *Consumption) Closed() <-chan struct{} { return c.closed }
 
 // ConsumeInput delivers the kernel's client messages to fn, each once, in
-// order, from its input consumer: the consumer has one message in flight
-// at a time and redelivers one whose ack was lost, so a stream sequence
-// seen before is acked and dropped. A message is acked once fn returns.
-// Malformed messages, and messages on channels clients may not use, are
-// dropped and reported to drop, and so are the pull errors it recovers
-// from.
+// order, from two copies of each: the live one, a core NATS subscription
+// on kb.io.<id>.in that sees a front-end's publish as the stream stores
+// it, and the stored one, from the input consumer. The live copy is
+// delivered when it is the next number (broker.HeaderInSeq) of a sender
+// whose previous message was delivered, and whose msg_id was not among
+// the last ones delivered; anything else (a sender's first message, a
+// gap, a chunk, an unnumbered message) waits for its stored copy, and a
+// stored copy that was delivered live is only acked. A sender's first
+// message therefore comes in stream order, after everything stored before
+// it, which keeps a client's order across a reconnect to another
+// front-end. The consumer has one message in flight at a time and
+// redelivers one whose ack was lost, so a stream sequence seen before is
+// acked and dropped. A message is acked once fn returns. Malformed
+// messages, and messages on channels clients may not use, are dropped and
+// reported to drop, and so are the pull errors it recovers from. fn is
+// never called concurrently.
 //
 // It binds the consumer by name without asking the server about it (a
 // lookup is one more JetStream API call per start, which queues behind
@@ -65,19 +78,35 @@ func (l *KernelLink) ConsumeInput(ctx context.Context, fn func(InputMsg), drop f
 	if err != nil {
 		return nil, fmt.Errorf("input of %s: %w", l.ID, err)
 	}
+	o := &inputOrder{l: l, fn: fn, drop: drop}
+	var live *nats.Subscription
+	if !NoLiveInput {
+		// Credentials minted before live input cannot subscribe: the
+		// server refuses it asynchronously and the stream delivers all.
+		live, err = l.NC.Subscribe(broker.SubjectIn(l.ID), o.live)
+		if err != nil {
+			_ = sub.Unsubscribe()
+			return nil, fmt.Errorf("live input of %s: %w", l.ID, err)
+		}
+	}
 	pctx, stop := context.WithCancel(context.Background())
 	c := &Consumption{stop: stop, closed: make(chan struct{})}
 	go func() {
 		defer close(c.closed)
 		defer func() { _ = sub.Unsubscribe() }()
-		l.pullInput(pctx, sub, fn, drop)
+		if live != nil {
+			defer func() { _ = live.Unsubscribe() }()
+		}
+		l.pullInput(pctx, sub, o)
 	}()
 	return c, nil
 }
 
-func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, fn func(InputMsg), drop func(error)) {
-	var last uint64
-	var re Reassembler
+// NoLiveInput makes ConsumeInput deliver from the stream only (tests and
+// measurements compare the two).
+var NoLiveInput = false
+
+func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, o *inputOrder) {
 	began := time.Now()
 	wait := inputRetryMin
 	for ctx.Err() == nil {
@@ -98,7 +127,7 @@ func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, fn f
 			// a pull the server ended (leader change, heartbeats missed).
 			missing := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConsumerNotFound)
 			if !missing || time.Since(began) > inputQuiet {
-				drop(fmt.Errorf("input consumer: %w", err))
+				o.drop(fmt.Errorf("input consumer: %w", err))
 			}
 			select {
 			case <-ctx.Done():
@@ -109,43 +138,174 @@ func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, fn f
 			continue
 		}
 		for _, m := range msgs {
-			if md, err := m.Metadata(); err == nil {
-				if md.Sequence.Stream <= last {
-					_ = m.Ack()
-					continue
-				}
-				last = md.Sequence.Stream
-			}
-			l.deliverInput(&re, m, fn, drop)
+			o.stored(m)
 			_ = m.Ack()
 		}
 	}
 }
 
-// deliverInput reassembles, decodes and checks one input message and
-// hands it to fn.
-func (l *KernelLink) deliverInput(re *Reassembler, m *nats.Msg, fn func(InputMsg), drop func(error)) {
-	hdr := m.Header
-	data, ok, err := re.Feed(m)
-	if err != nil {
-		drop(fmt.Errorf("bad chunk: %w", err))
+// Live input's bounds: the senders (websocket connections) whose numbers
+// are kept, and the msg_ids remembered to drop a live copy of a message
+// sent again (the stream drops its stored copy as a duplicate).
+const (
+	maxInputSenders = 256
+	recentInputIDs  = 1024
+)
+
+// inputOrder merges the live and stored copies of a kernel's input (see
+// ConsumeInput). Both paths hold mu while they decide and deliver.
+type inputOrder struct {
+	l    *KernelLink
+	fn   func(InputMsg)
+	drop func(error)
+
+	mu      sync.Mutex
+	last    uint64 // stream sequence of the last stored copy handled
+	re      Reassembler
+	senders map[string]*inputSender
+	recent  map[string]struct{}
+	ring    [recentInputIDs]string
+	pos     int
+	tick    uint64
+}
+
+// inputSender is one sender's numbers: the last handled (live or stored)
+// and the last whose stored copy came; used orders evictions.
+type inputSender struct {
+	last, stored, used uint64
+}
+
+// parseInSeq reads broker.HeaderInSeq.
+func parseInSeq(h nats.Header) (string, uint64, bool) {
+	v := h.Get(broker.HeaderInSeq)
+	i := strings.LastIndexByte(v, '.')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(v[i+1:], 10, 64)
+	if err != nil || n == 0 {
+		return "", 0, false
+	}
+	return v[:i], n, true
+}
+
+// live is the core subscription's handler.
+func (o *inputOrder) live(m *nats.Msg) {
+	if m.Header.Get(broker.HeaderChunk) != "" {
 		return
 	}
+	sender, n, ok := parseInSeq(m.Header)
 	if !ok {
 		return
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := o.senders[sender]
+	if s == nil || n != s.last+1 {
+		return
+	}
+	id := m.Header.Get(broker.HeaderMsgID)
+	if _, again := o.recent[id]; again && id != "" {
+		return
+	}
+	s.last = n
+	o.tick++
+	s.used = o.tick
+	o.deliver(m, id, true)
+}
+
+// stored handles a message from the input consumer.
+func (o *inputOrder) stored(m *nats.Msg) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if md, err := m.Metadata(); err == nil {
+		if md.Sequence.Stream <= o.last {
+			return
+		}
+		o.last = md.Sequence.Stream
+	}
+	sender, n, numbered := parseInSeq(m.Header)
+	var s *inputSender
+	if numbered {
+		s = o.sender(sender)
+		if s != nil {
+			s.stored = max(s.stored, n)
+			if n <= s.last {
+				return // delivered live
+			}
+		}
+	}
+	if o.deliver(m, m.Header.Get(broker.HeaderMsgID), false) && s != nil {
+		s.last = n
+	}
+}
+
+// sender returns the numbers of sender, adding them if there is room: a
+// sender whose every live delivery has had its stored copy can be
+// forgotten (its next message then waits for the stream), the least
+// recently used first. With no room, nil: that sender's input comes from
+// the stream only.
+func (o *inputOrder) sender(name string) *inputSender {
+	if s := o.senders[name]; s != nil {
+		o.tick++
+		s.used = o.tick
+		return s
+	}
+	if o.senders == nil {
+		o.senders = make(map[string]*inputSender)
+	}
+	if len(o.senders) >= maxInputSenders {
+		victim, oldest := "", uint64(0)
+		for k, s := range o.senders {
+			if s.stored >= s.last && (victim == "" || s.used < oldest) {
+				victim, oldest = k, s.used
+			}
+		}
+		if victim == "" {
+			return nil
+		}
+		delete(o.senders, victim)
+	}
+	o.tick++
+	s := &inputSender{used: o.tick}
+	o.senders[name] = s
+	return s
+}
+
+// deliver reassembles, decodes and checks one input message and hands it
+// to fn; it reports whether m ended a message (delivered or dropped).
+func (o *inputOrder) deliver(m *nats.Msg, msgID string, live bool) bool {
+	hdr := m.Header
+	data, ok, err := o.re.Feed(m)
+	if err != nil {
+		o.drop(fmt.Errorf("bad chunk: %w", err))
+		return false
+	}
+	if !ok {
+		return false
+	}
+	if msgID != "" {
+		if o.recent == nil {
+			o.recent = make(map[string]struct{}, recentInputIDs)
+		}
+		delete(o.recent, o.ring[o.pos])
+		o.ring[o.pos] = msgID
+		o.recent[msgID] = struct{}{}
+		o.pos = (o.pos + 1) % recentInputIDs
+	}
 	f, err := broker.DecodeV1(data)
 	if err != nil {
-		drop(err)
-		return
+		o.drop(err)
+		return true
 	}
 	ch := f.Channel
 	if ch == "" {
 		ch = hdr.Get(broker.HeaderChannel)
 	}
 	if !broker.IsClientChannel(ch) {
-		drop(fmt.Errorf("a message on channel %q, which clients may not use", ch))
-		return
+		o.drop(fmt.Errorf("a message on channel %q, which clients may not use", ch))
+		return true
 	}
-	fn(InputMsg{Channel: ch, Session: hdr.Get(broker.HeaderSession), MsgID: hdr.Get(broker.HeaderMsgID), Frame: f})
+	o.fn(InputMsg{Channel: ch, Session: hdr.Get(broker.HeaderSession), MsgID: hdr.Get(broker.HeaderMsgID), Frame: f, Live: live})
+	return true
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/kernelbus/kernelbus/broker"
@@ -23,12 +24,17 @@ const tryTimeout = 10 * time.Second
 // RetryCtx is Retry for calls that take a context: each try gets its own,
 // bounded by 10 s and by what is left of window.
 func RetryCtx(ctx context.Context, window time.Duration, try func(context.Context) error) error {
+	return retryCtx(ctx, window, try, nil)
+}
+
+// retryCtx is RetryCtx with Retry's final.
+func retryCtx(ctx context.Context, window time.Duration, try func(context.Context) error, final func(error) bool) error {
 	giveUp := time.Now().Add(window)
 	return Retry(ctx, window, func() error {
 		tctx, cancel := context.WithTimeout(ctx, min(tryTimeout, max(time.Until(giveUp), time.Second)))
 		defer cancel()
 		return try(tctx)
-	}, nil, nil)
+	}, final, nil)
 }
 
 // Input is one client message for a kernel: a v1 frame and the facts of
@@ -40,13 +46,21 @@ type Input struct {
 	MsgType string
 	MsgID   string
 	Frame   []byte // v1.kernel.websocket.jupyter.org frame
+	// Sender and Seq number the message for live input
+	// (broker.HeaderInSeq): Sender one websocket connection (no dots), Seq
+	// its messages from 1. Without a Sender the launcher takes the message
+	// from the stream only.
+	Sender string
+	Seq    uint64
 }
 
 // SendInput publishes a client message to its kernel's input, chunked if
 // it is larger than max_payload, retrying each part for up to window while
 // the stream has no leader (a NATS node died). A message with a msg_id
 // carries it as Nats-Msg-Id, so a retried publish, or a client sending the
-// same message again, reaches the kernel once.
+// same message again, reaches the kernel once. The launcher also receives
+// the publish live, before it is stored; in.Sender and in.Seq let it use
+// that copy (see KernelLink.ConsumeInput).
 func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) error {
 	m := &nats.Msg{Subject: broker.SubjectIn(in.Kernel), Data: in.Frame, Header: nats.Header{
 		broker.HeaderChannel: {in.Channel},
@@ -57,6 +71,9 @@ func (b *Bus) SendInput(ctx context.Context, in Input, window time.Duration) err
 	}}
 	if in.MsgID != "" {
 		m.Header[jetstream.MsgIDHeader] = []string{in.Kernel + ":" + in.MsgID}
+	}
+	if in.Sender != "" {
+		m.Header[broker.HeaderInSeq] = []string{in.Sender + "." + strconv.FormatUint(in.Seq, 10)}
 	}
 	// Split once, so that a retried chunk keeps its chunk id.
 	for _, part := range Split(b.NC, m) {
@@ -110,7 +127,11 @@ func (o *Output) Closed() <-chan struct{} { return o.cc.Closed() }
 // nobody has pulled from it for idle (a front-end that died); Delete
 // removes it at once. errFn, if not nil, hears of pull errors it
 // recovered from.
-func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
+//
+// headersOnly delivers each message's headers only (plus Nats-Msg-Size):
+// for a reader that has most bodies already (live output) and fetches
+// the others with OutputBody.
+func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, window time.Duration, headersOnly bool, fn func(jetstream.Msg), errFn func(error)) (*Output, error) {
 	var cons jetstream.Consumer
 	err := RetryCtx(ctx, window, func(ctx context.Context) (err error) {
 		cons, err = b.JS.OrderedConsumer(ctx, broker.StreamIO, jetstream.OrderedConsumerConfig{
@@ -118,6 +139,7 @@ func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, w
 			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 			OptStartSeq:       from,
 			InactiveThreshold: idle,
+			HeadersOnly:       headersOnly,
 		})
 		return err
 	})
@@ -137,6 +159,61 @@ func (b *Bus) ConsumeOutput(ctx context.Context, id string, from uint64, idle, w
 		return nil, err
 	}
 	return &Output{cc: cc, js: b.JS, cons: cons}, nil
+}
+
+// ErrBodyGone is OutputBody's answer for a message the stream no longer
+// holds (aged out or discarded since its headers were delivered).
+var ErrBodyGone = errors.New("output message no longer in the stream")
+
+// OutputBody returns the body of the KB_IO message at stream sequence seq,
+// whose headers a headers-only ConsumeOutput delivered. It asks with a
+// direct get, which any replica may answer; a replica that has not yet
+// stored seq answers "not found", so that answer is checked with the
+// stream leader (STREAM.MSG.GET) before it is believed. Tries are retried
+// for up to window (a leader election).
+func (b *Bus) OutputBody(ctx context.Context, seq uint64, window time.Duration) ([]byte, error) {
+	req := []byte(`{"seq":` + strconv.FormatUint(seq, 10) + `}`)
+	var body []byte
+	err := retryCtx(ctx, window, func(tctx context.Context) error {
+		m, err := b.NC.RequestWithContext(tctx, "$JS.API.DIRECT.GET."+broker.StreamIO, req)
+		if err != nil {
+			return err
+		}
+		switch st := m.Header.Get("Status"); st {
+		case "":
+			body = m.Data
+			return nil
+		case "404":
+		default:
+			return fmt.Errorf("direct get of %s seq %d: %s %s", broker.StreamIO, seq, st, m.Header.Get("Description"))
+		}
+		// Ask the leader: a replica may be behind.
+		r, err := b.NC.RequestWithContext(tctx, "$JS.API.STREAM.MSG.GET."+broker.StreamIO, req)
+		if err != nil {
+			return err
+		}
+		var resp struct {
+			Message *struct {
+				Data []byte `json:"data"`
+			} `json:"message"`
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(r.Data, &resp); err != nil {
+			return fmt.Errorf("get of %s seq %d: %w", broker.StreamIO, seq, err)
+		}
+		if resp.Error != nil {
+			if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+				return ErrBodyGone
+			}
+			return resp.Error
+		}
+		if resp.Message == nil {
+			return fmt.Errorf("get of %s seq %d: empty answer", broker.StreamIO, seq)
+		}
+		body = resp.Message.Data
+		return nil
+	}, func(err error) bool { return errors.Is(err, ErrBodyGone) })
+	return body, err
 }
 
 // SaveCursor publishes a websocket session's record at once, without
@@ -175,6 +252,7 @@ type InputMsg struct {
 	Session string // the websocket session that sent it
 	MsgID   string
 	Frame   broker.Frame
+	Live    bool // delivered from the live subscription, not the stream
 }
 
 // ErrBadReply is a control reply that could not be read.

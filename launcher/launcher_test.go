@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -77,6 +78,10 @@ type testKernel struct {
 	id      string
 	session string // the websocket session this test client plays
 	done    chan error
+	inSeq   atomic.Uint64 // the numbers of its input, as a websocket's (kbjs.Input.Seq)
+	// streamOnly sends input unnumbered, which the launcher takes from
+	// its input consumer only (as with --live-input=false).
+	streamOnly bool
 
 	mu   sync.Mutex
 	msgs []*outMsg
@@ -285,13 +290,11 @@ func (k *testKernel) send(channel, msgType string, content any, parent []byte) s
 		parent = []byte("{}")
 	}
 	f := broker.Frame{Channel: channel, Header: hdr, ParentHeader: parent, Metadata: []byte("{}"), Content: body}
-	m := &nats.Msg{Subject: broker.SubjectIn(k.id), Data: f.V1(), Header: nats.Header{}}
-	m.Header.Set(broker.HeaderChannel, channel)
-	m.Header.Set(broker.HeaderSession, k.session)
-	m.Header.Set(broker.HeaderMsgID, id)
-	m.Header.Set(broker.HeaderMsgType, msgType)
-	m.Header.Set(broker.HeaderVersion, broker.EnvelopeVersion)
-	if _, err := kbjs.Publish(context.Background(), k.tb.nc, k.tb.bus.JS, m); err != nil {
+	in := kbjs.Input{Kernel: k.id, Session: k.session, Channel: channel, MsgType: msgType, MsgID: id, Frame: f.V1()}
+	if !k.streamOnly {
+		in.Sender, in.Seq = "test-"+k.session, k.inSeq.Add(1)
+	}
+	if err := k.tb.bus.SendInput(context.Background(), in, 10*time.Second); err != nil {
 		k.t.Fatal(err)
 	}
 	return id

@@ -51,6 +51,8 @@ type frontendFlags struct {
 	maxWS         int
 	metricsPublic bool
 	liveOutput    bool
+	headersOnly   bool
+	liveInput     bool
 	topUsers      int
 	tls           tlsFlags
 	ident         identityFlags
@@ -76,7 +78,9 @@ func (f *frontendFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.launchTimeout, "launch-timeout", 40*time.Second, "default KERNEL_LAUNCH_TIMEOUT")
 	fs.IntVar(&f.maxKernels, "max-kernels", 0, "most kernels at once, starting ones included (0: no limit)")
 	fs.IntVar(&f.maxPerUser, "max-kernels-per-user", 0, "most kernels per user, across front-ends (0: no limit)")
+	fs.BoolVar(&f.headersOnly, "headers-only-output", false, "with live output, websockets read their output consumer headers only and fetch the bodies the live path missed by sequence (each body reaches the front-end once; measured to cost more CPU than it saves in an iopub flood, where the consumer handles most messages)")
 	fs.BoolVar(&f.liveOutput, "live-output", true, "deliver kernel output to websockets as it is published (core NATS), the stream filling gaps, carrying outputs over 1 MiB and serving resumes; false: from the stream only")
+	fs.BoolVar(&f.liveInput, "live-input", true, "number client messages per websocket so that launchers may take them as they are published (core NATS), the stream filling gaps; false: launchers take input from the stream only")
 	fs.BoolVar(&f.metricsPublic, "metrics-public", false, "serve /metrics without authentication (default: it needs the API's token)")
 	fs.IntVar(&f.topUsers, "metrics-top-users", 0, "add kernelbus_user_kernels{user} for this many users with the most kernels (0: no per-user series)")
 	f.tls.register(fs)
@@ -153,6 +157,8 @@ func (f *frontendFlags) config(id string, log zerolog.Logger) (frontend.Config, 
 		MetricsPublic:        f.metricsPublic,
 		MetricsTopUsers:      f.topUsers,
 		NoLiveOutput:         !f.liveOutput,
+		HeadersOnlyOutput:    f.headersOnly,
+		NoLiveInput:          !f.liveInput,
 	}, nil
 }
 

@@ -99,6 +99,9 @@ func LauncherTemplate() jwt.UserPermissionLimits {
 		SubjectRenew(name),
 	}
 	l.Sub.Allow = jwt.StringList{
+		// Its own client input, live (core NATS), as front-ends publish
+		// it to the stream (kbjs.KernelLink.ConsumeInput).
+		broker.SubjectIn(name),
 		broker.SubjectControl(name),
 		kvSubject(broker.BucketKernels, name),
 		InboxPrefix(name) + ".>",
@@ -194,9 +197,11 @@ func Permissions(role, rm string) (jwt.Permissions, error) {
 			deny = append(deny, "$JS.API.CONSUMER.CREATE."+broker.StreamRequests+".*."+broker.SubjectRequestsFor(other))
 		}
 		p.Pub.Deny = deny
-		// Launchers' inboxes too: a worker without a minter hands its
-		// own credentials to its launchers, which reply-subscribe there.
-		p.Sub.Allow = jwt.StringList{"_INBOX.>", InboxPrefix("*") + ".>", SubjectRenewAll}
+		// Launchers' inboxes and live input too: a worker without a
+		// minter hands its own credentials to its launchers, which
+		// reply-subscribe there and take their input live. (A worker
+		// may read KB_IO through the JetStream API anyway.)
+		p.Sub.Allow = jwt.StringList{"_INBOX.>", InboxPrefix("*") + ".>", SubjectRenewAll, broker.SubjectIn("*")}
 	default:
 		return p, fmt.Errorf("no bus role %q", role)
 	}

@@ -124,9 +124,21 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 		if _, err := link.JS.Publish(ctx, broker.SubjectOutLarge(a, "iopub"), []byte("x")); err != nil {
 			t.Fatalf("own large output: %v", err)
 		}
-		// Input a front-end sent reaches the launcher through its consumer.
+		// Input a front-end sent reaches the launcher live and through
+		// its consumer.
+		liveIn, err := p.nc.SubscribeSync(broker.SubjectIn(a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer liveIn.Unsubscribe()
+		if err := p.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := e.Bus.JS.Publish(ctx, broker.SubjectIn(a), []byte("hello")); err != nil {
 			t.Fatal(err)
+		}
+		if m, err := liveIn.NextMsg(5 * time.Second); err != nil || string(m.Data) != "hello" {
+			t.Fatalf("live input: %v", err)
 		}
 		cons, err := link.Input(ctx)
 		if err != nil {
@@ -177,6 +189,14 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 			_, err := p.nc.Subscribe(broker.SubjectOutAll(b), func(*nats.Msg) {})
 			return err
 		}, "Subscription to \"" + broker.SubjectOutAll(b)},
+		{"subscribe to B's input (live)", func(p *probe) error {
+			_, err := p.nc.Subscribe(broker.SubjectIn(b), func(*nats.Msg) {})
+			return err
+		}, "Subscription to \"" + broker.SubjectIn(b)},
+		{"subscribe to every kernel's input", func(p *probe) error {
+			_, err := p.nc.Subscribe(broker.SubjectIn("*"), func(*nats.Msg) {})
+			return err
+		}, "Subscription to \"" + broker.SubjectIn("*")},
 		{"subscribe to everything", func(p *probe) error { _, err := p.nc.Subscribe(">", func(*nats.Msg) {}); return err }, "Subscription to \">\""},
 		{"subscribe to front-ends' inboxes", func(p *probe) error { _, err := p.nc.Subscribe("_INBOX.>", func(*nats.Msg) {}); return err }, "Subscription to \"_INBOX.>\""},
 		{"subscribe to B's control", func(p *probe) error {
@@ -215,6 +235,17 @@ func TestLauncherCredentialsReachOnlyTheirKernel(t *testing.T) {
 			return p.nc.PublishRequest("$JS.API.CONSUMER.CREATE.KB_IO."+broker.InputConsumer(a)+".kb.io."+a+".in", broker.InboxPrefix(a)+".x",
 				[]byte(`{"config":{"deliver_subject":"kb.ctl.`+b+`"}}`))
 		}, "$JS.API.CONSUMER.CREATE.KB_IO." + broker.InputConsumer(a)},
+		// Output bodies by sequence are the front-ends' (a headers-only
+		// output consumer fetches the bodies live output missed).
+		{"read KB_IO by sequence (direct get)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.DIRECT.GET."+broker.StreamIO, broker.InboxPrefix(a)+".x", []byte(`{"seq":1}`))
+		}, "Publish to \"$JS.API.DIRECT.GET." + broker.StreamIO + "\""},
+		{"read B's output (direct get by subject)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.DIRECT.GET."+broker.StreamIO+"."+broker.SubjectOut(b, "iopub"), broker.InboxPrefix(a)+".x", nil)
+		}, "$JS.API.DIRECT.GET." + broker.StreamIO + "." + broker.SubjectOut(b, "iopub")},
+		{"read KB_IO by sequence (stream msg get)", func(p *probe) error {
+			return p.nc.PublishRequest("$JS.API.STREAM.MSG.GET."+broker.StreamIO, broker.InboxPrefix(a)+".x", []byte(`{"seq":1}`))
+		}, "$JS.API.STREAM.MSG.GET." + broker.StreamIO},
 		{"pull B's input", func(p *probe) error {
 			return p.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KB_IO."+broker.InputConsumer(b), broker.InboxPrefix(a)+".x", []byte(`{"batch":1}`))
 		}, "$JS.API.CONSUMER.MSG.NEXT.KB_IO." + broker.InputConsumer(b)},
@@ -401,6 +432,38 @@ func TestRoleCredentials(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no live output reached the front-end (violations %v)", p.errs)
+		}
+	})
+	t.Run("front-end reads an output body by sequence", func(t *testing.T) {
+		p := connect(t, e, fe, "")
+		bus, err := kbjs.Open(ctx, p.nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := e.Bus.JS.Publish(ctx, broker.SubjectOut("k1", "iopub"), []byte("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := bus.OutputBody(ctx, ack.Sequence, 10*time.Second)
+		if err != nil || string(got) != "body" {
+			t.Fatalf("OutputBody = %q, %v (violations %v)", got, err, p.errs)
+		}
+		// The last output of a kernel, as a front-end drains an ended
+		// kernel's sockets: with AllowDirect a direct get by a wildcard
+		// subject.
+		js, _ := jetstream.New(p.nc)
+		st, err := js.Stream(ctx, broker.StreamIO)
+		if err != nil || !st.CachedInfo().Config.AllowDirect {
+			t.Fatalf("stream %s: %v (AllowDirect not set?)", broker.StreamIO, err)
+		}
+		last, err := st.GetLastMsgForSubject(ctx, broker.SubjectOutAll("k1"))
+		if err != nil || string(last.Data) != "body" {
+			t.Fatalf("last output: %v, %v", last, err)
+		}
+		// A sequence the stream does not hold: the direct get's "not
+		// found" is checked with the leader, then believed.
+		if _, err := bus.OutputBody(ctx, ack.Sequence+1000, 10*time.Second); !errors.Is(err, kbjs.ErrBodyGone) {
+			t.Fatalf("OutputBody past the end = %v, want ErrBodyGone", err)
 		}
 	})
 	t.Run("local worker claims its own", func(t *testing.T) {
