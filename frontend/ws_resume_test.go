@@ -148,6 +148,18 @@ func closeWS(t *testing.T, e *testEnv, c *wsClient, kernel string) {
 	waitDisconnected(t, e, kernel, c.session)
 }
 
+// receivedThenClosed has session (a v1 or a legacy client) of kernel
+// receive n stream messages prefix-0 .. prefix-(n-1) live, then closes its
+// websocket; it returns what was published.
+func receivedThenClosed(t *testing.T, e *testEnv, kernel, session string, v1 bool, prefix string, n int) []sentMsg {
+	t.Helper()
+	c := e.dial(kernel, session, v1)
+	sent := publishStreams(t, e.bus, kernel, prefix, n)
+	sameTexts(t, "live", readTexts(t, c, fmt.Sprintf("%s-%d", prefix, n-1)), textsOf(sent))
+	closeWS(t, e, c, kernel)
+	return sent
+}
+
 func sameTexts(t *testing.T, what string, got, want []string) {
 	t.Helper()
 	if strings.Join(got, ",") != strings.Join(want, ",") {
@@ -237,13 +249,10 @@ func TestWSResumeAfterBehindCursor(t *testing.T) {
 func TestWSResumeAfterUnknownID(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := e.startKernel()
-	c := e.dial(k.ID, "U", false)
-	sent := publishStreams(t, e.bus, k.ID, "m", 3)
-	sameTexts(t, "live", readTexts(t, c, "m-2"), textsOf(sent))
-	closeWS(t, e, c, k.ID)
+	sent := receivedThenClosed(t, e, k.ID, "U", false, "m", 3)
 	setCursor(t, e, k.ID, "U", sent[1].seq)
 	more := publishStreams(t, e.bus, k.ID, "n", 1)
-	c = e.dialResume(k.ID, "U", "no-such-msg-id", false)
+	c := e.dialResume(k.ID, "U", "no-such-msg-id", false)
 	sameTexts(t, "unknown msg_id", readTexts(t, c, "n-0"), append([]string{"m-2"}, textsOf(more)...))
 
 	fresh := e.dialResume(k.ID, "fresh", sent[0].id, true)
@@ -282,10 +291,7 @@ func TestWSResumeAfterBadParam(t *testing.T) {
 func TestWSResumeAfterInFlightWrite(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := e.startKernel()
-	c := e.dial(k.ID, "S", true)
-	sent := publishStreams(t, e.bus, k.ID, "w", 6)
-	sameTexts(t, "live", readTexts(t, c, "w-5"), textsOf(sent))
-	closeWS(t, e, c, k.ID)
+	sent := receivedThenClosed(t, e, k.ID, "S", true, "w", 6)
 	setWindow := func(cursor, inFlight uint64) {
 		t.Helper()
 		cs := sessionRecord(t, e, k.ID, "S")
@@ -297,7 +303,7 @@ func TestWSResumeAfterInFlightWrite(t *testing.T) {
 	}
 	// The write carried w-2..w-4; the client got w-2 and w-3.
 	setWindow(sent[1].seq, sent[4].seq)
-	c = e.dialResume(k.ID, "S", sent[3].id, true)
+	c := e.dialResume(k.ID, "S", sent[3].id, true)
 	sameTexts(t, "resumed inside the window", readTexts(t, c, "w-5"), textsOf(sent[4:]))
 	closeWS(t, e, c, k.ID)
 

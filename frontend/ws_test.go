@@ -38,14 +38,7 @@ func TestWSLegacyRoundTrip(t *testing.T) {
 		t.Fatalf("reply parent %s, want %s", msgs[1].Parent, id)
 	}
 	// The model counts the connection.
-	jstest.WaitForNil(t, 5*time.Second, func() error {
-		var m KernelModel
-		e.do("GET", "api/kernels/"+k.ID, nil, nil, &m)
-		if m.Connections != 1 {
-			return fmt.Errorf("connections %d", m.Connections)
-		}
-		return nil
-	})
+	waitConnections(t, e, k.ID, 1)
 	// The launcher got what the client sent, stamped for routing.
 	l := e.worker.launcher(k.ID)
 	l.mu.Lock()
@@ -55,11 +48,17 @@ func TestWSLegacyRoundTrip(t *testing.T) {
 		t.Fatalf("launcher got %s %s", got.Channel, got.Header)
 	}
 	_ = c.c.WriteMessage(fws.CloseMessage, fws.FormatCloseMessage(1000, ""))
+	waitConnections(t, e, k.ID, 0)
+}
+
+// waitConnections waits until kernel's model counts n connections.
+func waitConnections(t *testing.T, e *testEnv, kernel string, n int) {
+	t.Helper()
 	jstest.WaitForNil(t, 5*time.Second, func() error {
 		var m KernelModel
-		e.do("GET", "api/kernels/"+k.ID, nil, nil, &m)
-		if m.Connections != 0 {
-			return fmt.Errorf("connections %d", m.Connections)
+		e.do("GET", "api/kernels/"+kernel, nil, nil, &m)
+		if m.Connections != n {
+			return fmt.Errorf("connections %d, want %d", m.Connections, n)
 		}
 		return nil
 	})

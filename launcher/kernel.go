@@ -34,9 +34,12 @@ type incarnation struct {
 func (inc *incarnation) sawInfo()  { inc.infoOnce.Do(func() { close(inc.info) }) }
 func (inc *incarnation) sawIOPub() { inc.iopubOnce.Do(func() { close(inc.iopub) }) }
 
-func (inc *incarnation) stopped() bool {
+func (inc *incarnation) stopped() bool { return isClosed(inc.stop) }
+
+// isClosed reports, without waiting, whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-inc.stop:
+	case <-ch:
 		return true
 	default:
 		return false

@@ -202,14 +202,7 @@ func (p *process) readLines(r *os.File, stream string, ring *lineRing, log zerol
 }
 
 // exited reports whether the process has exited.
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *process) exited() bool { return isClosed(p.done) }
 
 // signal sends sig to the kernel's whole process group. ESRCH (nothing
 // left) is not an error.

@@ -25,14 +25,12 @@ stamp=$venv/.kb-installed
 pyver=$("$py" -c 'import sys; print(sys.version.split()[0])')
 
 mkdir -p "$cache"
-if [ -d "$venv" ] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  echo "setup-jeg: venv at $venv is broken, recreating" >&2
-  rm -rf "$venv"
-fi
+# shellcheck source=setup-venv.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
+venv_ready setup-jeg "$venv" "$py"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$version $pyver" ]; then
   echo "setup-jeg: installing jupyter_enterprise_gateway==$version into $venv" >&2
   rm -f "$stamp"
-  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet "jupyter_enterprise_gateway==$version" ipykernel
   "$venv/bin/python" -m ipykernel install --sys-prefix >/dev/null

@@ -30,14 +30,12 @@ setup_lock jupyterhub
 
 command -v npm >/dev/null || { echo "setup-jupyterhub: npm is not installed (the Hub's proxy comes from npm)" >&2; exit 1; }
 mkdir -p "$cache"
-if [ -d "$venv" ] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  echo "setup-jupyterhub: venv at $venv is broken, recreating" >&2
-  rm -rf "$venv"
-fi
+# shellcheck source=setup-venv.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
+venv_ready setup-jupyterhub "$venv" "$py"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setup-jupyterhub: installing jupyterhub==$version and configurable-http-proxy@$chp into $venv" >&2
   rm -f "$stamp"
-  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet "jupyterhub==$version"
   mkdir -p "$cache/npm" "$venv/node"

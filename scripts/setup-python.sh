@@ -19,18 +19,12 @@ py=${KB_PYTHON:-python3}
 # shellcheck source=setup-lock.sh
 . "$(dirname "${BASH_SOURCE[0]}")/setup-lock.sh"
 setup_lock python
+# shellcheck source=setup-venv.sh
+. "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
 
 mkdir -p "$cache"
 
-# A venv whose interpreter vanished (e.g. the base Python was replaced) is rebuilt.
-if [ -d "$venv" ] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  echo "setup-python: venv at $venv is broken, recreating" >&2
-  rm -rf "$venv"
-fi
-if [ ! -x "$venv/bin/python" ]; then
-  echo "setup-python: creating venv at $venv" >&2
-  "$py" -m venv "$venv"
-fi
+venv_ready setup-python "$venv" "$py"
 
 want=$( { cat "$req"; "$venv/bin/python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)
 have=$(cat "$stamp" 2>/dev/null || true)

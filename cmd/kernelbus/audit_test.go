@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +14,10 @@ import (
 
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
+	kbjs "github.com/kernelbus/kernelbus/jetstream"
+	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
+	"github.com/nats-io/nats.go"
 )
 
 // serveProc is a `kernelbus serve` child process.
@@ -28,6 +32,29 @@ func startServe(t *testing.T, bin, dataDir, logPath string, args ...string) *ser
 		args = append(args, "--insecure-no-auth") // these tests are not about authentication
 	}
 	return launchServe(t, bin, dataDir, logPath, args...)
+}
+
+// servedBus is the nats.conn of a `kernelbus serve` data folder: the bus
+// URL, the credentials folder and the CA.
+func servedBus(t testing.TB, dataDir string) connFile {
+	t.Helper()
+	cf, err := readConnFile(filepath.Join(dataDir, "nats.conn"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cf
+}
+
+// admin connects to the bus as its administrator, named name; the
+// connection closes when the test ends.
+func (cf connFile) admin(t testing.TB, name string) *nats.Conn {
+	t.Helper()
+	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // launchServe starts serve with exactly args (and a listen address and

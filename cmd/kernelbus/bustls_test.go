@@ -36,20 +36,13 @@ func TestServeBusTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf := servedBus(t, data)
 	if cf.ca == "" {
 		t.Fatal("nats.conn names no CA")
 	}
 	// The admin sees the renewals' replies (the credentials a launcher
 	// gets) in the launchers' inboxes.
-	admin, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: "admin"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin := cf.admin(t, "admin")
 	var mu sync.Mutex
 	var issued []string
 	if _, err := admin.Subscribe(broker.InboxPrefix("*")+".>", func(m *nats.Msg) {

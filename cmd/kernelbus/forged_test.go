@@ -12,7 +12,6 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/frontend/client"
 	kbjs "github.com/kernelbus/kernelbus/jetstream"
-	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 )
 
@@ -30,15 +29,7 @@ func TestForgedStartRunsTheSpec(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: "forger"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := servedBus(t, data).admin(t, "forger")
 	bus, err := kbjs.Open(ctx, nc)
 	if err != nil {
 		t.Fatal(err)

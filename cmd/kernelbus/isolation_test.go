@@ -14,23 +14,14 @@ import (
 	"github.com/kernelbus/kernelbus/broker"
 	"github.com/kernelbus/kernelbus/e2e/attack"
 	"github.com/kernelbus/kernelbus/frontend/client"
-	kbjs "github.com/kernelbus/kernelbus/jetstream"
 	"github.com/kernelbus/kernelbus/jetstream/access"
 	"github.com/kernelbus/kernelbus/jetstream/jstest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// tryIt starts the cells below: tryit(name, f) records in res whether f
-// ran ("ok") or the type of the error it raised.
-const tryIt = `
-import os, json, signal
-res = {"uid": os.getuid()}
-def tryit(name, f):
-    try:
-        f()
-        res[name] = "ok"
-    except Exception as e:
-        res[name] = type(e).__name__
+// tryIt starts the cells below: attack.TryIt, the kernel's uid in tries.
+const tryIt = attack.TryIt + `import signal
+tries["uid"] = os.getuid()
 `
 
 // reachCell is what kernel A tries against the gateway itself beyond bus
@@ -43,7 +34,7 @@ tryit("read minter", lambda: open(%[1]q + "/auth/launcher-minter.json").read())
 tryit("list jetstream", lambda: os.listdir(%[1]q + "/jetstream"))
 tryit("signal 0 gateway", lambda: os.kill(%[2]d, 0))
 tryit("SIGTERM gateway", lambda: os.kill(%[2]d, signal.SIGTERM))
-print("REACH" + json.dumps(res))
+print("REACH" + json.dumps(tries))
 `
 
 // crossCell is what kernel A tries against kernel B on the same host
@@ -62,7 +53,7 @@ tryit("list the kernel homes", lambda: os.listdir(%[5]q))
 tryit("signal 0 B", lambda: os.kill(%[2]d, 0))
 tryit("SIGTERM B", lambda: os.kill(%[2]d, signal.SIGTERM))
 tryit("SIGTERM B's launcher", lambda: os.kill(%[3]d, signal.SIGTERM))
-print("CROSS" + json.dumps(res))
+print("CROSS" + json.dumps(tries))
 `
 
 // TestServeKernelIsolation: `kernelbus serve` run as root with its
@@ -200,10 +191,7 @@ func TestServeKernelIsolation(t *testing.T) {
 
 	// Bus credentials, wherever A can find them.
 	l := attack.Steal(t, connA)
-	cf, err := readConnFile(filepath.Join(data, "nats.conn"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf := servedBus(t, data)
 	creds := append(l.Creds(), attack.Minted(t, filepath.Join(cf.authDir, access.MinterFileName), a))
 	attack.RunAll(t, cf.url, cf.ca, creds, a, b, nil)
 
@@ -220,11 +208,7 @@ func TestServeKernelIsolation(t *testing.T) {
 	if r, err := connB.Execute("print('pwned_by_a' in globals())", time.Minute); err != nil || strings.TrimSpace(r.Stdout.String()) != "False" {
 		t.Fatalf("B ran code A sent over ZMQ: %+v %v", r, err)
 	}
-	admin, err := kbjs.Connect(kbjs.ConnectOptions{URLs: cf.url, CredsFile: filepath.Join(cf.authDir, access.AdminCreds), CAFile: cf.ca, Name: "admin"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin := cf.admin(t, "admin")
 	js, err := jetstream.New(admin)
 	if err != nil {
 		t.Fatal(err)
@@ -250,18 +234,9 @@ func parentPID(t *testing.T, pid int) int {
 }
 
 // probeCell tries to read a connection file and to signal a process.
-const probeCell = `
-import os, json
-res = {"uid": os.getuid()}
-try:
-    open(%[1]q).read(); res["read"] = "ok"
-except Exception as e:
-    res["read"] = type(e).__name__
-try:
-    os.kill(%[2]d, 0); res["signal"] = "ok"
-except Exception as e:
-    res["signal"] = type(e).__name__
-print("PROBE" + json.dumps(res))
+const probeCell = tryIt + `tryit("read", lambda: open(%[1]q).read())
+tryit("signal", lambda: os.kill(%[2]d, 0))
+print("PROBE" + json.dumps(tries))
 `
 
 // TestServeRunAsOwners: serve as root with --run-as-owners and two OS

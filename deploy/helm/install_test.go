@@ -296,32 +296,15 @@ func TestChartInstall(t *testing.T) {
 
 	t.Run("a kernel through the installed front-end", func(t *testing.T) {
 		c := &client.Client{BaseURL: base, Token: token, HTTP: hc}
-		start := time.Now()
-		m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "alice"})
-		if err != nil {
-			t.Fatalf("start: %v", err)
-		}
-		t.Logf("kernel started through the chart's front-end and worker in %s", time.Since(start).Round(time.Millisecond))
-		if _, err := cs.CoreV1().Pods("kb-alice").Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{}); err != nil {
-			t.Fatalf("kernel pod: %v", err)
-		}
-		conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := conn.Execute("import os\nprint(os.environ['KERNEL_NAMESPACE'], 6*7)", 60*time.Second)
-		conn.Close()
-		if err != nil || r.Status != "ok" {
-			t.Fatalf("execute: %v %+v", err, r)
-		}
-		if got := strings.TrimSpace(r.Stdout.String()); got != "kb-alice 42" {
+		id, got := runInPod(t, ctx, c, cs, "alice", "kb-alice", "import os\nprint(os.environ['KERNEL_NAMESPACE'], 6*7)")
+		if got != "kb-alice 42" {
 			t.Fatalf("kernel printed %q", got)
 		}
-		if err := c.DeleteKernel(ctx, m.ID); err != nil {
+		if err := c.DeleteKernel(ctx, id); err != nil {
 			t.Fatalf("delete: %v", err)
 		}
 		jstest.WaitForNil(t, 60*time.Second, func() error {
-			_, err := cs.CoreV1().Pods("kb-alice").Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{})
+			_, err := cs.CoreV1().Pods("kb-alice").Get(ctx, kbk8s.PodName(id), metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
 				return nil
 			}
@@ -383,28 +366,42 @@ func installWithNATS(t *testing.T, ctx context.Context, cl *k8stest.Cluster, py,
 	t.Logf("helm install --wait (NATS StatefulSet, front-end, worker) took %s", took)
 	fePort := ports[3]
 	c := &client.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", fePort), Token: token}
-	m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": "erin"})
-	if err != nil {
-		t.Fatalf("start: %v", err)
+	id, got := runInPod(t, ctx, c, cs, "erin", kernels, "print(6*7)")
+	if got != "42" {
+		t.Fatalf("kernel printed %q", got)
 	}
-	if _, err := cs.CoreV1().Pods(kernels).Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{}); err != nil {
-		t.Fatalf("kernel pod in the shared namespace: %v", err)
-	}
-	conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := conn.Execute("print(6*7)", 60*time.Second)
-	conn.Close()
-	if err != nil || strings.TrimSpace(r.Stdout.String()) != "42" {
-		t.Fatalf("execute: %v %+v", err, r)
-	}
-	if err := c.DeleteKernel(ctx, m.ID); err != nil {
+	if err := c.DeleteKernel(ctx, id); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
 	if out, err := helm(t, "uninstall", "kb2", "--namespace", ns, "--kubeconfig", cl.Kubeconfig, "--wait", "--timeout", "2m"); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
+}
+
+// runInPod starts a python3-k8s kernel for user through the installed
+// front-end c, checks that its pod is in namespace ns and runs code in it;
+// it returns the kernel's id and what the code printed.
+func runInPod(t *testing.T, ctx context.Context, c *client.Client, cs k8s.Interface, user, ns, code string) (id, stdout string) {
+	t.Helper()
+	start := time.Now()
+	m, err := c.StartKernel(ctx, "python3-k8s", map[string]string{"KERNEL_USERNAME": user})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Logf("kernel started through the chart's front-end and worker in %s", time.Since(start).Round(time.Millisecond))
+	if _, err := cs.CoreV1().Pods(ns).Get(ctx, kbk8s.PodName(m.ID), metav1.GetOptions{}); err != nil {
+		t.Fatalf("kernel pod in %s: %v", ns, err)
+	}
+	conn, err := c.Connect(ctx, m.ID, client.NewID(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := conn.Execute(code, 60*time.Second)
+	conn.Close()
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("execute: %v %+v", err, r)
+	}
+	return m.ID, strings.TrimSpace(r.Stdout.String())
 }
 
 // authSecret writes the installation's files into dir and returns what the

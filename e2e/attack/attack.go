@@ -85,6 +85,21 @@ except Exception as e:
 print("FOUND" + json.dumps(found))
 `
 
+// TryIt starts a cell that tries things one by one: tryit(name, f) records
+// in the dict tries whether f ran ("ok") or the type of the error it
+// raised. It imports os and json for the cell. It holds no %, so a cell
+// built on it can go through fmt.Sprintf.
+const TryIt = `
+import os, json
+tries = {}
+def tryit(name, f):
+    try:
+        f()
+        tries[name] = "ok"
+    except Exception as e:
+        tries[name] = type(e).__name__
+`
+
 // zmqCell sends, from kernel A, to every TCP port listening on 127.0.0.1
 // but its own, a ZMQ execute_request signed with A's own key and one
 // unsigned, whose code would create %[1]q; then the same, signed with A's

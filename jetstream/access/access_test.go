@@ -494,10 +494,7 @@ func TestRoleCredentials(t *testing.T) {
 // TestServerConfigLoads checks the configuration include a cluster's
 // nats-server uses: it names the operator and preloads both accounts.
 func TestServerConfigLoads(t *testing.T) {
-	in, err := access.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
+	in := generate(t)
 	conf, err := in.ServerConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -513,4 +510,25 @@ func TestServerConfigLoads(t *testing.T) {
 	if err := json.Unmarshal(b, &mf); err != nil || mf.Account != j.AccountKey {
 		t.Fatalf("minter file: %v %+v", err, mf)
 	}
+}
+
+// generate is a new installation (operator, accounts); the test stops if
+// one cannot be made.
+func generate(tb testing.TB) *access.Installation {
+	tb.Helper()
+	in, err := access.Generate()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return in
+}
+
+// newMinter is the credential minter of a new installation.
+func newMinter(tb testing.TB) *access.Minter {
+	tb.Helper()
+	m, err := generate(tb).Minter()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
 }

@@ -14,14 +14,7 @@ import (
 // BenchmarkMintLauncherCreds is what a worker spends per start minting a
 // kernel's credentials (a new user nkey and a signed JWT).
 func BenchmarkMintLauncherCreds(b *testing.B) {
-	in, err := access.Generate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, err := in.Minter()
-	if err != nil {
-		b.Fatal(err)
-	}
+	m := newMinter(b)
 	id := uuid.NewString()
 	b.ResetTimer()
 	for range b.N {

@@ -14,14 +14,7 @@ import (
 // the jwt package (what nats.go's creds loader uses); credentials that are
 // not a user JWT and a seed are refused with a reason.
 func TestLauncherCredsReadBack(t *testing.T) {
-	in, err := access.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := in.Minter()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newMinter(t)
 	id := uuid.NewString()
 	creds, err := m.LauncherCreds(id, time.Hour)
 	if err != nil {

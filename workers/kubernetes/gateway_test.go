@@ -319,22 +319,13 @@ func TestGatewayOnKubernetes(t *testing.T) {
 // pod) and B's kernel process (host pid %[2]d): read its environment,
 // signal it; and the gateway's data folder (%[3]q: its nats.conn, role
 // credentials, stream files). Each try is "ok" or the error's type.
-const viewCell = `
-import os, json
-procs = {}
+const viewCell = attack.TryIt + `procs = {}
 for p in os.listdir("/proc"):
     if p.isdigit():
         try:
             procs[p] = open("/proc/%%s/cmdline" %% p, "rb").read().replace(b"\0", b" ").decode(errors="replace")[:200]
         except Exception as e:
             procs[p] = type(e).__name__
-tries = {}
-def tryit(name, f):
-    try:
-        f()
-        tries[name] = "ok"
-    except Exception as e:
-        tries[name] = type(e).__name__
 tryit("read B's connection file", lambda: open(%[1]q).read())
 tryit("list B's connection folder", lambda: os.listdir(os.path.dirname(%[1]q)))
 tryit("read B's environ", lambda: open("/proc/%[2]d/environ").read())

@@ -18,16 +18,9 @@ import (
 // --master/--deploy-mode/--name give way to kernelbus's, and the client's
 // KERNEL_EXTRA_SPARK_OPTS appear once and cannot read the worker's env.
 func TestBuildJEGSparkOpts(t *testing.T) {
-	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	t.Setenv("KB_TEST_WORKER_ONLY", "worker-secret")
 	t.Setenv("PATH", "/usr/bin:/bin")
-	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark"}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBackend(t, Config{})
 	cfg := &broker.LaunchConfig{
 		KernelID: "k-1",
 		Argv:     []string{"/jeg/bin/run.sh", "--RemoteProcessProxy.kernel-id", "{kernel_id}", "--RemoteProcessProxy.spark-context-initialization-mode", "eager"},
@@ -72,14 +65,7 @@ func TestBuildJEGSparkOpts(t *testing.T) {
 // identity or ship the worker's files into the kernel's container are
 // refused with 400, naming the option.
 func TestClientSparkOptsInjection(t *testing.T) {
-	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBackend(t, Config{Impersonation: true})
 	build := func(extra string) ([]string, error) {
 		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
 			Env: map[string]string{"KERNEL_USERNAME": "alice", "KERNEL_EXTRA_SPARK_OPTS": extra}}
@@ -133,14 +119,7 @@ func FuzzClientSparkOpts(f *testing.F) {
 		"'--files' /x", "--conf \"spark.yarn.dist.files=/x\"", "--conf spark.app.note='a;b'", "--conf\\ spark.files=/x"} {
 		f.Add(s)
 	}
-	launcher := filepath.Join(f.TempDir(), "kernelbus-launcher")
-	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		f.Fatal(err)
-	}
-	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark", Impersonation: true}, zerolog.Nop())
-	if err != nil {
-		f.Fatal(err)
-	}
+	b := testBackend(f, Config{Impersonation: true})
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, extra string) {
 		cfg := &broker.LaunchConfig{KernelID: "k-1", User: "alice", Argv: []string{"python", "-m", "ipykernel_launcher", "-f", "{connection_file}"},
@@ -180,14 +159,7 @@ func FuzzClientSparkOpts(f *testing.F) {
 // a request can take it); a spec's lazy mode stays lazy for cold starts,
 // and a spec that wants no context gets none, warm or not.
 func TestBuildWarmSparkContext(t *testing.T) {
-	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark"}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBackend(t, Config{})
 	for _, c := range []struct {
 		spec string
 		warm bool
@@ -233,15 +205,7 @@ func TestBuildWarmSparkContext(t *testing.T) {
 // driver and the executors, whatever the site's and the client's settings
 // say; the environment's resources become spark-submit's sizes.
 func TestBuildEnvironment(t *testing.T) {
-	launcher := filepath.Join(t.TempDir(), "kernelbus-launcher")
-	if err := os.WriteFile(launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Config{Launcher: launcher, Endpoint: "http://rm:8088", SparkHome: "/opt/spark",
-		SparkConf: []string{"spark.pyspark.python=/site/python"}}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBackend(t, Config{SparkConf: []string{"spark.pyspark.python=/site/python"}})
 	es := broker.EnvSpec{Name: "tab", Python: "3.11", RM: broker.RMYarn, Digest: "sha256-" + strings.Repeat("a", 64),
 		Resources: broker.EnvResources{MemoryMB: 768, CPUs: 2, Executors: 3}}
 	cfg := broker.NewLaunchConfig(es.KernelSpec(), "k-1", "alice", map[string]string{"KERNEL_EXTRA_SPARK_OPTS": "--conf spark.pyspark.python=/client/python"}, 0)
@@ -291,4 +255,20 @@ func TestBuildEnvironment(t *testing.T) {
 	if _, err := b.Build(cfg, launch); err == nil {
 		t.Error("an archive YARN would not unpack was shipped")
 	}
+}
+
+// testBackend is a Backend of cfg for tests that build commands: a stub
+// launcher, a resource manager at http://rm:8088 and Spark in /opt/spark.
+func testBackend(tb testing.TB, cfg Config) *Backend {
+	tb.Helper()
+	cfg.Launcher = filepath.Join(tb.TempDir(), "kernelbus-launcher")
+	if err := os.WriteFile(cfg.Launcher, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Endpoint, cfg.SparkHome = "http://rm:8088", "/opt/spark"
+	b, err := New(cfg, zerolog.Nop())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
 }
