@@ -79,32 +79,24 @@ func (l *KernelLink) ConsumeInput(ctx context.Context, fn func(InputMsg), drop f
 		return nil, fmt.Errorf("input of %s: %w", l.ID, err)
 	}
 	o := &inputOrder{l: l, fn: fn, drop: drop}
-	var live *nats.Subscription
-	if !NoLiveInput {
-		// Credentials minted before live input cannot subscribe: the
-		// server refuses it asynchronously and the stream delivers all.
-		live, err = l.NC.Subscribe(broker.SubjectIn(l.ID), o.live)
-		if err != nil {
-			_ = sub.Unsubscribe()
-			return nil, fmt.Errorf("live input of %s: %w", l.ID, err)
-		}
+	// Credentials minted before live input cannot subscribe: the server
+	// refuses it asynchronously and the stream delivers all. Unnumbered
+	// input (a front-end with live input off) takes the stream too.
+	live, err := l.NC.Subscribe(broker.SubjectIn(l.ID), o.live)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("live input of %s: %w", l.ID, err)
 	}
 	pctx, stop := context.WithCancel(context.Background())
 	c := &Consumption{stop: stop, closed: make(chan struct{})}
 	go func() {
 		defer close(c.closed)
 		defer func() { _ = sub.Unsubscribe() }()
-		if live != nil {
-			defer func() { _ = live.Unsubscribe() }()
-		}
+		defer func() { _ = live.Unsubscribe() }()
 		l.pullInput(pctx, sub, o)
 	}()
 	return c, nil
 }
-
-// NoLiveInput makes ConsumeInput deliver from the stream only (tests and
-// measurements compare the two).
-var NoLiveInput = false
 
 func (l *KernelLink) pullInput(ctx context.Context, sub *nats.Subscription, o *inputOrder) {
 	began := time.Now()
